@@ -1,0 +1,5 @@
+import sys
+
+from aitom.cli import main
+
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""The ``aitom`` command: tool subcommands plus the LightningCLI entry (``aitom fit|validate|test|predict``).
+
+Heavy modules (torch, lightning) are imported late, inside the subcommands, so ``aitom --help`` is quick.
+Every :class:`aitom.errors.InputError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from aitom.errors import InputError
+
+#: subcommand name -> module under ``aitom.commands`` that implements it
+TOOL_COMMANDS: dict[str, str] = {
+    "show": "aitom.commands.show",
+}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aitom",
+        description="Cryo-electron tomography on PyTorch Lightning. "
+        f"Lightning subcommands: {', '.join(LIGHTNING_COMMANDS)} (see `aitom fit --help`).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in TOOL_COMMANDS.values():
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from aitom.lightning_cli import run_lightning_cli
+
+        return _guarded(lambda: run_lightning_cli(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(TOOL_COMMANDS[args.command])
+    return _guarded(lambda: module.run(args))
+
+
+def _guarded(action) -> int:
+    try:
+        return int(action() or 0)
+    except InputError as error:
+        print(f"aitom: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

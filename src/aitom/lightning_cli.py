@@ -1,0 +1,62 @@
+"""``aitom fit|validate|test|predict``: LightningCLI with the project's defaults.
+
+* Weights & Biases is the default logger and runs **offline** unless the user sets ``WANDB_MODE=online``;
+  when wandb cannot be imported the CSV logger takes its place, so nothing ever needs the network.
+* ``--seed N`` is accepted as a short form of LightningCLI's ``--seed_everything N``.
+* Outputs (checkpoints, logs) go under ``outputs/`` unless the config says otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any
+
+OUTPUT_ROOT = "outputs"
+
+
+def default_logger_config() -> dict[str, Any]:
+    """W&B in offline mode (online only when ``WANDB_MODE=online``), or a CSV logger without wandb."""
+    if importlib.util.find_spec("wandb") is not None:
+        return {
+            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "init_args": {
+                "project": "aitom",
+                "save_dir": OUTPUT_ROOT,
+                "offline": os.environ.get("WANDB_MODE", "offline") != "online",
+            },
+        }
+    return {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": OUTPUT_ROOT}}
+
+
+def translate_seed_flag(argv: Sequence[str]) -> list[str]:
+    """Map ``--seed N`` / ``--seed=N`` onto LightningCLI's ``--seed_everything``."""
+    translated = []
+    for argument in argv:
+        if argument == "--seed":
+            translated.append("--seed_everything")
+        elif argument.startswith("--seed="):
+            translated.append("--seed_everything=" + argument.split("=", 1)[1])
+        else:
+            translated.append(argument)
+    return translated
+
+
+def run_lightning_cli(argv: Sequence[str]) -> int:
+    """Run LightningCLI on ``argv`` (``["fit", "--config", ...]``); returns the exit code."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=translate_seed_flag(argv),
+        trainer_defaults={"logger": default_logger_config(), "default_root_dir": OUTPUT_ROOT},
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+    )
+    return 0
