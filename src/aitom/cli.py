@@ -15,6 +15,7 @@ from aitom.errors import InputError
 
 #: subcommand name -> module under ``aitom.commands`` that implements it
 TOOL_COMMANDS: dict[str, str] = {
+    "simulate": "aitom.commands.simulate",
     "show": "aitom.commands.show",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -1,0 +1,1 @@
+"""Datasets and LightningDataModules: subtomograms on disk, simulated on the fly, tomogram tiles."""

@@ -1,0 +1,47 @@
+"""File input and output: MRC volumes, STAR particle tables, slice montages, IMOD point lists.
+
+Every writer is atomic (temporary file + rename, see :func:`atomic_output`) and refuses to replace an
+existing file unless asked; every reader turns a bad file into a one-line :class:`aitom.errors.InputError`.
+"""
+
+from aitom.io.atomic import atomic_output, check_output_path
+from aitom.io.imod import write_imod_points
+from aitom.io.montage import save_montage, slice_positions
+from aitom.io.mrc import (
+    HeaderWarning,
+    VolumeHeader,
+    open_volume_mmap,
+    read_stack,
+    read_volume,
+    write_volume,
+)
+from aitom.io.star import (
+    ANGLE_COLUMNS,
+    COORDINATE_COLUMNS,
+    particles_table,
+    read_particles,
+    table_angles_deg,
+    table_coordinates,
+    write_particles,
+)
+
+__all__ = [
+    "ANGLE_COLUMNS",
+    "COORDINATE_COLUMNS",
+    "HeaderWarning",
+    "VolumeHeader",
+    "atomic_output",
+    "check_output_path",
+    "open_volume_mmap",
+    "particles_table",
+    "read_particles",
+    "read_stack",
+    "read_volume",
+    "save_montage",
+    "slice_positions",
+    "table_angles_deg",
+    "table_coordinates",
+    "write_imod_points",
+    "write_particles",
+    "write_volume",
+]

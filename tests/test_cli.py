@@ -1,0 +1,111 @@
+"""The command-line contract: every command has --help, bad input is one line + exit 2, nothing partial."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aitom.cli import LIGHTNING_COMMANDS, TOOL_COMMANDS, build_parser, main
+from aitom.io import write_particles, write_volume
+from aitom.io.star import particles_table
+from aitom.lightning_cli import translate_seed_flag
+
+
+def subcommand_paths() -> list[list[str]]:
+    """Every ``aitom ...`` command path, nested subcommands included (e.g. ``simulate tomogram``)."""
+    import argparse
+
+    paths = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> None:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions:
+            paths.append(prefix)
+        for action in actions:
+            for name, sub in action.choices.items():
+                walk(sub, [*prefix, name])
+
+    walk(build_parser(), [])
+    return paths
+
+
+@pytest.mark.parametrize("path", subcommand_paths(), ids=" ".join)
+def test_every_command_has_help(path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([*path, "--help"])
+    assert stop.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_registered_commands_cover_the_design():
+    assert "show" in TOOL_COMMANDS
+    assert set(LIGHTNING_COMMANDS) == {"fit", "validate", "test", "predict"}
+
+
+def test_lightning_fit_help_runs_as_a_console_script():
+    result = subprocess.run(
+        [sys.executable, "-m", "aitom", "fit", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--trainer" in result.stdout and "--seed_everything" in result.stdout
+
+
+def test_seed_flag_is_an_alias_of_seed_everything():
+    assert translate_seed_flag(["fit", "--seed", "3", "--seed=4"]) == [
+        "fit",
+        "--seed_everything",
+        "3",
+        "--seed_everything=4",
+    ]
+
+
+@pytest.fixture
+def volume_file(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    return write_volume(tmp_path / "vol.mrc", rng.normal(size=(24, 32, 40)).astype(np.float32), 10.0)
+
+
+def test_show_writes_a_png_with_picks(tmp_path, volume_file):
+    picks = write_particles(
+        tmp_path / "picks.star", particles_table(np.array([[10.0, 12.0, 8.0], [30.0, 20.0, 16.0]]))
+    )
+    out = tmp_path / "vol.png"
+    assert main(["show", str(volume_file), "--out", str(out), "--picks", str(picks)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_show_refuses_an_existing_output(tmp_path, volume_file, capsys):
+    out = tmp_path / "vol.png"
+    out.write_bytes(b"keep me")
+    assert main(["show", str(volume_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err and str(out) in err
+    assert out.read_bytes() == b"keep me"
+
+
+def test_show_on_a_file_that_is_not_mrc_is_one_line_and_exit_2(tmp_path, capsys):
+    bogus = tmp_path / "notes.mrc"
+    bogus.write_text("this is not a volume\n")
+    out = tmp_path / "out.png"
+    assert main(["show", str(bogus), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aitom: error:") and err.count("\n") == 1 and str(bogus) in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_console_script_exit_code_on_bad_input(tmp_path):
+    bogus = tmp_path / "notes.mrc"
+    bogus.write_text("nope")
+    result = subprocess.run(
+        [sys.executable, "-m", "aitom", "show", str(bogus), "--out", str(tmp_path / "o.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
