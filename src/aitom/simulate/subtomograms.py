@@ -203,6 +203,7 @@ def simulate_subtomogram_batch(
     ctf: CtfConfig | None = None,
     paired: bool = False,
     normalize: bool = True,
+    white_noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Subtomograms by the fast ``fourier`` model: pose, 3-D CTF × missing wedge, wedge-filtered noise.
 
@@ -220,6 +221,8 @@ def simulate_subtomogram_batch(
         ctf: CTF parameters (None or ``enabled=False``: no CTF, only the wedge).
         paired: also return a second, independent noise realisation of the same particles.
         normalize: scale each subtomogram to zero mean and unit standard deviation.
+        white_noise: unit white Gaussian noise to use instead of drawing it from ``generator``:
+            ``(B, S, S, S)``, or ``(2, B, S, S, S)`` when ``paired`` (lets a caller seed each particle).
 
     Returns:
         ``(B, S, S, S)``, or ``(2, B, S, S, S)`` when ``paired``.
@@ -240,8 +243,11 @@ def simulate_subtomogram_batch(
         volumes = _standardise(signal) if normalize else signal
         return torch.stack((volumes, volumes.clone())) if paired else volumes
     noises = []
-    for _ in range(2 if paired else 1):
-        white = torch.randn(particles.shape, generator=generator, device=maps.device, dtype=maps.dtype)
+    for copy in range(2 if paired else 1):
+        if white_noise is None:
+            white = torch.randn(particles.shape, generator=generator, device=maps.device, dtype=maps.dtype)
+        else:
+            white = (white_noise[copy] if paired else white_noise).to(device=maps.device, dtype=maps.dtype)
         noises.append(torch.fft.irfftn(torch.fft.rfftn(white, dim=(-3, -2, -1)) * noise_transfer, s=shape))
     return _add_noise(signal, noises, snr, normalize, paired)
 

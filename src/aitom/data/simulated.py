@@ -1,0 +1,218 @@
+"""Subtomograms simulated on the fly from the structure library (the fast Fourier model of the simulator).
+
+Every item is a pure function of ``(seed, split, index)``: its class, orientation (uniform on SO(3)), shift
+and noise come from a generator seeded with those three numbers, so a validation or test split is the same
+in every run, on every device and under any batching or DDP sharding, and training data never repeats
+between splits. Items are generated a batch at a time (``__getitems__``), so the CTF, wedge and FFT work
+is batched.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from aitom.errors import InputError
+from aitom.geometry import matrix_to_euler_zyz, random_rotations
+from aitom.simulate import (
+    CtfConfig,
+    available_classes,
+    class_potential,
+    random_shifts,
+    simulate_subtomogram_batch,
+)
+
+SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "predict": 3}
+
+
+def item_generator(seed: int, split: str, index: int) -> torch.Generator:
+    """The generator that decides item ``index`` of ``split``; distinct for every (seed, split, index)."""
+    return torch.Generator().manual_seed((seed * 4 + SPLIT_OFFSETS[split]) * 1_000_003 + index)
+
+
+class SimulatedSubtomogramDataset(Dataset):
+    """``size`` subtomograms of the library classes, each decided by (seed, split, index).
+
+    Items: ``{"volume": (1,S,S,S), "label": 0-based class, "index", "rotation": (3,3) A, "shift_xyz": (3,)}``.
+
+    Args:
+        class_maps: ``(C, S, S, S)`` potentials of the classes, centre of mass at voxel ``S // 2``.
+        size: number of items.
+        split: one of ``train``, ``val``, ``test``, ``predict`` (separate random streams).
+        seed: base seed.
+        snr: ``var(signal) / var(noise)`` of each subtomogram.
+        voxel_size_a: voxel size, Å.
+        tilt_range_deg: ``(min, max)`` tilt range of the missing wedge, degrees.
+        ctf: CTF parameters (None: no CTF).
+        max_shift_voxels: particles are shifted uniformly within a ball of this radius, voxels.
+    """
+
+    def __init__(
+        self,
+        class_maps: torch.Tensor,
+        size: int,
+        split: str,
+        seed: int,
+        snr: float,
+        voxel_size_a: float,
+        tilt_range_deg: tuple[float, float],
+        ctf: CtfConfig | None,
+        max_shift_voxels: float,
+    ) -> None:
+        self.class_maps = class_maps
+        self.size = size
+        self.split = split
+        self.seed = seed
+        self.snr = snr
+        self.voxel_size_a = voxel_size_a
+        self.tilt_range_deg = tilt_range_deg
+        self.ctf = ctf
+        self.max_shift_voxels = max_shift_voxels
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        n_classes, box = self.class_maps.shape[0], self.class_maps.shape[-1]
+        labels, rotations, shifts, noises = [], [], [], []
+        for index in indices:
+            if not 0 <= index < self.size:
+                raise IndexError(index)
+            generator = item_generator(self.seed, self.split, index)
+            labels.append(torch.randint(n_classes, (1,), generator=generator))
+            rotations.append(random_rotations(1, generator=generator, dtype=torch.float32))
+            shifts.append(random_shifts(1, self.max_shift_voxels, generator=generator, dtype=torch.float32))
+            noises.append(torch.randn((1, box, box, box), generator=generator))
+        label = torch.cat(labels)
+        rotation = torch.cat(rotations)
+        shift = torch.cat(shifts)
+        volumes = simulate_subtomogram_batch(
+            self.class_maps,
+            label,
+            rotation,
+            shift,
+            snr=self.snr,
+            voxel_size_a=self.voxel_size_a,
+            tilt_range_deg=self.tilt_range_deg,
+            ctf=self.ctf,
+            white_noise=torch.cat(noises),
+        )
+        return [
+            {
+                "volume": volumes[i : i + 1],
+                "label": label[i],
+                "index": torch.tensor(index),
+                "rotation": rotation[i],
+                "shift_xyz": shift[i],
+            }
+            for i, index in enumerate(indices)
+        ]
+
+    def angles_deg(self, index: int) -> torch.Tensor:
+        """The true ZYZ (rot, tilt, psi) of item ``index``, degrees (RELION's convention)."""
+        return torch.rad2deg(matrix_to_euler_zyz(self[index]["rotation"].double()))
+
+
+class SimulatedSubtomogramDataModule(LightningDataModule):
+    """Simulated subtomograms of library classes, generated on the fly for every split.
+
+    Args:
+        classes: structure-library class names (``aitom.simulate.available_classes()``).
+        box_size_voxels: subtomogram edge, voxels.
+        voxel_size_a: voxel size, Å.
+        snr: ``var(signal) / var(noise)`` of each subtomogram.
+        tilt_min_deg, tilt_max_deg: tilt range of the missing wedge, degrees.
+        defocus_um: CTF defocus (underfocus positive), µm; 0 disables the CTF.
+        max_shift_voxels: largest particle shift from the box centre, voxels.
+        train_size, val_size, test_size, predict_size: items per split.
+        batch_size: subtomograms per batch.
+        num_workers: DataLoader worker processes.
+        seed: base seed of every split.
+    """
+
+    def __init__(
+        self,
+        classes: list[str],
+        box_size_voxels: int = 32,
+        voxel_size_a: float = 10.0,
+        snr: float = 0.1,
+        tilt_min_deg: float = -60.0,
+        tilt_max_deg: float = 60.0,
+        defocus_um: float = 3.0,
+        max_shift_voxels: float = 2.0,
+        train_size: int = 4000,
+        val_size: int = 500,
+        test_size: int = 1000,
+        predict_size: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        unknown = [name for name in classes if name not in available_classes()]
+        if unknown:
+            raise InputError(
+                f"unknown structure class(es) {unknown}; available: {', '.join(available_classes())}"
+            )
+        if len(classes) < 2:
+            raise InputError(f"need at least two classes to classify, got {classes}")
+        if snr <= 0:
+            raise InputError(f"snr must be positive, got {snr}")
+        if box_size_voxels < 8:
+            raise InputError(f"box_size_voxels must be at least 8, got {box_size_voxels}")
+        self.save_hyperparameters()
+        self.class_names = list(classes)
+        self.num_classes = len(classes)
+        self.datasets: dict[str, SimulatedSubtomogramDataset] = {}
+
+    def class_maps(self) -> torch.Tensor:
+        """``(C, S, S, S)`` potentials of the classes at the module's voxel and box size."""
+        hp = self.hparams
+        return torch.stack(
+            [class_potential(name, hp.voxel_size_a, box_size=hp.box_size_voxels) for name in self.class_names]
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        maps = self.class_maps()
+        ctf = CtfConfig(defocus_um=hp.defocus_um) if hp.defocus_um > 0 else None
+        sizes = {"train": hp.train_size, "val": hp.val_size, "test": hp.test_size, "predict": hp.predict_size}
+        for split, size in sizes.items():
+            self.datasets[split] = SimulatedSubtomogramDataset(
+                maps,
+                size,
+                split,
+                hp.seed,
+                hp.snr,
+                hp.voxel_size_a,
+                (hp.tilt_min_deg, hp.tilt_max_deg),
+                ctf,
+                hp.max_shift_voxels,
+            )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)
