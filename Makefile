@@ -7,6 +7,8 @@ MODEL ?= dsrf3d
 # Two threads unless the caller says otherwise; PyTorch would otherwise oversubscribe small machines.
 export OMP_NUM_THREADS ?= 2
 export WANDB_MODE ?= offline
+# Idle OpenMP threads sleep instead of spinning: much faster when the cores are shared.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: help install test test-full lint demo train evaluate bench clean
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("WANDB_MODE", "offline")
+# idle OpenMP threads sleep instead of spinning: pytest-xdist workers share the cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 
-os.environ.setdefault("WANDB_MODE", "offline")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -1,0 +1,453 @@
+"""Supervised classification of subtomograms: one LightningModule for every classifier network.
+
+The network is a plain ``nn.Module`` passed in (``net:`` in the YAML, as a ``class_path``); this module holds
+the loss (cross-entropy), the metrics (accuracy, macro-F1, per-class recall, confusion matrix) and the
+optimiser wiring. Batches are dicts::
+
+    {"volume": (B, 1, S, S, S) float32, "label": (B,) int64, 0-based,
+     optional "index": (B,) int64 row of the particle table, optional "coordinates_xyz": (B, 3) voxels}
+
+``predict_step`` returns the class and the probabilities; :class:`PredictionWriter` writes them to a STAR
+table. Checkpoints record the network's class (a checkpoint of another network is refused with a clear
+message) and the random-number states, so a run resumed from ``last.ckpt`` ends where an uninterrupted run
+with the same seed would.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassRecall,
+)
+
+from aitom.errors import InputError
+from aitom.io import particles_table, write_particles
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "step", "none")
+STAGES = ("train", "val", "test")
+#: key of this task's own entries in a Lightning checkpoint
+CHECKPOINT_KEY = "aitom_classifier"
+
+
+def qualified_name(obj: object) -> str:
+    """``module.ClassName`` of an object's class."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+class Classifier(LightningModule):
+    """Train, evaluate and apply a subtomogram classifier network.
+
+    The network is not among the hyper-parameters (its weights are in the state dict): load a checkpoint
+    with ``Classifier.load_from_checkpoint(path, net=DSRF3Dv2(num_classes=5))``, or through
+    ``aitom test|predict --config ... --ckpt_path ...``.
+
+    Logged metrics (per epoch; ``train/loss`` also per step): ``{train,val,test}/loss``, ``/acc`` (overall
+    accuracy), ``/f1_macro``, ``/recall/<class name>``; a confusion-matrix image per validation epoch and at
+    test time when the logger is a :class:`~lightning.pytorch.loggers.WandbLogger`.
+
+    Args:
+        net: the network, ``(B, 1, Z, Y, X)`` volumes -> ``(B, num_classes)`` logits.
+        num_classes: number of classes; must equal the network's ``num_classes`` and the data's.
+        class_names: names of the classes in label order; taken from the DataModule (``class_names``
+            attribute) or the checkpoint when not given.
+        optimizer: ``"adamw"`` or ``"sgd"`` (SGD with Nesterov momentum when ``momentum > 0``, as in AITom).
+        lr: learning rate (peak rate for the cosine schedule).
+        weight_decay: decoupled weight decay (AdamW) or L2 penalty (SGD).
+        momentum: SGD momentum (unused by AdamW).
+        scheduler: ``"cosine"`` (per-step cosine decay to zero over the whole run), ``"step"`` (multiply
+            the rate by ``step_gamma`` every ``step_size_epochs`` epochs) or ``"none"``.
+        step_size_epochs: epochs between learning-rate drops of the ``"step"`` schedule.
+        step_gamma: factor of each drop of the ``"step"`` schedule.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        scheduler: Literal["cosine", "step", "none"] = "cosine",
+        step_size_epochs: int = 10,
+        step_gamma: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        if optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if scheduler not in SCHEDULERS:
+            raise InputError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        net_classes = getattr(net, "num_classes", None)
+        if net_classes is not None and net_classes != num_classes:
+            raise InputError(
+                f"model num_classes is {num_classes} but the network {type(net).__name__} has "
+                f"num_classes {net_classes}; set both to the number of classes in the data"
+            )
+        if class_names is not None and len(class_names) != num_classes:
+            raise InputError(f"{len(class_names)} class_names given for {num_classes} classes")
+        self.net = net
+        self.num_classes = num_classes
+        self.class_names = None if class_names is None else list(class_names)
+        # keys are suffixed: a ModuleDict key "train" would shadow nn.Module.train
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_metrics": self._stage_metrics(num_classes) for stage in STAGES}
+        )
+
+    @staticmethod
+    def _stage_metrics(num_classes: int) -> MetricCollection:
+        return MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+                "recall": MulticlassRecall(num_classes, average="none"),
+                "confusion": MulticlassConfusionMatrix(num_classes),
+            }
+        )
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, Z, Y, X)`` volumes -> ``(B, num_classes)`` logits."""
+        return self.net(volume)
+
+    # ----------------------------------------------------------------------------------------------- setup
+
+    def setup(self, stage: str) -> None:
+        """Check the model against the DataModule's ``num_classes`` / ``class_names`` when it has them."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise InputError(
+                f"the data has {data_classes} classes but the model has num_classes {self.num_classes}"
+            )
+        data_names = getattr(datamodule, "class_names", None)
+        if data_names is not None:
+            if self.class_names is not None and list(data_names) != self.class_names:
+                raise InputError(
+                    f"the data's classes {list(data_names)} differ from the model's {self.class_names}"
+                )
+            self.class_names = list(data_names)
+
+    def display_names(self) -> list[str]:
+        """Class names in label order (``class_1`` ... when no names are known)."""
+        return self.class_names or [f"class_{k + 1}" for k in range(self.num_classes)]
+
+    # ------------------------------------------------------------------------------------------- the steps
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        if "label" not in batch:
+            raise InputError(f"the {stage} data carry no labels (a STAR table needs rlnClassNumber)")
+        logits = self(batch["volume"])
+        labels = batch["label"]
+        loss = nn.functional.cross_entropy(logits, labels)
+        self.metrics[f"{stage}_metrics"].update(logits.detach(), labels)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=stage != "test",
+            batch_size=labels.shape[0],
+        )
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """``{"class": (B,) 0-based, "probabilities": (B, num_classes)}`` + the batch's index, coordinates."""
+        probabilities = torch.softmax(self(batch["volume"]), dim=1)
+        prediction = {"class": probabilities.argmax(dim=1), "probabilities": probabilities}
+        for key in ("index", "coordinates_xyz"):
+            if key in batch:
+                prediction[key] = batch[key]
+        return prediction
+
+    # ----------------------------------------------------------------------------------------- epoch ends
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metrics = self.metrics[f"{stage}_metrics"]
+        values = metrics.compute()
+        metrics.reset()
+        if self.trainer.sanity_checking:
+            return
+        self.log(f"{stage}/acc", values["acc"], prog_bar=stage != "train")
+        self.log(f"{stage}/f1_macro", values["f1_macro"])
+        for name, recall in zip(self.display_names(), values["recall"]):
+            self.log(f"{stage}/recall/{name}", recall)
+        if stage != "train":
+            self._log_confusion_matrix(values["confusion"], stage)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def _log_confusion_matrix(self, matrix: torch.Tensor, stage: str) -> None:
+        loggers = [logger for logger in self.loggers if isinstance(logger, WandbLogger)]
+        if not loggers or self.global_rank != 0:
+            return
+        image = confusion_matrix_image(
+            matrix.cpu(), self.display_names(), title=f"{stage}, epoch {self.current_epoch}"
+        )
+        for logger in loggers:
+            logger.log_image(key=f"{stage}/confusion_matrix", images=[image])
+
+    # ------------------------------------------------------------------------------------------ optimiser
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        if hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(
+                self.parameters(),
+                lr=hp.lr,
+                momentum=hp.momentum,
+                weight_decay=hp.weight_decay,
+                nesterov=hp.momentum > 0,
+            )
+        if hp.scheduler == "none":
+            return {"optimizer": optimizer}
+        if hp.scheduler == "cosine":
+            total_steps = self.trainer.estimated_stepping_batches
+            if not np.isfinite(total_steps):
+                raise InputError("the cosine schedule needs trainer.max_epochs or trainer.max_steps")
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(total_steps)))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        schedule = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=hp.step_size_epochs, gamma=hp.step_gamma
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "net_class": qualified_name(self.net),
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "rng_states": collect_rng_states(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another network; restore class names and (when fitting) the RNG states."""
+        path = self._trainer.ckpt_path if self._trainer is not None else None
+        own = checkpoint.get(CHECKPOINT_KEY, {})
+        this_net = qualified_name(self.net)
+        saved_net = own.get("net_class")
+        if saved_net is not None and saved_net != this_net:
+            raise InputError(
+                f"checkpoint holds network {saved_net}, but the model's network is {this_net}", path
+            )
+        check_state_dict_matches(checkpoint.get("state_dict", {}), self.state_dict(), this_net, path)
+        if self.class_names is None and own.get("class_names") is not None:
+            self.class_names = list(own["class_names"])
+        if "rng_states" in own and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            restore_rng_states(own["rng_states"])
+
+
+def check_state_dict_matches(
+    saved: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    model_name: str,
+    path: str | Path | None,
+) -> None:
+    """Raise :class:`InputError` if a checkpoint's weights do not fit the model (names or shapes differ)."""
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    reshaped = [
+        f"{name} {tuple(saved[name].shape)} != {tuple(expected[name].shape)}"
+        for name in sorted(set(saved) & set(expected))
+        if saved[name].shape != expected[name].shape
+    ]
+    if not (missing or unexpected or reshaped):
+        return
+    details = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("shape", reshaped)):
+        if names:
+            shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+            details.append(f"{label}: {shown}")
+    raise InputError(
+        f"checkpoint weights do not fit the model {model_name} (trained with another network or number of "
+        f"classes?); {'; '.join(details)}",
+        path,
+    )
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """The global RNG states of torch (CPU and CUDA), NumPy and Python, as tensors and plain numbers.
+
+    Plain types keep the checkpoint loadable with ``torch.load(weights_only=True)``.
+    """
+    _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    python_version, python_state, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [
+            torch.from_numpy(numpy_keys.astype(np.int64)),
+            int(numpy_pos),
+            int(numpy_has_gauss),
+            float(numpy_gauss),
+        ],
+        "python": [int(python_version), list(python_state), python_gauss],
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`collect_rng_states` (CUDA states only when as many devices are present)."""
+    torch.set_rng_state(states["torch"].cpu())
+    if (
+        states["torch_cuda"]
+        and torch.cuda.is_available()
+        and len(states["torch_cuda"]) == torch.cuda.device_count()
+    ):
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["torch_cuda"]])
+    keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, state, python_gauss = states["python"]
+    random.setstate((version, tuple(state), python_gauss))
+
+
+def confusion_matrix_image(matrix: torch.Tensor, class_names: list[str], title: str = "") -> np.ndarray:
+    """Draw a ``(C, C)`` confusion matrix (rows: true class, columns: predicted) as an RGB (H, W, 3) image.
+
+    Cells show counts; colour is the fraction of the true class (row-normalised).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = matrix.to(torch.float64).numpy()
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 2.6 + 0.5 * len(class_names)
+    figure = Figure(figsize=(size, size), dpi=80)
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=90)
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    if len(class_names) <= 20:
+        for row in ticks:
+            for column in ticks:
+                colour = "white" if fractions[row, column] > 0.5 else "black"
+                axes.text(
+                    column,
+                    row,
+                    f"{int(counts[row, column])}",
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=7,
+                )
+    figure.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write a classifier's predictions to a STAR table at the end of ``trainer.predict``.
+
+    Columns: ``rlnClassNumber`` (1-based), ``rlnMaxValueProbDistribution`` (probability of that class),
+    ``aitomClassProbability_<k>`` for k = 1 ... num_classes, ``aitomClassName`` when the model knows the
+    names, ``aitomParticleIndex`` (0-based row of the input table) when batches carry ``"index"``, and
+    ``rlnCoordinateX/Y/Z`` (voxels) when batches carry ``"coordinates_xyz"``. Rows are in input order.
+    With several processes, rank ``r`` writes ``<stem>.rank<r>.star``.
+
+    Args:
+        output_path: the STAR file to write.
+        overwrite: replace an existing file (otherwise an existing file is an error, before predicting).
+    """
+
+    def __init__(self, output_path: str = "outputs/predictions.star", overwrite: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.output_path = Path(output_path)
+        self.overwrite = overwrite
+        self._batches: list[dict[str, torch.Tensor]] = []
+
+    def _rank_path(self, trainer: Trainer) -> Path:
+        if trainer.world_size == 1:
+            return self.output_path
+        return self.output_path.with_name(f"{self.output_path.stem}.rank{trainer.global_rank}.star")
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        path = self._rank_path(trainer)
+        if path.exists() and not self.overwrite:
+            raise InputError("exists; set the PredictionWriter's overwrite: true, or move the file", path)
+        self._batches = []
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: dict[str, torch.Tensor],
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        self._batches.append({key: value.detach().cpu() for key, value in prediction.items()})
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._batches:
+            return
+        merged = {key: torch.cat([batch[key] for batch in self._batches]) for key in self._batches[0]}
+        self._batches = []
+        names = getattr(pl_module, "class_names", None)
+        table = prediction_table(merged, names)
+        write_particles(self._rank_path(trainer), table, overwrite=self.overwrite)
+
+
+def prediction_table(
+    prediction: dict[str, torch.Tensor], class_names: list[str] | None = None
+) -> pd.DataFrame:
+    """A STAR-ready table from merged ``predict_step`` outputs (see :class:`PredictionWriter` for columns)."""
+    probabilities = prediction["probabilities"].to(torch.float64).numpy()
+    classes = prediction["class"].numpy().astype(np.int64)
+    order = (
+        np.argsort(prediction["index"].numpy(), kind="stable")
+        if "index" in prediction
+        else np.arange(len(classes))
+    )
+    extra: dict[str, np.ndarray] = {"rlnMaxValueProbDistribution": probabilities[order, classes[order]]}
+    for k in range(probabilities.shape[1]):
+        extra[f"aitomClassProbability_{k + 1}"] = probabilities[order, k]
+    if class_names is not None:
+        extra["aitomClassName"] = np.asarray(class_names, dtype=object)[classes[order]]
+    if "index" in prediction:
+        extra["aitomParticleIndex"] = prediction["index"].numpy()[order].astype(np.int64)
+    if "coordinates_xyz" in prediction:
+        return particles_table(
+            prediction["coordinates_xyz"].numpy()[order], class_number=classes[order] + 1, extra=extra
+        )
+    return pd.DataFrame({"rlnClassNumber": classes[order] + 1, **extra})

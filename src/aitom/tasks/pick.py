@@ -1,0 +1,391 @@
+"""Particle pickers as LightningModules for ``trainer.predict``: template matching, DoG and saliency.
+
+Data come from :class:`aitom.data.TomogramDataModule` (items ``{"volume": (1, Z, Y, X) tile, "origin_zyx",
+"tomogram"}``); each ``predict_step`` picks in its tiles and returns, per tile, the picks in tomogram voxels.
+:class:`PickWriter` merges the tiles of each tomogram — a pick is kept only by the tile whose CORE holds it
+(the tile minus half the overlap on every side shared with a neighbour), then non-maximum suppression across
+tiles removes what is left of duplicates — and writes one STAR table (``rlnCoordinateX/Y/Z`` voxels,
+``rlnAutopickFigureOfMerit``, ``rlnTomoName``; template matching adds ``rlnAngleRot/Tilt/Psi`` degrees and
+``rlnClassNumber``). Template matching can also write the stitched score map and best-rotation-index map
+(MRC) with the table of rotation index → ZYZ angles (STAR).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from aitom.errors import InputError
+from aitom.geometry import matrix_to_relion_angles, so3_grid, sphere_mask
+from aitom.io import open_volume_mmap, particles_table, read_volume, write_particles, write_volume
+from aitom.ops.dog_picking import dog_pick
+from aitom.ops.peaks import false_alarm_threshold, non_maximum_suppression, peak_local_max
+from aitom.ops.saliency import saliency_pick
+from aitom.ops.template_matching import TemplateFilter, match_template
+
+__all__ = [
+    "DoGPicker",
+    "PickWriter",
+    "SaliencyPicker",
+    "TemplateMatchingPicker",
+    "tile_core_mask",
+]
+
+
+def tile_core_mask(
+    coordinates_zyx: torch.Tensor,
+    origin_zyx: torch.Tensor,
+    tile_shape_zyx: tuple[int, int, int],
+    tomogram_shape_zyx: tuple[int, int, int],
+    overlap_voxels: int,
+) -> torch.Tensor:
+    """Which picks ``(N, 3)`` (tomogram voxels, z y x) lie in the core of their tile, ``(N,)`` bool.
+
+    The core is the tile minus ``overlap // 2`` voxels on a side shared with a neighbour at the start and
+    ``overlap - overlap // 2`` at the end (the cores of all tiles partition the tomogram when neighbours
+    overlap by exactly ``overlap_voxels``; with a larger actual overlap, e.g. the last tile, they overlap and
+    the writer's NMS resolves duplicates).
+    """
+    origin = origin_zyx.to(coordinates_zyx.device).long()
+    size = torch.tensor(tile_shape_zyx, device=coordinates_zyx.device)
+    length = torch.tensor(tomogram_shape_zyx, device=coordinates_zyx.device)
+    low = torch.where(origin > 0, origin + overlap_voxels // 2, origin)
+    end = origin + size
+    high = torch.where(end < length, end - (overlap_voxels - overlap_voxels // 2), end)
+    return ((coordinates_zyx >= low) & (coordinates_zyx < high)).all(dim=-1)
+
+
+class _Picker(LightningModule, ABC):
+    """Shared ``predict_step``: pick in every tile of the batch, return the picks in tomogram voxels."""
+
+    def __init__(self, min_distance: int) -> None:
+        super().__init__()
+        if min_distance < 1:
+            raise InputError(f"min distance must be >= 1 voxel, got {min_distance}")
+        self.min_distance = min_distance
+
+    @abstractmethod
+    def pick_tile(self, tile: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Picks of one tile ``(Z, Y, X)``: ``coordinates_zyx`` (N, 3) tile voxels, ``scores`` (N,), ..."""
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        results = []
+        for volume, origin, tomogram in zip(batch["volume"], batch["origin_zyx"], batch["tomogram"]):
+            tile = volume[0]
+            picks = self.pick_tile(tile)
+            picks["coordinates_zyx"] = picks["coordinates_zyx"] + origin.to(tile.device)
+            result = {key: value.detach().cpu() for key, value in picks.items()}
+            result.update(tomogram=tomogram, origin_zyx=origin.cpu(), tile_shape=tuple(tile.shape))
+            results.append(result)
+        return results
+
+    def configure_optimizers(self) -> None:
+        return None
+
+
+def _threshold(
+    score: torch.Tensor, threshold_abs: float | None, false_alarm_rate: float | None
+) -> float | None:
+    if threshold_abs is not None:
+        return threshold_abs
+    return None if false_alarm_rate is None else false_alarm_threshold(score, false_alarm_rate)
+
+
+class TemplateMatchingPicker(_Picker):
+    """FLCF template matching over an SO(3) grid (:func:`aitom.ops.template_matching.match_template`).
+
+    Args:
+        template: path of the template (MRC, protein bright, cubic; same voxel size as the tomograms).
+        angular_step_deg: covering radius of the rotation grid, degrees, in ``(0, 180]``.
+        tilt_range_deg: tilt range ``(min, max)`` of the tomograms (missing wedge applied to the template);
+            None: no wedge.
+        defocus_um: filter the template with this CTF (positive = underfocus); None: no CTF.
+        voltage_kv, cs_mm, amplitude_contrast: CTF parameters.
+        whiten: spectral whitening of each tile and of the template.
+        mask_radius_voxels: radius of the spherical footprint mask; default half the template box.
+        rotation_batch: rotations correlated at once.
+        min_distance: minimal distance between picks, voxels; default half the template box.
+        false_alarm_rate: threshold from the score map's robust Gaussian tail, per voxel (default 1e-4).
+        threshold_abs: absolute score threshold (overrides the false-alarm rate).
+        num_peaks: at most this many picks per tile.
+        class_number: ``rlnClassNumber`` of the picks (1-based).
+        keep_maps: return the score and rotation-index maps of every tile (for :class:`PickWriter` maps).
+    """
+
+    def __init__(
+        self,
+        template: str,
+        angular_step_deg: float = 30.0,
+        tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0),
+        defocus_um: float | None = None,
+        voltage_kv: float = 300.0,
+        cs_mm: float = 2.7,
+        amplitude_contrast: float = 0.07,
+        whiten: bool = False,
+        mask_radius_voxels: float | None = None,
+        rotation_batch: int = 8,
+        min_distance: int | None = None,
+        false_alarm_rate: float | None = 1e-4,
+        threshold_abs: float | None = None,
+        num_peaks: int | None = None,
+        class_number: int = 1,
+        keep_maps: bool = False,
+    ) -> None:
+        reference, header = read_volume(template)
+        size = int(reference.shape[0])
+        super().__init__(max(1, size // 2) if min_distance is None else min_distance)
+        self.save_hyperparameters()
+        if class_number < 1:
+            raise InputError(f"class number is 1-based, got {class_number}")
+        self.template_filter = TemplateFilter(
+            tilt_range_deg=None if tilt_range_deg is None else tuple(tilt_range_deg),
+            voxel_size_a=header.voxel_size_a[0],
+            defocus_um=defocus_um,
+            voltage_kv=voltage_kv,
+            cs_mm=cs_mm,
+            amplitude_contrast=amplitude_contrast,
+        )
+        self.register_buffer("template", reference)
+        self.register_buffer("rotations", so3_grid(angular_step_deg))
+        radius = size / 2 if mask_radius_voxels is None else mask_radius_voxels
+        self.register_buffer("mask", sphere_mask((size,) * 3, radius_voxels=radius))
+
+    def rotation_angles_deg(self) -> torch.Tensor:
+        """``(R, 3)`` RELION angles (degrees) of the rotation grid, row = rotation index."""
+        return matrix_to_relion_angles(self.rotations.double().cpu())
+
+    def pick_tile(self, tile: torch.Tensor) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        score, index = match_template(
+            tile,
+            self.template,
+            self.rotations,
+            mask=None if hp.mask_radius_voxels is None else self.mask,
+            template_filter=self.template_filter,
+            whiten=hp.whiten,
+            rotation_batch=hp.rotation_batch,
+        )
+        coordinates, values = peak_local_max(
+            score,
+            min_distance=self.min_distance,
+            threshold_abs=_threshold(score, hp.threshold_abs, hp.false_alarm_rate),
+            num_peaks=hp.num_peaks,
+            exclude_border=int(self.template.shape[0]) // 2,
+        )
+        rotation_index = index[tuple(coordinates.T)]
+        angles = matrix_to_relion_angles(self.rotations[rotation_index].double()).to(values.dtype)
+        picks = {
+            "coordinates_zyx": coordinates,
+            "scores": values,
+            "angles_deg": angles,
+            "class_number": torch.full_like(values, hp.class_number, dtype=torch.int64),
+        }
+        if hp.keep_maps:
+            picks.update(score_map=score, rotation_index_map=index)
+        return picks
+
+
+class DoGPicker(_Picker):
+    """Difference-of-Gaussians picker (:func:`aitom.ops.dog_picking.dog_pick`).
+
+    Args:
+        sigma1_voxels: smaller Gaussian, voxels (AITom: about 7 nm / voxel size).
+        sigma2_voxels: larger Gaussian; default ``1.1 σ1``.
+        polarity: ``"bright"`` (protein bright) or ``"dark"``.
+        min_distance: minimal distance between picks, voxels; default ``round(2 σ1)``.
+        false_alarm_rate, threshold_abs, num_peaks: as :class:`TemplateMatchingPicker`.
+    """
+
+    def __init__(
+        self,
+        sigma1_voxels: float = 7.0,
+        sigma2_voxels: float | None = None,
+        polarity: str = "bright",
+        min_distance: int | None = None,
+        false_alarm_rate: float | None = 1e-3,
+        threshold_abs: float | None = None,
+        num_peaks: int | None = None,
+    ) -> None:
+        super().__init__(max(1, round(2 * sigma1_voxels)) if min_distance is None else min_distance)
+        self.save_hyperparameters()
+
+    def pick_tile(self, tile: torch.Tensor) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        coordinates, scores = dog_pick(
+            tile,
+            hp.sigma1_voxels,
+            hp.sigma2_voxels,
+            polarity=hp.polarity,
+            min_distance=self.min_distance,
+            threshold_abs=hp.threshold_abs,
+            false_alarm_rate=hp.false_alarm_rate,
+            num_peaks=hp.num_peaks,
+        )
+        return {"coordinates_zyx": coordinates, "scores": scores}
+
+
+class SaliencyPicker(_Picker):
+    """Saliency picker: SLIC supervoxels + Robust PCA (:func:`aitom.ops.saliency.saliency_pick`).
+
+    Args:
+        particle_radius_voxels: expected particle radius, voxels.
+        min_distance: minimal distance between picks, voxels; default the particle radius.
+        false_alarm_rate, threshold_abs, num_peaks: as :class:`TemplateMatchingPicker` (on the smoothed
+            saliency map).
+        iterations: SLIC iterations.
+    """
+
+    def __init__(
+        self,
+        particle_radius_voxels: float = 8.0,
+        min_distance: int | None = None,
+        false_alarm_rate: float | None = None,
+        threshold_abs: float | None = None,
+        num_peaks: int | None = None,
+        iterations: int = 5,
+    ) -> None:
+        default_distance = max(1, round(particle_radius_voxels))
+        super().__init__(default_distance if min_distance is None else min_distance)
+        self.save_hyperparameters()
+
+    def pick_tile(self, tile: torch.Tensor) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        coordinates, scores = saliency_pick(
+            tile,
+            hp.particle_radius_voxels,
+            min_distance=self.min_distance,
+            threshold_abs=hp.threshold_abs,
+            false_alarm_rate=hp.false_alarm_rate,
+            num_peaks=hp.num_peaks,
+            iterations=hp.iterations,
+        )
+        return {"coordinates_zyx": coordinates, "scores": scores}
+
+
+class PickWriter(BasePredictionWriter):
+    """Merge the tiles' picks of every tomogram and write them to one STAR table.
+
+    Args:
+        output_path: STAR file. With template matching and ``write_maps``, also ``<stem>_<tomo>_scores.mrc``
+            (best FLCF score), ``<stem>_<tomo>_rotation_index.mrc`` (row of the rotation table, as float) and
+            ``<stem>_rotations.star`` (rotation index → rlnAngleRot/Tilt/Psi, degrees) beside it.
+        overlap_voxels: the DataModule's tile overlap (defines the tile cores).
+        overwrite: replace existing files.
+        write_maps: write the stitched score and rotation-index maps (template matching).
+    """
+
+    def __init__(
+        self,
+        output_path: str = "outputs/picks.star",
+        overlap_voxels: int = 32,
+        overwrite: bool = False,
+        write_maps: bool = False,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output_path = Path(output_path)
+        self.overlap_voxels = overlap_voxels
+        self.overwrite = overwrite
+        self.write_maps = write_maps
+        self._tiles: list[dict[str, Any]] = []
+
+    def _rank_path(self, trainer: Trainer, path: Path) -> Path:
+        return (
+            path
+            if trainer.world_size == 1
+            else path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        )
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        path = self._rank_path(trainer, self.output_path)
+        if path.exists() and not self.overwrite:
+            raise InputError("exists; pass --overwrite to replace it", path)
+        self._tiles = []
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: list[dict[str, Any]],
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        self._tiles.extend(prediction)
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        tiles, self._tiles = self._tiles, []
+        tables = []
+        for tomogram in dict.fromkeys(tile["tomogram"] for tile in tiles):
+            of_tomogram = [tile for tile in tiles if tile["tomogram"] == tomogram]
+            shape = tuple(int(n) for n in open_volume_mmap(tomogram)[0].shape)
+            tables.append(self._merge(of_tomogram, shape, Path(tomogram).stem, pl_module))
+            if self.write_maps and "score_map" in of_tomogram[0]:
+                self._write_maps(trainer, of_tomogram, shape, tomogram)
+        table = pd.concat(tables, ignore_index=True) if tables else particles_table(np.zeros((0, 3)))
+        write_particles(self._rank_path(trainer, self.output_path), table, overwrite=self.overwrite)
+        if self.write_maps and isinstance(pl_module, TemplateMatchingPicker):
+            angles = pl_module.rotation_angles_deg().numpy()
+            rotations = pd.DataFrame(
+                {
+                    "aitomRotationIndex": np.arange(len(angles)),
+                    "rlnAngleRot": angles[:, 0],
+                    "rlnAngleTilt": angles[:, 1],
+                    "rlnAnglePsi": angles[:, 2],
+                }
+            )
+            path = self.output_path.with_name(f"{self.output_path.stem}_rotations.star")
+            write_particles(self._rank_path(trainer, path), rotations, overwrite=self.overwrite)
+
+    def _merge(
+        self, tiles: list[dict[str, Any]], shape: tuple[int, int, int], name: str, pl_module: LightningModule
+    ) -> pd.DataFrame:
+        keys = [key for key in ("coordinates_zyx", "scores", "angles_deg", "class_number") if key in tiles[0]]
+        kept: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+        for tile in tiles:
+            core = tile_core_mask(
+                tile["coordinates_zyx"], tile["origin_zyx"], tile["tile_shape"], shape, self.overlap_voxels
+            )
+            for key in keys:
+                kept[key].append(tile[key][core])
+        merged = {key: torch.cat(values) for key, values in kept.items()}
+        order = non_maximum_suppression(
+            merged["coordinates_zyx"].double(), merged["scores"], float(getattr(pl_module, "min_distance", 1))
+        )
+        merged = {key: value[order] for key, value in merged.items()}
+        return particles_table(
+            merged["coordinates_zyx"].flip(-1).double().numpy(),
+            angles_deg=merged["angles_deg"].double().numpy() if "angles_deg" in merged else None,
+            class_number=merged["class_number"].numpy() if "class_number" in merged else None,
+            score=merged["scores"].double().numpy(),
+            tomo_name=name,
+        )
+
+    def _write_maps(
+        self, trainer: Trainer, tiles: list[dict[str, Any]], shape: tuple[int, int, int], tomogram: str
+    ) -> None:
+        score = np.zeros(shape, dtype=np.float32)
+        index = np.zeros(shape, dtype=np.float32)
+        for tile in tiles:
+            size = torch.tensor(tile["tile_shape"])
+            origin = tile["origin_zyx"].long()
+            grid = torch.stack(torch.meshgrid(*[torch.arange(int(n)) for n in size], indexing="ij"), -1)
+            core = tile_core_mask(
+                grid.reshape(-1, 3) + origin, origin, tile["tile_shape"], shape, self.overlap_voxels
+            )
+            core = core.reshape(*tile["tile_shape"]).numpy()
+            region = tuple(slice(int(o), int(o) + int(n)) for o, n in zip(origin, size))
+            score[region][core] = tile["score_map"].numpy()[core]
+            index[region][core] = tile["rotation_index_map"].numpy()[core]
+        voxel_size = open_volume_mmap(tomogram)[1].voxel_size_a
+        stem = f"{self.output_path.stem}_{Path(tomogram).stem}"
+        for suffix, volume in (("scores", score), ("rotation_index", index)):
+            path = self._rank_path(trainer, self.output_path.with_name(f"{stem}_{suffix}.mrc"))
+            write_volume(path, volume, voxel_size, overwrite=self.overwrite)
