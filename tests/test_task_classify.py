@@ -258,10 +258,9 @@ def test_unknown_network_class_path_is_a_parse_error(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     config = write_config("dsrf3d", tmp_path)
     config.write_text(config.read_text().replace("aitom.models.DSRF3Dv2", "aitom.models.NoSuchNet"))
-    with pytest.raises(SystemExit) as stop:
-        main(["fit", "--config", str(config)])
-    assert stop.value.code == 2
-    assert "NoSuchNet" in capsys.readouterr().err
+    assert main(["fit", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "NoSuchNet" in err and err.startswith("aitom: error:") and err.count("\n") == 1
 
 
 def test_box_too_small_for_the_network_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
