@@ -17,6 +17,8 @@ from aitom.errors import InputError
 TOOL_COMMANDS: dict[str, str] = {
     "simulate": "aitom.commands.simulate",
     "show": "aitom.commands.show",
+    "filter": "aitom.commands.filter",
+    "estimate": "aitom.commands.estimate",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

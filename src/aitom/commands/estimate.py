@@ -1,0 +1,160 @@
+"""``aitom estimate {snr,wedge} ...``: estimate a data set's SNR or a tomogram's tilt range; prints JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+VOLUME_SUFFIXES = (".mrc", ".map", ".rec", ".mrc.gz", ".map.gz")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "estimate",
+        help="estimate the SNR of paired subtomograms or the tilt range (missing wedge) of a tomogram",
+        description="Estimates printed to stdout as one JSON object.",
+    )
+    kinds = parser.add_subparsers(dest="estimate", metavar="WHAT", required=True)
+
+    snr = kinds.add_parser(
+        "snr",
+        help="SNR from pairs of aligned copies with independent noise: SNR = cc / (1 - cc)",
+        description="SNR of paired volumes (same structure and pose, independent noise; e.g. the two noise "
+        "realisations of `aitom simulate subtomograms ... paired=true`) from the mean correlation "
+        "coefficient over pairs (Frank & Al-Ali 1975), with a bootstrap 95% interval over pairs, and the "
+        "spectral SNR per Fourier shell from the mean FSC. Each of --pairs-a/--pairs-b is either one volume "
+        "file or a folder of volume files, paired by sorted file name.",
+    )
+    snr.add_argument(
+        "--pairs-a", type=Path, required=True, help="first copies: a volume file or a folder of them"
+    )
+    snr.add_argument("--pairs-b", type=Path, required=True, help="second copies, same layout as --pairs-a")
+    snr.add_argument(
+        "--mask",
+        type=Path,
+        help="real-space mask volume (same box, weights in [0, 1]) selecting the voxels used",
+    )
+    snr.add_argument(
+        "--bootstrap", type=int, default=2000, help="bootstrap resamples for the interval (default 2000)"
+    )
+    snr.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+
+    wedge = kinds.add_parser(
+        "wedge",
+        help="tilt range of a tomogram from the missing wedge in its Fourier amplitudes",
+        description="Correlate the whitened log-amplitude spectrum with the missing-wedge masks of "
+        "candidate tilt ranges and report the best (tilt axis Y, beam along Z, unless --try-x-axis finds X "
+        "fits better). half_angle_deg is half the tilt range, missing_wedge_deg the wedge's opening angle.",
+    )
+    wedge.add_argument("volume", type=Path, help="tomogram or subtomogram (MRC), at least 16 voxels per axis")
+    wedge.add_argument(
+        "--symmetric", action="store_true", help="only symmetric ranges (-t, +t) (default: min and max free)"
+    )
+    wedge.add_argument(
+        "--min-angle-deg",
+        type=float,
+        default=30.0,
+        help="smallest candidate |tilt| limit, degrees (default 30)",
+    )
+    wedge.add_argument(
+        "--max-angle-deg",
+        type=float,
+        default=90.0,
+        help="largest candidate |tilt| limit, degrees (default 90)",
+    )
+    wedge.add_argument("--step-deg", type=float, default=1.0, help="candidate spacing, degrees (default 1)")
+    wedge.add_argument(
+        "--band",
+        type=float,
+        nargs=2,
+        default=(0.05, 0.4),
+        metavar=("LOW", "HIGH"),
+        help="Fourier shells used, cycles/voxel (default 0.05 0.4; Nyquist is 0.5)",
+    )
+    wedge.add_argument("--try-x-axis", action="store_true", help="also try X as the tilt axis")
+
+
+def _volume_files(path: Path) -> list[Path]:
+    from aitom.errors import InputError
+
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES))
+        if not files:
+            raise InputError(f"holds no volume files ({', '.join(VOLUME_SUFFIXES)})", path)
+        return files
+    if not path.exists():
+        raise InputError("does not exist", path)
+    return [path]
+
+
+def _run_snr(args: argparse.Namespace) -> dict:
+    import torch
+
+    from aitom.errors import InputError
+    from aitom.io import read_volume
+    from aitom.ops import snr_from_pairs, ssnr_from_pairs
+
+    files_a, files_b = _volume_files(args.pairs_a), _volume_files(args.pairs_b)
+    if len(files_a) != len(files_b):
+        raise InputError(
+            f"{args.pairs_a} holds {len(files_a)} volumes but {args.pairs_b} holds {len(files_b)}"
+        )
+    volumes_a, volumes_b, voxel_size = [], [], None
+    for file_a, file_b in zip(files_a, files_b):
+        a, header = read_volume(file_a)
+        b, _ = read_volume(file_b)
+        if a.shape != b.shape or (volumes_a and a.shape != volumes_a[0].shape):
+            raise InputError(f"shape {tuple(b.shape)} differs from its pair or the first volume", file_b)
+        volumes_a.append(a)
+        volumes_b.append(b)
+        voxel_size = header.voxel_size_a[0]
+    mask = None
+    if args.mask is not None:
+        mask, _ = read_volume(args.mask)
+        if mask.shape != volumes_a[0].shape:
+            raise InputError(
+                f"mask shape {tuple(mask.shape)} differs from the volumes' {tuple(volumes_a[0].shape)}"
+            )
+    a, b = torch.stack(volumes_a), torch.stack(volumes_b)
+    result = snr_from_pairs(a, b, mask, n_bootstrap=args.bootstrap, seed=args.seed)
+    frequency, ssnr = ssnr_from_pairs(a, b, mask)
+    result["shell_frequency_per_voxel"] = [round(float(f), 6) for f in frequency]
+    result["shell_frequency_per_a"] = [round(float(f) / voxel_size, 6) for f in frequency]
+    result["ssnr"] = [float(s) for s in ssnr]
+    result["voxel_size_a"] = voxel_size
+    return result
+
+
+def _run_wedge(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from aitom.errors import InputError
+    from aitom.io import read_volume
+    from aitom.ops import estimate_missing_wedge
+
+    if not (0 < args.min_angle_deg <= args.max_angle_deg <= 90 and args.step_deg > 0):
+        raise InputError(
+            "need 0 < --min-angle-deg <= --max-angle-deg <= 90 and --step-deg > 0 (degrees), got "
+            f"{args.min_angle_deg}, {args.max_angle_deg}, {args.step_deg}"
+        )
+    volume, header = read_volume(args.volume)
+    candidates = np.arange(args.min_angle_deg, args.max_angle_deg + 1e-9, args.step_deg)
+    try:
+        result = estimate_missing_wedge(
+            volume,
+            candidate_tilt_max_deg=candidates.tolist(),
+            asymmetric=not args.symmetric,
+            frequency_band=tuple(args.band),
+            axes=("y", "x") if args.try_x_axis else ("y",),
+        )
+    except InputError as error:
+        raise InputError(error.problem, args.volume) from None
+    result["voxel_size_a"] = header.voxel_size_a[0]
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    result = _run_snr(args) if args.estimate == "snr" else _run_wedge(args)
+    print(json.dumps(result))
+    return 0

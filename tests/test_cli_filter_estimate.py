@@ -1,0 +1,202 @@
+"""``aitom filter`` and ``aitom estimate``: results equal the library's, headers carried, bad input exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+
+from aitom.cli import _guarded
+from aitom.commands import estimate as estimate_command
+from aitom.commands import filter as filter_command
+from aitom.fourier import apply_missing_wedge, bandpass
+from aitom.io import read_volume, write_volume
+from aitom.ops import anisotropic_diffusion
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aitom")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    filter_command.add_parser(subparsers)
+    estimate_command.add_parser(subparsers)
+    return parser
+
+
+def run_cli(argv: list[str]) -> int:
+    """What ``aitom.cli.main`` does for a tool command (InputError -> one line, exit 2)."""
+    args = build_parser().parse_args(argv)
+    module = filter_command if args.command == "filter" else estimate_command
+    return _guarded(lambda: module.run(args))
+
+
+@pytest.fixture
+def volume_file(tmp_path) -> Path:
+    volume = np.random.default_rng(0).standard_normal((20, 24, 28)).astype(np.float32)
+    return write_volume(tmp_path / "in.mrc", volume, 5.0)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ["filter"],
+        ["filter", "gaussian"],
+        ["filter", "dog"],
+        ["filter", "diffusion"],
+        ["filter", "bandpass"],
+        ["estimate"],
+        ["estimate", "snr"],
+        ["estimate", "wedge"],
+    ],
+    ids=" ".join,
+)
+def test_help(path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args([*path, "--help"])
+    assert stop.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_gaussian_in_angstrom_carries_the_voxel_size(tmp_path, volume_file):
+    out = tmp_path / "out.mrc"
+    assert run_cli(["filter", "gaussian", str(volume_file), str(out), "--sigma-a", "10"]) == 0
+    result, header = read_volume(out)
+    original, _ = read_volume(volume_file)
+    np.testing.assert_allclose(result.numpy(), ndi.gaussian_filter(original.double().numpy(), 2.0), atol=1e-5)
+    assert header.voxel_size_a == pytest.approx((5.0, 5.0, 5.0))
+
+
+def test_dog_and_bandpass(tmp_path, volume_file):
+    original = read_volume(volume_file)[0].double().numpy()
+    out = tmp_path / "dog.mrc"
+    assert (
+        run_cli(["filter", "dog", str(volume_file), str(out), "--sigma-voxels", "1", "--sigma2-voxels", "2"])
+        == 0
+    )
+    expected = ndi.gaussian_filter(original, 1.0) - ndi.gaussian_filter(original, 2.0)
+    np.testing.assert_allclose(read_volume(out)[0].numpy(), expected, atol=1e-5)
+    out = tmp_path / "bp.mrc"
+    argv = ["filter", "bandpass", str(volume_file), str(out), "--highpass-a", "60", "--lowpass-a", "15"]
+    assert run_cli(argv) == 0
+    expected = bandpass(torch.from_numpy(original), voxel_size_a=5.0, highpass_a=60.0, lowpass_a=15.0)
+    np.testing.assert_allclose(read_volume(out)[0].numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_diffusion_in_tiles_equals_the_library(tmp_path, volume_file):
+    out = tmp_path / "nad.mrc"
+    argv = ["filter", "diffusion", str(volume_file), str(out), "--iterations", "2", "--tile-size", "16"]
+    assert run_cli([*argv, "--mode", "coherence", "--rho-voxels", "1.5"]) == 0
+    expected = anisotropic_diffusion(
+        read_volume(volume_file)[0], mode="coherence", n_iterations=2, rho_voxels=1.5
+    )
+    np.testing.assert_allclose(read_volume(out)[0].numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_existing_output_is_protected(tmp_path, volume_file, capsys):
+    out = tmp_path / "out.mrc"
+    out.write_bytes(b"keep me")
+    assert run_cli(["filter", "gaussian", str(volume_file), str(out), "--sigma-voxels", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err and out.read_bytes() == b"keep me"
+    assert (
+        run_cli(["filter", "gaussian", str(volume_file), str(out), "--sigma-voxels", "1", "--overwrite"]) == 0
+    )
+    assert read_volume(out)[0].shape == (20, 24, 28)
+
+
+def _write_raw(path: Path, data: np.ndarray, voxel_size_a: float = 5.0) -> Path:
+    """An MRC file that aitom's writer refuses to make (2-D image, NaN voxels, voxel size 0)."""
+    with warnings.catch_warnings(), mrcfile.new(path) as mrc:
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile: "Data array contains NaN values"
+        mrc.set_data(data)
+        mrc.voxel_size = voxel_size_a
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["filter", "gaussian", "{volume}", "{out}", "--sigma-voxels", "0"], "must be positive"),
+        (["filter", "gaussian", "{volume}", "{out}", "--sigma-a", "-5"], "must be positive"),
+        (["filter", "dog", "{volume}", "{out}", "--sigma-voxels", "2", "--sigma2-voxels", "1"], "sigma2"),
+        (["filter", "diffusion", "{volume}", "{out}", "--time-step", "0.5"], "1/6"),
+        (["filter", "bandpass", "{volume}", "{out}"], "highpass"),
+        (["filter", "bandpass", "{volume}", "{out}", "--lowpass-a", "5"], "Nyquist"),
+        (["filter", "gaussian", "{image}", "{out}", "--sigma-voxels", "1"], "{image}"),
+        (["filter", "gaussian", "{nan}", "{out}", "--sigma-voxels", "1"], "NaN"),
+        (["filter", "gaussian", "{missing}", "{out}", "--sigma-voxels", "1"], "{missing}"),
+        (["filter", "gaussian", "{unset}", "{out}", "--sigma-a", "10"], "pass --voxel-size"),
+        (["estimate", "wedge", "{small}"], "too small for a wedge estimate"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::aitom.io.HeaderWarning")  # the voxel size 0 case warns, then fails
+def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, volume_file, capsys, argv, message):
+    files = {
+        "volume": volume_file,
+        "out": tmp_path / "out.mrc",
+        "image": _write_raw(tmp_path / "image.mrc", np.zeros((16, 16), np.float32)),
+        "nan": _write_raw(tmp_path / "nan.mrc", np.full((8, 8, 8), np.nan, np.float32)),
+        "missing": tmp_path / "missing.mrc",
+        "unset": _write_raw(tmp_path / "unset.mrc", np.zeros((8, 8, 8), np.float32), voxel_size_a=0.0),
+        "small": write_volume(tmp_path / "small.mrc", np.zeros((12, 32, 32), np.float32), 5.0),
+    }
+    argv = [a.format(**files) for a in argv]
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aitom: error:") and err.count("\n") == 1
+    assert message.format(**files) in err
+    assert not files["out"].exists()
+
+
+@pytest.fixture
+def pair_folders(tmp_path) -> tuple[Path, Path]:
+    """Four pairs of 24³ copies at SNR 0.5 in two folders, as `aitom simulate subtomograms paired=true`."""
+    generator = torch.Generator().manual_seed(1)
+    for i in range(4):
+        signal = torch.randn(24, 24, 24, generator=generator)
+        for folder in ("a", "b"):
+            noisy = signal + 2**0.5 * torch.randn(signal.shape, generator=generator)
+            write_volume(tmp_path / folder / f"{i:06d}.mrc", noisy, 8.0)
+    return tmp_path / "a", tmp_path / "b"
+
+
+def test_estimate_snr_from_folders_and_files(pair_folders, capsys):
+    folder_a, folder_b = pair_folders
+    assert run_cli(["estimate", "snr", "--pairs-a", str(folder_a), "--pairs-b", str(folder_b)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_pairs"] == 4 and result["snr"] == pytest.approx(0.5, rel=0.2)
+    assert result["ci_low"] <= result["snr"] <= result["ci_high"]
+    assert len(result["ssnr"]) == len(result["shell_frequency_per_a"]) == 13
+    assert result["shell_frequency_per_a"][-1] == pytest.approx(0.5 / 8.0)
+    argv = [
+        "estimate",
+        "snr",
+        "--pairs-a",
+        str(folder_a / "000000.mrc"),
+        "--pairs-b",
+        str(folder_b / "000000.mrc"),
+    ]
+    assert run_cli(argv) == 0
+    assert json.loads(capsys.readouterr().out)["n_pairs"] == 1
+
+
+def test_estimate_snr_with_unequal_folders_is_exit_2(pair_folders, capsys):
+    folder_a, folder_b = pair_folders
+    (folder_b / "000003.mrc").unlink()
+    assert run_cli(["estimate", "snr", "--pairs-a", str(folder_a), "--pairs-b", str(folder_b)]) == 2
+    assert "holds 4 volumes" in capsys.readouterr().err
+
+
+def test_estimate_wedge_prints_json(tmp_path, capsys):
+    noise = torch.randn(40, 40, 40, generator=torch.Generator().manual_seed(2))
+    path = write_volume(tmp_path / "tomo.mrc", apply_missing_wedge(noise, -50, 65), 10.0)
+    assert run_cli(["estimate", "wedge", str(path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert abs(result["tilt_min_deg"] + 50) <= 3 and abs(result["tilt_max_deg"] - 65) <= 3
+    assert result["axis"] == "y" and result["voxel_size_a"] == pytest.approx(10.0)
