@@ -19,6 +19,8 @@ TOOL_COMMANDS: dict[str, str] = {
     "show": "aitom.commands.show",
     "filter": "aitom.commands.filter",
     "estimate": "aitom.commands.estimate",
+    "align": "aitom.commands.align",
+    "average": "aitom.commands.average",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

@@ -7,6 +7,30 @@ dtype of its input, and validates its arguments (bad values from files or the co
 
 from __future__ import annotations
 
+from aitom.ops.alignment import (
+    Alignment,
+    align_subtomograms,
+    constrained_correlation,
+    constrained_correlation_map,
+    refine_alignment,
+    rotational_search,
+    translation_search,
+)
+from aitom.ops.averaging import (
+    AveragingResult,
+    align_to_reference_frame,
+    half_set_fsc,
+    reference_free_average,
+    wedge_compensated_average,
+)
+from aitom.ops.clustering import (
+    ClassificationResult,
+    adjusted_rand_index,
+    classify_and_average,
+    kmeans,
+    pca_features,
+    silhouette_score,
+)
 from aitom.ops.diffusion import (
     anisotropic_diffusion,
     anisotropic_diffusion_tiled,
@@ -16,26 +40,47 @@ from aitom.ops.diffusion import (
     structure_tensor,
     symmetric_eigen3,
 )
+from aitom.ops.faml import FamlResult, faml_average
 from aitom.ops.filters import bandpass_filter, difference_of_gaussians, gaussian_filter3d, gaussian_kernel1d
 from aitom.ops.snr import pair_correlations, snr_from_cc, snr_from_pairs, ssnr_from_pairs
 from aitom.ops.wedge_estimation import estimate_missing_wedge, wedge_angle_profile
 
 __all__ = [
+    "Alignment",
+    "AveragingResult",
+    "ClassificationResult",
+    "FamlResult",
+    "adjusted_rand_index",
+    "align_subtomograms",
+    "align_to_reference_frame",
     "anisotropic_diffusion",
     "anisotropic_diffusion_tiled",
     "bandpass_filter",
+    "classify_and_average",
+    "constrained_correlation",
+    "constrained_correlation_map",
     "difference_of_gaussians",
     "diffusion_contrast_k",
     "diffusion_halo_voxels",
     "diffusion_tensor",
     "estimate_missing_wedge",
+    "faml_average",
     "gaussian_filter3d",
     "gaussian_kernel1d",
+    "half_set_fsc",
+    "kmeans",
     "pair_correlations",
+    "pca_features",
+    "reference_free_average",
+    "refine_alignment",
+    "rotational_search",
+    "silhouette_score",
     "snr_from_cc",
     "snr_from_pairs",
     "ssnr_from_pairs",
     "structure_tensor",
     "symmetric_eigen3",
+    "translation_search",
     "wedge_angle_profile",
+    "wedge_compensated_average",
 ]

@@ -40,7 +40,7 @@ class SubtomogramAligner(LightningModule):
         angular_step_deg: float = 15.0,
         max_shift_voxels: float | None = None,
         max_frequency: float = 0.4,
-        refine_steps: int = 40,
+        refine_steps: int = 60,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["reference"])

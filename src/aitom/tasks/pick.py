@@ -177,7 +177,9 @@ class TemplateMatchingPicker(_Picker):
             min_distance=self.min_distance,
             threshold_abs=_threshold(score, hp.threshold_abs, hp.false_alarm_rate),
             num_peaks=hp.num_peaks,
-            exclude_border=int(self.template.shape[0]) // 2,
+            # No border exclusion: the tile cores drop the unreliable rims at faces shared with neighbours
+            # (overlap >= template box); at the tomogram's own faces the wrapped scores are kept.
+            exclude_border=False,
         )
         rotation_index = index[tuple(coordinates.T)]
         angles = matrix_to_relion_angles(self.rotations[rotation_index].double()).to(values.dtype)

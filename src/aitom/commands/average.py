@@ -1,0 +1,251 @@
+"""``aitom average --particles P.star --out DIR [--iterations N] [--classes K|auto] [--method align|faml]``.
+
+Reads the subtomograms named in the table's ``rlnImageName`` column (paths relative to the STAR file), runs
+reference-free iterative averaging (one class), simultaneous classification and averaging (``--classes K`` or
+``auto``) or FAML maximum likelihood (``--method faml``), and writes DIR/average_classN.mrc (N from 1),
+DIR/particles.star (the input table with the found rlnAngleRot/Tilt/Psi, rlnOriginX/Y/Z = −shift in voxels,
+rlnClassNumber and aitomAlignmentScore), DIR/fsc.json and DIR/fsc.png (half-set FSC per class).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _classes(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"need at least 1 class, got {value}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from aitom.commands.align import _tilt_range
+
+    parser = subparsers.add_parser(
+        "average",
+        help="reference-free subtomogram averaging, classification and FAML",
+        description="Align and average subtomograms without a reference (missing-wedge compensated), "
+        "optionally classifying them (PCA + k-means with the number of classes from the silhouette) or by "
+        "FAML maximum likelihood. Writes DIR/average_classN.mrc, DIR/particles.star (found angles in "
+        "degrees, origins in voxels, classes), DIR/fsc.json and DIR/fsc.png.",
+    )
+    parser.add_argument(
+        "--particles",
+        type=Path,
+        required=True,
+        help="STAR table whose rlnImageName column names MRC subtomograms",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--iterations", type=int, default=5, help="align/average rounds (default 5)")
+    parser.add_argument(
+        "--classes", type=_classes, default=1, help="number of classes, or 'auto' to choose it (default 1)"
+    )
+    parser.add_argument(
+        "--method", choices=("align", "faml"), default="align", help="alignment-based averaging or FAML"
+    )
+    parser.add_argument(
+        "--wedge",
+        type=_tilt_range,
+        default=(-60.0, 60.0),
+        help="tilt range of the subtomograms' missing wedge, degrees: D for (-D, D) or MIN,MAX (default 60)",
+    )
+    parser.add_argument(
+        "--step", type=float, default=15.0, help="angular step of the rotation search, degrees"
+    )
+    parser.add_argument("--max-shift", type=float, default=None, help="largest shift searched, voxels")
+    parser.add_argument(
+        "--max-frequency", type=float, default=0.35, help="highest frequency used in alignment, cycles/voxel"
+    )
+    parser.add_argument(
+        "--max-classes", type=int, default=6, help="largest number of classes tried by 'auto'"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (initial rotations, k-means)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing non-empty output folder"
+    )
+
+
+def _read_subtomograms(star: Path):
+    import torch
+
+    from aitom.errors import InputError
+    from aitom.io import read_particles, read_volume
+
+    table = read_particles(star, require=("rlnImageName",))
+    if len(table) == 0:
+        raise InputError("the particle table is empty", star)
+    if len(table) < 2:
+        raise InputError("need at least 2 particles to average", star)
+    volumes, voxel_size_a = [], None
+    for name in table["rlnImageName"]:
+        path = Path(str(name))
+        path = path if path.is_absolute() else star.parent / path
+        volume, header = read_volume(path)
+        if volumes and volume.shape != volumes[0].shape:
+            raise InputError(
+                f"size {tuple(volume.shape)} differs from the first particle's {tuple(volumes[0].shape)}",
+                path,
+            )
+        if len(set(volume.shape)) != 1:
+            raise InputError(f"subtomogram must be cubic, got {tuple(volume.shape)}", path)
+        volumes.append(volume)
+        voxel_size_a = voxel_size_a or header.voxel_size_a[0]
+    return table, torch.stack(volumes), float(voxel_size_a)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from aitom.commands.simulate import _check_output_folder, _device, _output_folder
+    from aitom.errors import InputError
+    from aitom.fourier import missing_wedge_mask
+    from aitom.io import write_particles, write_volume
+    from aitom.ops.averaging import reference_free_average
+    from aitom.ops.clustering import classify_and_average
+    from aitom.ops.faml import faml_average
+
+    if args.iterations < 1:
+        raise InputError(f"--iterations must be >= 1, got {args.iterations}")
+    if not 0.0 < args.max_frequency <= 0.5:
+        raise InputError(f"--max-frequency must be in (0, 0.5] cycles/voxel, got {args.max_frequency}")
+    if not 0.0 < args.step <= 180.0:
+        raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
+    _check_output_folder(args.out, args.overwrite)
+    device = _device(args.device)
+    table, volumes, voxel_size_a = _read_subtomograms(args.particles)
+    volumes = volumes.to(device)
+    n = volumes.shape[0]
+    if args.classes != "auto" and args.classes > n:
+        raise InputError(f"--classes {args.classes} is more than the {n} particles")
+    shape = tuple(volumes.shape[-3:])
+    mask = missing_wedge_mask(shape, tilt_min_deg=args.wedge[0], tilt_max_deg=args.wedge[1], device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    alignment_options = {
+        "angular_step_deg": args.step,
+        "max_shift_voxels": args.max_shift,
+        "max_frequency": args.max_frequency,
+    }
+    if args.method == "faml":
+        n_classes = 1 if args.classes == "auto" else args.classes
+        result = faml_average(
+            volumes,
+            mask,
+            n_classes=n_classes,
+            iterations=args.iterations,
+            voxel_size_a=voxel_size_a,
+            generator=generator,
+            progress=True,
+            **alignment_options,
+        )
+        averages, labels, alignment, fsc_curves, frequency = (
+            result.averages,
+            result.labels,
+            result.alignment,
+            result.fsc,
+            result.frequency,
+        )
+    elif args.classes == 1:
+        single = reference_free_average(
+            volumes,
+            mask,
+            iterations=args.iterations,
+            voxel_size_a=voxel_size_a,
+            generator=generator,
+            progress=True,
+            **alignment_options,
+        )
+        averages, labels, alignment = single.average[None], torch.zeros(n, dtype=torch.long), single.alignment
+        fsc_curves, frequency = single.fsc[None], single.frequency
+    else:
+        result = classify_and_average(
+            volumes,
+            mask,
+            n_classes=None if args.classes == "auto" else args.classes,
+            max_classes=args.max_classes,
+            rounds=args.iterations,
+            voxel_size_a=voxel_size_a,
+            generator=generator,
+            progress=True,
+            **alignment_options,
+        )
+        averages, labels, alignment, fsc_curves, frequency = (
+            result.averages,
+            result.labels,
+            result.alignment,
+            result.fsc,
+            result.frequency,
+        )
+
+    out_table = table.copy()
+    angles = torch.rad2deg(alignment.angles_rad).cpu().double().numpy()
+    shifts = alignment.shift_xyz.cpu().double().numpy()
+    for column, values in zip(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), angles.T):
+        out_table[column] = values
+    for column, values in zip(("rlnOriginX", "rlnOriginY", "rlnOriginZ"), shifts.T):
+        out_table[column] = -values
+    out_table["rlnClassNumber"] = labels.cpu().numpy() + 1
+    out_table["aitomAlignmentScore"] = alignment.score.cpu().double().numpy()
+    from aitom.fourier import resolution_at
+
+    report = {
+        "voxel_size_a": voxel_size_a,
+        "frequency_per_a": (frequency.cpu() / voxel_size_a).tolist(),
+        "classes": [],
+    }
+    for index, curve in enumerate(fsc_curves.cpu()):
+        report["classes"].append(
+            {
+                "class": index + 1,
+                "particles": int((labels == index).sum()),
+                "fsc": curve.tolist(),
+                "fsc_0.5_a": float(resolution_at(frequency.cpu(), curve, 0.5, voxel_size_a=voxel_size_a)),
+                "fsc_0.143_a": float(resolution_at(frequency.cpu(), curve, 0.143, voxel_size_a=voxel_size_a)),
+            }
+        )
+    with _output_folder(args.out) as folder:
+        for index, average in enumerate(averages.cpu()):
+            write_volume(folder / f"average_class{index + 1}.mrc", average, voxel_size_a)
+        write_particles(folder / "particles.star", out_table)
+        (folder / "fsc.json").write_text(json.dumps(report, indent=2) + "\n")
+        _plot_fsc(report, folder / "fsc.png")
+    summary = ", ".join(
+        f"class {c['class']}: {c['particles']} particles, FSC 0.143 {c['fsc_0.143_a']:.1f} Å"
+        for c in report["classes"]
+    )
+    print(f"{args.out}: {summary}")
+    return 0
+
+
+def _plot_fsc(report: dict, path: Path) -> None:
+    """Half-set FSC of every class against frequency (1/Å), with the 0.5 and 0.143 thresholds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from aitom.io import atomic_output
+
+    figure = Figure(figsize=(5, 3.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    for entry in report["classes"]:
+        axes.plot(
+            report["frequency_per_a"], entry["fsc"], label=f"class {entry['class']} ({entry['particles']})"
+        )
+    for threshold in (0.5, 0.143):
+        axes.axhline(threshold, color="grey", linestyle=":", linewidth=0.8)
+    axes.set_xlabel("frequency (1/Å)")
+    axes.set_ylabel("half-set FSC")
+    axes.set_ylim(-0.1, 1.05)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png")

@@ -1,0 +1,273 @@
+"""Subtomogram averaging: wedge-compensated averages and iterative reference-free alignment.
+
+Poses follow :mod:`aitom.ops.alignment`: a subtomogram is the reference rotated actively by ``R`` and shifted
+by ``t``, so ``rotate_volume(fourier_shift(v, -t), Rᵀ)`` brings it back to the reference frame, and its
+centred Fourier mask comes along rotated by ``Rᵀ``. The average is ``F⁻¹[Σ F(aligned_i) / max(Σ W_i, ε)]``
+with ``W_i`` the rotated masks: each Fourier coefficient is divided by the number of subtomograms that
+observed it (wedge compensation), with a Wiener-like floor ``ε`` (a fraction of the number of subtomograms) so
+that coefficients seen by few subtomograms are damped rather than amplified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from tqdm.auto import tqdm
+
+from aitom.fourier import fftn_centered, fourier_shell_correlation, ifftn_centered, resolution_at
+from aitom.geometry import fourier_shift, random_rotations, rotate_volume, rotation_angle_between
+from aitom.ops.alignment import Alignment, align_subtomograms
+
+__all__ = [
+    "AveragingResult",
+    "align_to_reference_frame",
+    "half_set_fsc",
+    "reference_free_average",
+    "wedge_compensated_average",
+]
+
+
+def align_to_reference_frame(
+    volumes: torch.Tensor, rotations: torch.Tensor, shifts_xyz: torch.Tensor
+) -> torch.Tensor:
+    """Undo the poses: ``rotate_volume(fourier_shift(v, -t), Rᵀ)`` for every subtomogram.
+
+    Args:
+        volumes: ``(P, S, S, S)``; rotations ``(P, 3, 3)``; shifts_xyz ``(P, 3)`` voxels ``(x, y, z)``.
+
+    Returns:
+        ``(P, S, S, S)`` subtomograms in the reference frame.
+    """
+    unshifted = fourier_shift(volumes, -shifts_xyz.to(volumes))
+    return rotate_volume(unshifted, rotations.to(volumes).transpose(-1, -2))
+
+
+def wedge_compensated_average(
+    volumes: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts_xyz: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    weights: torch.Tensor | None = None,
+    wiener_floor: float = 0.05,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted average of aligned subtomograms, each Fourier coefficient divided by its coverage.
+
+    Args:
+        volumes: ``(P, S, S, S)`` subtomograms; rotations ``(P, 3, 3)``, shifts_xyz ``(P, 3)``: their poses.
+        mask: centred Fourier mask ``(S, S, S)`` shared by all or ``(P, S, S, S)``; None: fully observed.
+        weights: ``(P,)`` non-negative weights (class memberships); None: all 1.
+        wiener_floor: the coverage is floored at this fraction of ``Σ weights`` before dividing.
+        batch_size: subtomograms transformed at once (memory).
+
+    Returns:
+        ``(average (S, S, S), coverage (S, S, S))``: the real average and the centred Fourier coverage
+        ``Σ w_i W_i(Rᵢᵀ k)`` normalised to ``[0, 1]`` by ``Σ w_i`` (use ``coverage`` as the average's mask).
+    """
+    if (
+        volumes.ndim != 4
+        or rotations.shape != (volumes.shape[0], 3, 3)
+        or shifts_xyz.shape != (volumes.shape[0], 3)
+    ):
+        raise ValueError(
+            f"need volumes (P, S, S, S), rotations (P, 3, 3), shifts (P, 3); got {tuple(volumes.shape)}, "
+            f"{tuple(rotations.shape)}, {tuple(shifts_xyz.shape)}"
+        )
+    if wiener_floor <= 0:
+        raise ValueError(f"wiener_floor must be > 0, got {wiener_floor}")
+    n = volumes.shape[0]
+    weights = (
+        torch.ones(n, device=volumes.device, dtype=volumes.dtype) if weights is None else weights.to(volumes)
+    )
+    shape = volumes.shape[-3:]
+    spectrum_sum = torch.zeros(shape, device=volumes.device, dtype=volumes.dtype).to(
+        fftn_centered(volumes[:1]).dtype
+    )
+    coverage = torch.zeros(shape, device=volumes.device, dtype=volumes.dtype)
+    for start in range(0, n, batch_size):
+        part = slice(start, start + batch_size)
+        w = weights[part]
+        aligned = align_to_reference_frame(volumes[part], rotations[part], shifts_xyz[part])
+        inverse = rotations[part].to(volumes).transpose(-1, -2)
+        if mask is None:
+            part_mask = torch.ones_like(aligned)
+        else:
+            source = mask.to(volumes) if mask.ndim == 3 else mask[part].to(volumes)
+            part_mask = rotate_volume(source, inverse).clamp(0.0, 1.0)
+        spectrum_sum += (w[:, None, None, None] * part_mask * fftn_centered(aligned)).sum(0)
+        coverage += (w[:, None, None, None] * part_mask).sum(0)
+    total = weights.sum().clamp(min=torch.finfo(volumes.dtype).tiny)
+    denominator = coverage.clamp(min=wiener_floor * total)
+    average = ifftn_centered(spectrum_sum / denominator).real
+    return average, coverage / total
+
+
+def half_set_fsc(
+    volumes: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts_xyz: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    weights: torch.Tensor | None = None,
+    wiener_floor: float = 0.05,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FSC between the wedge-compensated averages of the even- and odd-numbered subtomograms.
+
+    Returns:
+        ``(frequency (n,) cycles/voxel, fsc (n,))`` as :func:`aitom.fourier.fourier_shell_correlation`; the
+        FSC is all zeros for fewer than two subtomograms.
+    """
+    if volumes.shape[0] < 2:
+        frequency, _ = fourier_shell_correlation(
+            volumes.new_zeros(volumes.shape[-3:]), volumes.new_zeros(volumes.shape[-3:])
+        )
+        return frequency, torch.zeros_like(frequency)
+    halves = []
+    for parity in (0, 1):
+        index = torch.arange(parity, volumes.shape[0], 2, device=volumes.device)
+        half_mask = mask if mask is None or mask.ndim == 3 else mask[index]
+        half_weights = None if weights is None else weights[index]
+        average, _ = wedge_compensated_average(
+            volumes[index],
+            rotations[index],
+            shifts_xyz[index],
+            half_mask,
+            weights=half_weights,
+            wiener_floor=wiener_floor,
+        )
+        halves.append(average)
+    return fourier_shell_correlation(halves[0], halves[1])
+
+
+@dataclasses.dataclass
+class AveragingResult:
+    """Result of :func:`reference_free_average`.
+
+    Attributes:
+        average: ``(S, S, S)`` final wedge-compensated average.
+        coverage: ``(S, S, S)`` its centred Fourier coverage in ``[0, 1]``.
+        alignment: final poses and scores of every subtomogram (:class:`aitom.ops.alignment.Alignment`).
+        frequency: ``(n,)`` FSC shell centres, cycles/voxel.
+        fsc: ``(n,)`` half-set FSC of the last iteration.
+        history: one dict per iteration: ``iteration``, ``fsc_0.5_a``, ``fsc_0.143_a`` (Å), ``mean_score``,
+            ``median_rotation_change_deg``, ``median_shift_change_voxels``, ``fsc`` (list).
+    """
+
+    average: torch.Tensor
+    coverage: torch.Tensor
+    alignment: Alignment
+    frequency: torch.Tensor
+    fsc: torch.Tensor
+    history: list[dict]
+
+
+def reference_free_average(
+    volumes: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    iterations: int = 5,
+    voxel_size_a: float = 1.0,
+    angular_step_deg: float = 15.0,
+    max_shift_voxels: float | None = None,
+    max_frequency: float = 0.35,
+    refine_steps: int = 30,
+    wiener_floor: float = 0.05,
+    tolerance_deg: float = 1.0,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    initial_reference: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    progress: bool = False,
+) -> AveragingResult:
+    """Iterative reference-free averaging: align everything to the current average, re-average, repeat.
+
+    Starts from the wedge-compensated average of the subtomograms under uniformly random rotations (or from
+    ``initial_reference``); each iteration aligns all subtomograms to the current average (whose mask is its
+    coverage), re-averages with wedge compensation and computes the FSC of the even/odd half-set averages.
+    Stops after ``iterations`` or when the median rotation change drops below ``tolerance_deg`` and the median
+    shift change below 0.5 voxel.
+
+    Args:
+        volumes: ``(P, S, S, S)`` subtomograms.
+        mask: centred Fourier mask ``(S, S, S)`` shared by all, ``(P, S, S, S)``, or None.
+        iterations: maximum number of align/average rounds.
+        voxel_size_a: voxel size, Å (for the resolutions in ``history``).
+        angular_step_deg, max_shift_voxels, max_frequency, refine_steps: alignment settings
+            (:func:`aitom.ops.alignment.align_subtomograms`).
+        wiener_floor: see :func:`wedge_compensated_average`.
+        tolerance_deg: convergence threshold on the median rotation change, degrees.
+        batch_size: subtomograms aligned at once.
+        generator: random generator for the initial rotations.
+        initial_reference: ``(S, S, S)`` starting reference instead of the random-rotation average.
+        weights: ``(P,)`` weights of the subtomograms in the averages (class memberships).
+        progress: show progress bars.
+
+    Returns:
+        :class:`AveragingResult`.
+    """
+    if volumes.ndim != 4 or volumes.shape[0] < 2:
+        raise ValueError(f"need at least 2 subtomograms (P, S, S, S), got {tuple(volumes.shape)}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    n = volumes.shape[0]
+    device, dtype = volumes.device, volumes.dtype
+    rotations = random_rotations(n, generator=generator, dtype=dtype, device=device)
+    shifts = torch.zeros(n, 3, device=device, dtype=dtype)
+    if initial_reference is None:
+        reference, coverage = wedge_compensated_average(
+            volumes, rotations, shifts, mask, weights=weights, wiener_floor=wiener_floor
+        )
+    else:
+        reference = initial_reference.to(volumes)
+        coverage = None
+    history: list[dict] = []
+    alignment = Alignment(rotations, shifts, torch.zeros(n, device=device, dtype=dtype))
+    for iteration in range(1, iterations + 1):
+        reference_mask = None if coverage is None else (coverage / wiener_floor).clamp(max=1.0)
+        parts = []
+        batches = range(0, n, batch_size)
+        for start in tqdm(batches, desc=f"align {iteration}", disable=not progress, leave=False):
+            part = slice(start, start + batch_size)
+            parts.append(
+                align_subtomograms(
+                    reference,
+                    volumes[part],
+                    reference_mask,
+                    mask if mask is None or mask.ndim == 3 else mask[part],
+                    angular_step_deg=angular_step_deg,
+                    max_shift_voxels=max_shift_voxels,
+                    max_frequency=max_frequency,
+                    search_band=(0.05, min(0.25, max_frequency)),
+                    refine_steps=refine_steps,
+                )
+            )
+        new = Alignment(
+            torch.cat([p.rotation for p in parts]),
+            torch.cat([p.shift_xyz for p in parts]),
+            torch.cat([p.score for p in parts]),
+        )
+        rotation_change = torch.rad2deg(rotation_angle_between(alignment.rotation, new.rotation)).median()
+        shift_change = (alignment.shift_xyz - new.shift_xyz).norm(dim=1).median()
+        alignment = new
+        reference, coverage = wedge_compensated_average(
+            volumes, alignment.rotation, alignment.shift_xyz, mask, weights=weights, wiener_floor=wiener_floor
+        )
+        frequency, fsc = half_set_fsc(
+            volumes, alignment.rotation, alignment.shift_xyz, mask, weights=weights, wiener_floor=wiener_floor
+        )
+        history.append(
+            {
+                "iteration": iteration,
+                "fsc_0.5_a": float(resolution_at(frequency, fsc, 0.5, voxel_size_a=voxel_size_a)),
+                "fsc_0.143_a": float(resolution_at(frequency, fsc, 0.143, voxel_size_a=voxel_size_a)),
+                "mean_score": float(alignment.score.mean()),
+                "median_rotation_change_deg": float(rotation_change),
+                "median_shift_change_voxels": float(shift_change),
+                "fsc": fsc.tolist(),
+            }
+        )
+        if iteration > 1 and rotation_change < tolerance_deg and shift_change < 0.5:
+            break
+    return AveragingResult(reference, coverage, alignment, frequency, fsc, history)

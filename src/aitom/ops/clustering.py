@@ -1,0 +1,300 @@
+"""Classification by clustering: simultaneous classification and averaging (Xu et al. 2012).
+
+Each round: subtomograms, brought to the frame of their class average by their current poses, get their
+missing wedge filled with the class average's Fourier coefficients (so that the wedge orientation does not
+drive the clustering), are reduced by PCA, and are clustered by k-means (faiss); the number of classes can be
+chosen by the mean silhouette. Each class is averaged with wedge compensation, every subtomogram is aligned to
+every class average and keeps the pose of its best-scoring one, and the next round clusters again.
+Also here: :func:`adjusted_rand_index` (Hubert & Arabie 1985, from the contingency table) to score a
+clustering against the truth, and :func:`silhouette_score`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from aitom.fourier import fftn_centered, ifftn_centered
+from aitom.geometry import rotate_volume, soft_sphere_mask
+from aitom.ops.alignment import Alignment, align_subtomograms
+from aitom.ops.averaging import (
+    align_to_reference_frame,
+    half_set_fsc,
+    reference_free_average,
+    wedge_compensated_average,
+)
+
+__all__ = [
+    "ClassificationResult",
+    "adjusted_rand_index",
+    "classify_and_average",
+    "kmeans",
+    "pca_features",
+    "silhouette_score",
+]
+
+
+def adjusted_rand_index(
+    labels_true: torch.Tensor | np.ndarray, labels_pred: torch.Tensor | np.ndarray
+) -> float:
+    """Adjusted Rand index of two labellings of the same items (1: identical up to renaming; ~0: chance).
+
+    ``ARI = (Σ C(n_ij, 2) − E) / (½ (Σ C(a_i, 2) + Σ C(b_j, 2)) − E)`` with ``E = Σ C(a_i, 2) Σ C(b_j, 2) /
+    C(n, 2)``, ``n_ij`` the contingency table and ``a_i``, ``b_j`` its row and column sums.
+    """
+    true = np.asarray(torch.as_tensor(labels_true).cpu()).ravel()
+    pred = np.asarray(torch.as_tensor(labels_pred).cpu()).ravel()
+    if true.shape != pred.shape:
+        raise ValueError(f"labellings differ in length: {true.shape[0]} and {pred.shape[0]}")
+    n = true.shape[0]
+    _, true_index = np.unique(true, return_inverse=True)
+    _, pred_index = np.unique(pred, return_inverse=True)
+    table = np.zeros((true_index.max() + 1, pred_index.max() + 1), dtype=np.int64)
+    np.add.at(table, (true_index, pred_index), 1)
+
+    def pairs(counts: np.ndarray) -> float:
+        return float((counts * (counts - 1) // 2).sum())
+
+    index = pairs(table)
+    rows, columns = pairs(table.sum(axis=1)), pairs(table.sum(axis=0))
+    total = n * (n - 1) / 2
+    expected = rows * columns / total if total > 0 else 0.0
+    maximum = (rows + columns) / 2
+    if maximum == expected:
+        return 1.0
+    return (index - expected) / (maximum - expected)
+
+
+def silhouette_score(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean silhouette ``(b − a) / max(a, b)`` over items (Euclidean distances; items alone in a class: 0).
+
+    Args:
+        features: ``(P, D)``; labels: ``(P,)`` integers, at least 2 distinct.
+    """
+    labels = labels.to(features.device)
+    classes = labels.unique()
+    if classes.numel() < 2:
+        raise ValueError("silhouette needs at least 2 classes")
+    distances = torch.cdist(features, features)
+    one_hot = (labels[:, None] == classes[None, :]).to(features.dtype)  # (P, K)
+    counts = one_hot.sum(0)
+    sums = distances @ one_hot  # (P, K)
+    own = one_hot.bool()
+    own_count = (counts[None, :] * one_hot).sum(1)
+    within = (sums * one_hot).sum(1) / (own_count - 1).clamp(min=1)
+    between = (sums / counts[None, :]).masked_fill(own, float("inf")).min(1).values
+    silhouette = (between - within) / torch.maximum(within, between).clamp(
+        min=torch.finfo(features.dtype).tiny
+    )
+    silhouette = torch.where(own_count > 1, silhouette, torch.zeros_like(silhouette))
+    return float(silhouette.mean())
+
+
+def kmeans(features: torch.Tensor, n_clusters: int, *, seed: int = 0, n_init: int = 10) -> torch.Tensor:
+    """k-means labels ``(P,)`` (long, on the device of ``features``) by faiss, best of ``n_init`` starts."""
+    import faiss
+
+    if not 1 <= n_clusters <= features.shape[0]:
+        raise ValueError(f"n_clusters must be in [1, {features.shape[0]}], got {n_clusters}")
+    data = np.ascontiguousarray(features.detach().cpu().numpy().astype(np.float32))
+    model = faiss.Kmeans(
+        data.shape[1], n_clusters, niter=50, nredo=n_init, seed=seed, verbose=False, min_points_per_centroid=1
+    )
+    model.train(data)
+    _, assignment = model.index.search(data, 1)
+    return torch.as_tensor(assignment[:, 0], dtype=torch.long, device=features.device)
+
+
+def pca_features(
+    volumes: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts_xyz: torch.Tensor,
+    fill: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    n_components: int = 8,
+) -> torch.Tensor:
+    """PCA features of wedge-filled aligned subtomograms.
+
+    Each subtomogram is brought to the reference frame, its unobserved Fourier coefficients (mask rotated by
+    ``Rᵀ``) are replaced by those of ``fill`` (its class average, ``(S, S, S)`` or ``(P, S, S, S)``), it is
+    multiplied by a soft sphere and the result is projected on the ``n_components`` leading principal axes.
+
+    Returns:
+        ``(P, n_components)`` features.
+    """
+    aligned = align_to_reference_frame(volumes, rotations, shifts_xyz)
+    if mask is not None:
+        observed = rotate_volume(mask.to(volumes), rotations.to(volumes).transpose(-1, -2)).clamp(0, 1)
+        spectrum = observed * fftn_centered(aligned) + (1 - observed) * fftn_centered(fill.to(volumes))
+        aligned = ifftn_centered(spectrum).real
+    size = volumes.shape[-1]
+    sphere = soft_sphere_mask(
+        (size,) * 3,
+        radius_voxels=0.4 * size,
+        edge_width_voxels=2.0,
+        device=volumes.device,
+        dtype=volumes.dtype,
+    )
+    data = (aligned * sphere).flatten(1)
+    data = data - data.mean(0, keepdim=True)
+    n_components = min(n_components, data.shape[0] - 1, data.shape[1])
+    _, _, basis = torch.linalg.svd(data, full_matrices=False)
+    return data @ basis[:n_components].T
+
+
+@dataclasses.dataclass
+class ClassificationResult:
+    """Result of :func:`classify_and_average`.
+
+    Attributes:
+        averages: ``(K, S, S, S)`` class averages.
+        labels: ``(P,)`` 0-based classes.
+        alignment: poses (in the frame of each subtomogram's class average) and scores.
+        frequency: ``(n,)`` FSC shell centres, cycles/voxel.
+        fsc: ``(K, n)`` half-set FSC of each class.
+        history: per round: ``round``, ``n_classes``, ``silhouette``, ``mean_score``.
+    """
+
+    averages: torch.Tensor
+    labels: torch.Tensor
+    alignment: Alignment
+    frequency: torch.Tensor
+    fsc: torch.Tensor
+    history: list[dict]
+
+
+def _choose_clusters(
+    features: torch.Tensor, n_classes: int | None, max_classes: int, seed: int
+) -> tuple[torch.Tensor, float]:
+    if n_classes is not None:
+        labels = kmeans(features, n_classes, seed=seed)
+        score = silhouette_score(features, labels) if labels.unique().numel() > 1 else 0.0
+        return labels, score
+    best_labels, best_score = None, -float("inf")
+    for k in range(2, min(max_classes, features.shape[0] - 1) + 1):
+        labels = kmeans(features, k, seed=seed)
+        if labels.unique().numel() < 2:
+            continue
+        score = silhouette_score(features, labels)
+        if score > best_score:
+            best_labels, best_score = labels, score
+    if best_labels is None:
+        return torch.zeros(features.shape[0], dtype=torch.long, device=features.device), 0.0
+    return best_labels, best_score
+
+
+def classify_and_average(
+    volumes: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    n_classes: int | None = None,
+    max_classes: int = 6,
+    rounds: int = 3,
+    initial_iterations: int = 3,
+    n_components: int = 8,
+    voxel_size_a: float = 1.0,
+    angular_step_deg: float = 15.0,
+    max_shift_voxels: float | None = None,
+    max_frequency: float = 0.35,
+    refine_steps: int = 30,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> ClassificationResult:
+    """Simultaneous classification and averaging (Xu et al. 2012) with PCA, k-means and wedge filling.
+
+    Args:
+        volumes: ``(P, S, S, S)`` subtomograms.
+        mask: centred Fourier mask ``(S, S, S)`` shared by all, or None.
+        n_classes: number of classes; None chooses it in ``[2, max_classes]`` by the mean silhouette.
+        rounds: cluster / average / align rounds after the initial reference-free average.
+        initial_iterations: iterations of :func:`aitom.ops.averaging.reference_free_average` for the start.
+        n_components: PCA dimensions.
+        voxel_size_a, angular_step_deg, max_shift_voxels, max_frequency, refine_steps, generator, progress:
+            as in :func:`aitom.ops.averaging.reference_free_average`.
+
+    Returns:
+        :class:`ClassificationResult`.
+    """
+    start = reference_free_average(
+        volumes,
+        mask,
+        iterations=initial_iterations,
+        voxel_size_a=voxel_size_a,
+        angular_step_deg=angular_step_deg,
+        max_shift_voxels=max_shift_voxels,
+        max_frequency=max_frequency,
+        refine_steps=refine_steps,
+        generator=generator,
+        progress=progress,
+    )
+    seed = 0 if generator is None else int(generator.initial_seed())
+    alignment = start.alignment
+    fill = start.average.expand_as(volumes)
+    history = []
+    for round_index in range(1, rounds + 1):
+        features = pca_features(
+            volumes, alignment.rotation, alignment.shift_xyz, fill, mask, n_components=n_components
+        )
+        labels, silhouette = _choose_clusters(features, n_classes, max_classes, seed)
+        classes = labels.unique()
+        labels = torch.searchsorted(classes, labels)
+        averages = torch.stack(
+            [
+                wedge_compensated_average(
+                    volumes, alignment.rotation, alignment.shift_xyz, mask, weights=(labels == k).to(volumes)
+                )[0]
+                for k in range(classes.numel())
+            ]
+        )
+        if round_index == rounds:
+            history.append(
+                {
+                    "round": round_index,
+                    "n_classes": int(classes.numel()),
+                    "silhouette": silhouette,
+                    "mean_score": float(alignment.score.mean()),
+                }
+            )
+            break
+        per_class = [
+            align_subtomograms(
+                average,
+                volumes,
+                None,
+                mask,
+                angular_step_deg=angular_step_deg,
+                max_shift_voxels=max_shift_voxels,
+                max_frequency=max_frequency,
+                search_band=(0.05, min(0.25, max_frequency)),
+                refine_steps=refine_steps,
+            )
+            for average in averages
+        ]
+        scores = torch.stack([result.score for result in per_class])  # (K, P)
+        best = scores.argmax(0)
+        items = torch.arange(volumes.shape[0], device=volumes.device)
+        alignment = Alignment(
+            torch.stack([r.rotation for r in per_class])[best, items],
+            torch.stack([r.shift_xyz for r in per_class])[best, items],
+            scores[best, items],
+        )
+        fill = averages[best]
+        history.append(
+            {
+                "round": round_index,
+                "n_classes": int(classes.numel()),
+                "silhouette": silhouette,
+                "mean_score": float(alignment.score.mean()),
+            }
+        )
+    fsc_curves = []
+    for k in range(averages.shape[0]):
+        members = labels == k
+        frequency, curve = half_set_fsc(
+            volumes[members], alignment.rotation[members], alignment.shift_xyz[members], mask
+        )
+        fsc_curves.append(curve)
+    return ClassificationResult(averages, labels, alignment, frequency, torch.stack(fsc_curves), history)

@@ -1,0 +1,277 @@
+"""FAML: fast maximum-likelihood subtomogram averaging and classification (Zhao et al. 2018).
+
+The model of Scheres et al. (2009): subtomogram ``i`` is class model ``μ_k`` rotated by ``R`` and shifted by
+``t``, observed through its Fourier mask ``W`` with white Gaussian noise of variance ``σ²`` per observed
+coefficient (orthonormal FFT). Instead of integrating over all of SO(3) × shifts, FAML integrates over a short
+candidate set of transformations per subtomogram and class, the best ones of the fast alignment
+(:mod:`aitom.ops.alignment`: amplitude rotational search, then FFT translation search). EM:
+
+* E-step: ``γ_ikj ∝ π_k exp(−‖W (F_i − F[T_kj μ_k])‖² / 2σ²)`` over classes ``k`` and candidates ``j``;
+* M-step: ``μ_k`` = the wedge-compensated average of all subtomograms under all candidates weighted by
+  ``γ_ikj``; ``π_k = mean_i Σ_j γ_ikj``; ``σ² = Σ γ ‖residual‖² / Σ γ (number of observed coefficients)``.
+
+The candidate sets are recomputed from the current models at every iteration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from aitom.geometry import fourier_shift, rotate_volume, so3_grid
+from aitom.ops.alignment import (
+    Alignment,
+    _band_and_friedel_weight,
+    _distinct_best,
+    _half_spectrum_mask,
+    rotational_search,
+    translation_search,
+)
+from aitom.ops.averaging import half_set_fsc, reference_free_average, wedge_compensated_average
+
+__all__ = ["FamlResult", "faml_average"]
+
+
+@dataclasses.dataclass
+class FamlResult:
+    """Result of :func:`faml_average`.
+
+    Attributes:
+        averages: ``(K, S, S, S)`` class models.
+        labels: ``(P,)`` most probable class of each subtomogram (0-based).
+        responsibilities: ``(P, K)`` class posteriors (summed over candidates).
+        alignment: pose of each subtomogram's most probable (class, candidate); ``score``: its posterior.
+        frequency: ``(n,)`` FSC shell centres, cycles/voxel.
+        fsc: ``(K, n)`` half-set FSC of each class (most probable poses).
+        history: per iteration: ``iteration``, ``noise_variance``, ``log_likelihood``, ``class_fractions``.
+    """
+
+    averages: torch.Tensor
+    labels: torch.Tensor
+    responsibilities: torch.Tensor
+    alignment: Alignment
+    frequency: torch.Tensor
+    fsc: torch.Tensor
+    history: list[dict]
+
+
+def _candidates(
+    model: torch.Tensor,
+    volumes: torch.Tensor,
+    mask: torch.Tensor | None,
+    grid: torch.Tensor,
+    n_candidates: int,
+    separation_rad: float,
+    max_shift_voxels: float | None,
+    max_frequency: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ``J`` (rotation, shift) of a model for every subtomogram: ``(P, J, 3, 3)``, ``(P, J, 3)``."""
+    scores = rotational_search(model, volumes, grid, None, mask, max_frequency=min(0.25, max_frequency))
+    best = _distinct_best(scores, grid, n_candidates, separation_rad)
+    n, count = best.shape
+    rotations = grid[best].reshape(-1, 3, 3)
+    expanded_mask = mask
+    if mask is not None and mask.ndim == 4:
+        expanded_mask = mask.repeat_interleave(count, dim=0)
+    shifts, _ = translation_search(
+        model,
+        volumes.repeat_interleave(count, dim=0),
+        rotations,
+        None,
+        expanded_mask,
+        max_shift_voxels=max_shift_voxels,
+        max_frequency=max_frequency,
+    )
+    return rotations.reshape(n, count, 3, 3), shifts.reshape(n, count, 3)
+
+
+def _squared_residuals(
+    model: torch.Tensor,
+    volumes: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts: torch.Tensor,
+    mask: torch.Tensor | None,
+    max_frequency: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``‖W (F_i − F[T μ])‖²`` (orthonormal FFT, in the band) for ``(P, J)`` poses, and coefficient counts."""
+    n, count = rotations.shape[:2]
+    shape = volumes.shape[-3:]
+    predicted = fourier_shift(rotate_volume(model, rotations.reshape(-1, 3, 3)), shifts.reshape(-1, 3))
+    weight = _half_spectrum_mask(mask, shape, volumes) * _band_and_friedel_weight(
+        shape, 0.0, max_frequency, volumes
+    )
+    observed = torch.fft.rfftn(volumes, dim=(-3, -2, -1), norm="ortho")
+    prediction = torch.fft.rfftn(predicted, dim=(-3, -2, -1), norm="ortho").reshape(
+        n, count, *observed.shape[1:]
+    )
+    if weight.ndim == 4:
+        weight = weight[:, None]
+    residual = (weight * (observed[:, None] - prediction).abs().square()).sum(dim=(-3, -2, -1))
+    coefficients = (
+        weight.sum(dim=(-3, -2, -1)).expand(n, count) if weight.ndim == 3 else weight.sum((-3, -2, -1))
+    )
+    return residual, coefficients.expand(n, count)
+
+
+def faml_average(
+    volumes: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    n_classes: int = 1,
+    iterations: int = 5,
+    n_candidates: int = 4,
+    voxel_size_a: float = 1.0,
+    angular_step_deg: float = 15.0,
+    max_shift_voxels: float | None = None,
+    max_frequency: float = 0.35,
+    initial_iterations: int = 2,
+    batch_size: int = 32,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> FamlResult:
+    """FAML expectation-maximisation over per-subtomogram candidate transformations.
+
+    Starts from :func:`aitom.ops.averaging.reference_free_average` (``initial_iterations``); with several
+    classes the initial models are averages of random subsets under those poses.
+
+    Args:
+        volumes: ``(P, S, S, S)`` subtomograms.
+        mask: centred Fourier mask ``(S, S, S)`` shared by all, or None.
+        n_classes: number of class models ``K``.
+        iterations: EM iterations.
+        n_candidates: candidate transformations per subtomogram and class.
+        voxel_size_a, angular_step_deg, max_shift_voxels, max_frequency, generator, progress: as in
+            :func:`aitom.ops.averaging.reference_free_average`.
+        batch_size: subtomograms per batch (memory).
+
+    Returns:
+        :class:`FamlResult`.
+    """
+    if n_classes < 1 or n_classes > volumes.shape[0]:
+        raise ValueError(f"n_classes must be in [1, {volumes.shape[0]}], got {n_classes}")
+    start = reference_free_average(
+        volumes,
+        mask,
+        iterations=initial_iterations,
+        voxel_size_a=voxel_size_a,
+        angular_step_deg=angular_step_deg,
+        max_shift_voxels=max_shift_voxels,
+        max_frequency=max_frequency,
+        generator=generator,
+        progress=progress,
+    )
+    n = volumes.shape[0]
+    device, dtype = volumes.device, volumes.dtype
+    if n_classes == 1:
+        models = start.average[None]
+    else:
+        subset = torch.randint(
+            n_classes, (n,), generator=generator, device=generator.device if generator else None
+        )
+        subset = subset.to(device)
+        models = torch.stack(
+            [
+                wedge_compensated_average(
+                    volumes,
+                    start.alignment.rotation,
+                    start.alignment.shift_xyz,
+                    mask,
+                    weights=(subset == k).to(dtype),
+                )[0]
+                for k in range(n_classes)
+            ]
+        )
+    priors = torch.full((n_classes,), 1.0 / n_classes, device=device, dtype=dtype)
+    grid = so3_grid(angular_step_deg, dtype=dtype, device=device)
+    separation = math.radians(angular_step_deg)
+    noise_variance = None
+    history = []
+    for iteration in tqdm(range(1, iterations + 1), desc="FAML", disable=not progress, leave=False):
+        rotations = torch.empty(n, n_classes, n_candidates, 3, 3, device=device, dtype=dtype)
+        shifts = torch.empty(n, n_classes, n_candidates, 3, device=device, dtype=dtype)
+        residuals = torch.empty(n, n_classes, n_candidates, device=device, dtype=dtype)
+        coefficients = torch.empty_like(residuals)
+        for begin in range(0, n, batch_size):
+            part = slice(begin, begin + batch_size)
+            part_mask = mask if mask is None or mask.ndim == 3 else mask[part]
+            for k in range(n_classes):
+                candidate_rotations, candidate_shifts = _candidates(
+                    models[k],
+                    volumes[part],
+                    part_mask,
+                    grid,
+                    n_candidates,
+                    separation,
+                    max_shift_voxels,
+                    max_frequency,
+                )
+                count = candidate_rotations.shape[1]
+                rotations[part, k, :count] = candidate_rotations
+                shifts[part, k, :count] = candidate_shifts
+                residual, coefficient = _squared_residuals(
+                    models[k], volumes[part], candidate_rotations, candidate_shifts, part_mask, max_frequency
+                )
+                residuals[part, k, :count] = residual
+                coefficients[part, k, :count] = coefficient
+                if count < n_candidates:  # fewer grid rotations than candidates: pad with impossible ones
+                    residuals[part, k, count:] = math.inf
+                    coefficients[part, k, count:] = coefficient[:, :1]
+                    rotations[part, k, count:] = candidate_rotations[:, :1]
+                    shifts[part, k, count:] = candidate_shifts[:, :1]
+        if noise_variance is None:
+            best = residuals.flatten(1).min(1)
+            noise_variance = float(
+                (best.values / coefficients.flatten(1).gather(1, best.indices[:, None])[:, 0]).mean()
+            )
+        log_posterior = -residuals / (2 * noise_variance) + torch.log(priors)[None, :, None]
+        log_norm = torch.logsumexp(log_posterior.flatten(1), dim=1)
+        responsibilities = torch.exp(log_posterior - log_norm[:, None, None])  # (P, K, J)
+        # M-step.
+        flat_volumes = volumes.repeat_interleave(n_candidates, dim=0)
+        flat_mask = mask if mask is None or mask.ndim == 3 else mask.repeat_interleave(n_candidates, dim=0)
+        models = torch.stack(
+            [
+                wedge_compensated_average(
+                    flat_volumes,
+                    rotations[:, k].reshape(-1, 3, 3),
+                    shifts[:, k].reshape(-1, 3),
+                    flat_mask,
+                    weights=responsibilities[:, k].reshape(-1),
+                )[0]
+                for k in range(n_classes)
+            ]
+        )
+        finite = torch.isfinite(residuals)
+        weighted = torch.where(finite, responsibilities * residuals, 0.0).sum()
+        noise_variance = float(weighted / (responsibilities * coefficients).sum())
+        priors = responsibilities.sum(dim=(0, 2)) / n
+        priors = priors.clamp(min=1e-6) / priors.clamp(min=1e-6).sum()
+        history.append(
+            {
+                "iteration": iteration,
+                "noise_variance": noise_variance,
+                "log_likelihood": float(log_norm.sum()),
+                "class_fractions": priors.tolist(),
+            }
+        )
+    class_posterior = responsibilities.sum(2)
+    labels = class_posterior.argmax(1)
+    best_candidate = responsibilities.flatten(1).argmax(1)
+    items = torch.arange(n, device=device)
+    alignment = Alignment(
+        rotations.flatten(1, 2)[items, best_candidate],
+        shifts.flatten(1, 2)[items, best_candidate],
+        responsibilities.flatten(1)[items, best_candidate],
+    )
+    curves = []
+    for k in range(n_classes):
+        members = labels == k
+        class_mask = mask if mask is None or mask.ndim == 3 else mask[members]
+        frequency, curve = half_set_fsc(
+            volumes[members], alignment.rotation[members], alignment.shift_xyz[members], class_mask
+        )
+        curves.append(curve)
+    return FamlResult(models, labels, class_posterior, alignment, frequency, torch.stack(curves), history)

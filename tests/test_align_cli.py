@@ -1,0 +1,132 @@
+"""``aitom align`` and ``aitom average`` (run through their own parsers until cli.py registers them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from aitom.cli import _guarded
+from aitom.commands import align as align_command
+from aitom.commands import average as average_command
+from aitom.geometry import euler_zyz_to_matrix, rotation_angle_between
+from aitom.io import read_particles, read_volume, write_particles, write_volume
+from tests.align_fixtures import blob_volume, posed_subtomograms
+
+
+def _main(module, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="aitom")
+    module.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return _guarded(lambda: module.run(args))
+
+
+def test_help_runs(capsys):
+    for module, name in ((align_command, "align"), (average_command, "average")):
+        with pytest.raises(SystemExit) as exit_info:
+            _main(module, [name, "--help"])
+        assert exit_info.value.code == 0
+    assert "constrained correlation" in capsys.readouterr().out
+
+
+def test_align_command_recovers_pose(tmp_path, capsys):
+    reference = blob_volume(24)
+    volumes, rotations, shifts = posed_subtomograms(reference, 1, seed=3, max_shift=2.0)
+    write_volume(tmp_path / "a.mrc", reference, 10.0)
+    write_volume(tmp_path / "b.mrc", volumes[0], 10.0)
+    code = _main(
+        align_command,
+        [
+            "align",
+            str(tmp_path / "a.mrc"),
+            str(tmp_path / "b.mrc"),
+            "--wedge-a",
+            "90",
+            "--step",
+            "20",
+            "--json",
+        ],
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    angles = report["rotation_zyz_deg"]
+    found = euler_zyz_to_matrix(
+        torch.tensor([math.radians(angles[key]) for key in ("rot", "tilt", "psi")])
+    ).float()
+    assert float(torch.rad2deg(rotation_angle_between(found, rotations[0]))) < 2.0
+    assert float((torch.tensor(report["shift_xyz_voxels"]) - shifts[0]).norm()) < 0.5
+    assert report["score"] > 0.9
+
+
+def test_align_command_bad_inputs(tmp_path, capsys):
+    write_volume(tmp_path / "a.mrc", blob_volume(16), 10.0)
+    write_volume(tmp_path / "b.mrc", blob_volume(12), 10.0)
+    write_volume(tmp_path / "mask.mrc", torch.ones(12, 12, 12), 10.0)
+    assert _main(align_command, ["align", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc")]) == 2
+    assert "differs" in capsys.readouterr().err
+    arguments = [
+        "align",
+        str(tmp_path / "a.mrc"),
+        str(tmp_path / "a.mrc"),
+        "--mask-b",
+        str(tmp_path / "mask.mrc"),
+    ]
+    assert _main(align_command, arguments) == 2
+    error = capsys.readouterr().err
+    assert "mask" in error and len(error.strip().splitlines()) == 1
+
+
+def _write_particle_set(folder, volumes) -> None:
+    names = []
+    for index, volume in enumerate(volumes):
+        name = f"subtomograms/{index:06d}.mrc"
+        write_volume(folder / name, volume, 10.0)
+        names.append(name)
+    write_particles(folder / "particles.star", pd.DataFrame({"rlnImageName": names}))
+
+
+def test_average_command_writes_outputs(tmp_path):
+    volumes, _, _ = posed_subtomograms(blob_volume(16), 6, seed=5, max_shift=1.0, snr=4.0)
+    _write_particle_set(tmp_path / "data", volumes)
+    out = tmp_path / "out"
+    arguments = ["average", "--particles", str(tmp_path / "data" / "particles.star"), "--out", str(out)]
+    assert _main(average_command, [*arguments, "--iterations", "1", "--step", "30", "--max-shift", "2"]) == 0
+    average, header = read_volume(out / "average_class1.mrc")
+    assert average.shape == (16, 16, 16) and header.voxel_size_a[0] == pytest.approx(10.0)
+    table = read_particles(out / "particles.star", require=("rlnAngleRot", "rlnOriginX", "rlnClassNumber"))
+    assert len(table) == 6 and set(table["rlnClassNumber"]) == {1}
+    report = json.loads((out / "fsc.json").read_text())
+    assert report["classes"][0]["particles"] == 6 and len(report["classes"][0]["fsc"]) == 9
+    assert (out / "fsc.png").stat().st_size > 0
+    # An existing output folder is refused without --overwrite.
+    assert _main(average_command, [*arguments, "--iterations", "1"]) == 2
+
+
+def test_average_command_bad_inputs(tmp_path, capsys):
+    write_particles(tmp_path / "empty.star", pd.DataFrame({"rlnImageName": pd.Series([], dtype=str)}))
+    assert (
+        _main(
+            average_command,
+            ["average", "--particles", str(tmp_path / "empty.star"), "--out", str(tmp_path / "o")],
+        )
+        == 2
+    )
+    assert "empty" in capsys.readouterr().err
+    folder = tmp_path / "mixed"
+    write_volume(folder / "a.mrc", blob_volume(16), 10.0)
+    write_volume(folder / "b.mrc", blob_volume(12), 10.0)
+    write_particles(folder / "particles.star", pd.DataFrame({"rlnImageName": ["a.mrc", "b.mrc"]}))
+    assert (
+        _main(
+            average_command,
+            ["average", "--particles", str(folder / "particles.star"), "--out", str(tmp_path / "o")],
+        )
+        == 2
+    )
+    error = capsys.readouterr().err
+    assert "differs" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,100 @@
+"""Classification by clustering: adjusted Rand index, silhouette, k-means, simultaneous classification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aitom.fourier import missing_wedge_mask
+from aitom.ops.clustering import adjusted_rand_index, classify_and_average, kmeans, silhouette_score
+from aitom.ops.faml import faml_average
+from tests.align_fixtures import blob_volume, posed_subtomograms
+
+
+def test_adjusted_rand_index_hand_example():
+    # Contingency table [[2, 1, 0], [0, 1, 2]] (n = 6): Σ C(n_ij, 2) = 2, rows 3 + 3 = 6 -> Σ C = 6,
+    # columns 2, 2, 2 -> Σ C = 3, E = 6 * 3 / 15 = 1.2, max = 4.5, ARI = (2 - 1.2) / (4.5 - 1.2) = 0.2424...
+    truth = [0, 0, 0, 1, 1, 1]
+    found = [5, 5, 7, 7, 9, 9]
+    assert adjusted_rand_index(truth, found) == pytest.approx(0.8 / 3.3, abs=1e-12)
+    assert adjusted_rand_index(truth, [1, 1, 1, 0, 0, 0]) == 1.0
+    assert adjusted_rand_index(torch.tensor(truth), torch.tensor(truth)) == 1.0
+
+
+def test_adjusted_rand_index_is_near_zero_for_random_labels():
+    generator = np.random.default_rng(0)
+    values = [
+        adjusted_rand_index(generator.integers(0, 3, 300), generator.integers(0, 3, 300)) for _ in range(20)
+    ]
+    assert abs(float(np.mean(values))) < 0.01
+
+
+def test_silhouette_matches_direct_computation():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(9, 2, generator=generator, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    expected = []
+    for i in range(9):
+        d = [float(torch.dist(features[i], features[j])) for j in range(9)]
+        same = [d[j] for j in range(9) if labels[j] == labels[i] and j != i]
+        others = [np.mean([d[j] for j in range(9) if labels[j] == k]) for k in range(3) if k != labels[i]]
+        a, b = np.mean(same), min(others)
+        expected.append((b - a) / max(a, b))
+    assert silhouette_score(features, labels) == pytest.approx(float(np.mean(expected)), abs=1e-12)
+
+
+def test_kmeans_separates_blobs(device):
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = torch.arange(3).repeat_interleave(20)
+    features = (centres[truth] + torch.randn(60, 2, generator=generator)).to(device)
+    labels = kmeans(features, 3)
+    assert labels.device.type == device.type
+    assert adjusted_rand_index(truth, labels) == 1.0
+
+
+def test_classify_and_average_two_classes():
+    mask = missing_wedge_mask((20,) * 3)
+    first, _, _ = posed_subtomograms(blob_volume(20, "a"), 8, seed=1, max_shift=1.0, snr=2.0)
+    second, _, _ = posed_subtomograms(blob_volume(20, "b"), 8, seed=2, max_shift=1.0, snr=2.0)
+    volumes = torch.cat((first, second))
+    truth = torch.arange(2).repeat_interleave(8)
+    result = classify_and_average(
+        volumes,
+        mask,
+        n_classes=None,
+        max_classes=3,
+        rounds=2,
+        initial_iterations=2,
+        angular_step_deg=25.0,
+        max_shift_voxels=3,
+        refine_steps=8,
+        generator=torch.Generator().manual_seed(5),
+    )
+    assert result.averages.shape[0] == 2
+    assert adjusted_rand_index(truth, result.labels) == 1.0
+    assert result.fsc.shape == (2, 11)
+
+
+def test_faml_separates_two_classes_and_estimates_noise():
+    mask = missing_wedge_mask((20,) * 3)
+    first, _, _ = posed_subtomograms(blob_volume(20, "a"), 8, seed=1, max_shift=1.0, snr=2.0)
+    second, _, _ = posed_subtomograms(blob_volume(20, "b"), 8, seed=2, max_shift=1.0, snr=2.0)
+    volumes = torch.cat((first, second))
+    truth = torch.arange(2).repeat_interleave(8)
+    result = faml_average(
+        volumes,
+        mask,
+        n_classes=2,
+        iterations=3,
+        angular_step_deg=25.0,
+        max_shift_voxels=3,
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert adjusted_rand_index(truth, result.labels) == 1.0
+    assert torch.allclose(result.responsibilities.sum(1), torch.ones(16), atol=1e-5)
+    # σ² decreases as the models improve; it stays positive.
+    variances = [entry["noise_variance"] for entry in result.history]
+    assert 0 < variances[-1] <= variances[0]
+    assert result.averages.shape == (2, 20, 20, 20) and result.fsc.shape == (2, 11)
