@@ -19,6 +19,7 @@ TOOL_COMMANDS: dict[str, str] = {
     "show": "aitom.commands.show",
     "filter": "aitom.commands.filter",
     "estimate": "aitom.commands.estimate",
+    "pick": "aitom.commands.pick",
     "align": "aitom.commands.align",
     "average": "aitom.commands.average",
 }

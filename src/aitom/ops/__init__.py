@@ -40,9 +40,26 @@ from aitom.ops.diffusion import (
     structure_tensor,
     symmetric_eigen3,
 )
+from aitom.ops.dog_picking import dog_pick, dog_response
 from aitom.ops.faml import FamlResult, faml_average
 from aitom.ops.filters import bandpass_filter, difference_of_gaussians, gaussian_filter3d, gaussian_kernel1d
+from aitom.ops.peaks import false_alarm_threshold, non_maximum_suppression, peak_local_max, robust_mean_std
+from aitom.ops.pick_evaluation import evaluate_picks, match_picks, orientation_errors_deg, precision_recall_f1
+from aitom.ops.saliency import (
+    robust_pca,
+    saliency_map,
+    saliency_pick,
+    singular_value_threshold,
+    slic_supervoxels,
+    supervoxel_features,
+)
 from aitom.ops.snr import pair_correlations, snr_from_cc, snr_from_pairs, ssnr_from_pairs
+from aitom.ops.template_matching import (
+    TemplateFilter,
+    match_template,
+    spectral_whitening_filter,
+    template_filter_kernel,
+)
 from aitom.ops.wedge_estimation import estimate_missing_wedge, wedge_angle_profile
 
 __all__ = [
@@ -50,6 +67,7 @@ __all__ = [
     "AveragingResult",
     "ClassificationResult",
     "FamlResult",
+    "TemplateFilter",
     "adjusted_rand_index",
     "align_subtomograms",
     "align_to_reference_frame",
@@ -63,23 +81,42 @@ __all__ = [
     "diffusion_contrast_k",
     "diffusion_halo_voxels",
     "diffusion_tensor",
+    "dog_pick",
+    "dog_response",
     "estimate_missing_wedge",
+    "evaluate_picks",
+    "false_alarm_threshold",
     "faml_average",
     "gaussian_filter3d",
     "gaussian_kernel1d",
     "half_set_fsc",
     "kmeans",
+    "match_picks",
+    "match_template",
+    "non_maximum_suppression",
+    "orientation_errors_deg",
     "pair_correlations",
     "pca_features",
+    "peak_local_max",
+    "precision_recall_f1",
     "reference_free_average",
     "refine_alignment",
+    "robust_mean_std",
+    "robust_pca",
     "rotational_search",
+    "saliency_map",
+    "saliency_pick",
     "silhouette_score",
+    "singular_value_threshold",
+    "slic_supervoxels",
     "snr_from_cc",
     "snr_from_pairs",
+    "spectral_whitening_filter",
     "ssnr_from_pairs",
     "structure_tensor",
+    "supervoxel_features",
     "symmetric_eigen3",
+    "template_filter_kernel",
     "translation_search",
     "wedge_angle_profile",
     "wedge_compensated_average",

@@ -409,13 +409,22 @@ def _sweep(
 
 
 def _automatic_tile_shape(u: torch.Tensor, halo: int) -> tuple[int, ...]:
-    """Tiles whose blocks (halo included) fit :data:`_CPU_BLOCK_BYTES`, or the whole volume when it fits."""
+    """The tiling with the fewest voxels processed (halos included) whose blocks fit
+    :data:`_CPU_BLOCK_BYTES`; the whole volume when it fits (or is not on the CPU)."""
     shape = tuple(u.shape[-3:])
     budget = _CPU_BLOCK_BYTES // (u.element_size() * max(1, math.prod(u.shape[:-3])))
     if u.device.type != "cpu" or math.prod(shape) <= budget:
         return shape
-    core = max(_MIN_TILE, round(budget ** (1 / 3)) - 2 * halo)
-    return tuple(-(-n // -(-n // core)) for n in shape)
+    best: tuple[int, tuple[int, ...]] | None = None
+    counts = [range(1, max(1, n // _MIN_TILE) + 1) for n in shape]
+    for n_tiles in itertools.product(*counts):
+        tile = tuple(-(-n // k) for n, k in zip(shape, n_tiles))
+        # A block has a halo on each side that borders another tile.
+        block = math.prod(t + halo * min(k - 1, 2) for t, k in zip(tile, n_tiles))
+        processed = math.prod(n + 2 * halo * (k - 1) for n, k in zip(shape, n_tiles))
+        if block <= budget and (best is None or processed < best[0]):
+            best = (processed, tile)
+    return best[1] if best is not None else tuple(min(n, _MIN_TILE) for n in shape)
 
 
 def anisotropic_diffusion(

@@ -1,0 +1,228 @@
+"""Benchmark FFT template matching (:func:`aitom.ops.template_matching.match_template`).
+
+For a 256³ tomogram (``--large``: also 512 × 512 × 200) and a 32³ template, measures
+
+* the time per rotation of ``match_template`` (torch, on ``--device``);
+* the floor: one forward + one inverse real FFT of the tomogram's size, with ``torch.fft`` and with
+  ``scipy.fft`` (``workers`` = CPU threads), the faster one taken as the floor;
+* a straightforward NumPy/SciPy implementation of the same search (same rotations, same FLCF, the template
+  rotated by ``scipy.ndimage.affine_transform``, the correlation by ``scipy.fft``);
+* peak memory: the process's maximum resident set (``resource.getrusage``) after the torch run, and the peak
+  of NumPy allocations in the SciPy run (``tracemalloc``); on CUDA, ``torch.cuda.max_memory_allocated``.
+
+Prints a Markdown table; ``--out FILE`` also writes it. Example::
+
+    OMP_NUM_THREADS=2 python scripts/bench_template_matching.py --rotations 8 --out bench_tm.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import scipy.fft
+import scipy.ndimage
+import torch
+
+from aitom.geometry import so3_grid, sphere_mask
+from aitom.ops.template_matching import TemplateFilter, match_template
+
+
+def best_time(action, repeats: int) -> float:
+    """Smallest wall time of ``repeats`` calls (seconds), after one warm-up call."""
+    action()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def torch_fft_floor(shape: tuple[int, int, int], device: torch.device, repeats: int) -> float:
+    volume = torch.randn(shape, device=device)
+
+    def forward_inverse() -> None:
+        torch.fft.irfftn(torch.fft.rfftn(volume), s=shape)
+        synchronise(device)
+
+    return best_time(forward_inverse, repeats)
+
+
+def scipy_fft_floor(shape: tuple[int, int, int], workers: int, repeats: int) -> float:
+    volume = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    return best_time(
+        lambda: scipy.fft.irfftn(scipy.fft.rfftn(volume, workers=workers), s=shape, workers=workers), repeats
+    )
+
+
+def scipy_match_template(
+    tomogram: np.ndarray, template: np.ndarray, rotations: np.ndarray, workers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same FLCF search written plainly with NumPy/SciPy (no missing wedge, spherical mask)."""
+    shape = tomogram.shape
+    size = template.shape[0]
+    mask = sphere_mask((size,) * 3, radius_voxels=size / 2).numpy().astype(np.float32)
+    count = mask.sum()
+    data = (tomogram - tomogram.mean()) / tomogram.std()
+    spectrum = scipy.fft.rfftn(data, workers=workers)
+    mask_spectrum = np.conj(scipy.fft.rfftn(mask, s=shape, workers=workers))
+    local_mean = scipy.fft.irfftn(spectrum * mask_spectrum, s=shape, workers=workers) / count
+    local_square = (
+        scipy.fft.irfftn(scipy.fft.rfftn(data**2, workers=workers) * mask_spectrum, s=shape, workers=workers)
+        / count
+    )
+    local_std = np.sqrt(np.maximum(local_square - local_mean**2, 0.0))
+    local_std = np.maximum(local_std, local_std.max() * 1e-4)
+    best = np.full(shape, -np.inf, dtype=np.float32)
+    best_index = np.zeros(shape, dtype=np.int64)
+    centre = np.full(3, size // 2, dtype=np.float64)
+    for index, rotation in enumerate(rotations):
+        # Array axes are (z, y, x); rotations act on (x, y, z): reverse both axes of the matrix.
+        matrix_zyx = rotation[::-1, ::-1]
+        # output(p) = template(R^T (p - c) + c)
+        rotated = scipy.ndimage.affine_transform(
+            template, matrix_zyx.T, offset=centre - matrix_zyx.T @ centre, order=1, mode="grid-constant"
+        )
+        inside = mask > 0
+        reference = np.where(inside, (rotated - rotated[inside].mean()) / rotated[inside].std(), 0.0)
+        correlation = scipy.fft.irfftn(
+            spectrum * np.conj(scipy.fft.rfftn(reference.astype(np.float32), s=shape, workers=workers)),
+            s=shape,
+            workers=workers,
+        )
+        score = correlation / (count * local_std)
+        better = score > best
+        best[better] = score[better]
+        best_index[better] = index
+    return np.roll(best, size // 2, axis=(0, 1, 2)), np.roll(best_index, size // 2, axis=(0, 1, 2))
+
+
+def bench_shape(
+    shape: tuple[int, int, int], args: argparse.Namespace, device: torch.device
+) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    generator = torch.Generator().manual_seed(0)
+    tomogram = torch.randn(shape, generator=generator)
+    template = torch.randn((args.template_size,) * 3, generator=generator)
+    rotations = so3_grid(30.0)[: args.rotations]
+    workers = torch.get_num_threads()
+    name = "×".join(str(n) for n in shape[::-1])
+
+    floor_torch = torch_fft_floor(shape, device, args.repeats)
+    floor_scipy = scipy_fft_floor(shape, workers, args.repeats)
+    floor = min(floor_torch, floor_scipy)
+    rows.append((f"{name}: FFT floor, torch.fft (fwd + inv)", f"{floor_torch * 1e3:.1f} ms"))
+    rows.append(
+        (f"{name}: FFT floor, scipy.fft workers={workers} (fwd + inv)", f"{floor_scipy * 1e3:.1f} ms")
+    )
+
+    tomogram_device = tomogram.to(device)
+    template_device = template.to(device)
+    rotations_device = rotations.to(device)
+    no_wedge = TemplateFilter(tilt_range_deg=None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def run_torch() -> None:
+        match_template(
+            tomogram_device,
+            template_device,
+            rotations_device,
+            template_filter=no_wedge,
+            rotation_batch=args.rotation_batch,
+        )
+        synchronise(device)
+
+    # Per rotation: (time for R rotations − time for 1 rotation) / (R − 1), which removes the set-up cost
+    # (the tomogram's spectra and local statistics) shared by all rotations.
+    total = best_time(run_torch, args.repeats)
+    one_rotation = rotations_device[:1]
+    setup = best_time(
+        lambda: (
+            match_template(tomogram_device, template_device, one_rotation, template_filter=no_wedge),
+            synchronise(device),
+        ),
+        args.repeats,
+    )
+    per_rotation = (total - setup) / max(1, args.rotations - 1)
+    rows.append(
+        (f"{name}: aitom match_template, {args.rotations} rotations ({device.type})", f"{total:.2f} s")
+    )
+    rows.append((f"{name}: aitom time per rotation", f"{per_rotation * 1e3:.1f} ms"))
+    rows.append((f"{name}: per rotation / FFT floor", f"{per_rotation / floor:.2f}"))
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows.append((f"{name}: peak resident memory after aitom run", f"{rss_mib:.0f} MiB"))
+    if device.type == "cuda":
+        gpu_mib = torch.cuda.max_memory_allocated(device) / 2**20
+        rows.append((f"{name}: peak CUDA memory (aitom)", f"{gpu_mib:.0f} MiB"))
+
+    if not args.skip_scipy:
+        tomogram_np = tomogram.numpy()
+        template_np = template.numpy()
+        rotations_np = rotations.double().numpy()
+        tracemalloc.start()
+        start = time.perf_counter()
+        reference_score, _ = scipy_match_template(tomogram_np, template_np, rotations_np, workers)
+        scipy_total = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        setup_start = time.perf_counter()
+        scipy_match_template(tomogram_np, template_np, rotations_np[:1], workers)
+        scipy_setup = time.perf_counter() - setup_start
+        scipy_per_rotation = (scipy_total - scipy_setup) / max(1, args.rotations - 1)
+        aitom_score, _ = match_template(tomogram, template, rotations, template_filter=no_wedge)
+        difference = float(np.abs(aitom_score.numpy() - reference_score).max())
+        rows.append((f"{name}: NumPy/SciPy search time per rotation", f"{scipy_per_rotation * 1e3:.1f} ms"))
+        rows.append(
+            (f"{name}: NumPy/SciPy / aitom (per rotation)", f"{scipy_per_rotation / per_rotation:.2f}")
+        )
+        rows.append((f"{name}: NumPy/SciPy peak traced memory", f"{peak / 2**20:.0f} MiB"))
+        rows.append((f"{name}: max |score difference| aitom vs NumPy/SciPy", f"{difference:.1e}"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--size", type=int, default=256, help="edge of the cubic tomogram, voxels (default 256)"
+    )
+    parser.add_argument("--large", action="store_true", help="also 512 × 512 × 200 (X × Y × Z)")
+    parser.add_argument("--template-size", type=int, default=32, help="template edge, voxels (default 32)")
+    parser.add_argument("--rotations", type=int, default=8, help="rotations searched (default 8)")
+    parser.add_argument("--rotation-batch", type=int, default=4, help="rotations per batch (default 4)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats, best kept (default 2)")
+    parser.add_argument("--device", default="cpu", help="torch device for aitom (default cpu)")
+    parser.add_argument("--skip-scipy", action="store_true", help="skip the NumPy/SciPy implementation")
+    parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    shapes = [(args.size,) * 3] + ([(200, 512, 512)] if args.large else [])
+    rows = []
+    for shape in shapes:
+        rows += bench_shape(shape, args, device)
+    header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
+    if device.type == "cuda":
+        header += f" ({torch.cuda.get_device_name(device)})"
+    table = "\n".join(
+        [f"Template matching benchmark ({header})", "", "| quantity | value |", "|---|---|"]
+        + [f"| {name} | {value} |" for name, value in rows]
+    )
+    print(table)
+    if args.out is not None:
+        args.out.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

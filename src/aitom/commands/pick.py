@@ -1,0 +1,279 @@
+"""``aitom pick {template,dog,saliency} --tomogram T.mrc [--template X.mrc] --out P.star [options]``.
+
+Each picker runs as a LightningModule under ``trainer.predict`` over the tiles of the tomogram
+(:mod:`aitom.tasks.pick`); the STAR table is written atomically and never over an existing file without
+``--overwrite``. With ``--truth GT.star`` the picks are scored (precision, recall, F1 per class, orientation
+accuracy for template matching) and the scores are printed as one JSON line. Bad input — a template larger
+than the tomogram, voxel sizes that differ, an angular step ≤ 0, a constant tomogram — is one line on stderr,
+exit code 2, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_FAR_HELP = (
+    "false-alarm rate per voxel for the score threshold (Gaussian tail of the robust score statistics)"
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pick",
+        help="pick particles in a tomogram: template matching, difference of Gaussians or saliency",
+        description="Pick particles in a tomogram (MRC) and write their positions (voxels) to a STAR table.",
+    )
+    methods = parser.add_subparsers(dest="method", metavar="METHOD", required=True)
+
+    template = methods.add_parser(
+        "template",
+        help="FFT template matching with locally normalised correlation over an SO(3) grid",
+        description="Template matching: the template (protein bright, same voxel size as the tomogram) is "
+        "rotated over a grid of covering radius --angular-step, filtered with the missing wedge (and "
+        "optionally the CTF), and correlated with the tomogram by FFT (Roseman's FLCF, spherical mask). "
+        "Picks carry the best rotation as rlnAngleRot/Tilt/Psi (the particle is the template rotated by it).",
+    )
+    _common(template)
+    template.add_argument("--template", type=Path, required=True, help="template volume (MRC), cubic box")
+    template.add_argument(
+        "--angular-step", type=float, default=30.0, help="rotation grid covering radius, degrees (default 30)"
+    )
+    template.add_argument(
+        "--tilt-range",
+        type=float,
+        nargs=2,
+        default=(-60.0, 60.0),
+        metavar=("MIN", "MAX"),
+        help="tilt range of the tomogram, degrees, for the template's missing wedge (default -60 60)",
+    )
+    template.add_argument(
+        "--no-wedge", action="store_true", help="do not apply a missing wedge to the template"
+    )
+    template.add_argument(
+        "--defocus-um",
+        type=float,
+        help="filter the template with the CTF at this defocus, µm (underfocus > 0)",
+    )
+    template.add_argument("--voltage-kv", type=float, default=300.0, help="CTF voltage, kV (default 300)")
+    template.add_argument(
+        "--cs-mm", type=float, default=2.7, help="CTF spherical aberration, mm (default 2.7)"
+    )
+    template.add_argument("--whiten", action="store_true", help="spectral whitening of tomogram and template")
+    template.add_argument(
+        "--rotation-batch", type=int, default=8, help="rotations correlated at once (memory; default 8)"
+    )
+    template.add_argument(
+        "--class-number", type=int, default=1, help="rlnClassNumber given to the picks, 1-based (default 1)"
+    )
+    template.add_argument(
+        "--maps", action="store_true", help="also write the score and rotation-index maps (MRC) beside --out"
+    )
+    template.add_argument("--false-alarm-rate", type=float, default=1e-4, help=_FAR_HELP + " (default 1e-4)")
+
+    dog = methods.add_parser(
+        "dog",
+        help="3-D difference of Gaussians (AITom's DoG picker)",
+        description="Difference of Gaussians G(sigma1) - G(sigma2), sigma2 = 1.1 sigma1 by default; local "
+        "maxima of the response of the chosen polarity are the picks.",
+    )
+    _common(dog)
+    sigma = dog.add_mutually_exclusive_group()
+    sigma.add_argument("--sigma-a", type=float, help="sigma1 in Å (default 70 Å, AITom's 7 nm)")
+    sigma.add_argument("--sigma-voxels", type=float, help="sigma1 in voxels")
+    dog.add_argument("--sigma2-ratio", type=float, default=1.1, help="sigma2 / sigma1 (default 1.1)")
+    dog.add_argument(
+        "--polarity", choices=("bright", "dark"), default="bright", help="particle contrast (default bright)"
+    )
+    dog.add_argument("--false-alarm-rate", type=float, default=1e-3, help=_FAR_HELP + " (default 1e-3)")
+
+    saliency = methods.add_parser(
+        "saliency",
+        help="saliency detection: SLIC supervoxels + Robust PCA (Zhou et al. 2018)",
+        description="Supervoxels (SLIC), per-supervoxel features, Robust PCA (inexact ALM): the sparse part "
+        "marks salient supervoxels; maxima of the smoothed saliency are the picks.",
+    )
+    _common(saliency)
+    radius = saliency.add_mutually_exclusive_group(required=True)
+    radius.add_argument("--radius-a", type=float, help="expected particle radius, Å")
+    radius.add_argument("--radius-voxels", type=float, help="expected particle radius, voxels")
+    saliency.add_argument("--false-alarm-rate", type=float, help=_FAR_HELP + " (default: none, threshold 0)")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tomogram", type=Path, required=True, help="tomogram (MRC), protein bright")
+    parser.add_argument("--out", type=Path, required=True, help="output STAR table of picks")
+    parser.add_argument("--truth", type=Path, help="ground-truth STAR: print precision/recall/F1 as JSON")
+    parser.add_argument(
+        "--tolerance-voxels",
+        type=float,
+        help="distance within which a pick matches a true particle, voxels (default: half the particle "
+        "radius: a quarter of the template box, or the DoG/saliency radius)",
+    )
+    parser.add_argument("--min-distance", type=int, help="minimal distance between picks, voxels")
+    parser.add_argument(
+        "--threshold", type=float, help="absolute score threshold (overrides the false-alarm rate)"
+    )
+    parser.add_argument("--num-peaks", type=int, help="at most this many picks per tile")
+    parser.add_argument("--tile-voxels", type=int, default=256, help="tile edge, voxels (default 256)")
+    parser.add_argument(
+        "--overlap-voxels", type=int, help="tile overlap, voxels (default: twice the particle size scale)"
+    )
+    parser.add_argument(
+        "--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu (default auto)"
+    )
+    parser.add_argument("--devices", default="1", help="Lightning devices (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from aitom.errors import InputError
+    from aitom.io import check_output_path, read_particles, read_volume
+
+    check_output_path(args.out, args.overwrite)
+    if args.out.suffix != ".star":
+        raise InputError("the pick table must be a .star file", args.out)
+    tomogram, header = read_volume(args.tomogram, mmap=True)
+    if float(tomogram.std()) == 0.0:
+        raise InputError("the tomogram is constant (empty): nothing to pick", args.tomogram)
+    voxel_size = header.voxel_size_a[0]
+    for name in ("min_distance", "num_peaks", "tile_voxels"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.tolerance_voxels is not None and not args.tolerance_voxels > 0:
+        raise InputError(f"--tolerance-voxels must be > 0, got {args.tolerance_voxels}")
+    if args.false_alarm_rate is not None and not 0 < args.false_alarm_rate < 1:
+        raise InputError(f"--false-alarm-rate must be in (0, 1), got {args.false_alarm_rate}")
+    truth = None if args.truth is None else read_particles(args.truth)
+    picker, scale_voxels = _picker(args, tomogram.shape, voxel_size)
+    del tomogram
+    overlap = 2 * scale_voxels if args.overlap_voxels is None else args.overlap_voxels
+    if overlap < 0 or overlap >= args.tile_voxels:
+        raise InputError(f"--overlap-voxels must be in [0, tile size {args.tile_voxels}), got {overlap}")
+    if args.method == "template" and overlap < 2 * scale_voxels:
+        raise InputError(f"--overlap-voxels must be at least the template box ({2 * scale_voxels} voxels)")
+    picks = _predict(args, picker, overlap)
+    if truth is not None:
+        from aitom.ops.pick_evaluation import evaluate_picks
+
+        tolerance = scale_voxels / 2 if args.tolerance_voxels is None else args.tolerance_voxels
+        print(json.dumps({"method": args.method, **evaluate_picks(picks, truth, tolerance)}))
+    return 0
+
+
+def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float):
+    """The LightningModule of the chosen method and its size scale (particle radius) in voxels."""
+    from aitom.errors import InputError
+
+    common = {
+        "min_distance": args.min_distance,
+        "false_alarm_rate": args.false_alarm_rate,
+        "threshold_abs": args.threshold,
+        "num_peaks": args.num_peaks,
+    }
+    if args.method == "template":
+        from aitom.io import read_volume
+        from aitom.tasks.pick import TemplateMatchingPicker
+
+        if not 0 < args.angular_step <= 180:
+            raise InputError(f"--angular-step must be in (0, 180] degrees, got {args.angular_step}")
+        if args.rotation_batch < 1:
+            raise InputError(f"--rotation-batch must be >= 1, got {args.rotation_batch}")
+        template, template_header = read_volume(args.template)
+        template_voxel = template_header.voxel_size_a[0]
+        if abs(template_voxel - voxel_size) > 1e-3 * voxel_size:
+            raise InputError(
+                f"voxel sizes differ: template {template_voxel:g} Å ({args.template}), tomogram "
+                f"{voxel_size:g} Å ({args.tomogram}); resample one of them"
+            )
+        if len(set(template.shape)) != 1:
+            raise InputError(
+                f"the template must be a cube, got {tuple(template.shape)} voxels", args.template
+            )
+        if any(t > n for t, n in zip(template.shape, shape)):
+            raise InputError(
+                f"the template ({tuple(template.shape)} voxels) is larger than the tomogram "
+                f"({tuple(shape)} voxels)",
+                args.template,
+            )
+        if float(template.std()) == 0.0:
+            raise InputError("the template is constant", args.template)
+        size = int(template.shape[0])
+        if args.tile_voxels < min(2 * size, min(shape)):
+            raise InputError(f"--tile-voxels must be at least twice the template box ({size} voxels)")
+        picker = TemplateMatchingPicker(
+            str(args.template),
+            angular_step_deg=args.angular_step,
+            tilt_range_deg=None if args.no_wedge else tuple(args.tilt_range),
+            defocus_um=args.defocus_um,
+            voltage_kv=args.voltage_kv,
+            cs_mm=args.cs_mm,
+            whiten=args.whiten,
+            rotation_batch=args.rotation_batch,
+            class_number=args.class_number,
+            keep_maps=args.maps,
+            **common,
+        )
+        return picker, max(1, size // 2)
+    if args.method == "dog":
+        from aitom.tasks.pick import DoGPicker
+
+        sigma = _voxels(args.sigma_a, args.sigma_voxels, voxel_size, default_a=70.0, name="sigma")
+        if not args.sigma2_ratio > 1:
+            raise InputError(f"--sigma2-ratio must be > 1, got {args.sigma2_ratio}")
+        picker = DoGPicker(sigma, args.sigma2_ratio * sigma, polarity=args.polarity, **common)
+        return picker, max(1, round(sigma * 3**0.5))
+    from aitom.tasks.pick import SaliencyPicker
+
+    radius = _voxels(args.radius_a, args.radius_voxels, voxel_size, default_a=None, name="radius")
+    return SaliencyPicker(radius, **common), max(1, round(radius))
+
+
+def _voxels(
+    value_a: float | None, value_voxels: float | None, voxel_size: float, default_a, name: str
+) -> float:
+    from aitom.errors import InputError
+
+    if value_voxels is not None:
+        voxels = value_voxels
+    else:
+        voxels = (default_a if value_a is None else value_a) / voxel_size
+    if not voxels > 0:
+        raise InputError(f"the {name} must be positive, got {value_voxels if value_a is None else value_a}")
+    return float(voxels)
+
+
+def _predict(args: argparse.Namespace, picker, overlap: int):
+    import warnings
+
+    from lightning.pytorch import Trainer, seed_everything
+
+    from aitom.data.tomogram import TomogramDataModule
+    from aitom.io import read_particles
+    from aitom.tasks.pick import PickWriter
+
+    seed_everything(args.seed, verbose=False)
+    devices = int(args.devices) if args.devices.isdigit() else args.devices
+    writer = PickWriter(
+        str(args.out),
+        overlap_voxels=overlap,
+        overwrite=args.overwrite,
+        write_maps=getattr(args, "maps", False),
+    )
+    trainer = Trainer(
+        accelerator=args.accelerator,
+        devices=devices,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[writer],
+    )
+    data = TomogramDataModule([str(args.tomogram)], tile_voxels=args.tile_voxels, overlap_voxels=overlap)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.predict(picker, datamodule=data, return_predictions=False)
+    return read_particles(args.out)

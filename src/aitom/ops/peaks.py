@@ -1,0 +1,155 @@
+"""Peaks of score maps, shared by every picker: local maxima, non-maximum suppression, false-alarm thresholds.
+
+Names follow scikit-image (``peak_local_max``, ``min_distance``, ``threshold_abs``, ``num_peaks``,
+``exclude_border``). Peak coordinates are voxel INDICES in tensor order ``(z, y, x)``, as scikit-image
+returns them; pickers flip them to ``(x, y, z)`` for STAR tables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from torch.nn.functional import max_pool3d
+
+from aitom.errors import InputError
+
+__all__ = ["false_alarm_threshold", "non_maximum_suppression", "peak_local_max", "robust_mean_std"]
+
+
+def non_maximum_suppression(
+    coordinates: torch.Tensor, scores: torch.Tensor, min_distance: float, *, p_norm: float = 2.0
+) -> torch.Tensor:
+    """Greedy non-maximum suppression: keep the best point, drop its neighbours, repeat.
+
+    Two points conflict when their distance (Minkowski ``p_norm``; ``math.inf`` = Chebyshev) is at most
+    ``min_distance``. Ties in score keep the earlier point (stable order).
+
+    Args:
+        coordinates: ``(N, D)`` point positions (any units, same as ``min_distance``).
+        scores: ``(N,)`` higher is better.
+        min_distance: suppression radius (>= 0).
+        p_norm: distance norm.
+
+    Returns:
+        ``(K,)`` int64 indices of the kept points, best first, on the device of ``coordinates``.
+    """
+    if coordinates.ndim != 2 or scores.shape != coordinates.shape[:1]:
+        raise ValueError(f"need coordinates (N, D) and scores (N,), got {coordinates.shape}, {scores.shape}")
+    if min_distance < 0:
+        raise InputError(f"min_distance must be >= 0, got {min_distance}")
+    order = np.argsort(-scores.detach().cpu().double().numpy(), kind="stable")
+    points = coordinates.detach().cpu().double().numpy()[order]
+    if len(order) == 0 or min_distance == 0:
+        return torch.as_tensor(order.copy(), dtype=torch.int64, device=coordinates.device)
+    pairs = cKDTree(points).query_pairs(r=min_distance, p=p_norm, output_type="ndarray")
+    neighbours: list[list[int]] = [[] for _ in range(len(points))]
+    for first, second in pairs:
+        neighbours[min(first, second)].append(max(first, second))
+    suppressed = np.zeros(len(points), dtype=bool)
+    for rank in range(len(points)):
+        if not suppressed[rank]:
+            suppressed[neighbours[rank]] = True
+    kept = order[~suppressed]
+    return torch.as_tensor(kept, dtype=torch.int64, device=coordinates.device)
+
+
+def peak_local_max(
+    volume: torch.Tensor,
+    min_distance: int = 1,
+    threshold_abs: float | None = None,
+    threshold_rel: float | None = None,
+    num_peaks: int | None = None,
+    exclude_border: int | bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local maxima of a volume, as scikit-image's ``peak_local_max`` (Chebyshev spacing).
+
+    A voxel is a peak when it equals the maximum of the ``(2 min_distance + 1)³`` cube around it (computed
+    with separable ``max_pool3d``), is strictly above the threshold, and lies at least ``exclude_border``
+    voxels from every face. Peaks are then sorted by value (descending) and thinned greedily so that no two
+    lie within ``min_distance`` voxels (Chebyshev distance) of each other (plateaus give one peak).
+
+    Args:
+        volume: ``(Z, Y, X)`` real tensor, any device.
+        min_distance: minimal separation of peaks, voxels (>= 1).
+        threshold_abs: minimal value; default the volume's minimum.
+        threshold_rel: minimal value as a fraction of the maximum; the larger of the two thresholds applies.
+        num_peaks: keep at most this many (the highest).
+        exclude_border: ``True`` = ``min_distance``; ``False`` = 0; an int = that many voxels.
+
+    Returns:
+        ``(coordinates, values)``: ``(N, 3)`` int64 voxel indices ``(z, y, x)`` and ``(N,)`` values, highest
+        first, on the device of ``volume``.
+
+    Example:
+        >>> volume = torch.zeros(9, 9, 9); volume[4, 5, 3] = 1.0
+        >>> peak_local_max(volume, min_distance=2)[0].tolist()
+        [[4, 5, 3]]
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be (Z, Y, X), got shape {tuple(volume.shape)}")
+    if min_distance < 1:
+        raise InputError(f"min_distance must be >= 1 voxel, got {min_distance}")
+    if num_peaks is not None and num_peaks < 0:
+        raise InputError(f"num_peaks must be >= 0, got {num_peaks}")
+    border = min_distance if exclude_border is True else int(exclude_border)
+    if border < 0:
+        raise InputError(f"exclude_border must be >= 0, got {exclude_border}")
+    threshold = float(volume.min()) if threshold_abs is None else float(threshold_abs)
+    if threshold_rel is not None:
+        threshold = max(threshold, float(threshold_rel) * float(volume.max()))
+    size = 2 * min_distance + 1
+    # The maximum over a cube is separable: three 1-D running maxima (O(size) per voxel, not O(size³)).
+    pooled = volume[None, None]
+    for axis in range(3):
+        kernel = [1, 1, 1]
+        kernel[axis] = size
+        padding = [0, 0, 0]
+        padding[axis] = min_distance
+        pooled = max_pool3d(pooled, tuple(kernel), stride=1, padding=tuple(padding))
+    pooled = pooled[0, 0]
+    is_peak = (volume == pooled) & (volume > threshold)
+    if border > 0:
+        interior = torch.zeros_like(is_peak)
+        interior[border:-border, border:-border, border:-border] = True
+        is_peak &= interior
+    coordinates = torch.nonzero(is_peak)
+    values = volume[is_peak]
+    kept = non_maximum_suppression(coordinates, values, float(min_distance), p_norm=math.inf)
+    if num_peaks is not None:
+        kept = kept[:num_peaks]
+    return coordinates[kept], values[kept]
+
+
+def robust_mean_std(volume: torch.Tensor, max_samples: int = 1 << 22) -> tuple[float, float]:
+    """Median and ``1.4826 · MAD`` of a tensor (robust mean and standard deviation of its bulk).
+
+    At most ``max_samples`` evenly strided values are used (the statistics of a large map barely change).
+    """
+    values = volume.detach().reshape(-1)
+    if values.numel() > max_samples:
+        values = values[:: math.ceil(values.numel() / max_samples)]
+    values = values.double()
+    median = values.median()
+    mad = (values - median).abs().median()
+    return float(median), float(1.4826 * mad)
+
+
+def false_alarm_threshold(volume: torch.Tensor, false_alarm_rate: float) -> float:
+    """Score above which a voxel of pure noise lies with probability ``false_alarm_rate``.
+
+    Models the bulk of the score map as Gaussian with the robust mean and standard deviation of
+    :func:`robust_mean_std` and returns ``mean + std · Φ⁻¹(1 − false_alarm_rate)``. Particles occupy a small
+    fraction of the map, so they barely move the robust statistics.
+
+    Args:
+        volume: score map, any shape.
+        false_alarm_rate: probability per voxel, in ``(0, 1)`` (e.g. ``1e-5``).
+    """
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise InputError(f"false-alarm rate must be in (0, 1), got {false_alarm_rate}")
+    mean, std = robust_mean_std(volume)
+    quantile = float(torch.special.ndtri(torch.tensor(1.0 - false_alarm_rate, dtype=torch.float64)))
+    return mean + std * quantile

@@ -1,0 +1,133 @@
+"""Scoring picks against ground truth: one-to-one matching within a distance, precision / recall / F1,
+per class, and for template matching the fraction of orientations recovered.
+
+Matching is optimal (``scipy.optimize.linear_sum_assignment`` on the distances, pairs farther than the
+tolerance forbidden), so each true particle is found at most once and each pick counts once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+from aitom.errors import InputError
+from aitom.geometry import relion_angles_to_matrix, rotation_angle_between
+from aitom.io import table_angles_deg, table_coordinates
+
+__all__ = ["evaluate_picks", "match_picks", "orientation_errors_deg", "precision_recall_f1"]
+
+_FORBIDDEN = 1e12
+
+
+def match_picks(
+    picked_xyz: np.ndarray, truth_xyz: np.ndarray, tolerance_voxels: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal one-to-one matching of picks to true positions within ``tolerance_voxels``.
+
+    Args:
+        picked_xyz: ``(P, 3)`` pick positions, voxels.
+        truth_xyz: ``(T, 3)`` true positions, voxels.
+        tolerance_voxels: largest distance of a match (inclusive), voxels, > 0.
+
+    Returns:
+        ``(pick_index, truth_index)``: matched pairs (equal-length int64 arrays), minimising the number of
+        unmatched particles first and the total distance second.
+    """
+    if not tolerance_voxels > 0:
+        raise InputError(f"distance tolerance must be > 0 voxels, got {tolerance_voxels}")
+    picked = np.asarray(picked_xyz, dtype=np.float64).reshape(-1, 3)
+    truth = np.asarray(truth_xyz, dtype=np.float64).reshape(-1, 3)
+    empty = np.zeros(0, dtype=np.int64)
+    if len(picked) == 0 or len(truth) == 0:
+        return empty, empty.copy()
+    distance = cdist(picked, truth)
+    allowed = distance <= tolerance_voxels
+    # A match is worth more than any total distance, so the matching is maximal first.
+    cost = np.where(allowed, distance - (tolerance_voxels + 1.0) * max(len(picked), len(truth)), _FORBIDDEN)
+    rows, columns = linear_sum_assignment(cost)
+    keep = allowed[rows, columns]
+    return rows[keep].astype(np.int64), columns[keep].astype(np.int64)
+
+
+def precision_recall_f1(true_positives: int, n_picked: int, n_truth: int) -> dict[str, float]:
+    """Precision, recall and F1 from counts (0 where undefined)."""
+    precision = true_positives / n_picked if n_picked else 0.0
+    recall = true_positives / n_truth if n_truth else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def orientation_errors_deg(picked_angles_deg: np.ndarray, truth_angles_deg: np.ndarray) -> np.ndarray:
+    """Geodesic angle (degrees) between the RELION rotations of matched picks and true particles, ``(N,)``."""
+    picked = relion_angles_to_matrix(torch.as_tensor(np.asarray(picked_angles_deg), dtype=torch.float64))
+    truth = relion_angles_to_matrix(torch.as_tensor(np.asarray(truth_angles_deg), dtype=torch.float64))
+    return np.rad2deg(rotation_angle_between(picked, truth).numpy()).reshape(-1)
+
+
+def evaluate_picks(
+    picks: pd.DataFrame,
+    truth: pd.DataFrame,
+    tolerance_voxels: float,
+    *,
+    angle_tolerance_deg: float = 15.0,
+) -> dict[str, object]:
+    """Score a pick table against a ground-truth table (both RELION STAR tables, coordinates in voxels).
+
+    Overall scores match every pick with every true particle. Per class (``rlnClassNumber`` of the truth):
+    when the picks carry ``rlnClassNumber`` too, picks of class ``c`` are matched with true particles of class
+    ``c`` (precision, recall, F1); otherwise the overall matching is used and only the recall of each class is
+    defined. When both tables carry angles, ``orientation_fraction`` is the fraction of matched picks whose
+    rotation lies within ``angle_tolerance_deg`` of the truth (the particle is the template rotated by the
+    RELION matrix of its angles, as template matching writes them; symmetric templates need ``angle``
+    tolerance for their symmetry, which is not applied here).
+
+    Returns:
+        JSON-ready dict: ``tolerance_voxels``, ``n_picked``, ``n_truth``, ``true_positives``, ``precision``,
+        ``recall``, ``f1``, ``per_class`` ({class: {...}}), and ``orientation_fraction`` and
+        ``median_orientation_error_deg`` when angles are present.
+    """
+    picked_xyz, truth_xyz = table_coordinates(picks), table_coordinates(truth)
+    pick_index, truth_index = match_picks(picked_xyz, truth_xyz, tolerance_voxels)
+    result: dict[str, object] = {
+        "tolerance_voxels": float(tolerance_voxels),
+        "n_picked": len(picked_xyz),
+        "n_truth": len(truth_xyz),
+        "true_positives": len(pick_index),
+        **precision_recall_f1(len(pick_index), len(picked_xyz), len(truth_xyz)),
+    }
+    if "rlnClassNumber" in truth.columns:
+        truth_classes = truth["rlnClassNumber"].to_numpy(dtype=np.int64)
+        classed_picks = "rlnClassNumber" in picks.columns
+        pick_classes = picks["rlnClassNumber"].to_numpy(dtype=np.int64) if classed_picks else None
+        per_class: dict[str, dict[str, float]] = {}
+        for label in sorted(
+            set(truth_classes.tolist()) | set([] if pick_classes is None else pick_classes.tolist())
+        ):
+            of_class = truth_classes == label
+            if pick_classes is None:
+                found = int(of_class[truth_index].sum())
+                per_class[str(label)] = {
+                    "n_truth": int(of_class.sum()),
+                    "recall": found / max(1, of_class.sum()),
+                }
+            else:
+                chosen = pick_classes == label
+                rows, _ = match_picks(picked_xyz[chosen], truth_xyz[of_class], tolerance_voxels)
+                scores = precision_recall_f1(len(rows), int(chosen.sum()), int(of_class.sum()))
+                per_class[str(label)] = {
+                    "n_picked": int(chosen.sum()),
+                    "n_truth": int(of_class.sum()),
+                    **scores,
+                }
+        result["per_class"] = per_class
+    angle_columns = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+    if len(pick_index) and all(c in picks.columns and c in truth.columns for c in angle_columns):
+        errors = orientation_errors_deg(
+            table_angles_deg(picks)[pick_index], table_angles_deg(truth)[truth_index]
+        )
+        result["orientation_fraction"] = float(np.mean(errors <= angle_tolerance_deg))
+        result["median_orientation_error_deg"] = float(np.median(errors))
+    return result

@@ -1,0 +1,125 @@
+"""``aitom pick``: end-to-end runs under trainer.predict (tiles merged), JSON scores, bad input -> exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from aitom.commands import pick
+from aitom.errors import InputError
+from aitom.geometry import rotate_volume, so3_grid
+from aitom.io import particles_table, read_particles, write_particles, write_volume
+
+CENTRES_ZYX = [(9, 9, 9), (9, 30, 28), (28, 10, 30), (30, 30, 10)]
+
+
+def run_pick(argv: list[str]) -> int:
+    """``aitom pick ARGV`` as the command line runs it (InputError -> exit code 2)."""
+    parser = argparse.ArgumentParser(prog="aitom")
+    pick.add_parser(parser.add_subparsers(dest="command"))
+    try:
+        return pick.run(parser.parse_args(["pick", *argv]))
+    except InputError:
+        return 2
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A 40³ tomogram (10 Å voxels) with four rotated copies of a 12³ template, its truth STAR."""
+    folder = tmp_path_factory.mktemp("pick")
+    z, y, x = torch.meshgrid(*[torch.arange(12.0) - 6] * 3, indexing="ij")
+    template = torch.exp(-(x**2 + y**2 + z**2) / 8) + 0.8 * torch.exp(-((x - 3.5) ** 2 + y**2 + z**2) / 2)
+    grid = so3_grid(90.0)
+    generator = torch.Generator().manual_seed(0)
+    tomogram = 0.05 * torch.randn(40, 40, 40, generator=generator)
+    for index, (cz, cy, cx) in enumerate(CENTRES_ZYX):
+        tomogram[cz - 6 : cz + 6, cy - 6 : cy + 6, cx - 6 : cx + 6] += rotate_volume(
+            template, grid[3 * index]
+        )
+    paths = {name: folder / f"{name}.mrc" for name in ("tomogram", "template", "small_voxels", "big", "flat")}
+    write_volume(paths["tomogram"], tomogram, 10.0)
+    write_volume(paths["template"], template, 10.0)
+    write_volume(paths["small_voxels"], template, 5.0)
+    write_volume(paths["big"], torch.randn(48, 48, 48, generator=generator), 10.0)
+    write_volume(paths["flat"], torch.ones(40, 40, 40), 10.0)
+    paths["truth"] = write_particles(
+        folder / "truth.star", particles_table([(x, y, z) for z, y, x in CENTRES_ZYX])
+    )
+    return paths
+
+
+@pytest.mark.parametrize("method", ["template", "dog", "saliency"])
+def test_help(method, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_pick([method, "--help"])
+    assert exit_info.value.code == 0
+    assert "voxels" in capsys.readouterr().out
+
+
+def test_template_end_to_end(files, tmp_path, capsys):
+    out = tmp_path / "picks.star"
+    argv = ["template", "--tomogram", str(files["tomogram"]), "--template", str(files["template"])]
+    argv += [
+        "--out",
+        str(out),
+        "--angular-step",
+        "90",
+        "--no-wedge",
+        "--truth",
+        str(files["truth"]),
+        "--maps",
+    ]
+    assert run_pick(argv) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["recall"] >= 0.9 and scores["precision"] >= 0.9
+    table = read_particles(out)
+    assert {"rlnAngleRot", "rlnAutopickFigureOfMerit", "rlnClassNumber", "rlnTomoName"} <= set(table.columns)
+    assert (tmp_path / "picks_tomogram_scores.mrc").is_file()
+    assert (tmp_path / "picks_rotations.star").is_file()
+    assert run_pick(argv) == 2  # the output exists: refused without --overwrite
+
+
+def test_dog_tiles_merge_like_whole(files, tmp_path, capsys):
+    recalls = []
+    for tile in ("64", "24"):
+        out = tmp_path / f"dog_{tile}.star"
+        argv = ["dog", "--tomogram", str(files["tomogram"]), "--out", str(out), "--sigma-voxels", "2"]
+        argv += ["--tile-voxels", tile, "--overlap-voxels", "12", "--truth", str(files["truth"])]
+        assert run_pick(argv) == 0
+        recalls.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["recall"])
+        coordinates = read_particles(out)[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy()
+        distances = ((coordinates[:, None] - coordinates[None]) ** 2).sum(-1) ** 0.5
+        assert (distances + 1e9 * torch.eye(len(coordinates)).numpy()).min() > 4  # no duplicates across tiles
+    assert recalls == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("big_template", "larger than the tomogram"),
+        ("voxel_sizes", "template 5 Å"),
+        ("step", "angular-step"),
+        ("flat", "constant"),
+    ],
+)
+def test_bad_input_exit_2_nothing_written(files, tmp_path, capsys, case, message):
+    out = tmp_path / "picks.star"
+    template = {"big_template": files["big"], "voxel_sizes": files["small_voxels"]}.get(
+        case, files["template"]
+    )
+    tomogram = files["flat"] if case == "flat" else files["tomogram"]
+    step = "0" if case == "step" else "90"
+    argv = ["template", "--tomogram", str(tomogram), "--template", str(template), "--out", str(out)]
+    argv += ["--angular-step", step]
+    parser = argparse.ArgumentParser(prog="aitom")
+    pick.add_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(InputError, match=message) as error:
+        pick.run(parser.parse_args(["pick", *argv]))
+    assert "\n" not in str(error.value)
+    if case == "voxel_sizes":
+        assert "tomogram 10 Å" in str(error.value)
+    assert run_pick(argv) == 2
+    assert not out.exists()

@@ -1,0 +1,60 @@
+"""Pick evaluation on hand-made cases: optimal matching, precision/recall/F1, per class, orientations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aitom.errors import InputError
+from aitom.io import particles_table
+from aitom.ops.pick_evaluation import evaluate_picks, match_picks, precision_recall_f1
+
+
+def test_optimal_matching_beats_greedy():
+    # Greedy by distance would pair pick 0 with truth 0 (distance 1) and leave pick 1 unmatched;
+    # the optimal one-to-one matching pairs 0-1 and 1-0 (both within 2).
+    picks = np.array([[1.0, 0.0, 0.0], [-1.5, 0.0, 0.0]])
+    truth = np.array([[0.0, 0.0, 0.0], [2.5, 0.0, 0.0]])
+    rows, columns = match_picks(picks, truth, tolerance_voxels=2.0)
+    assert sorted(zip(rows.tolist(), columns.tolist())) == [(0, 1), (1, 0)]
+    assert len(match_picks(picks[:0], truth, 2.0)[0]) == 0
+    with pytest.raises(InputError):
+        match_picks(picks, truth, 0.0)
+
+
+def test_precision_recall_f1_counts():
+    assert precision_recall_f1(3, 4, 6) == pytest.approx({"precision": 0.75, "recall": 0.5, "f1": 0.6})
+    assert precision_recall_f1(0, 0, 5) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_evaluate_per_class_and_orientation():
+    truth = particles_table(
+        [[10, 10, 10], [30, 10, 10], [10, 30, 10], [30, 30, 30]],
+        angles_deg=[[0, 0, 0], [10, 20, 30], [0, 90, 0], [45, 45, 45]],
+        class_number=[1, 1, 2, 2],
+    )
+    # Three picks near truths 0, 1, 2 (one with the wrong class), one false pick far away.
+    picks = particles_table(
+        [[10.5, 10, 10], [30, 11, 10], [10, 30, 10.8], [50, 50, 50]],
+        angles_deg=[[0, 0, 10], [10, 20, 30], [0, 90, 90], [0, 0, 0]],
+        class_number=[1, 1, 1, 2],
+    )
+    result = evaluate_picks(picks, truth, tolerance_voxels=2.0, angle_tolerance_deg=15.0)
+    assert result["true_positives"] == 3
+    assert result["precision"] == pytest.approx(0.75) and result["recall"] == pytest.approx(0.75)
+    # Class 1: 3 picks, 2 truths, both found; class 2: 1 pick (false), 2 truths.
+    assert result["per_class"]["1"] == pytest.approx(
+        {"n_picked": 3, "n_truth": 2, "precision": 2 / 3, "recall": 1.0, "f1": 0.8}
+    )
+    assert result["per_class"]["2"]["f1"] == 0.0
+    # Orientation errors: 10° (psi), 0°, 90° (psi) -> 2 of 3 within 15°.
+    assert result["orientation_fraction"] == pytest.approx(2 / 3)
+    assert result["median_orientation_error_deg"] == pytest.approx(10.0, abs=1e-6)
+
+
+def test_class_agnostic_picks_give_recall_per_class():
+    truth = particles_table([[0, 0, 0], [10, 0, 0], [20, 0, 0]], class_number=[1, 2, 2])
+    picks = particles_table([[0, 0, 1], [20, 1, 0]])
+    result = evaluate_picks(picks, truth, tolerance_voxels=1.5)
+    assert result["per_class"] == {"1": {"n_truth": 1, "recall": 1.0}, "2": {"n_truth": 2, "recall": 0.5}}
+    assert "orientation_fraction" not in result
