@@ -1,4 +1,4 @@
-"""The end-to-end demo behind ``make demo``: simulate a crowded tomogram, denoise it, measure it, show it.
+"""The demo behind ``make demo``: simulate a crowded tomogram, measure, denoise and pick it, score the picks.
 
 Everything runs from the embedded default recipe (simulations/tomogram_default.yaml): no download.
 Each step is an ordinary ``aitom`` command, printed before it runs, so the demo doubles as a tutorial.
@@ -50,19 +50,23 @@ def main(argv: list[str] | None = None) -> int:
     run_step(["estimate", "wedge", str(tomogram)])
     denoised = out / "tomogram_diffusion.mrc"
     run_step(["filter", "diffusion", str(tomogram), str(denoised), "--iterations", "10", "--overwrite"])
-    montage = out / "tomogram_truth.png"
+    picks = out / "picks_dog.star"
     run_step(
         [
-            "show",
-            str(denoised),
+            "pick",
+            "dog",
+            "--tomogram",
+            str(tomogram),
             "--out",
-            str(montage),
-            "--picks",
+            str(picks),
+            "--truth",
             str(simulation / "ground_truth.star"),
             "--overwrite",
         ]
     )
-    print(f"\nDone. Simulation, ground truth and templates: {simulation}/ ; montage: {montage}")
+    montage = out / "tomogram_picks.png"
+    run_step(["show", str(denoised), "--out", str(montage), "--picks", str(picks), "--overwrite"])
+    print(f"\nDone. Simulation and ground truth: {simulation}/ ; picks: {picks} ; montage: {montage}")
     return 0
 
 

@@ -64,7 +64,7 @@ class TomogramTileDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, object]:
         z, y, x = self.origins[index]
         dz, dy, dx = self.tile_shape
-        tile = np.asarray(self.array[z : z + dz, y : y + dy, x : x + dx], dtype=np.float32)
+        tile = np.array(self.array[z : z + dz, y : y + dy, x : x + dx], dtype=np.float32)
         if not np.isfinite(tile).all():
             raise InputError(f"tile at voxel (z={z}, y={y}, x={x}) holds NaN or Inf values", self.path)
         return {
