@@ -10,9 +10,9 @@ is batched.
 from __future__ import annotations
 
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from aitom.data.splits import SplitDataModule
 from aitom.errors import InputError
 from aitom.geometry import matrix_to_euler_zyz, random_rotations
 from aitom.simulate import (
@@ -117,7 +117,7 @@ class SimulatedSubtomogramDataset(Dataset):
         return torch.rad2deg(matrix_to_euler_zyz(self[index]["rotation"].double()))
 
 
-class SimulatedSubtomogramDataModule(LightningDataModule):
+class SimulatedSubtomogramDataModule(SplitDataModule):
     """Simulated subtomograms of library classes, generated on the fly for every split.
 
     Args:
@@ -167,7 +167,6 @@ class SimulatedSubtomogramDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.class_names = list(classes)
         self.num_classes = len(classes)
-        self.datasets: dict[str, SimulatedSubtomogramDataset] = {}
 
     def class_maps(self) -> torch.Tensor:
         """``(C, S, S, S)`` potentials of the classes at the module's voxel and box size."""
@@ -195,24 +194,3 @@ class SimulatedSubtomogramDataModule(LightningDataModule):
                 ctf,
                 hp.max_shift_voxels,
             )
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)

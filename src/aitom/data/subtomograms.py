@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from aitom.data.augment import augment_volume, subtomogram_augmentation
+from aitom.data.splits import SplitDataModule
 from aitom.errors import InputError
 from aitom.io import read_particles, read_volume
 
@@ -92,7 +92,7 @@ class StarSubtomogramDataset(Dataset):
         return item
 
 
-class StarSubtomogramDataModule(LightningDataModule):
+class StarSubtomogramDataModule(SplitDataModule):
     """Train / validation / test / predict splits, each a STAR file of subtomograms.
 
     Args:
@@ -119,7 +119,6 @@ class StarSubtomogramDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.datasets: dict[str, StarSubtomogramDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
@@ -138,26 +137,3 @@ class StarSubtomogramDataModule(LightningDataModule):
                 self.datasets[split] = StarSubtomogramDataset(
                     path, transform=transform if split == "train" else None
                 )
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
-            raise InputError(f"no {split}_star given for the {split} split")
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
