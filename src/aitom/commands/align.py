@@ -104,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from aitom.commands.simulate import _device
+    from aitom.commands.shared import torch_device
     from aitom.errors import InputError
     from aitom.io import read_volume
     from aitom.ops.alignment import align_subtomograms
 
     torch.manual_seed(args.seed)
-    device = _device(args.device)
+    device = torch_device(args.device)
     volume_a, header_a = read_volume(args.volume_a)
     volume_b, _ = read_volume(args.volume_b)
     if len(set(volume_a.shape)) != 1:

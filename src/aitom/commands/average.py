@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from aitom.commands.simulate import _check_output_folder, _device, _output_folder
+    from aitom.commands.shared import check_output_folder, output_folder, torch_device
     from aitom.errors import InputError
     from aitom.fourier import missing_wedge_mask
     from aitom.io import write_particles, write_volume
@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--max-frequency must be in (0, 0.5] cycles/voxel, got {args.max_frequency}")
     if not 0.0 < args.step <= 180.0:
         raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
-    _check_output_folder(args.out, args.overwrite)
-    device = _device(args.device)
+    check_output_folder(args.out, args.overwrite)
+    device = torch_device(args.device)
     table, volumes, voxel_size_a = _read_subtomograms(args.particles)
     volumes = volumes.to(device)
     n = volumes.shape[0]
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
                 "fsc_0.143_a": float(resolution_at(frequency.cpu(), curve, 0.143, voxel_size_a=voxel_size_a)),
             }
         )
-    with _output_folder(args.out) as folder:
+    with output_folder(args.out) as folder:
         for index, average in enumerate(averages.cpu()):
             write_volume(folder / f"average_class{index + 1}.mrc", average, voxel_size_a)
         write_particles(folder / "particles.star", out_table)

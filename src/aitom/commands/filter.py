@@ -168,20 +168,6 @@ def _sigma_voxels(
     return tuple(sigma_a / size for size in voxel_size_a)
 
 
-def _device(name: str):
-    import torch
-
-    from aitom.errors import InputError
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise InputError(f"--device: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     from aitom.errors import InputError
     from aitom.io import check_output_path, read_volume, write_volume
@@ -196,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
     if args.voxel_size is not None and not args.voxel_size > 0:
         raise InputError(f"--voxel-size must be positive, got {args.voxel_size} Å")
     check_output_path(args.output, args.overwrite)
-    device = _device(args.device)
+    from aitom.commands.shared import torch_device
+
+    device = torch_device(args.device)
     volume, header = read_volume(args.input, voxel_size_a=args.voxel_size)
     voxel_size = header.voxel_size_a
     if min(voxel_size) <= 0:

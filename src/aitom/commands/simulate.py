@@ -8,13 +8,9 @@ written, so an interrupted run leaves no partial output; an existing non-empty `
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from aitom.commands.shared import check_output_folder, output_folder, torch_device
 
 _RECIPE_HELP = (
     "YAML recipe (see simulations/*.yaml); keys it leaves out take the built-in defaults, which are "
@@ -89,53 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     recipe = load_recipe(args.config, overrides, kind=args.kind)
-    _check_output_folder(args.out, args.overwrite)
-    device = _device(args.device)
+    check_output_folder(args.out, args.overwrite)
+    device = torch_device(args.device)
     if args.kind == "tomogram":
         return _run_tomogram(recipe, args, device)
     return _run_subtomograms(recipe, args, device)
-
-
-def _device(name: str):
-    import torch
-
-    from aitom.errors import InputError
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise InputError(f"--device: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-    return device
-
-
-def _check_output_folder(out: Path, overwrite: bool) -> None:
-    from aitom.errors import InputError
-
-    if out.exists() and not out.is_dir():
-        raise InputError("exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError("exists and is not empty; pass --overwrite to replace it", out)
-
-
-@contextmanager
-def _output_folder(out: Path) -> Iterator[Path]:
-    """Yield a hidden temporary folder beside ``out``: replaces ``out`` on success, removed on failure."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    try:
-        yield temporary
-        if out.exists():
-            retired = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
-            os.replace(out, retired)
-            os.replace(temporary, out)
-            shutil.rmtree(retired)
-        else:
-            os.replace(temporary, out)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)
 
 
 def _run_tomogram(recipe, args: argparse.Namespace, device) -> int:
@@ -149,7 +103,7 @@ def _run_tomogram(recipe, args: argparse.Namespace, device) -> int:
     simulation = simulate_tomogram(recipe, device=device)
     voxel = recipe.voxel_size_a
     truth = simulation.truth
-    with _output_folder(args.out) as folder:
+    with output_folder(args.out) as folder:
         write_volume(folder / "tomogram.mrc", simulation.tomogram, voxel)
         write_particles(folder / "ground_truth.star", truth)
         for name, template in simulation.templates.items():
@@ -191,7 +145,7 @@ def _run_subtomograms(recipe, args: argparse.Namespace, device) -> int:
         table.insert(
             1, "aitomPairedImageName", [name.replace("subtomograms/", "subtomograms_pair/") for name in names]
         )
-    with _output_folder(args.out) as folder:
+    with output_folder(args.out) as folder:
         for index, name in enumerate(names):
             write_volume(folder / name, simulation.volumes[index], voxel)
             if simulation.paired_volumes is not None:

@@ -1,0 +1,55 @@
+"""Helpers shared by the commands: the ``--device`` option and output folders written atomically."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def torch_device(name: str):
+    """The torch device named on the command line (``--device``), or InputError if it is not there."""
+    import torch
+
+    from aitom.errors import InputError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InputError(f"--device: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    return device
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is a file, or not empty without ``--overwrite``."""
+    from aitom.errors import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a folder", out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError("exists and is not empty; pass --overwrite to replace it", out)
+
+
+@contextmanager
+def output_folder(out: Path) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``out``: replaces ``out`` on success, removed on failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    try:
+        yield temporary
+        if out.exists():
+            retired = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
+            os.replace(out, retired)
+            os.replace(temporary, out)
+            shutil.rmtree(retired)
+        else:
+            os.replace(temporary, out)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
