@@ -28,3 +28,65 @@ def test_config_runs_one_batch(config, tmp_path, monkeypatch):
         ]
     )
     assert code == 0
+
+
+DATA_CONFIGS = Path(__file__).resolve().parent.parent / "datamodules"
+CLASSIFIER_CONFIG = CONFIGS[0].parent / "classify_rb3d.yaml"
+
+
+def test_simulated_data_config_swaps_in(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(CLASSIFIER_CONFIG),
+            "--data",
+            str(DATA_CONFIGS / "simulated_snr003.yaml"),
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.accelerator",
+            "cpu",
+            "--data.init_args.batch_size",
+            "2",
+        ]
+    )
+    assert code == 0
+
+
+def test_star_data_config_trains_on_simulated_subtomograms(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(
+            [
+                "simulate",
+                "subtomograms",
+                "--out",
+                "sub",
+                "particles_per_class=2",
+                "box_size_voxels=32",
+                "classes=[proteasome_20s,ribosome_30s,apoferritin,rubisco,nucleosome]",
+            ]
+        )
+        == 0
+    )
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(CLASSIFIER_CONFIG),
+            "--data",
+            str(DATA_CONFIGS / "star_subtomograms.yaml"),
+            "--data.init_args.train_star",
+            "sub/particles.star",
+            "--data.init_args.val_star",
+            "sub/particles.star",
+            "--data.init_args.batch_size",
+            "2",
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.accelerator",
+            "cpu",
+        ]
+    )
+    assert code == 0
