@@ -1,0 +1,465 @@
+"""``aitom reconstruct --particles P.star --tomograms T.star --out DIR [--mode wiener|phase_flip]``.
+
+Reconstructs one subtomogram per particle of a RELION 5 / WarpTools particle set whose particles are 2-D
+stacks of tilt images (``rlnImageName`` names a ``.mrcs`` with one image per frame of the tilt series, or one
+per visible frame). Each particle's visible frames are inserted in Fourier space with the tilt series'
+projection matrices (:func:`aitom.ops.reconstruction.reconstruct_subtomogram`), CTF-corrected with the
+per-tilt defocus of the tomogram set (Wiener or phase flip; images flagged ``rlnCtfDataAreCtfPremultiplied``
+are treated as already multiplied by their CTF) and dose-weighted (``rlnMicrographPreExposure``).
+
+Writes DIR/subtomograms/NNNNNN.mrc (the volume, voxel size = the images' pixel size), DIR/weights/NNNNNN.mrc
+(the 3-D Fourier weight Σ (dose·CTF)², full centred layout, zero frequency at voxel S//2: the particle's real
+missing wedge and CTF weighting) and DIR/particles.star (aitom table: rlnCoordinateX/Y/Z in voxels of the
+tomogram at the images' pixel size, rlnAngleRot/Tilt/Psi, rlnTomoName, rlnImageName and rlnCtfImage
+relative to DIR) that ``aitom average`` reads. NNNNNN is the particle's 1-based row in the input table.
+With ``--average``, also DIR/average.mrc and DIR/average_weight.mrc: every particle inserted in its own frame
+(rotated by its rlnAngleRot/Tilt/Psi) into one Fourier volume, divided once (RELION's ``reconstruct``).
+
+Contrast: ``--invert auto`` (default) reconstructs the first particles, compares the mean density of the
+central sphere (radius S/4) with the shell around it (S/4 to S/2) and multiplies everything by −1 when the
+centre is darker, i.e. when the particle (protein, denser than ice) came out negative; ``yes`` and ``no``
+force it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from aitom.ops.reconstruction import FourierSums
+
+#: particles reconstructed at once (they are batched on the device)
+_DEFAULT_BATCH = 8
+#: particles whose reconstructions decide the contrast sign with --invert auto
+_SIGN_SAMPLE = 32
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "reconstruct",
+        help="subtomograms from RELION 5 / WarpTools 2-D particle tilt stacks",
+        description="Reconstruct a subtomogram and its 3-D CTF/missing-wedge weight per particle of a "
+        "RELION 5 particle set of 2-D tilt stacks (rlnTomoSubTomosAre2DStacks), by Fourier insertion with "
+        "the tilt series' projection matrices, CTF and dose weighting. Writes DIR/subtomograms/NNNNNN.mrc, "
+        "DIR/weights/NNNNNN.mrc and DIR/particles.star (voxel coordinates, for `aitom average`).",
+    )
+    parser.add_argument("--particles", type=Path, help="RELION 5 particles STAR file (2-D stacks)")
+    parser.add_argument("--tomograms", type=Path, help="RELION 5 tomograms STAR file (projection matrices)")
+    parser.add_argument(
+        "--optimisation-set",
+        type=Path,
+        help="RELION 5 optimisation set naming the particles and tomograms files (instead of both)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument(
+        "--mode",
+        choices=("wiener", "phase_flip"),
+        default="wiener",
+        help="CTF correction: Wiener (divide by Σ CTF² + constant) or phase flip (default wiener)",
+    )
+    parser.add_argument(
+        "--wiener-constant",
+        type=float,
+        default=0.1,
+        help="Wiener constant relative to the mean Fourier weight of the sampled voxels (default 0.1)",
+    )
+    parser.add_argument(
+        "--in-particle-frame",
+        action="store_true",
+        help="reconstruct in the particle's frame (rotated by its rlnAngleRot/Tilt/Psi, as RELION's "
+        "reconstruct does); the output angles are then 0",
+    )
+    parser.add_argument(
+        "--average",
+        action="store_true",
+        help="also write DIR/average.mrc (and average_weight.mrc): all particles merged in their particle "
+        "frames (Fourier sums divided once), as RELION's reconstruct does",
+    )
+    parser.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="multiply the reconstructions by -1: auto (when the particle centre comes out darker than its "
+        "surroundings), yes or no (default auto)",
+    )
+    parser.add_argument("--no-ctf", action="store_true", help="ignore the CTF (no correction, no CTF weight)")
+    parser.add_argument("--no-dose-weighting", action="store_true", help="ignore the exposure of each tilt")
+    parser.add_argument(
+        "--coordinate-pixel-size",
+        type=float,
+        default=None,
+        help="pixel size (A) of rlnCoordinateX/Y/Z when the file has no rlnCenteredCoordinate*Angst "
+        "(default: the tilt-series pixel size, RELION's convention; WarpTools 2-D stack exports may use the "
+        "particles' pixel size)",
+    )
+    parser.add_argument(
+        "--padding", type=int, default=2, help="Fourier oversampling factor of the insertion (default 2)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=_DEFAULT_BATCH, help="particles reconstructed at once (default 8)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing non-empty output folder"
+    )
+
+
+def _input_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    from aitom.errors import InputError
+    from aitom.io.relion5 import read_optimisation_set
+
+    if args.optimisation_set is not None:
+        files = read_optimisation_set(args.optimisation_set)
+        return args.particles or files["particles"], args.tomograms or files["tomograms"]
+    if args.particles is None or args.tomograms is None:
+        raise InputError("give --particles and --tomograms, or --optimisation-set")
+    return args.particles, args.tomograms
+
+
+def _visible_frames(row, n_frames: int) -> np.ndarray:
+    import numpy as np
+
+    visible = row.get("rlnTomoVisibleFrames")
+    return np.ones(n_frames, dtype=bool) if visible is None else np.asarray(visible, dtype=bool)
+
+
+def _check_particle_stack(path: Path, row, series, image_size: int, pixel_size_a: float) -> None:
+    """Check a stack's header (no data read): image size, pixel size, one image per frame or visible frame."""
+    from aitom.errors import InputError
+    from aitom.io import open_volume_mmap
+    from aitom.io.relion5 import PIXEL_SIZE_TOLERANCE
+
+    stack, header = open_volume_mmap(path, allow_2d=True)
+    shape = (1, *stack.shape) if stack.ndim == 2 else stack.shape
+    if shape[-1] != image_size or shape[-2] != image_size:
+        raise InputError(f"images are {tuple(shape[-2:])}, rlnImageSize says {image_size}", path)
+    header_pixel = header.voxel_size_a[0]
+    if abs(header_pixel - pixel_size_a) > PIXEL_SIZE_TOLERANCE * pixel_size_a:
+        raise InputError(
+            f"pixel size {header_pixel} A in the header, rlnImagePixelSize {pixel_size_a} A", path
+        )
+    visible = _visible_frames(row, series.n_tilts)
+    if shape[0] != series.n_tilts and not (shape[0] == int(visible.sum()) < series.n_tilts):
+        raise InputError(
+            f"holds {shape[0]} images but the tilt series {series.name} has {series.n_tilts} frames "
+            f"({int(visible.sum())} visible)",
+            path,
+        )
+
+
+def _read_particle_stack(path: Path, row, n_frames: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The particle's tilt images ``(T, S, S)`` (all frames; invisible ones zero) and its visible mask.
+
+    The stack holds one image per frame, or one per visible frame (checked by :func:`_check_particle_stack`).
+    """
+    import torch
+
+    from aitom.io import read_stack
+
+    stack, _ = read_stack(path)
+    visible = _visible_frames(row, n_frames)
+    if stack.shape[0] == n_frames:
+        return stack, visible
+    images = stack.new_zeros((n_frames, *stack.shape[-2:]))
+    images[torch.tensor(visible)] = stack
+    return images, visible
+
+
+def _dose_filters(series, image_size: int, pixel_size_a: float, use_dose: bool) -> torch.Tensor:
+    """Per-frame dose filter ``(T, S, S)``, full centred layout (ones with ``use_dose`` false)."""
+    import torch
+
+    from aitom.fourier import dose_weights, radial_frequency
+
+    shape = (image_size, image_size)
+    if not use_dose:
+        return torch.ones((series.n_tilts, *shape))
+    frequency = radial_frequency(shape, voxel_size_a=pixel_size_a, dtype=torch.float64)
+    exposure = torch.tensor(series.pre_exposure_e_per_a2)[:, None, None]
+    return dose_weights(frequency, exposure, series.voltage_kv).float()
+
+
+def _particle_ctfs(series, centered_a: np.ndarray, image_size: int, pixel_size_a: float) -> torch.Tensor:
+    """CTF ``(B, T, S, S)`` (full centred) of particles at ``centered_a (B, 3)`` Å in one tilt series.
+
+    Per-tilt defocus of the tomogram set plus RELION's depth-dependent offset, times ``rlnCtfScalefactor``.
+    """
+    import torch
+
+    from aitom.fourier import ctf_2d
+
+    offsets_a = torch.tensor(series.defocus_offsets_a(centered_a))  # (B, T)
+    ctf = ctf_2d(
+        (image_size, image_size),
+        pixel_size_a=pixel_size_a,
+        defocus_u_um=(torch.tensor(series.defocus_u_a) + offsets_a) / 1e4,
+        defocus_v_um=(torch.tensor(series.defocus_v_a) + offsets_a) / 1e4,
+        astigmatism_angle_deg=torch.tensor(series.defocus_angle_deg),
+        voltage_kv=series.voltage_kv,
+        cs_mm=series.cs_mm,
+        amplitude_contrast=series.amplitude_contrast,
+        rfft=False,
+        centered=True,
+        dtype=torch.float64,
+    )
+    return (ctf * torch.tensor(series.ctf_scale_factor)[:, None, None]).float()
+
+
+def _centre_contrast(volumes):
+    """Mean of the central sphere (radius S/4) minus the mean of the shell S/4..S/2, per volume ``(B,)``."""
+    from aitom.fourier.fft import radial_frequency
+
+    size = volumes.shape[-1]
+    radius = radial_frequency(volumes.shape[-3:], device=volumes.device) * size  # voxels from the centre
+    core, shell = radius <= size / 4, (radius > size / 4) & (radius <= size / 2)
+    return volumes[..., core].mean(dim=-1) - volumes[..., shell].mean(dim=-1)
+
+
+@dataclass
+class _Inputs:
+    """The validated particle set: table, tilt series, stack paths and the particles' image geometry."""
+
+    particles: pd.DataFrame
+    tomograms: dict
+    image_paths: list[Path]
+    image_size: int
+    pixel_size_a: float
+    ctf_premultiplied: bool
+    angles_deg: np.ndarray
+    centered_a: np.ndarray
+
+
+def _load_inputs(args: argparse.Namespace) -> _Inputs:
+    import numpy as np
+
+    from aitom.errors import InputError
+    from aitom.io.relion5 import (
+        ANGLE_COLUMNS,
+        check_particles_against_tomograms,
+        particle_optics,
+        particle_positions_centered_a,
+        read_relion5_particles,
+        read_tomograms_star,
+        resolve_relative,
+    )
+
+    particles_path, tomograms_path = _input_paths(args)
+    tomograms = read_tomograms_star(tomograms_path)
+    particles, optics, general = read_relion5_particles(particles_path)
+    if str(general.get("rlnTomoSubTomosAre2DStacks", 1)) == "0":
+        raise InputError(
+            "rlnTomoSubTomosAre2DStacks is 0: rlnImageName names 3-D subtomograms, not 2-D tilt stacks",
+            particles_path,
+        )
+    if len(particles) == 0:
+        raise InputError("the particle table is empty", particles_path)
+    if "rlnImageName" not in particles.columns:
+        raise InputError("data_particles lacks column rlnImageName (the 2-D tilt stacks)", particles_path)
+    if (args.in_particle_frame or args.average) and not set(ANGLE_COLUMNS) <= set(particles.columns):
+        raise InputError("--in-particle-frame and --average need rlnAngleRot/Tilt/Psi", particles_path)
+    check_particles_against_tomograms(particles, optics, tomograms, particles_path=particles_path)
+    rows = particle_optics(particles, optics)
+    missing = [column for column in ("rlnImagePixelSize", "rlnImageSize") if column not in rows.columns]
+    if missing:
+        raise InputError(f"data_optics lacks column(s) {', '.join(missing)}", particles_path)
+    pixel_sizes = rows["rlnImagePixelSize"].to_numpy(dtype=np.float64)
+    image_sizes = rows["rlnImageSize"].to_numpy(dtype=np.int64)
+    if len(set(image_sizes)) > 1 or np.ptp(pixel_sizes) > 1e-3 * pixel_sizes[0]:
+        raise InputError(
+            "particles of several image or pixel sizes: reconstruct them separately", particles_path
+        )
+    premultiplied = np.asarray(rows.get("rlnCtfDataAreCtfPremultiplied", 0), dtype=np.int64).reshape(-1)
+    if len(set(premultiplied.tolist())) > 1:
+        raise InputError("some optics groups are CTF-premultiplied and some not", particles_path)
+    angles_deg = np.zeros((len(particles), 3))
+    if set(ANGLE_COLUMNS) <= set(particles.columns):
+        angles_deg = particles[list(ANGLE_COLUMNS)].to_numpy(dtype=np.float64)
+    image_paths = [resolve_relative(str(name), particles_path) for name in particles["rlnImageName"]]
+    for path, (_, row) in zip(image_paths, particles.iterrows()):
+        if not path.is_file():
+            raise InputError(f"particle stack {path} (rlnImageName) not found", particles_path)
+        series = tomograms[str(row["rlnTomoName"])]
+        _check_particle_stack(path, row, series, int(image_sizes[0]), float(pixel_sizes[0]))
+    return _Inputs(
+        particles=particles,
+        tomograms=tomograms,
+        image_paths=image_paths,
+        image_size=int(image_sizes[0]),
+        pixel_size_a=float(pixel_sizes[0]),
+        ctf_premultiplied=bool(premultiplied[0]),
+        angles_deg=angles_deg,
+        centered_a=particle_positions_centered_a(
+            particles, tomograms, coordinate_pixel_size_a=args.coordinate_pixel_size
+        ),
+    )
+
+
+def _reconstructions(
+    inputs: _Inputs, args: argparse.Namespace, device, merged: FourierSums | None
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(particle index, volume, weight)`` for every particle, in order, reconstructed in batches.
+
+    With ``merged`` (zeroed accumulators), every particle's insertion in its particle frame is added to it.
+    """
+    import torch
+
+    from aitom.geometry import relion_angles_to_matrix
+    from aitom.ops.reconstruction import finish_reconstruction, insert_for_reconstruction
+
+    size, pixel = inputs.image_size, inputs.pixel_size_a
+    dose_filters = {
+        name: _dose_filters(series, size, pixel, not args.no_dose_weighting)
+        for name, series in inputs.tomograms.items()
+    }
+    series_of = [inputs.tomograms[str(name)] for name in inputs.particles["rlnTomoName"]]
+    for start in range(0, len(series_of), args.batch_size):
+        batch = range(start, min(start + args.batch_size, len(series_of)))
+        for n_tilts in dict.fromkeys(series_of[index].n_tilts for index in batch):
+            group = [index for index in batch if series_of[index].n_tilts == n_tilts]
+            images, tomogram_frame, particle_frame, ctfs, doses = [], [], [], [], []
+            for index in group:
+                series = series_of[index]
+                stack, visible = _read_particle_stack(
+                    inputs.image_paths[index], inputs.particles.iloc[index], n_tilts
+                )
+                images.append(stack)
+                # per-tilt projection rotation: R (tomogram frame) or R A (particle frame, A: RELION's)
+                tomogram_frame.append(torch.tensor(series.rotations))
+                particle_frame.append(
+                    tomogram_frame[-1] @ relion_angles_to_matrix(torch.tensor(inputs.angles_deg[index]))
+                )
+                # invisible frames get dose weight 0: they add nothing to data or weights
+                doses.append(dose_filters[series.name] * torch.tensor(visible).float()[:, None, None])
+                if not args.no_ctf:
+                    ctfs.append(_particle_ctfs(series, inputs.centered_a[index : index + 1], size, pixel)[0])
+            images_batch = torch.stack(images).to(device)
+            ctf_batch = torch.stack(ctfs).to(device) if ctfs else None
+            dose_batch = torch.stack(doses).to(device)
+            options = {
+                "mode": args.mode,
+                "ctf_premultiplied": inputs.ctf_premultiplied,
+                "padding_factor": args.padding,
+            }
+            rotations = torch.stack(particle_frame if args.in_particle_frame else tomogram_frame)
+            sums = insert_for_reconstruction(
+                images_batch, rotations.float().to(device), ctf_batch, dose_batch, **options
+            )
+            if merged is not None:
+                merged_part = sums
+                if not args.in_particle_frame:
+                    merged_part = insert_for_reconstruction(
+                        images_batch,
+                        torch.stack(particle_frame).float().to(device),
+                        ctf_batch,
+                        dose_batch,
+                        **options,
+                    )
+                for total, part in zip(merged, merged_part):
+                    total += part.sum(dim=0)
+            volumes, weights = finish_reconstruction(
+                sums, size, wiener_constant=args.wiener_constant, padding_factor=args.padding
+            )
+            for i, index in enumerate(group):
+                yield index, volumes[i].cpu(), weights[i].cpu()
+
+
+def _output_table(inputs: _Inputs, names: list[str], args: argparse.Namespace) -> pd.DataFrame:
+    import numpy as np
+
+    from aitom.io import particles_table
+    from aitom.io.relion5 import ANGLE_COLUMNS, centered_angstrom_to_voxels
+
+    tomo_names = [str(name) for name in inputs.particles["rlnTomoName"]]
+    centered = inputs.centered_a
+    voxels = np.stack(
+        [
+            centered_angstrom_to_voxels(
+                centered[row], inputs.tomograms[name].size_voxels(inputs.pixel_size_a), inputs.pixel_size_a
+            )
+            for row, name in enumerate(tomo_names)
+        ]
+    )
+    extra: dict[str, object] = {
+        "rlnTomoName": np.asarray(tomo_names, dtype=object),
+        "rlnImageName": np.asarray([f"subtomograms/{name}" for name in names], dtype=object),
+        "rlnCtfImage": np.asarray([f"weights/{name}" for name in names], dtype=object),
+    }
+    angles = inputs.angles_deg
+    if args.in_particle_frame:  # the subtomograms are already in the reference's orientation
+        extra.update(
+            {f"aitomSource{column[3:]}": angles[:, axis] for axis, column in enumerate(ANGLE_COLUMNS)}
+        )
+        angles = np.zeros_like(angles)
+    return particles_table(voxels, angles, extra=extra)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from aitom.commands.shared import check_output_folder, output_folder, torch_device
+    from aitom.errors import InputError
+    from aitom.io import write_particles, write_volume
+    from aitom.ops.reconstruction import FourierSums, finish_reconstruction
+
+    if not args.wiener_constant > 0:
+        raise InputError(f"--wiener-constant must be positive, got {args.wiener_constant}")
+    if args.padding < 1 or args.batch_size < 1:
+        raise InputError("--padding and --batch-size must be >= 1")
+    if args.coordinate_pixel_size is not None and not args.coordinate_pixel_size > 0:
+        raise InputError(f"--coordinate-pixel-size must be positive, got {args.coordinate_pixel_size}")
+    check_output_folder(args.out, args.overwrite)
+    device = torch_device(args.device)
+    inputs = _load_inputs(args)
+    n = len(inputs.particles)
+    names = [f"{index + 1:06d}.mrc" for index in range(n)]
+    sign = {"yes": -1.0, "no": 1.0}.get(args.invert)
+    merged = None
+    if args.average:
+        padded = (args.padding * inputs.image_size,) * 3
+        merged = FourierSums(
+            torch.zeros(padded, dtype=torch.complex64, device=device),
+            torch.zeros(padded, device=device),
+            torch.zeros(padded, device=device),
+        )
+    with output_folder(args.out) as folder:
+        pending, contrast = [], []
+        for index, volume, weight in tqdm(
+            _reconstructions(inputs, args, device, merged), total=n, desc="reconstructing", unit="particle"
+        ):
+            pending.append((index, volume, weight))
+            if sign is None:
+                contrast.append(float(_centre_contrast(volume)))
+                if len(contrast) < min(_SIGN_SAMPLE, n):
+                    continue
+                sign = -1.0 if float(np.median(contrast)) < 0 else 1.0
+                print(
+                    f"aitom reconstruct: the particle centres came out "
+                    f"{'darker' if sign < 0 else 'brighter'} than their surroundings in {len(contrast)} "
+                    f"particles: {'inverting' if sign < 0 else 'keeping'} the contrast",
+                    file=sys.stderr,
+                )
+            for done, done_volume, done_weight in pending:
+                write_volume(folder / "subtomograms" / names[done], done_volume * sign, inputs.pixel_size_a)
+                write_volume(folder / "weights" / names[done], done_weight, inputs.pixel_size_a)
+            pending = []
+        write_particles(folder / "particles.star", _output_table(inputs, names, args))
+        if merged is not None:
+            average, average_weight = finish_reconstruction(
+                merged, inputs.image_size, wiener_constant=args.wiener_constant, padding_factor=args.padding
+            )
+            write_volume(folder / "average.mrc", average.cpu() * sign, inputs.pixel_size_a)
+            write_volume(folder / "average_weight.mrc", average_weight.cpu(), inputs.pixel_size_a)
+    size, pixel = inputs.image_size, inputs.pixel_size_a
+    print(f"aitom reconstruct: {n} subtomograms of {size}^3 at {pixel} A in {args.out}")
+    return 0
