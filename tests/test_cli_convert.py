@@ -1,0 +1,125 @@
+"""``aitom convert``: TIFF (ImageJ metadata with and without spacing, real microtubule crop), MRC -> MRC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import tifffile
+
+from aitom.cli import main
+from aitom.io import write_volume
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def volume() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, size=(5, 6, 7)).astype(np.uint8)
+
+
+def _imagej_tiff(path: Path, volume: np.ndarray, **metadata) -> Path:
+    pixel = metadata.pop("pixel", None)
+    tifffile.imwrite(
+        path,
+        volume,
+        imagej=True,
+        resolution=None if pixel is None else (1 / pixel, 1 / pixel),
+        metadata={"axes": "ZYX", **metadata},
+    )
+    return path
+
+
+def _read(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    with mrcfile.open(path) as mrc:
+        voxel = mrc.voxel_size
+        return mrc.data.copy(), (float(voxel.x), float(voxel.y), float(voxel.z))
+
+
+def test_imagej_tiff_with_spacing_uses_its_voxel_size(tmp_path, volume, capsys) -> None:
+    source = _imagej_tiff(tmp_path / "v.tif", volume, unit="nm", spacing=2.5, pixel=1.5)
+    assert main(["convert", str(source), str(tmp_path / "v.mrc")]) == 0
+    data, voxel = _read(tmp_path / "v.mrc")
+    assert data.dtype == np.float32
+    np.testing.assert_array_equal(data, volume.astype(np.float32))
+    assert voxel == pytest.approx((15.0, 15.0, 25.0), rel=1e-5)  # nm -> Å, anisotropic kept
+    assert "spacing 2.5" in capsys.readouterr().out
+
+
+def test_explicit_voxel_size_and_invert(tmp_path, volume) -> None:
+    source = _imagej_tiff(tmp_path / "v.tif", volume, unit="micron", spacing=0.001, pixel=0.001)
+    out = tmp_path / "v.mrc"
+    assert main(["convert", str(source), str(out), "--voxel-size", "7.5", "--invert"]) == 0
+    data, voxel = _read(out)
+    np.testing.assert_array_equal(data, -volume.astype(np.float32))
+    assert voxel == pytest.approx((7.5, 7.5, 7.5))
+
+
+def test_tiff_without_spacing_needs_a_voxel_size(tmp_path, volume, capsys) -> None:
+    source = _imagej_tiff(tmp_path / "v.tif", volume, unit="nm", pixel=1.0)
+    out = tmp_path / "v.mrc"
+    assert main(["convert", str(source), str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--voxel-size" in error and "v.tif" in error
+    assert not out.exists()
+    assert main(["convert", str(source), str(out), "--voxel-size", "4"]) == 0
+    assert _read(out)[1] == pytest.approx((4.0, 4.0, 4.0))
+
+
+def test_plain_multipage_tiff(tmp_path, volume) -> None:
+    source = tmp_path / "pages.tiff"
+    with tifffile.TiffWriter(source) as writer:
+        for image in volume.astype(np.float32):
+            writer.write(image)
+    out = tmp_path / "pages.mrc"
+    assert main(["convert", str(source), str(out), "--voxel-size", "3"]) == 0
+    np.testing.assert_array_equal(_read(out)[0], volume.astype(np.float32))
+
+
+def test_real_microtubule_crop(tmp_path) -> None:
+    """cylindra's 13-protofilament microtubule crop: ImageJ TIFF, uint8, 36×206×94, 1.052 nm voxels."""
+    out = tmp_path / "mt.mrc"
+    assert main(["convert", str(DATA / "13pf_MT.tif"), str(out)]) == 0
+    data, voxel = _read(out)
+    assert data.shape == (36, 206, 94)
+    assert voxel == pytest.approx((10.52, 10.52, 10.52), rel=1e-4)
+    np.testing.assert_array_equal(data, tifffile.imread(DATA / "13pf_MT.tif").astype(np.float32))
+
+
+def test_mrc_to_mrc_corrects_the_voxel_size(tmp_path) -> None:
+    source = write_volume(tmp_path / "in.mrc", np.arange(64, dtype=np.float32).reshape(4, 4, 4), 1.0)
+    out = tmp_path / "out.mrc"
+    assert main(["convert", str(source), str(out), "--voxel-size", "21"]) == 0
+    data, voxel = _read(out)
+    np.testing.assert_array_equal(data, np.arange(64, dtype=np.float32).reshape(4, 4, 4))
+    assert voxel == pytest.approx((21.0, 21.0, 21.0))
+
+
+@pytest.mark.parametrize("case", ["not_tiff", "image_2d", "zero_voxel", "negative_voxel", "exists"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, volume, case, capsys) -> None:
+    out = tmp_path / "out.mrc"
+    source = _imagej_tiff(tmp_path / "v.tif", volume, unit="nm", spacing=1.0, pixel=1.0)
+    extra: list[str] = []
+    if case == "not_tiff":
+        source = tmp_path / "text.tif"
+        source.write_text("not a tiff\n")
+    elif case == "image_2d":
+        source = tmp_path / "image.tif"
+        tifffile.imwrite(source, volume[0])
+    elif case == "zero_voxel":
+        extra = ["--voxel-size", "0"]
+    elif case == "negative_voxel":
+        extra = ["--voxel-size=-2"]
+    else:
+        out.write_bytes(b"keep")
+    assert main(["convert", str(source), str(out), *extra]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("aitom: error:") and error.count("\n") == 1
+    if case == "exists":
+        assert out.read_bytes() == b"keep"
+        assert main(["convert", str(source), str(out), "--overwrite"]) == 0
+    else:
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,0 +1,156 @@
+"""Handedness: mirroring about the box centre, masked correlation, the hand check on a chiral helix, and the
+known-pose weighted average."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aitom.geometry import random_rotations, rotate_volume, voxel_coordinates_xyz
+from aitom.ops.handedness import hand_check, known_pose_average, masked_correlation, mirror_volume
+
+SIZE = 16
+VOXEL_SIZE_A = 10.0
+
+
+def _blobs(size: int, centres: list[tuple[float, float, float]], sigma: float = 1.1) -> torch.Tensor:
+    points = voxel_coordinates_xyz((size, size, size), dtype=torch.float64)
+    volume = torch.zeros(size, size, size, dtype=torch.float64)
+    for centre in centres:
+        volume += torch.exp(-(points - torch.tensor(centre)).square().sum(-1) / (2 * sigma**2))
+    return volume.float()
+
+
+@pytest.fixture(scope="module")
+def helix() -> torch.Tensor:
+    """A right-handed helix of 14 Gaussian blobs (1.5 turns, radius 3.5, height 9 voxels): chiral."""
+    turns = torch.linspace(0, 3 * math.pi, 14).tolist()
+    return _blobs(SIZE, [(3.5 * math.cos(t), 3.5 * math.sin(t), -4.5 + 9 * t / (3 * math.pi)) for t in turns])
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_mirror_volume_matches_numpy_reflection_about_the_centre(size: int, device) -> None:
+    volume = torch.randn(2, size, size + 1, size + 2, generator=torch.Generator().manual_seed(1)).to(device)
+    for axis, dim in (("z", 1), ("y", 2), ("x", 3)):
+        n = volume.shape[dim]
+        centre = n // 2
+        expected = np.take(volume.cpu().numpy(), [(2 * centre - i) % n for i in range(n)], axis=dim)
+        mirrored = mirror_volume(volume, axis)
+        assert mirrored.device == volume.device
+        np.testing.assert_array_equal(mirrored.cpu().numpy(), expected)
+        torch.testing.assert_close(mirror_volume(mirrored, axis), volume)
+
+
+def test_mirror_volume_keeps_the_centre_and_negates_z() -> None:
+    volume = _blobs(SIZE, [(1.0, 2.0, 3.0)])
+    mirrored = mirror_volume(volume, "z")
+    peak = (mirrored == mirrored.max()).nonzero()[0].tolist()
+    assert peak == [SIZE // 2 - 3, SIZE // 2 + 2, SIZE // 2 + 1]  # (z, y, x) with z negated
+
+
+def test_mirror_volume_bad_input() -> None:
+    with pytest.raises(ValueError, match="axis"):
+        mirror_volume(torch.zeros(4, 4, 4), "w")
+    with pytest.raises(ValueError, match="volume"):
+        mirror_volume(torch.zeros(4, 4), "z")
+
+
+def test_masked_correlation_equals_numpy_pearson_inside_a_binary_mask(device) -> None:
+    generator = torch.Generator().manual_seed(2)
+    a, b = torch.randn(2, 10, 10, 10, generator=generator)
+    mask = (torch.rand(10, 10, 10, generator=generator) > 0.5).float()
+    inside = mask.bool().numpy()
+    expected = np.corrcoef(a.numpy()[inside], b.numpy()[inside])[0, 1]
+    value = masked_correlation(a.to(device), b.to(device), mask.to(device))
+    assert abs(float(value) - expected) < 1e-5
+    assert abs(float(masked_correlation(a, 3 * a + 1)) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_hand_check_finds_the_hand_of_a_rotated_reference(
+    helix: torch.Tensor, mirrored: bool, device
+) -> None:
+    rotation = random_rotations(1, torch.Generator().manual_seed(3))[0]
+    reference = rotate_volume(helix, rotation)
+    reference = mirror_volume(reference, "z") if mirrored else reference
+    result = hand_check(
+        helix.to(device),
+        reference.to(device),
+        voxel_size_a=VOXEL_SIZE_A,
+        lowpass_a=25.0,
+        angular_step_deg=20.0,
+        refine_steps=20,
+    )
+    right, wrong = ("mirrored", "as_is") if mirrored else ("as_is", "mirrored")
+    assert result["better"] == right
+    assert result[f"correlation_{right}"] > 0.95
+    assert result["margin"] > 0.25
+    assert result["margin"] == pytest.approx(result[f"correlation_{right}"] - result[f"correlation_{wrong}"])
+    assert result[f"fsc_0.5_a_{right}"] < result[f"fsc_0.5_a_{wrong}"]
+
+
+def test_known_pose_average_undoes_the_poses(helix: torch.Tensor, device) -> None:
+    rotations = random_rotations(6, torch.Generator().manual_seed(4)).to(device)
+    particles = rotate_volume(helix.to(device).expand(6, -1, -1, -1), rotations)
+    average, coverage = known_pose_average(particles, rotations)
+    assert float(masked_correlation(average, helix.to(device))) > 0.97
+    aligned = rotate_volume(particles, rotations.transpose(-1, -2))
+    torch.testing.assert_close(average, aligned.mean(0), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(coverage, torch.ones_like(coverage))
+
+
+def test_known_pose_average_weights_each_coefficient(device) -> None:
+    """Identity poses: the average is Σ Wᵢ Fᵢ / max(Σ Wᵢ, ε), checked with NumPy FFTs; weights keep their
+    scale (a particle weighted 3x counts 3x), and the floor is ε = 0.05 × mean of Σ Wᵢ where it is > 0."""
+    generator = torch.Generator().manual_seed(5)
+    volumes = torch.randn(3, 8, 8, 8, generator=generator, dtype=torch.float64)
+    weights = torch.rand(3, 8, 8, 8, generator=generator, dtype=torch.float64)
+    weights[0] *= 3.0
+    weights[:, :2] = 0.0  # unobserved planes
+    rotations = torch.eye(3, dtype=torch.float64).expand(3, 3, 3)
+    average, coverage = known_pose_average(volumes.to(device), rotations.to(device), weights.to(device))
+    spectra = np.fft.fftshift(np.fft.fftn(volumes.numpy(), axes=(1, 2, 3)), axes=(1, 2, 3))
+    total = weights.numpy().sum(0)
+    floor = 0.05 * total[total > 0].mean()
+    expected = np.fft.ifftn(
+        np.fft.ifftshift((weights.numpy() * spectra).sum(0) / np.maximum(total, floor))
+    ).real
+    np.testing.assert_allclose(average.cpu().numpy(), expected, atol=1e-10)
+    np.testing.assert_allclose(coverage.cpu().numpy(), total / total.max(), atol=1e-12)
+    with pytest.raises(ValueError, match="non-negative"):
+        known_pose_average(volumes, rotations, -weights)
+
+
+def test_hand_command_says_mirrored_and_writes_the_matching_reference(
+    helix: torch.Tensor, tmp_path, capsys
+) -> None:
+    import json
+
+    from aitom.cli import main
+    from aitom.io import read_volume, write_volume
+
+    average = write_volume(tmp_path / "average.mrc", helix, VOXEL_SIZE_A)
+    reference = write_volume(tmp_path / "reference.mrc", mirror_volume(helix), VOXEL_SIZE_A)
+    out = tmp_path / "right_hand.mrc"
+    argv = [
+        "hand",
+        str(average),
+        str(reference),
+        "--lowpass",
+        "25",
+        "--step",
+        "20",
+        "--mirrored-out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["better"] == "mirrored" and result["margin"] > 0.25
+    assert float(masked_correlation(read_volume(out)[0], helix)) > 0.95
+    assert main(argv) == 2  # exists without --overwrite
+    assert "exists" in capsys.readouterr().err
+    small = write_volume(tmp_path / "small.mrc", helix[:8, :8, :8], VOXEL_SIZE_A)
+    assert main(["hand", str(average), str(small)]) == 2
