@@ -33,7 +33,7 @@ lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
 
-demo: $(STAMP) ## simulate a crowded tomogram and show it (the end-to-end demo)
+demo: $(STAMP) ## simulate a crowded tomogram, run aitom pipeline on it and score it against the truth
 	$(PY) scripts/demo.py --out demo_output
 
 train: $(STAMP) ## train a classifier: make train MODEL=dsrf3d|rb3d|cb3d

@@ -1,0 +1,262 @@
+"""``run_pipeline``: tomogram in, structural map out (denoise → pick → extract → classify → average → report).
+
+The tomogram is memory-mapped and never loaded whole: denoising and picking run tile by tile
+(``pick.tile_voxels``), subtomograms are read box by box. Everything is written to a hidden temporary folder
+beside the output folder, renamed to it only when complete (:func:`aitom.commands.shared.output_folder`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from aitom.pipeline.config import PipelineConfig, box_size_voxels, config_to_yaml, validate_config
+
+__all__ = ["PipelineResult", "run_pipeline"]
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` produced.
+
+    Attributes:
+        out_dir: the output folder.
+        particles: the written ``particles.star`` table (empty when no particles were found).
+        classes: per class ``{"class", "particles", "fsc_0.5_a", "fsc_0.143_a"}`` (1-based class numbers).
+        voxel_size_a: voxel size, Å; box_size: subtomogram box edge, voxels.
+        tilt_range_deg: missing-wedge tilt range used, degrees.
+        n_pick_tiles: tiles the picker (and the denoiser) processed.
+        timings_s: seconds per step.
+        summary: everything in ``summary.json``.
+    """
+
+    out_dir: Path
+    particles: pd.DataFrame
+    classes: list[dict]
+    voxel_size_a: float
+    box_size: int
+    tilt_range_deg: tuple[float, float]
+    n_pick_tiles: int
+    timings_s: dict[str, float]
+    summary: dict
+
+
+def _empty_table() -> pd.DataFrame:
+    from aitom.io import particles_table
+
+    return particles_table(
+        np.zeros((0, 3)), angles_deg=np.zeros((0, 3)), class_number=np.zeros(0), score=np.zeros(0)
+    )
+
+
+def run_pipeline(
+    tomogram_path: str | Path,
+    out_dir: str | Path,
+    config: PipelineConfig | None = None,
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> PipelineResult:
+    """Run the whole pipeline on one tomogram (MRC, protein bright) and write the results to ``out_dir``.
+
+    Outputs: ``particles.star`` (rlnCoordinateX/Y/Z voxels, rlnClassNumber, rlnAngleRot/Tilt/Psi degrees and
+    rlnOriginX/Y/Z voxels from the alignment, rlnAutopickFigureOfMerit, aitomAlignmentScore),
+    ``class_NN_average.mrc``, ``class_NN_fsc.json``, ``class_NN_montage.png``, ``fsc.png``,
+    ``tomogram_classes.png``, ``report.md``, ``report.html``, ``summary.json`` and ``pipeline.yaml`` (the
+    settings). A tomogram with no particles gives an empty ``particles.star`` and a report saying so.
+
+    Raises:
+        InputError: not an MRC volume, impossible settings, bad templates, or ``out_dir`` not empty without
+            ``overwrite`` — before anything is written.
+    """
+    from aitom.commands.average import _plot_fsc
+    from aitom.commands.shared import check_output_folder, output_folder, torch_device
+    from aitom.data.tomogram import tile_origins
+    from aitom.errors import InputError
+    from aitom.fourier import missing_wedge_mask, resolution_at
+    from aitom.geometry import matrix_to_euler_zyz
+    from aitom.io import open_volume_mmap, save_montage, write_particles, write_volume
+    from aitom.ops.averaging import align_to_reference_frame
+    from aitom.ops.extraction import extract_subvolumes
+    from aitom.pipeline.report import save_class_montage, write_report
+    from aitom.pipeline.steps import (
+        check_templates,
+        classify_subtomograms,
+        denoise_tiled,
+        estimate_tilt_range,
+        pick_particles,
+        tomogram_value_range,
+    )
+
+    config = PipelineConfig() if config is None else config
+    validate_config(config)
+    tomogram_path, out_dir = Path(tomogram_path), Path(out_dir)
+    check_output_folder(out_dir, overwrite)
+    device = torch_device(config.device)
+    array, header = open_volume_mmap(tomogram_path)
+    voxel_size = float(header.voxel_size_a[0])
+    shape = tuple(int(n) for n in array.shape)
+    box = box_size_voxels(config, voxel_size)
+    check_templates(config, shape, voxel_size)
+    tile = config.pick.tile_voxels
+    overlap = box if config.pick.overlap_voxels is None else config.pick.overlap_voxels
+    if overlap >= tile:
+        raise InputError(f"pick.tile_voxels ({tile}) must be larger than the tile overlap ({overlap} voxels)")
+    n_tiles = len(tile_origins(shape, tuple(min(tile, n) for n in shape), overlap))
+    steps: list[dict] = []
+    summary: dict = {
+        "tomogram": str(tomogram_path),
+        "shape_zyx": list(shape),
+        "voxel_size_a": voxel_size,
+        "box_size": box,
+        "steps": steps,
+        "classes": [],
+        "n_particles": 0,
+    }
+
+    @contextmanager
+    def step(name: str) -> Iterator[dict]:
+        record = {"step": name, "result": ""}
+        log(f"[pipeline] {name} ...")
+        start = time.perf_counter()
+        yield record
+        record["seconds"] = time.perf_counter() - start
+        steps.append(record)
+        log(f"[pipeline] {name}: {record['result']} ({record['seconds']:.1f} s)")
+
+    with output_folder(out_dir) as folder:
+        work = folder / ".work"
+        work.mkdir()
+        with step("read") as record:
+            low, high = tomogram_value_range(array, tile)
+            record["result"] = f"{' × '.join(map(str, shape))} voxels at {voxel_size:g} Å, {n_tiles} tile(s)"
+        with step("missing wedge") as record:
+            tilt_range, source = estimate_tilt_range(array, config)
+            record["result"] = f"{tilt_range[0]:g}° to {tilt_range[1]:g}° ({source})"
+        summary["tilt_range_deg"] = list(tilt_range)
+        pick_path = tomogram_path
+        if high > low and config.denoise.method != "none":
+            with step("denoise") as record:
+                pick_path = denoise_tiled(array, voxel_size, config, work / "denoised.mrc", device)
+                record["result"] = f"{config.denoise.method} (used for picking and figures)"
+        with step("pick") as record:
+            if high > low:
+                picks = pick_particles(pick_path, voxel_size, config, box, tilt_range, work)
+                record["result"] = f"{len(picks)} particles ({config.pick.method})"
+            else:
+                picks = _empty_table()
+                record["result"] = "constant tomogram: nothing to pick"
+        display, _ = open_volume_mmap(pick_path)
+        radius_voxels = config.pick.particle_diameter_a / 2 / voxel_size
+        summary["n_particles"] = len(picks)
+        if len(picks) == 0:
+            log("[pipeline] no particles found: writing an empty particles.star")
+            table = _empty_table()
+            write_particles(folder / "particles.star", table)
+            save_montage(display, folder / "tomogram_classes.png", title="no particles found")
+        else:
+            coordinates = picks[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy(np.float64)
+            with step("extract") as record:
+                volumes = extract_subvolumes(array, coordinates, box, padding=config.extract.padding)
+                std, mean = torch.std_mean(volumes, dim=(-3, -2, -1), keepdim=True)
+                volumes = ((volumes - mean) / std.clamp(min=1e-12)).to(device)
+                record["result"] = f"{len(volumes)} boxes of {box}³ voxels from the raw tomogram"
+            mask = missing_wedge_mask(
+                (box,) * 3, tilt_min_deg=tilt_range[0], tilt_max_deg=tilt_range[1], device=device
+            )
+            with step("classify and average") as record:
+                pick_classes = None
+                if config.pick.method == "template":
+                    pick_classes = torch.as_tensor(picks["rlnClassNumber"].to_numpy() - 1, device=device)
+                classes = classify_subtomograms(volumes, mask, config, voxel_size, pick_classes)
+                record["result"] = f"{classes.averages.shape[0]} classes ({classes.method})"
+            summary["classify_method"] = classes.method
+            labels = classes.labels.cpu().numpy()
+            angles = torch.rad2deg(matrix_to_euler_zyz(classes.rotations.cpu().double())).numpy()
+            shifts = classes.shifts_xyz.cpu().double().numpy()
+            table = picks.copy()
+            for column, values in zip(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), angles.T):
+                table[column] = values
+            for column, values in zip(("rlnOriginX", "rlnOriginY", "rlnOriginZ"), shifts.T):
+                table[column] = -values
+            table["rlnClassNumber"] = labels + 1
+            table["rlnTomoName"] = table["rlnMicrographName"] = tomogram_path.stem
+            table["aitomAlignmentScore"] = classes.scores.cpu().double().numpy()
+            with step("write") as record:
+                write_particles(folder / "particles.star", table)
+                frequency = classes.frequency.cpu()
+                fsc_report = {
+                    "voxel_size_a": voxel_size,
+                    "frequency_per_a": (frequency / voxel_size).tolist(),
+                }
+                fsc_report["classes"] = []
+                for k, (average, curve) in enumerate(zip(classes.averages.cpu(), classes.fsc.cpu())):
+                    members = np.flatnonzero(labels == k)
+                    entry = {
+                        "class": k + 1,
+                        "particles": int(members.size),
+                        "fsc_0.5_a": float(resolution_at(frequency, curve, 0.5, voxel_size_a=voxel_size)),
+                        "fsc_0.143_a": float(resolution_at(frequency, curve, 0.143, voxel_size_a=voxel_size)),
+                    }
+                    summary["classes"].append(entry)
+                    fsc_report["classes"].append({**entry, "fsc": curve.tolist()})
+                    name = f"class_{k + 1:02d}"
+                    write_volume(folder / f"{name}_average.mrc", average, voxel_size)
+                    (folder / f"{name}_fsc.json").write_text(
+                        json.dumps(
+                            {
+                                **entry,
+                                "voxel_size_a": voxel_size,
+                                "frequency_per_a": fsc_report["frequency_per_a"],
+                                "fsc": curve.tolist(),
+                            },
+                            indent=2,
+                        )
+                        + "\n"
+                    )
+                    shown = torch.as_tensor(members[:15], device=classes.rotations.device)
+                    aligned = align_to_reference_frame(
+                        volumes[shown], classes.rotations[shown], classes.shifts_xyz[shown]
+                    )
+                    save_class_montage(
+                        average,
+                        aligned,
+                        folder / f"{name}_montage.png",
+                        title=f"class {k + 1}: {members.size} particles",
+                    )
+                _plot_fsc(fsc_report, folder / "fsc.png")
+                save_montage(
+                    display,
+                    folder / "tomogram_classes.png",
+                    picks_xyz=coordinates,
+                    pick_radius_voxels=max(1.0, radius_voxels),
+                    pick_classes=labels + 1,
+                    title=f"{len(table)} picks coloured by class",
+                )
+                record["result"] = f"{len(classes.averages)} class averages, FSC curves, figures"
+        del display
+        summary["timings_s"] = {s["step"]: s["seconds"] for s in steps}
+        write_report(summary, folder)
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (folder / "pipeline.yaml").write_text(config_to_yaml(config))
+        shutil.rmtree(work)
+    return PipelineResult(
+        out_dir=out_dir,
+        particles=table,
+        classes=summary["classes"],
+        voxel_size_a=voxel_size,
+        box_size=box,
+        tilt_range_deg=tilt_range,
+        n_pick_tiles=n_tiles,
+        timings_s=summary["timings_s"],
+        summary=summary,
+    )

@@ -1,0 +1,386 @@
+"""The pipeline's steps: wedge estimate, tiled denoising, picking, classification and averaging.
+
+Each step is a function of the tomogram's memory map (or of tensors) and the :class:`PipelineConfig`; the
+orchestration, outputs and messages are in :mod:`aitom.pipeline.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from aitom.errors import InputError
+from aitom.pipeline.config import PipelineConfig
+
+__all__ = [
+    "ClassAverages",
+    "check_templates",
+    "classify_subtomograms",
+    "denoise_tiled",
+    "estimate_tilt_range",
+    "pick_particles",
+    "tomogram_value_range",
+]
+
+
+def tomogram_value_range(array: np.ndarray, slab_voxels: int) -> tuple[float, float]:
+    """``(min, max)`` of a ``(Z, Y, X)`` array read in Z-slabs (never the whole array at once).
+
+    Raises:
+        InputError: the tomogram holds NaN or Inf voxels.
+    """
+    low, high = math.inf, -math.inf
+    for start in range(0, array.shape[0], max(1, slab_voxels)):
+        slab = np.asarray(array[start : start + slab_voxels], dtype=np.float32)
+        if not np.isfinite(slab).all():
+            raise InputError(f"NaN or Inf voxels in Z slices {start}–{start + slab.shape[0] - 1}")
+        low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+    return low, high
+
+
+def estimate_tilt_range(array: np.ndarray, config: PipelineConfig) -> tuple[tuple[float, float], str]:
+    """The tilt range (degrees) of the missing wedge and where it comes from (config, estimate, fallback).
+
+    The estimate (:func:`aitom.ops.estimate_missing_wedge`, as ``aitom estimate wedge``) uses the central
+    crop of ``wedge.estimate_crop_voxels`` voxels per axis; when no wedge is detected, or the tomogram is
+    smaller than 16 voxels on an axis, ``wedge.fallback_tilt_range_deg`` is used.
+    """
+    from aitom.ops.wedge_estimation import estimate_missing_wedge
+
+    if config.wedge.tilt_range_deg is not None:
+        low, high = config.wedge.tilt_range_deg
+        return (float(low), float(high)), "config"
+    fallback = tuple(float(v) for v in config.wedge.fallback_tilt_range_deg)
+    if min(array.shape) < 16:
+        return fallback, "fallback (tomogram too small to estimate)"
+    crop = config.wedge.estimate_crop_voxels
+    region = tuple(
+        slice((n - min(n, crop)) // 2, (n - min(n, crop)) // 2 + min(n, crop)) for n in array.shape
+    )
+    volume = torch.from_numpy(np.array(array[region], dtype=np.float32))
+    if float(volume.std()) == 0.0:
+        return fallback, "fallback (constant tomogram)"
+    estimate = estimate_missing_wedge(volume)
+    if not estimate["wedge_detected"]:
+        return fallback, "fallback (no wedge detected)"
+    return (float(estimate["tilt_min_deg"]), float(estimate["tilt_max_deg"])), "estimated"
+
+
+def denoise_tiled(
+    array: np.ndarray,
+    voxel_size_a: float,
+    config: PipelineConfig,
+    out_path: Path,
+    device: torch.device,
+) -> Path:
+    """Write the denoised tomogram (``denoise.method``) to ``out_path`` (MRC), one tile at a time.
+
+    Each tile of ``pick.tile_voxels`` is read from the memory map with a halo (4 σ for the Gaussian, the
+    reach of all iterations for diffusion), filtered, and its interior written into a memory-mapped output,
+    so the working memory is bounded by the tile and the result equals the whole-volume filter away from
+    the tomogram's faces (up to the kernels' truncation).
+    """
+    import mrcfile
+
+    from aitom.ops.diffusion import anisotropic_diffusion, diffusion_contrast_k, diffusion_halo_voxels
+    from aitom.ops.filters import gaussian_filter3d
+
+    method = config.denoise.method
+    if method == "gaussian":
+        sigma = config.denoise.sigma_voxels
+        halo = int(4.0 * sigma + 0.5) + 1
+
+        def apply(block: torch.Tensor) -> torch.Tensor:
+            return gaussian_filter3d(block, sigma)
+
+    else:
+        iterations = config.denoise.iterations
+        halo = diffusion_halo_voxels(1.0, 1.0, iterations)
+        contrast_k = float(diffusion_contrast_k(array).reshape(()))
+
+        def apply(block: torch.Tensor) -> torch.Tensor:
+            return anisotropic_diffusion(block, n_iterations=iterations, contrast_k=contrast_k)
+
+    tile = config.pick.tile_voxels
+    shape = tuple(int(n) for n in array.shape)
+    with mrcfile.new_mmap(out_path, shape=shape, mrc_mode=2, overwrite=True) as output:
+        output.voxel_size = voxel_size_a
+        for z in range(0, shape[0], tile):
+            for y in range(0, shape[1], tile):
+                for x in range(0, shape[2], tile):
+                    start = np.array([z, y, x])
+                    end = np.minimum(start + tile, shape)
+                    low = np.maximum(start - halo, 0)
+                    high = np.minimum(end + halo, shape)
+                    read = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+                    block = torch.from_numpy(np.array(array[read], dtype=np.float32)).to(device)
+                    filtered = apply(block).cpu().numpy()
+                    core = tuple(slice(int(a - lo), int(b - lo)) for a, b, lo in zip(start, end, low))
+                    output.data[tuple(slice(int(a), int(b)) for a, b in zip(start, end))] = filtered[core]
+    return out_path
+
+
+def read_volume_shape(path: Path) -> tuple[int, int, int]:
+    """``(Z, Y, X)`` of an MRC volume, from its memory map."""
+    from aitom.io import open_volume_mmap
+
+    return tuple(int(n) for n in open_volume_mmap(path)[0].shape)
+
+
+def check_templates(config: PipelineConfig, shape_zyx: tuple[int, ...], voxel_size_a: float) -> None:
+    """Refuse templates that are missing, not cubic, of another voxel size or larger than the tomogram."""
+    from aitom.io import read_volume
+
+    if config.pick.method != "template":
+        return
+    for path in config.pick.templates:
+        template, header = read_volume(path)
+        if len(set(template.shape)) != 1:
+            raise InputError(f"the template must be a cube, got {tuple(template.shape)} voxels", path)
+        if abs(header.voxel_size_a[0] - voxel_size_a) > 1e-3 * voxel_size_a:
+            raise InputError(
+                f"voxel size {header.voxel_size_a[0]:g} Å differs from the tomogram's {voxel_size_a:g} Å",
+                path,
+            )
+        if any(t > n for t, n in zip(template.shape, shape_zyx)):
+            raise InputError(
+                f"the template ({tuple(template.shape)} voxels) is larger than the tomogram "
+                f"({tuple(shape_zyx)} voxels)",
+                path,
+            )
+        if float(template.std()) == 0.0:
+            raise InputError("the template is constant", path)
+
+
+def pick_particles(
+    tomogram_path: Path,
+    voxel_size_a: float,
+    config: PipelineConfig,
+    box_size: int,
+    tilt_range_deg: tuple[float, float],
+    work_dir: Path,
+) -> pd.DataFrame:
+    """Pick under ``trainer.predict`` over tiles (:func:`aitom.commands.pick._predict`), best first.
+
+    DoG: σ1 = radius / √3 (a blob of radius r peaks at σ1 ≈ r / √3), σ2 = 1.1 σ1; saliency: the radius;
+    template matching: one class per template (``rlnClassNumber``), the picks of all templates merged by
+    non-maximum suppression. Picks closer than ``pick.exclude_border_voxels`` to a face are dropped and at
+    most ``pick.max_particles`` picks are kept.
+
+    Returns:
+        The pick table (``rlnCoordinateX/Y/Z`` voxels, ``rlnAutopickFigureOfMerit``; template matching adds
+        ``rlnClassNumber`` and ``rlnAngleRot/Tilt/Psi``).
+    """
+    from aitom.commands.pick import _predict
+    from aitom.io import read_volume
+    from aitom.ops.peaks import non_maximum_suppression
+    from aitom.tasks.pick import DoGPicker, SaliencyPicker, TemplateMatchingPicker
+
+    pick = config.pick
+    radius = pick.particle_diameter_a / 2 / voxel_size_a
+    min_distance = pick.min_distance_voxels or max(1, round(radius))
+    common = {
+        "min_distance": min_distance,
+        "false_alarm_rate": pick.false_alarm_rate,
+        "threshold_abs": pick.threshold,
+        "num_peaks": pick.max_particles,
+    }
+    overlap = box_size if pick.overlap_voxels is None else pick.overlap_voxels
+    if pick.method == "dog":
+        sigma = radius / math.sqrt(3.0)
+        pickers = [DoGPicker(sigma, 1.1 * sigma, **common)]
+    elif pick.method == "saliency":
+        pickers = [SaliencyPicker(radius, **common)]
+    else:
+        pickers = []
+        for index, path in enumerate(pick.templates):
+            size = int(read_volume(path)[0].shape[0])
+            overlap = max(overlap, size)
+            pickers.append(
+                TemplateMatchingPicker(
+                    str(path),
+                    angular_step_deg=pick.angular_step_deg,
+                    tilt_range_deg=tilt_range_deg,
+                    class_number=index + 1,
+                    **common,
+                )
+            )
+    if overlap >= pick.tile_voxels:
+        raise InputError(
+            f"pick.tile_voxels ({pick.tile_voxels}) must be larger than the tile overlap ({overlap} voxels)"
+        )
+    tables = []
+    for index, picker in enumerate(pickers):
+        arguments = types.SimpleNamespace(
+            seed=config.seed,
+            devices="1",
+            accelerator="cpu" if config.device == "cpu" else "gpu",
+            out=work_dir / f"picks_{index}.star",
+            overwrite=True,
+            tomogram=tomogram_path,
+            tile_voxels=pick.tile_voxels,
+        )
+        table, _ = _predict(arguments, picker, overlap)  # (picks, is_global_zero)
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    if len(table) == 0:
+        return table
+    coordinates = torch.from_numpy(
+        table[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy(dtype=np.float64, copy=True)
+    )
+    # Picks at a face are half particles at best; on pure noise the DoG's border response makes them up.
+    border = radius / 2 if pick.exclude_border_voxels is None else pick.exclude_border_voxels
+    size_xyz = torch.tensor(read_volume_shape(tomogram_path)[::-1], dtype=coordinates.dtype)
+    inside = ((coordinates >= border) & (coordinates <= size_xyz - 1 - border)).all(dim=1)
+    table, coordinates = table[inside.numpy()].reset_index(drop=True), coordinates[inside]
+    if len(table) == 0:
+        return table
+    scores = torch.from_numpy(table["rlnAutopickFigureOfMerit"].to_numpy(dtype=np.float64, copy=True))
+    order = non_maximum_suppression(coordinates, scores, float(min_distance)).numpy()
+    if pick.max_particles is not None:
+        order = order[: pick.max_particles]
+    return table.iloc[order].reset_index(drop=True)
+
+
+@dataclasses.dataclass
+class ClassAverages:
+    """Classes and averages of the subtomograms.
+
+    Attributes:
+        labels: ``(P,)`` 0-based classes, ``0 … K−1``.
+        averages: ``(K, S, S, S)`` wedge-compensated class averages.
+        rotations: ``(P, 3, 3)``, shifts_xyz ``(P, 3)`` voxels, scores ``(P,)``: each subtomogram's pose
+            relative to its class average (``subtomogram ≈ shift(rotate(average, R), t)``).
+        frequency: ``(n,)`` cycles/voxel; fsc ``(K, n)`` half-set FSC of each class.
+        method: how the classes were found.
+    """
+
+    labels: torch.Tensor
+    averages: torch.Tensor
+    rotations: torch.Tensor
+    shifts_xyz: torch.Tensor
+    scores: torch.Tensor
+    frequency: torch.Tensor
+    fsc: torch.Tensor
+    method: str
+
+
+def _alignment_options(config: PipelineConfig, box_size: int) -> dict[str, float]:
+    average = config.average
+    return {
+        "angular_step_deg": average.angular_step_deg,
+        "max_shift_voxels": box_size / 4 if average.max_shift_voxels is None else average.max_shift_voxels,
+        "max_frequency": average.max_frequency,
+        "refine_steps": average.refine_steps,
+    }
+
+
+def _predict_with_checkpoint(volumes: torch.Tensor, config: PipelineConfig) -> torch.Tensor:
+    """0-based classes of the subtomograms from a trained :class:`aitom.tasks.classify.Classifier`."""
+    from aitom.tasks.classify import Classifier
+
+    module_name, _, class_name = (config.classify.net_class_path or "").rpartition(".")
+    try:
+        net_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise InputError(
+            f"classify.net_class_path: cannot import {config.classify.net_class_path!r} ({error})"
+        ) from None
+    checkpoint = Path(config.classify.checkpoint or "")
+    if not checkpoint.is_file():
+        raise InputError("checkpoint not found", checkpoint)
+    net = net_class(**config.classify.net_init_args)
+    model = Classifier.load_from_checkpoint(checkpoint, net=net, map_location=volumes.device).eval()
+    with torch.no_grad():
+        logits = torch.cat([model(volumes[i : i + 32, None]) for i in range(0, volumes.shape[0], 32)])
+    return logits.argmax(dim=1)
+
+
+def classify_subtomograms(
+    volumes: torch.Tensor,
+    mask: torch.Tensor,
+    config: PipelineConfig,
+    voxel_size_a: float,
+    pick_classes: torch.Tensor | None = None,
+) -> ClassAverages:
+    """Classify ``(P, S, S, S)`` subtomograms and align and average each class (wedge compensated).
+
+    Template picks (``pick_classes``, 0-based) and a trained classifier (``classify.method: checkpoint``) fix
+    the classes, and each class is averaged by :func:`aitom.ops.reference_free_average`; otherwise
+    :func:`aitom.ops.classify_and_average` clusters (PCA + k-means, the number of classes by the silhouette
+    when ``n_classes`` is ``auto``) and averages simultaneously. A lone subtomogram keeps the identity pose.
+    """
+    from aitom.fourier import fourier_shell_correlation
+    from aitom.ops.averaging import reference_free_average
+    from aitom.ops.clustering import classify_and_average
+
+    n, size = volumes.shape[0], volumes.shape[-1]
+    options = _alignment_options(config, size)
+    generator = torch.Generator(device=volumes.device).manual_seed(config.seed)
+    requested = config.classify.n_classes
+    if pick_classes is not None:
+        labels, method = torch.unique(pick_classes, return_inverse=True)[1], "template matching"
+    elif config.classify.method == "checkpoint":
+        labels, method = _predict_with_checkpoint(volumes, config), "trained classifier"
+        labels = torch.unique(labels, return_inverse=True)[1]
+    elif requested == 1 or n < 4:
+        labels, method = torch.zeros(n, dtype=torch.long, device=volumes.device), "single class"
+    else:
+        result = classify_and_average(
+            volumes,
+            mask,
+            n_classes=None if requested == "auto" else min(int(requested), n),
+            max_classes=min(config.classify.max_classes, n - 1),
+            rounds=config.average.iterations,
+            initial_iterations=config.average.initial_iterations,
+            n_components=config.classify.n_components,
+            voxel_size_a=voxel_size_a,
+            generator=generator,
+            **options,
+        )
+        alignment = result.alignment
+        return ClassAverages(
+            result.labels,
+            result.averages,
+            alignment.rotation,
+            alignment.shift_xyz,
+            alignment.score,
+            result.frequency,
+            result.fsc,
+            "PCA + k-means clustering with alignment" + (" (K by silhouette)" if requested == "auto" else ""),
+        )
+    eye = torch.eye(3, device=volumes.device, dtype=volumes.dtype)
+    rotations = eye.expand(n, 3, 3).clone()
+    shifts = torch.zeros(n, 3, device=volumes.device, dtype=volumes.dtype)
+    scores = torch.zeros(n, device=volumes.device, dtype=volumes.dtype)
+    frequency = fourier_shell_correlation(volumes[0], volumes[0])[0]
+    averages, curves = [], []
+    for k in range(int(labels.max()) + 1):
+        members = torch.nonzero(labels == k).flatten()
+        if members.numel() < 2:
+            averages.append(volumes[members[0]])
+            curves.append(torch.zeros_like(frequency))
+            continue
+        result = reference_free_average(
+            volumes[members],
+            mask,
+            iterations=config.average.iterations + config.average.initial_iterations,
+            voxel_size_a=voxel_size_a,
+            generator=generator,
+            **options,
+        )
+        rotations[members] = result.alignment.rotation
+        shifts[members] = result.alignment.shift_xyz
+        scores[members] = result.alignment.score
+        averages.append(result.average)
+        curves.append(result.fsc)
+    return ClassAverages(
+        labels, torch.stack(averages), rotations, shifts, scores, frequency, torch.stack(curves), method
+    )

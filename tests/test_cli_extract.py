@@ -1,0 +1,120 @@
+"""``aitom extract``: boxes equal plain NumPy slicing, the table is carried over, bad input exits 2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aitom.cli import main
+from aitom.io import particles_table, read_particles, read_volume, write_particles, write_volume
+
+SHAPE_ZYX = (20, 30, 40)
+VOXEL_SIZE_A = 7.5
+
+
+@pytest.fixture()
+def tomogram(tmp_path):
+    values = np.random.default_rng(0).normal(size=SHAPE_ZYX).astype(np.float32)
+    path = write_volume(tmp_path / "tomogram.mrc", values, VOXEL_SIZE_A)
+    return path, values
+
+
+def _star(tmp_path, coordinates_xyz, name="particles.star", **columns):
+    table = particles_table(np.asarray(coordinates_xyz, dtype=float), class_number=[1] * len(coordinates_xyz))
+    for column, values in columns.items():
+        table[column] = values
+    return write_particles(tmp_path / name, table)
+
+
+def test_boxes_equal_numpy_slices_and_table_is_kept(tomogram, tmp_path):
+    path, values = tomogram
+    star = _star(tmp_path, [[20, 15, 10], [9.6, 8.2, 6.4]])
+    assert main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8", "--out",
+                 str(tmp_path / "out")]) == 0  # fmt: skip
+    table = read_particles(tmp_path / "out" / "particles.star", require=("rlnImageName", "rlnClassNumber"))
+    assert len(table) == 2
+    for (x, y, z), name in zip([(20, 15, 10), (10, 8, 6)], table["rlnImageName"]):
+        box, header = read_volume(tmp_path / "out" / name)
+        assert header.voxel_size_a[0] == pytest.approx(VOXEL_SIZE_A)
+        np.testing.assert_array_equal(box.numpy(), values[z - 4 : z + 4, y - 4 : y + 4, x - 4 : x + 4])
+
+
+def test_border_box_is_mean_padded(tomogram, tmp_path):
+    path, values = tomogram
+    star = _star(tmp_path, [[1, 2, 3]])
+    assert main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8", "--out",
+                 str(tmp_path / "out")]) == 0  # fmt: skip
+    box, _ = read_volume(tmp_path / "out" / "subtomograms" / "000000.mrc")
+    inside = values[0:7, 0:6, 0:5]
+    np.testing.assert_array_equal(box.numpy()[1:, 2:, 3:], inside)
+    np.testing.assert_allclose(box.numpy()[0], inside.mean(), rtol=1e-5)
+
+
+def test_normalise_and_invert(tomogram, tmp_path):
+    path, values = tomogram
+    star = _star(tmp_path, [[20, 15, 10]])
+    assert main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8", "--out",
+                 str(tmp_path / "out"), "--normalise", "--invert"]) == 0  # fmt: skip
+    box = read_volume(tmp_path / "out" / "subtomograms" / "000000.mrc")[0].numpy().astype(np.float64)
+    expected = -values[6:14, 11:19, 16:24].astype(np.float64)
+    expected = (expected - expected.mean()) / expected.std(ddof=1)
+    np.testing.assert_allclose(box, expected, atol=1e-5)
+
+
+def test_selects_one_tomogram_by_name(tomogram, tmp_path):
+    path, _ = tomogram
+    star = _star(tmp_path, [[20, 15, 10], [10, 10, 10]], rlnTomoName=["a", "b"])
+    code = main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8", "--out",
+                 str(tmp_path / "out")])  # fmt: skip
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8", "--out",
+                 str(tmp_path / "out"), "--tomo-name", "b"]) == 0  # fmt: skip
+    assert len(read_particles(tmp_path / "out" / "particles.star")) == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("outside", "outside the tomogram"),
+        ("too_big", "larger than the tomogram"),
+        ("empty", "empty"),
+        ("no_columns", "rlnCoordinateX"),
+        ("not_mrc", "tomogram.txt"),
+        ("tiny_box", "--size"),
+    ],
+)
+def test_bad_input_exits_2_without_output(tomogram, tmp_path, capsys, case, message):
+    path, _ = tomogram
+    size = "8"
+    star = _star(tmp_path, [[400.0, 150.0, 100.0]] if case == "outside" else [[20, 15, 10]])  # Å for voxels
+    if case == "too_big":
+        size = "24"
+    elif case == "empty":
+        star = _star(tmp_path, np.zeros((0, 3)), name="empty.star")
+    elif case == "no_columns":
+        (tmp_path / "bad.star").write_text("data_particles\n\nloop_\n_rlnAngleRot #1\n10.0\n")
+        star = tmp_path / "bad.star"
+    elif case == "not_mrc":
+        path = tmp_path / "tomogram.txt"
+        path.write_text("not a volume")
+    elif case == "tiny_box":
+        size = "2"
+    code = main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", size, "--out",
+                 str(tmp_path / "out")])  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 2
+    assert message in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite(tomogram, tmp_path):
+    path, _ = tomogram
+    star = _star(tmp_path, [[20, 15, 10]])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8", "--out", str(out)]
+    assert main(args) == 2
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "particles.star").is_file()

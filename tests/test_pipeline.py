@@ -1,0 +1,233 @@
+"""``aitom pipeline``: a tiny simulated tomogram end to end, empty tomograms, tiled picking, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aitom.cli import main as aitom
+from aitom.io import open_volume_mmap, read_particles, write_particles, write_volume
+from aitom.ops.pick_evaluation import evaluate_picks, match_picks
+from aitom.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
+from aitom.pipeline.steps import denoise_tiled, pick_particles
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+#: fast settings for a 48 × 96 × 96 tomogram at 10 Å with 160 Å particles
+FAST = [
+    "pick.particle_diameter_a=160",
+    "extract.max_box_voxels=24",
+    "classify.n_classes=2",
+    "average.iterations=1",
+    "average.initial_iterations=1",
+    "average.angular_step_deg=45",
+    "average.refine_steps=0",
+]
+OUTPUTS = [
+    "particles.star",
+    "class_01_average.mrc",
+    "class_01_fsc.json",
+    "class_01_montage.png",
+    "class_02_average.mrc",
+    "fsc.png",
+    "tomogram_classes.png",
+    "report.md",
+    "report.html",
+    "summary.json",
+    "pipeline.yaml",
+]
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> dict[str, Path]:
+    """48 × 96 × 96 voxels at 10 Å, 10 particles of 2 classes, SNR 5, no CTF (aitom.simulate)."""
+    from aitom.simulate import load_recipe, simulate_tomogram
+
+    folder = tmp_path_factory.mktemp("pipeline")
+    recipe = load_recipe(
+        None,
+        [
+            "shape_zyx_voxels=[48,96,96]",
+            "classes=[proteasome_20s,apoferritin]",
+            "number_of_particles=10",
+            "crowding_fraction=null",
+            "margin_voxels=2",
+            "snr=5.0",
+            "ctf.enabled=false",
+            "tilt.tilt_step_deg=5",
+        ],
+        kind="tomogram",
+    )
+    simulation = simulate_tomogram(recipe)
+    generator = torch.Generator().manual_seed(1)
+    return {
+        "tomogram": write_volume(folder / "tomogram.mrc", simulation.tomogram, 10.0),
+        "truth": write_particles(folder / "truth.star", simulation.truth),
+        "noise": write_volume(folder / "noise.mrc", torch.randn(48, 96, 96, generator=generator), 10.0),
+        "zeros": write_volume(folder / "zeros.mrc", torch.zeros(32, 48, 48), 10.0),
+    }
+
+
+def test_config_file_is_the_defaults():
+    assert load_pipeline_config(REPOSITORY / "configs" / "pipeline.yaml") == PipelineConfig()
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        aitom(["pipeline", "--help"])
+    assert exit_info.value.code == 0
+    assert "KEY=VALUE" in capsys.readouterr().out
+
+
+def test_finds_particles_and_writes_every_output(simulated, tmp_path, capsys):
+    out = tmp_path / "run"
+    result = run_pipeline(simulated["tomogram"], out, load_pipeline_config(None, FAST), log=lambda _: None)
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    assert not list(tmp_path.glob(".*")), "temporary folders left behind"
+    truth = read_particles(simulated["truth"])
+    picks = read_particles(out / "particles.star")
+    scores = evaluate_picks(picks, truth, tolerance_voxels=4.0)
+    assert scores["f1"] >= 0.8, scores
+    for column in (
+        "rlnClassNumber",
+        "rlnAngleRot",
+        "rlnAngleTilt",
+        "rlnAnglePsi",
+        "rlnAutopickFigureOfMerit",
+    ):
+        assert column in picks.columns
+    assert set(picks["rlnClassNumber"]) == {1, 2} and len(result.classes) == 2
+    fsc = json.loads((out / "class_01_fsc.json").read_text())
+    assert len(fsc["fsc"]) == len(fsc["frequency_per_a"]) and fsc["fsc_0.143_a"] >= 20.0  # Nyquist 20 Å
+    report = (out / "report.md").read_text()
+    assert "](fsc.png)" in report and "](class_01_montage.png)" in report and "| 2 |" in report
+    assert sum(c["particles"] for c in result.classes) == len(picks)
+
+
+@pytest.mark.parametrize("name", ["zeros", "noise"])
+def test_empty_tomogram_gives_empty_table(simulated, tmp_path, capsys, name):
+    out = tmp_path / "run"
+    code = aitom(["pipeline", "--tomogram", str(simulated[name]), "--out", str(out), *FAST])
+    assert code == 0
+    assert "No particles found" in capsys.readouterr().out
+    table = read_particles(out / "particles.star")
+    assert len(table) == 0 and {"rlnCoordinateX", "rlnClassNumber", "rlnAngleRot"} <= set(table.columns)
+    assert "No particles were found" in (out / "report.md").read_text()
+
+
+def test_tiled_picking_equals_whole(simulated, tmp_path, monkeypatch):
+    """Denoising and picking in 40-voxel tiles from the memory map give the whole-volume result."""
+    from aitom.data import tomogram as tomogram_module
+
+    array, _ = open_volume_mmap(simulated["tomogram"])
+    tiles: list[tuple[int, ...]] = []
+    original = tomogram_module.TomogramTileDataset.__getitem__
+
+    def spy(self, index):
+        item = original(self, index)
+        tiles.append(tuple(item["volume"].shape[-3:]))
+        return item
+
+    monkeypatch.setattr(tomogram_module.TomogramTileDataset, "__getitem__", spy)
+    picks = {}
+    for tile in (40, 256):
+        config = load_pipeline_config(None, [*FAST, f"pick.tile_voxels={tile}", "pick.threshold=0.05"])
+        work = tmp_path / str(tile)
+        work.mkdir()
+        denoised = denoise_tiled(array, 10.0, config, work / "denoised.mrc", torch.device("cpu"))
+        picks[tile] = pick_particles(denoised, 10.0, config, 24, (-60.0, 60.0), work)
+        picks[tile, "volume"] = open_volume_mmap(denoised)[0]
+    np.testing.assert_allclose(picks[40, "volume"], picks[256, "volume"], atol=1e-5)
+    assert max(max(shape) for shape in tiles[:-1]) == 40 and len(tiles) > 2
+    coordinates = [
+        picks[tile][["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy() for tile in (40, 256)
+    ]
+    assert len(coordinates[1]) >= 8
+    rows, _ = match_picks(coordinates[0], coordinates[1], 1.0)
+    assert len(rows) == len(coordinates[0]) == len(coordinates[1])
+
+
+def _bad_template(folder: Path) -> list[str]:
+    path = write_volume(folder / "big_template.mrc", torch.randn(64, 64, 64), 10.0)
+    return ["pick.method=template", f"pick.templates=[{path}]"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not_mrc",
+        "big_template",
+        "negative_diameter",
+        "unknown_key",
+        "bad_method",
+        "tile_too_small",
+        "existing_output",
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(simulated, tmp_path, capsys, case):
+    tomogram = simulated["zeros"]
+    out = tmp_path / "run"
+    extra: list[str] = []
+    if case == "not_mrc":
+        tomogram = tmp_path / "notes.mrc"
+        tomogram.write_text("not a volume\n")
+    elif case == "big_template":
+        extra = _bad_template(tmp_path)
+    elif case == "negative_diameter":
+        extra = ["pick.particle_diameter_a=-5"]
+    elif case == "unknown_key":
+        extra = ["pick.radius=3"]
+    elif case == "bad_method":
+        extra = ["classify.method=magic"]
+    elif case == "tile_too_small":
+        extra = ["pick.tile_voxels=16"]  # smaller than the tile overlap (one 40-voxel box)
+    else:
+        out.mkdir()
+        (out / "keep.txt").write_text("x")
+    code = aitom(["pipeline", "--tomogram", str(tomogram), "--out", str(out), *extra])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.startswith("aitom: error:") and "\n" not in error
+    assert (out.exists() and case == "existing_output") or not out.exists()
+    assert not list(tmp_path.glob(".run*"))
+
+
+def test_trained_classifier_checkpoint_sets_the_classes(tmp_path):
+    """``classify.method: checkpoint``: the classes are the network's argmax (relabelled 0 … K−1)."""
+    import lightning
+
+    from aitom.models.classifiers import DSRF3Dv2
+    from aitom.pipeline.steps import classify_subtomograms
+    from aitom.tasks.classify import Classifier
+
+    torch.manual_seed(0)
+    model = Classifier(DSRF3Dv2(num_classes=3, dropout=0.0, batch_norm=False), num_classes=3).eval()
+    path = tmp_path / "classifier.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    volumes = torch.randn(6, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    config = load_pipeline_config(
+        None,
+        [
+            *FAST,
+            "classify.method=checkpoint",
+            f"classify.checkpoint={path}",
+            "classify.net_class_path=aitom.models.classifiers.DSRF3Dv2",
+            "classify.net_init_args={num_classes: 3, dropout: 0.0, batch_norm: false}",
+        ],
+    )
+    result = classify_subtomograms(volumes, torch.ones(16, 16, 16), config, 10.0)
+    with torch.no_grad():
+        expected = model(volumes[:, None]).argmax(dim=1)
+    torch.testing.assert_close(result.labels, torch.unique(expected, return_inverse=True)[1])
+    assert result.averages.shape == (int(expected.unique().numel()), 16, 16, 16)
+    assert result.method == "trained classifier"
