@@ -31,6 +31,7 @@ from aitom.ops.averaging import align_to_reference_frame, reference_free_average
 from aitom.ops.clustering import adjusted_rand_index, classify_and_average
 from aitom.ops.faml import faml_average
 from aitom.simulate import class_potential, random_shifts, simulate_subtomogram_batch
+from run_benchmarks import figure_row, write_figures
 
 VOXEL_SIZE_A = 10.0
 BOX = 32
@@ -97,7 +98,7 @@ def _errors(rotation, shift, true_rotation, true_shift) -> tuple[float, float]:
     return float(angle), float(distance)
 
 
-def pairwise_table(args, device) -> str:
+def pairwise_table(args, device, figures: list[dict]) -> str:
     reference = class_potential(ASYMMETRIC_CLASSES[0], VOXEL_SIZE_A, box_size=BOX).to(device)
     mask = missing_wedge_mask((BOX,) * 3, device=device)
     grid = so3_grid(args.step, device=device)
@@ -125,6 +126,7 @@ def pairwise_table(args, device) -> str:
         _sync(device)
         fast_time = time.perf_counter() - start
         angle, distance = _errors(result.rotation, result.shift_xyz, rotations, shifts)
+        fast_rate, fast_angle = args.pairs / fast_time, angle
         rows.append(
             f"| {snr:g} | fast (this) | {args.pairs} | {angle:.2f} | {distance:.2f} | "
             f"{args.pairs / fast_time:.2f} |"
@@ -143,6 +145,27 @@ def pairwise_table(args, device) -> str:
                 f"| {snr:g} | exhaustive | {n_exhaustive} | {angle:.2f} | {distance:.2f} | "
                 f"{n_exhaustive / slow_time:.3f} |"
             )
+        slow = n_exhaustive > 0
+        figures.append(
+            figure_row(
+                "align",
+                f"alignments/s, SNR {snr:g}",
+                fast_rate,
+                "alignments/s",
+                "exhaustive search" if slow else "",
+                n_exhaustive / slow_time if slow else None,
+            )
+        )
+        figures.append(
+            figure_row(
+                "align",
+                f"median rotation error, SNR {snr:g}",
+                fast_angle,
+                "°",
+                "exhaustive search" if slow else "",
+                angle if slow else None,
+            )
+        )
         print(rows[-1] if n_exhaustive == 0 else "\n".join(rows[-2:]), flush=True)
     return "\n".join(rows)
 
@@ -154,7 +177,7 @@ def _resolution_vs_truth(average: torch.Tensor, truth: torch.Tensor) -> float:
     return fsc_resolutions(back, truth, voxel_size_a=VOXEL_SIZE_A)["fsc_0.5_a"]
 
 
-def averaging_table(args, device) -> str:
+def averaging_table(args, device, figures: list[dict]) -> str:
     truth = class_potential(ASYMMETRIC_CLASSES[0], VOXEL_SIZE_A, box_size=BOX).to(device)
     mask = missing_wedge_mask((BOX,) * 3, device=device)
     volumes, rotations, shifts = _simulate(
@@ -179,21 +202,31 @@ def averaging_table(args, device) -> str:
     ideal, _ = wedge_compensated_average(volumes, rotations, shifts, mask)
     last = result.history[-1]
     ideal_resolution = fsc_resolutions(ideal, truth, voxel_size_a=VOXEL_SIZE_A)["fsc_0.5_a"]
+    resolution = _resolution_vs_truth(result.average, truth)
+    figures.append(
+        figure_row(
+            "align",
+            f"reference-free average FSC-0.5 vs truth ({args.average} subtomograms)",
+            resolution,
+            "Å",
+            "true-pose average",
+            ideal_resolution,
+        )
+    )
     rows = [
         f"Reference-free averaging of {args.average} subtomograms ({ASYMMETRIC_CLASSES[0]}, "
         f"SNR {args.average_snr:g}, {len(result.history)} iterations, {elapsed:.0f} s on {device}).",
         "",
         "| average | FSC-0.5 vs true map (Å) | half-set FSC-0.5 (Å) | half-set FSC-0.143 (Å) |",
         "|---|---|---|---|",
-        f"| reference-free (this) | {_resolution_vs_truth(result.average, truth):.1f} | "
-        f"{last['fsc_0.5_a']:.1f} | {last['fsc_0.143_a']:.1f} |",
+        f"| reference-free (this) | {resolution:.1f} | {last['fsc_0.5_a']:.1f} | {last['fsc_0.143_a']:.1f} |",
         f"| true poses (upper bound) | {ideal_resolution:.1f} | | |",
     ]
     print("\n".join(rows), flush=True)
     return "\n".join(rows)
 
 
-def mixture_table(args, device) -> str:
+def mixture_table(args, device, figures: list[dict]) -> str:
     maps = torch.stack([class_potential(name, VOXEL_SIZE_A, box_size=BOX) for name in ASYMMETRIC_CLASSES]).to(
         device
     )
@@ -245,6 +278,7 @@ def mixture_table(args, device) -> str:
             majority = int(members.mode().values)
             resolutions.append(f"{_resolution_vs_truth(average, maps[majority]):.0f}")
         ari = adjusted_rand_index(truth, result.labels)
+        figures.append(figure_row("align", f"{name} adjusted Rand index", float(ari), ""))
         rows.append(
             f"| {name} | {result.averages.shape[0]} | {ari:.3f} | {', '.join(resolutions)} | {elapsed:.0f} |"
         )
@@ -274,18 +308,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=5, help="averaging / classification iterations")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write the Markdown tables here")
+    parser.add_argument(
+        "--json", type=Path, help="also write the headline figures here (JSON, see run_benchmarks.py)"
+    )
+    parser.add_argument("--quick", action="store_true", help="4 pairs at SNR 0.1, 1 exhaustive, 30° step")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.exhaustive_pairs, args.snr, args.step = 4, 1, [0.1], 30.0
     device = torch.device(args.device)
-    tables = [pairwise_table(args, device)]
+    figures: list[dict] = []
+    tables = [pairwise_table(args, device, figures)]
     if args.average > 0:
-        tables.append(averaging_table(args, device))
+        tables.append(averaging_table(args, device, figures))
     if args.mixture > 0:
-        tables.append(mixture_table(args, device))
+        tables.append(mixture_table(args, device, figures))
     text = "\n\n".join(tables) + "\n"
     print()
     print(text)
     if args.out is not None:
         args.out.write_text(text)
+    write_figures(args.json, figures)
     return 0
 
 

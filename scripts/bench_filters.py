@@ -45,6 +45,7 @@ from aitom.ops import (
     difference_of_gaussians,
     gaussian_filter3d,
 )
+from run_benchmarks import figure_row, write_figures
 
 SHAPES = {"256³": (256, 256, 256), "512×512×200": (200, 512, 512)}
 DIFFUSION_CROP = 64
@@ -150,6 +151,10 @@ def markdown(rows: list[tuple], threads: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    parser.add_argument(
+        "--json", type=Path, help="also write the headline figures here (JSON, see run_benchmarks.py)"
+    )
+    parser.add_argument("--quick", action="store_true", help="only the 256³ volume, one timed run")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (default 2)")
     parser.add_argument(
         "--shapes",
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         help="volumes to time (default both)",
     )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.shapes = 1, [next(iter(SHAPES))]
     threads = torch.get_num_threads()
     reference = load_numpy_reference()
     rows = []
@@ -168,6 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out is not None:
         args.out.write_text(table)
+    write_figures(
+        args.json,
+        [
+            figure_row(
+                "filters",
+                f"{operation}, {name}",
+                aitom_s,
+                "s",
+                label if math.isfinite(reference_s) else "",
+                reference_s if math.isfinite(reference_s) else None,
+            )
+            for operation, name, aitom_s, _, label, reference_s, _ in rows
+        ],
+    )
     return 0
 
 

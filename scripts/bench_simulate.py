@@ -49,6 +49,7 @@ from aitom.simulate import (
     simulate_subtomogram_batch,
     simulate_tomogram,
 )
+from run_benchmarks import figure_row, write_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 LARGE_RECIPE = ROOT / "simulations" / "tomogram_large.yaml"
@@ -229,12 +230,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--skip-tomogram", action="store_true", help="leave out the large tomogram (about 30 s)"
     )
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    parser.add_argument(
+        "--json", type=Path, help="also write the headline figures here (JSON, see run_benchmarks.py)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="one repeat, one timed training step, no large tomogram"
+    )
     parser.add_argument("--tomogram-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.tomogram_child is not None:
         tomogram_child(args.tomogram_child)
         return 0
+    if args.quick:
+        args.repeats, args.train_steps, args.skip_tomogram = 1, 1, True
     rates = {box: simulation_rates(box, args.batch_size, args.repeats) for box in (32, 40)}
     train_rate = training_rate(32, args.train_batch, args.train_steps, len(SubtomogramRecipe().classes))
     tomogram = None if args.skip_tomogram else tomogram_cost(LARGE_RECIPE, args.threads)
@@ -242,7 +251,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     if args.out is not None:
         args.out.write_text(table)
+    write_figures(args.json, headline_figures(rates, tomogram, train_rate))
     return 0
+
+
+def headline_figures(
+    rates: dict[int, dict[str, float]], tomogram: dict[str, float] | None, train_rate: float
+) -> list[dict]:
+    """The ``--json`` rows: Dataset rate against training's consumption, and the large tomogram's cost."""
+    rows = [
+        figure_row(
+            "simulate",
+            "on-the-fly subtomograms/s (Dataset, 32³)",
+            rates[32]["dataset"],
+            "subtomograms/s",
+            "consumed by training DSRF3D-v2",
+            train_rate,
+        ),
+        figure_row(
+            "simulate",
+            "on-the-fly subtomograms/s (Dataset, 40³)",
+            rates[40]["dataset"],
+            "subtomograms/s",
+            "simulate_subtomogram_batch, 40³",
+            rates[40]["batch"],
+        ),
+    ]
+    if tomogram is not None:
+        rows.append(figure_row("simulate", "large tomogram wall time", tomogram["seconds"], "s"))
+        rows.append(
+            figure_row(
+                "simulate",
+                "large tomogram peak RSS",
+                tomogram["peak_mib"],
+                "MiB",
+                "peak RSS before simulating",
+                tomogram["baseline_mib"],
+            )
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from torch import nn
 
 from aitom.models import CB3D, RB3D, DSRF3Dv2
 from aitom.tasks import Classifier
+from run_benchmarks import figure_row, write_figures
 
 NETWORKS: dict[str, type[nn.Module]] = {"DSRF3D-v2": DSRF3Dv2, "RB3D": RB3D, "CB3D": CB3D}
 NUM_CLASSES = 5
@@ -196,7 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--models", nargs="+", choices=list(NETWORKS), default=list(NETWORKS), help="networks"
     )
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    parser.add_argument(
+        "--json", type=Path, help="also write the headline figures here (JSON, see run_benchmarks.py)"
+    )
+    parser.add_argument("--quick", action="store_true", help="DSRF3D-v2 only, 3 steps, 1 round")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.steps, args.rounds = ["DSRF3D-v2"], 3, 1
     if args.steps < 3:
         parser.error("--steps must be 3 or more (the first step is not timed)")
     device = torch.device(args.device)
@@ -208,6 +215,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     if args.out is not None:
         args.out.write_text(table)
+    figures = []
+    for row in rows:
+        figures.append(
+            figure_row(
+                "train",
+                f"{row['model']} Lightning training steps/s",
+                row["lightning"],
+                "steps/s",
+                "bare PyTorch loop",
+                row["bare"],
+            )
+        )
+        figures.append(figure_row("train", f"{row['model']} inference", row["inference"], "subtomograms/s"))
+    write_figures(args.json, figures)
     return 0
 
 

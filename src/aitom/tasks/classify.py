@@ -43,6 +43,8 @@ SCHEDULERS = ("cosine", "step", "none")
 STAGES = ("train", "val", "test")
 #: key of this task's own entries in a Lightning checkpoint
 CHECKPOINT_KEY = "aitom_classifier"
+#: key under which the prediction writers keep each row's index in the data set
+DATASET_ORDER_KEY = "_dataset_order"
 
 
 def qualified_name(obj: object) -> str:
@@ -164,6 +166,8 @@ class Classifier(LightningModule):
             on_epoch=True,
             prog_bar=stage != "test",
             batch_size=labels.shape[0],
+            # under DDP the epoch loss is the mean over the ranks, as a single process would log it
+            sync_dist=stage != "train",
         )
         return loss
 
@@ -382,7 +386,8 @@ class PredictionWriter(BasePredictionWriter):
     ``aitomClassProbability_<k>`` for k = 1 ... num_classes, ``aitomClassName`` when the model knows the
     names, ``aitomParticleIndex`` (0-based row of the input table) when batches carry ``"index"``, and
     ``rlnCoordinateX/Y/Z`` (voxels) when batches carry ``"coordinates_xyz"``. Rows are in input order.
-    With several processes, rank ``r`` writes ``<stem>.rank<r>.star``.
+    With several processes (DDP), the predictions of every rank are gathered and rank 0 writes the one table,
+    the same as a single process writes.
 
     Args:
         output_path: the STAR file to write.
@@ -395,15 +400,11 @@ class PredictionWriter(BasePredictionWriter):
         self.overwrite = overwrite
         self._batches: list[dict[str, torch.Tensor]] = []
 
-    def _rank_path(self, trainer: Trainer) -> Path:
-        if trainer.world_size == 1:
-            return self.output_path
-        return self.output_path.with_name(f"{self.output_path.stem}.rank{trainer.global_rank}.star")
-
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        path = self._rank_path(trainer)
-        if path.exists() and not self.overwrite:
-            raise InputError("exists; set the PredictionWriter's overwrite: true, or move the file", path)
+        if self.output_path.exists() and not self.overwrite:
+            raise InputError(
+                "exists; set the PredictionWriter's overwrite: true, or move the file", self.output_path
+            )
         self._batches = []
 
     def write_on_batch_end(
@@ -416,16 +417,39 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        self._batches.append({key: value.detach().cpu() for key, value in prediction.items()})
+        batch_prediction = {key: value.detach().cpu() for key, value in prediction.items()}
+        if batch_indices is not None:
+            # the rows' places in the data set: the order of a single process, restored after gathering
+            batch_prediction[DATASET_ORDER_KEY] = torch.as_tensor(list(batch_indices), dtype=torch.long)
+        self._batches.append(batch_prediction)
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._batches:
-            return
-        merged = {key: torch.cat([batch[key] for batch in self._batches]) for key in self._batches[0]}
+        batches = [batch for part in gather_from_ranks(trainer, self._batches) for batch in part]
         self._batches = []
-        names = getattr(pl_module, "class_names", None)
-        table = prediction_table(merged, names)
-        write_particles(self._rank_path(trainer), table, overwrite=self.overwrite)
+        if trainer.is_global_zero and batches:
+            merged = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+            order = merged.pop(DATASET_ORDER_KEY, None)
+            if order is not None:
+                merged = {key: value[order.argsort(stable=True)] for key, value in merged.items()}
+            names = getattr(pl_module, "class_names", None)
+            write_particles(self.output_path, prediction_table(merged, names), overwrite=self.overwrite)
+        trainer.strategy.barrier("prediction_writer")
+
+
+def gather_from_ranks(trainer: Trainer, part: Any) -> list[Any]:
+    """Every process's ``part`` (picklable), in rank order; ``[part]`` in a single process.
+
+    A collective call under DDP: every rank must make it (``torch.distributed.all_gather_object``).
+    """
+    if (
+        trainer.world_size == 1
+        or not torch.distributed.is_available()
+        or not torch.distributed.is_initialized()
+    ):
+        return [part]
+    gathered: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, part)
+    return gathered
 
 
 def prediction_table(

@@ -1,0 +1,156 @@
+"""`scripts/run_benchmarks.py` (`make bench`) on fake `bench_*.py` scripts: tables, figures, failures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_benchmarks.py"
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("run_benchmarks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("run_benchmarks", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+runner = load_runner()
+
+# A benchmark that follows the contract through the runner's own helpers, with --quick.
+FAST = """
+import argparse, sys
+from pathlib import Path
+sys.path.insert(0, {runner_folder!r})
+from run_benchmarks import figure_row, write_figures
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--out", type=Path)
+parser.add_argument("--json", type=Path)
+parser.add_argument("--quick", action="store_true")
+args = parser.parse_args()
+args.out.write_text("| a | b |\\n|---|---|\\n| 1 | 2 |\\n")
+speed = 30.0 if args.quick else 40.0
+write_figures(args.json, [
+    figure_row("fast", "items/s", speed, "items/s", "naive loop", 10.0),
+    figure_row("fast", "error", float("nan"), "°"),
+])
+"""
+
+# An older benchmark: only --out, no figures.
+PLAIN = """
+import argparse
+from pathlib import Path
+parser = argparse.ArgumentParser()
+parser.add_argument("--out", type=Path)
+args = parser.parse_args()
+args.out.write_text("plain table\\n")
+"""
+
+BROKEN = """
+import sys
+print("something went wrong", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+@pytest.fixture
+def scripts(tmp_path) -> Path:
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    (folder / "bench_fast.py").write_text(FAST.format(runner_folder=str(SCRIPT.parent)))
+    (folder / "bench_plain.py").write_text(PLAIN)
+    return folder
+
+
+def test_figure_row_ratio_is_value_over_baseline():
+    row = runner.figure_row("b", "f", 6.0, "s", "reference", 4.0)
+    assert row == {
+        "benchmark": "b",
+        "figure": "f",
+        "value": 6.0,
+        "unit": "s",
+        "baseline": "reference",
+        "baseline_value": 4.0,
+        "ratio": 1.5,
+    }
+    assert runner.figure_row("b", "f", 6.0, "s")["ratio"] is None
+    assert runner.figure_row("b", "f", 6.0, "s", "zero", 0.0)["ratio"] is None
+
+
+def test_collects_every_table_and_one_summary_of_the_figures(scripts, tmp_path):
+    out = tmp_path / "results.md"
+    assert runner.main(["--scripts", str(scripts), "--out", str(out)]) == 0
+    text = out.read_text()
+    summary = text[text.index("## Summary") : text.index("## fast")]
+    assert "| fast | items/s | 40 | items/s | naive loop | 10 | 4 |" in summary
+    # a NaN figure is written as null and shown as a dash, without a baseline or ratio
+    assert "| fast | error | — | ° | — | — | — |" in summary
+    assert "| 1 | 2 |" in text and "plain table" in text
+    assert text.index("## fast") < text.index("## plain")
+
+
+def test_quick_is_passed_only_to_the_scripts_that_take_it(scripts, tmp_path):
+    out = tmp_path / "results.md"
+    assert runner.main(["--scripts", str(scripts), "--out", str(out), "--quick"]) == 0
+    text = out.read_text()
+    assert "| fast | items/s | 30 |" in text
+    assert "bench_plain.py" in text and "(no --quick: full run)" in text
+
+
+def test_a_failing_benchmark_is_reported_and_does_not_stop_the_others(scripts, tmp_path):
+    (scripts / "bench_broken.py").write_text(BROKEN)
+    out = tmp_path / "results.md"
+    assert runner.main(["--scripts", str(scripts), "--out", str(out)]) == 1
+    text = out.read_text()
+    assert "**FAILED** (exit code 3" in text and "something went wrong" in text
+    assert "1 of 3 benchmarks failed:** broken" in text
+    assert "| fast | items/s | 40 |" in text
+
+
+def test_an_invalid_figures_file_fails_that_benchmark(scripts, tmp_path):
+    (scripts / "bench_fast.py").write_text(
+        textwrap.dedent(
+            """
+            import argparse
+            from pathlib import Path
+            parser = argparse.ArgumentParser()
+            parser.add_argument("--out", type=Path)
+            parser.add_argument("--json", type=Path)
+            args = parser.parse_args()
+            args.out.write_text("table")
+            args.json.write_text('[{"figure": "no benchmark name", "value": 1}]')
+            """
+        )
+    )
+    out = tmp_path / "results.md"
+    assert runner.main(["--scripts", str(scripts), "--out", str(out), "--only", "fast"]) == 1
+    assert "its --json file is invalid" in out.read_text()
+
+
+def test_unknown_benchmark_name_is_a_usage_error(scripts, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(["--scripts", str(scripts), "--out", str(tmp_path / "r.md"), "--only", "nope"])
+    assert exit_info.value.code == 2
+
+
+def test_write_and_read_figures_round_trip(tmp_path):
+    path = tmp_path / "figures.json"
+    rows = [runner.figure_row("b", "f", 2.0, "s", "base", 8.0), runner.figure_row("b", "g", math.inf, "s")]
+    runner.write_figures(path, rows)
+    assert json.loads(path.read_text())[1]["value"] is None
+    assert runner.read_figures(path)[0]["ratio"] == 0.25
+    runner.write_figures(None, rows)  # no path: nothing written, no error
+
+
+def test_every_project_benchmark_takes_out():
+    for name, script in runner.benchmark_scripts().items():
+        source = script.read_text()
+        assert '"--out"' in source, name
