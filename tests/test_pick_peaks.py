@@ -97,3 +97,25 @@ def test_false_alarm_threshold_on_gaussian_noise(device):
     with pytest.raises(InputError):
         false_alarm_threshold(noise, 0.0)
     assert not math.isnan(threshold)
+
+
+def test_non_maximum_suppression_per_point_radii():
+    """With radii, points conflict within max(min_distance, r_i, r_j): brute-force greedy reference."""
+    rng = np.random.default_rng(4)
+    points = torch.from_numpy(rng.uniform(0, 40, size=(60, 3)))
+    scores = torch.from_numpy(rng.normal(size=60))
+    radii = torch.from_numpy(rng.choice([3.0, 8.0], size=60))
+    kept_reference: list[int] = []
+    for index in np.argsort(-scores.numpy(), kind="stable"):
+        distances = [float((points[index] - points[other]).norm()) for other in kept_reference]
+        reaches = [max(2.0, float(radii[index]), float(radii[other])) for other in kept_reference]
+        if all(d > r for d, r in zip(distances, reaches)):
+            kept_reference.append(int(index))
+    assert non_maximum_suppression(points, scores, 2.0, radii=radii).tolist() == kept_reference
+    # A large particle's pick suppresses a weaker small-template pick inside it, and the other way round.
+    pair = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 6.0]])
+    assert non_maximum_suppression(
+        pair, torch.tensor([1.0, 2.0]), 1.0, radii=torch.tensor([8.0, 3.0])
+    ).tolist() == [1]
+    with pytest.raises(InputError):
+        non_maximum_suppression(pair, torch.tensor([1.0, 2.0]), 1.0, radii=torch.tensor([-1.0, 3.0]))

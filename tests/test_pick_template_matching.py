@@ -12,16 +12,19 @@ import torch
 from aitom.errors import InputError
 from aitom.fourier import apply_missing_wedge, frequency_grid, missing_wedge_mask
 from aitom.geometry import matrix_to_relion_angles, rotate_volume, so3_grid, sphere_mask
-from aitom.io import particles_table
+from aitom.io import particles_table, write_volume
+from aitom.ops import template_matching
 from aitom.ops.filters import gaussian_filter3d
 from aitom.ops.peaks import false_alarm_threshold, peak_local_max
 from aitom.ops.pick_evaluation import evaluate_picks
 from aitom.ops.template_matching import (
     TemplateFilter,
     match_template,
+    padded_rfftn,
     spectral_whitening_filter,
     template_filter_kernel,
 )
+from aitom.tasks.pick import TemplateMatchingPicker
 
 STEP_DEG = 40.0
 NO_FILTER = TemplateFilter(tilt_range_deg=None)
@@ -186,3 +189,79 @@ def test_template_filter_kernel_wedge_ctf_and_whitening():
     whitened_power = (torch.fft.rfftn(coloured) * whitening(k)).abs().square()
     shells = [(whitened_power[(k > low) & (k <= low + 0.05)]).mean() for low in (0.05, 0.15, 0.25, 0.35)]
     assert float(max(shells) / min(shells)) < 1.2
+
+
+def test_padded_rfftn_equals_full_transform(device):
+    generator = torch.Generator().manual_seed(6)
+    small = torch.randn(2, 6, 6, 6, generator=generator, dtype=torch.float64).to(device)
+    expected = torch.fft.rfftn(small, s=(14, 12, 10), dim=(-3, -2, -1))
+    torch.testing.assert_close(padded_rfftn(small, (14, 12, 10)), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_scipy_dispatch_equals_torch_fft(monkeypatch, spherical):
+    """The CPU path through scipy.fft (pocketfft) gives the torch.fft result to 1e-5 (float32)."""
+    generator = torch.Generator().manual_seed(7)
+    template = asymmetric_template(12)
+    tomogram = torch.randn(30, 28, 32, generator=generator)
+    tomogram[8:20, 10:22, 12:24] += 2 * rotate_volume(template, so3_grid(60.0)[3])
+    mask = None if spherical else sphere_mask((12, 12, 12), radius_voxels=5.0)
+    rotations = so3_grid(60.0)[:10]
+    arguments = {"mask": mask, "template_filter": TemplateFilter(), "whiten": True, "rotation_batch": 4}
+    scipy_score, scipy_index = match_template(tomogram, template, rotations, **arguments)
+    monkeypatch.setattr(template_matching, "_scipy_path", lambda tensor: False)
+    torch_score, torch_index = match_template(tomogram, template, rotations, **arguments)
+    torch.testing.assert_close(scipy_score, torch_score, rtol=0, atol=1e-5)
+    assert float((scipy_index == torch_index).float().mean()) > 0.99  # near-ties may swap
+
+
+def two_shapes() -> tuple[torch.Tensor, torch.Tensor]:
+    """A large elongated template (18³ box) and a small compact one (10³ box), protein bright."""
+    large = torch.zeros(18, 18, 18)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(18.0) - 9] * 3, indexing="ij"), -1)
+    for z, y, x, sigma in [(0, 0, -4.5, 2.5), (0, 0, 4.5, 2.5), (0, 3.5, 0, 2.0), (-3, 0, 0, 1.5)]:
+        large += torch.exp(-((grid - torch.tensor([z, y, x])) ** 2).sum(-1) / (2 * sigma**2))
+    small = torch.exp(-(grid[4:14, 4:14, 4:14] ** 2).sum(-1) / 4.5)
+    return large, small
+
+
+def test_calibrated_multi_template_assigns_the_right_class(tmp_path):
+    """Two planted shapes of different sizes: each pick carries the class of its shape (F1 >= 0.9 each)."""
+    large, small = two_shapes()
+    grid = so3_grid(60.0)
+    generator = torch.Generator().manual_seed(8)
+    tomogram = torch.zeros(64, 64, 64)
+    large_centres = [(14, 14, 14), (14, 48, 46), (48, 16, 44), (47, 47, 15)]
+    small_centres = [(14, 14, 46), (15, 47, 14), (48, 15, 14), (48, 48, 48), (31, 31, 31)]
+    for number, (z, y, x) in enumerate(large_centres):
+        tomogram[z - 9 : z + 9, y - 9 : y + 9, x - 9 : x + 9] += rotate_volume(large, grid[7 * number + 3])
+    for number, (z, y, x) in enumerate(small_centres):
+        tomogram[z - 5 : z + 5, y - 5 : y + 5, x - 5 : x + 5] += rotate_volume(small, grid[5 * number + 1])
+    tomogram = apply_missing_wedge(tomogram, tilt_min_deg=-60.0, tilt_max_deg=60.0)
+    tomogram = tomogram + 0.05 * torch.randn(tomogram.shape, generator=generator)
+    for name, volume in (("large", large), ("small", small)):
+        write_volume(tmp_path / f"{name}.mrc", volume, 10.0)
+    picker = TemplateMatchingPicker(
+        [str(tmp_path / "large.mrc"), str(tmp_path / "small.mrc")],
+        angular_step_deg=60.0,
+        class_number=[1, 2],
+        false_alarm_rate=1e-4,
+    )
+    picks = picker.pick_tile(tomogram)
+    # Circular correlation: scores within half a template of the faces are unreliable (wrap-around).
+    inside = ((picks["coordinates_zyx"] >= 5) & (picks["coordinates_zyx"] < 59)).all(-1)
+    table = particles_table(
+        picks["coordinates_zyx"][inside].flip(-1).numpy(),
+        class_number=picks["class_number"][inside].numpy(),
+        score=picks["scores"][inside].numpy(),
+    )
+    truth = particles_table(
+        [(x, y, z) for z, y, x in large_centres + small_centres],
+        class_number=[1] * len(large_centres) + [2] * len(small_centres),
+    )
+    result = evaluate_picks(table, truth, tolerance_voxels=2.0)
+    for label in ("1", "2"):
+        assert result["per_class"][label]["f1"] >= 0.9, result["per_class"]
+    # Without calibration (raw FLCF arg-max) the small template would claim parts of the large particles:
+    # the calibrated score of each class is a z-score, so both classes' peaks stand well above 3.
+    assert float(picks["scores"].min()) > 3.0

@@ -32,10 +32,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Template matching: the template (protein bright, same voxel size as the tomogram) is "
         "rotated over a grid of covering radius --angular-step, filtered with the missing wedge (and "
         "optionally the CTF), and correlated with the tomogram by FFT (Roseman's FLCF, spherical mask). "
-        "Picks carry the best rotation as rlnAngleRot/Tilt/Psi (the particle is the template rotated by it).",
+        "Picks carry the best rotation as rlnAngleRot/Tilt/Psi (the particle is the template rotated by it). "
+        "With several templates (one per class) each template's score map is calibrated by its own noise "
+        "statistics (z-score), every voxel takes the best-explaining template, and the picks carry its "
+        "rlnClassNumber; scores and --threshold are then z-scores.",
     )
     _common(template)
-    template.add_argument("--template", type=Path, required=True, help="template volume (MRC), cubic box")
+    template.add_argument(
+        "--template",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="template volume(s) (MRC), cubic boxes, one per class",
+    )
     template.add_argument(
         "--angular-step", type=float, default=30.0, help="rotation grid covering radius, degrees (default 30)"
     )
@@ -64,12 +73,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--rotation-batch", type=int, default=8, help="rotations correlated at once (memory; default 8)"
     )
     template.add_argument(
-        "--class-number", type=int, default=1, help="rlnClassNumber given to the picks, 1-based (default 1)"
+        "--class-number",
+        type=int,
+        nargs="+",
+        help="rlnClassNumber of each template's picks, 1-based (default 1, 2, ... in --template order)",
     )
     template.add_argument(
         "--maps", action="store_true", help="also write the score and rotation-index maps (MRC) beside --out"
     )
     template.add_argument("--false-alarm-rate", type=float, default=1e-4, help=_FAR_HELP + " (default 1e-4)")
+    template.add_argument(
+        "--peak-false-alarm-rate",
+        type=float,
+        help="threshold instead from the robust tail of the local maxima's scores, per peak (e.g. 0.01; "
+        "better in crowded tomograms)",
+    )
 
     dog = methods.add_parser(
         "dog",
@@ -108,7 +126,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--tolerance-voxels",
         type=float,
         help="distance within which a pick matches a true particle, voxels (default: half the particle "
-        "radius: a quarter of the template box, or the DoG/saliency radius)",
+        "radius: a quarter of the (smallest) template box, or the DoG/saliency radius)",
     )
     parser.add_argument("--min-distance", type=int, help="minimal distance between picks, voxels")
     parser.add_argument(
@@ -122,7 +140,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu (default auto)"
     )
-    parser.add_argument("--devices", default="1", help="Lightning devices (default 1)")
+    parser.add_argument(
+        "--devices",
+        default="1",
+        help="Lightning devices (default 1); more than 1 runs DDP processes that write one table together",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -149,24 +171,25 @@ def run(args: argparse.Namespace) -> int:
     if args.false_alarm_rate is not None and not 0 < args.false_alarm_rate < 1:
         raise InputError(f"--false-alarm-rate must be in (0, 1), got {args.false_alarm_rate}")
     truth = None if args.truth is None else read_particles(args.truth)
-    picker, scale_voxels = _picker(args, tomogram.shape, voxel_size)
+    picker, (scale_voxels, tolerance_scale) = _picker(args, tomogram.shape, voxel_size)
     del tomogram
     overlap = 2 * scale_voxels if args.overlap_voxels is None else args.overlap_voxels
     if overlap < 0 or overlap >= args.tile_voxels:
         raise InputError(f"--overlap-voxels must be in [0, tile size {args.tile_voxels}), got {overlap}")
     if args.method == "template" and overlap < 2 * scale_voxels:
         raise InputError(f"--overlap-voxels must be at least the template box ({2 * scale_voxels} voxels)")
-    picks = _predict(args, picker, overlap)
-    if truth is not None:
+    picks, is_global_zero = _predict(args, picker, overlap)
+    if truth is not None and is_global_zero:  # under DDP every process runs this command: print once
         from aitom.ops.pick_evaluation import evaluate_picks
 
-        tolerance = scale_voxels / 2 if args.tolerance_voxels is None else args.tolerance_voxels
+        tolerance = tolerance_scale / 2 if args.tolerance_voxels is None else args.tolerance_voxels
         print(json.dumps({"method": args.method, **evaluate_picks(picks, truth, tolerance)}))
     return 0
 
 
 def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float):
-    """The LightningModule of the chosen method and its size scale (particle radius) in voxels."""
+    """The LightningModule of the chosen method and its size scales (particle radius) in voxels: the largest
+    (tile overlap) and the smallest (default match tolerance)."""
     from aitom.errors import InputError
 
     common = {
@@ -176,37 +199,22 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
         "num_peaks": args.num_peaks,
     }
     if args.method == "template":
-        from aitom.io import read_volume
         from aitom.tasks.pick import TemplateMatchingPicker
 
         if not 0 < args.angular_step <= 180:
             raise InputError(f"--angular-step must be in (0, 180] degrees, got {args.angular_step}")
         if args.rotation_batch < 1:
             raise InputError(f"--rotation-batch must be >= 1, got {args.rotation_batch}")
-        template, template_header = read_volume(args.template)
-        template_voxel = template_header.voxel_size_a[0]
-        if abs(template_voxel - voxel_size) > 1e-3 * voxel_size:
+        if args.class_number is not None and len(args.class_number) != len(args.template):
             raise InputError(
-                f"voxel sizes differ: template {template_voxel:g} Å ({args.template}), tomogram "
-                f"{voxel_size:g} Å ({args.tomogram}); resample one of them"
+                f"--class-number gives {len(args.class_number)} numbers for {len(args.template)} templates"
             )
-        if len(set(template.shape)) != 1:
-            raise InputError(
-                f"the template must be a cube, got {tuple(template.shape)} voxels", args.template
-            )
-        if any(t > n for t, n in zip(template.shape, shape)):
-            raise InputError(
-                f"the template ({tuple(template.shape)} voxels) is larger than the tomogram "
-                f"({tuple(shape)} voxels)",
-                args.template,
-            )
-        if float(template.std()) == 0.0:
-            raise InputError("the template is constant", args.template)
-        size = int(template.shape[0])
+        sizes = [_check_template(path, voxel_size, shape, args.tomogram) for path in args.template]
+        size = max(sizes)
         if args.tile_voxels < min(2 * size, min(shape)):
             raise InputError(f"--tile-voxels must be at least twice the template box ({size} voxels)")
         picker = TemplateMatchingPicker(
-            str(args.template),
+            [str(path) for path in args.template],
             angular_step_deg=args.angular_step,
             tilt_range_deg=None if args.no_wedge else tuple(args.tilt_range),
             defocus_um=args.defocus_um,
@@ -215,10 +223,12 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
             whiten=args.whiten,
             rotation_batch=args.rotation_batch,
             class_number=args.class_number,
+            peak_false_alarm_rate=args.peak_false_alarm_rate,
             keep_maps=args.maps,
             **common,
         )
-        return picker, max(1, size // 2)
+        # Size scale: the largest template sets the tile overlap; the smallest the default tolerance.
+        return picker, (max(1, size // 2), max(1, min(sizes) // 2))
     if args.method == "dog":
         from aitom.tasks.pick import DoGPicker
 
@@ -226,11 +236,38 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
         if not args.sigma2_ratio > 1:
             raise InputError(f"--sigma2-ratio must be > 1, got {args.sigma2_ratio}")
         picker = DoGPicker(sigma, args.sigma2_ratio * sigma, polarity=args.polarity, **common)
-        return picker, max(1, round(sigma * 3**0.5))
+        scale = max(1, round(sigma * 3**0.5))
+        return picker, (scale, scale)
     from aitom.tasks.pick import SaliencyPicker
 
     radius = _voxels(args.radius_a, args.radius_voxels, voxel_size, default_a=None, name="radius")
-    return SaliencyPicker(radius, **common), max(1, round(radius))
+    scale = max(1, round(radius))
+    return SaliencyPicker(radius, **common), (scale, scale)
+
+
+def _check_template(path: Path, voxel_size: float, shape: tuple[int, ...], tomogram: Path) -> int:
+    """Validate one template against the tomogram (voxel size, cube, fits, not constant); its box edge."""
+    from aitom.errors import InputError
+    from aitom.io import read_volume
+
+    template, template_header = read_volume(path)
+    template_voxel = template_header.voxel_size_a[0]
+    if abs(template_voxel - voxel_size) > 1e-3 * voxel_size:
+        raise InputError(
+            f"voxel sizes differ: template {template_voxel:g} Å ({path}), tomogram "
+            f"{voxel_size:g} Å ({tomogram}); resample one of them"
+        )
+    if len(set(template.shape)) != 1:
+        raise InputError(f"the template must be a cube, got {tuple(template.shape)} voxels", path)
+    if any(t > n for t, n in zip(template.shape, shape)):
+        raise InputError(
+            f"the template ({tuple(template.shape)} voxels) is larger than the tomogram "
+            f"({tuple(shape)} voxels)",
+            path,
+        )
+    if float(template.std()) == 0.0:
+        raise InputError("the template is constant", path)
+    return int(template.shape[0])
 
 
 def _voxels(
@@ -276,4 +313,4 @@ def _predict(args: argparse.Namespace, picker, overlap: int):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.predict(picker, datamodule=data, return_predictions=False)
-    return read_particles(args.out)
+    return read_particles(args.out), trainer.is_global_zero

@@ -20,31 +20,47 @@ __all__ = ["false_alarm_threshold", "non_maximum_suppression", "peak_local_max",
 
 
 def non_maximum_suppression(
-    coordinates: torch.Tensor, scores: torch.Tensor, min_distance: float, *, p_norm: float = 2.0
+    coordinates: torch.Tensor,
+    scores: torch.Tensor,
+    min_distance: float,
+    *,
+    p_norm: float = 2.0,
+    radii: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Greedy non-maximum suppression: keep the best point, drop its neighbours, repeat.
 
     Two points conflict when their distance (Minkowski ``p_norm``; ``math.inf`` = Chebyshev) is at most
-    ``min_distance``. Ties in score keep the earlier point (stable order).
+    ``min_distance`` — or, with per-point ``radii``, at most ``max(min_distance, radius_i, radius_j)`` (picks
+    of particles of different sizes: a large particle's pick suppresses a smaller template's picks inside
+    it, and the other way round). Ties in score keep the earlier point (stable order).
 
     Args:
         coordinates: ``(N, D)`` point positions (any units, same as ``min_distance``).
         scores: ``(N,)`` higher is better.
         min_distance: suppression radius (>= 0).
         p_norm: distance norm.
+        radii: ``(N,)`` per-point suppression radii (>= 0), same units; None: ``min_distance`` for all.
 
     Returns:
         ``(K,)`` int64 indices of the kept points, best first, on the device of ``coordinates``.
     """
     if coordinates.ndim != 2 or scores.shape != coordinates.shape[:1]:
         raise ValueError(f"need coordinates (N, D) and scores (N,), got {coordinates.shape}, {scores.shape}")
-    if min_distance < 0:
-        raise InputError(f"min_distance must be >= 0, got {min_distance}")
+    if radii is not None and radii.shape != scores.shape:
+        raise ValueError(f"need radii (N,) like the scores, got {tuple(radii.shape)}")
+    if min_distance < 0 or (radii is not None and bool((radii < 0).any())):
+        raise InputError(f"min_distance and radii must be >= 0, got {min_distance}")
     order = np.argsort(-scores.detach().cpu().double().numpy(), kind="stable")
     points = coordinates.detach().cpu().double().numpy()[order]
-    if len(order) == 0 or min_distance == 0:
+    reach = np.full(len(order), float(min_distance))
+    if radii is not None:
+        reach = np.maximum(reach, radii.detach().cpu().double().numpy()[order])
+    if len(order) == 0 or float(reach.max()) == 0:
         return torch.as_tensor(order.copy(), dtype=torch.int64, device=coordinates.device)
-    pairs = cKDTree(points).query_pairs(r=min_distance, p=p_norm, output_type="ndarray")
+    pairs = cKDTree(points).query_pairs(r=float(reach.max()), p=p_norm, output_type="ndarray")
+    if radii is not None and len(pairs):
+        distance = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], ord=p_norm, axis=-1)
+        pairs = pairs[distance <= np.maximum(reach[pairs[:, 0]], reach[pairs[:, 1]])]
     neighbours: list[list[int]] = [[] for _ in range(len(points))]
     for first, second in pairs:
         neighbours[min(first, second)].append(max(first, second))

@@ -16,7 +16,7 @@ of the faces are unreliable (``exclude_border`` when picking, overlapping tiles 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import scipy.fft
@@ -25,10 +25,14 @@ import torch
 from aitom.errors import InputError
 from aitom.fourier import ctf_3d, frequency_grid, missing_wedge_mask
 from aitom.geometry import rotate_volume, sphere_mask
+from aitom.ops.peaks import robust_mean_std
 
 __all__ = [
     "TemplateFilter",
+    "calibrate_scores",
     "match_template",
+    "match_templates",
+    "padded_rfftn",
     "spectral_whitening_filter",
     "template_filter_kernel",
 ]
@@ -61,7 +65,8 @@ def spectral_whitening_filter(
     """The radial whitening filter of a volume, as a function of ``|k|`` (cycles/voxel).
 
     The filter is ``1 / sqrt(P(|k|))`` with ``P`` the volume's radially averaged power spectrum (``n_shells``
-    shells from 0 to ``√3 / 2``), normalised to 1 at its median; interpolated linearly between shells.
+    shells from 0 to ``√3 / 2``, the ``k = 0`` term left out), normalised to 1 at its median; interpolated
+    linearly between shells.
 
     Returns:
         ``filter(k_magnitude) -> weights`` for a tensor of frequencies in cycles/voxel.
@@ -73,10 +78,12 @@ def spectral_whitening_filter(
     )
     k_max = math.sqrt(3) / 2
     shell = torch.clamp((k / k_max * (n_shells - 1)).round().long(), 0, n_shells - 1).reshape(-1)
+    # The k = 0 term is left out: it is the mean, often removed (zero power), and would get a huge weight.
+    not_dc = (k.reshape(-1) > 0).to(volume.dtype)
     sums = torch.zeros(n_shells, device=volume.device, dtype=volume.dtype).index_add_(
-        0, shell, power.reshape(-1, *power.shape[-3:]).sum(0).reshape(-1)
+        0, shell, power.reshape(-1, *power.shape[-3:]).sum(0).reshape(-1) * not_dc
     )
-    counts = torch.zeros_like(sums).index_add_(0, shell, torch.ones_like(shell, dtype=volume.dtype))
+    counts = torch.zeros_like(sums).index_add_(0, shell, not_dc)
     filled = counts > 0
     amplitude = torch.sqrt(sums[filled] / counts[filled])
     weights = 1.0 / torch.clamp(amplitude, min=amplitude.max() * 1e-6)
@@ -135,24 +142,55 @@ def template_filter_kernel(
 _DIMS = (-3, -2, -1)
 
 
+def _scipy_path(tensor: torch.Tensor) -> bool:
+    """Whether the FFTs of this tensor go to ``scipy.fft`` (CPU, no autograd) rather than ``torch.fft``."""
+    return tensor.device.type == "cpu" and not tensor.requires_grad
+
+
 def _rfftn(volume: torch.Tensor, shape: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Real 3-D FFT over the last three axes (zero-padded at the end to ``shape``).
 
-    On the CPU this dispatches to ``scipy.fft`` with one worker per torch thread, several times faster than
+    On the CPU this dispatches to ``scipy.fft`` (pocketfft) with one worker per torch thread, faster than
     ``torch.fft`` there (see ``scripts/bench_template_matching.py``); not differentiable on that path.
     """
-    if volume.device.type == "cpu" and not volume.requires_grad:
+    if _scipy_path(volume):
         spectrum = scipy.fft.rfftn(volume.numpy(), s=shape, axes=_DIMS, workers=torch.get_num_threads())
         return torch.from_numpy(spectrum)
     return torch.fft.rfftn(volume, s=shape, dim=_DIMS)
 
 
-def _irfftn(spectrum: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Inverse of :func:`_rfftn` to a real volume of the last three axes ``shape``."""
-    if spectrum.device.type == "cpu" and not spectrum.requires_grad:
-        volume = scipy.fft.irfftn(spectrum.numpy(), s=shape, axes=_DIMS, workers=torch.get_num_threads())
+def _irfftn(spectrum: torch.Tensor, shape: tuple[int, int, int], *, overwrite: bool = False) -> torch.Tensor:
+    """Inverse of :func:`_rfftn` to a real volume of the last three axes ``shape``.
+
+    ``overwrite``: the input spectrum may be destroyed (saves a copy on the ``scipy.fft`` path).
+    """
+    if _scipy_path(spectrum):
+        volume = scipy.fft.irfftn(
+            spectrum.numpy(), s=shape, axes=_DIMS, workers=torch.get_num_threads(), overwrite_x=overwrite
+        )
         return torch.from_numpy(volume)
     return torch.fft.irfftn(spectrum, s=shape, dim=_DIMS)
+
+
+def padded_rfftn(small: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """``rfftn`` of ``small`` ``(..., a, b, c)`` zero-padded at the end to ``shape`` ``(Z, Y, X)``.
+
+    A pruned transform: the 1-D FFTs of lines that are all zero are skipped (``rfft`` along X of the
+    ``a · b`` lines of the box only, then FFT along Y of ``a`` planes, then along Z), about a third of the
+    cost of a full ``rfftn`` for a small box in a large volume. Equals ``torch.fft.rfftn(small, s=shape)``.
+
+    Returns:
+        ``(..., Z, Y, X // 2 + 1)`` complex spectrum (``rfftn`` layout, not centred), device of ``small``.
+    """
+    if _scipy_path(small):
+        workers = torch.get_num_threads()
+        spectrum = scipy.fft.rfft(small.numpy(), n=shape[2], axis=-1, workers=workers)
+        spectrum = scipy.fft.fft(spectrum, n=shape[1], axis=-2, workers=workers, overwrite_x=True)
+        spectrum = scipy.fft.fft(spectrum, n=shape[0], axis=-3, workers=workers, overwrite_x=True)
+        return torch.from_numpy(spectrum)
+    spectrum = torch.fft.rfft(small, n=shape[2], dim=-1)
+    spectrum = torch.fft.fft(spectrum, n=shape[1], dim=-2)
+    return torch.fft.fft(spectrum, n=shape[0], dim=-3)
 
 
 def _normalise_under_mask(templates: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -174,10 +212,22 @@ def _local_std(
     shape: tuple[int, int, int],
 ) -> torch.Tensor:
     """σ of the tomogram under the mask placed at every voxel (index = mask corner; rolled later)."""
-    local_mean = _irfftn(tomogram_spectrum * mask_spectrum.conj(), shape) / count
-    local_square = _irfftn(squared_spectrum * mask_spectrum.conj(), shape) / count
+    conjugate = mask_spectrum.conj()
+    local_mean = _irfftn(tomogram_spectrum * conjugate, shape, overwrite=True) / count
+    local_square = _irfftn(squared_spectrum * conjugate, shape, overwrite=True) / count
     variance = torch.clamp(local_square - local_mean.square(), min=0.0)
     return torch.sqrt(variance)
+
+
+def _correlate(spectrum: torch.Tensor, references: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Circular cross-correlation ``(B, Z, Y, X)`` of the tomogram (its ``spectrum``) with small references.
+
+    ``references`` ``(B, t, t, t)``; index ``p`` of the result is ``Σ_y f(p + y) r(y)`` (reference corner at
+    ``p``). Per reference: one pruned forward FFT, one in-place conjugate product, one inverse FFT.
+    """
+    product = padded_rfftn(references, shape).conj_physical_()
+    product.mul_(spectrum)
+    return _irfftn(product, shape, overwrite=True)
 
 
 def match_template(
@@ -243,36 +293,35 @@ def match_template(
     spectrum = _rfftn(data)
     squared_spectrum = _rfftn(data.square())
 
+    # A mask that is rotation-invariant (the default sphere centred in the box) has the same local statistics
+    # of the tomogram for every rotation: they are computed once and the division by n σ_M(p) is done once,
+    # after the maximum over rotations (σ_M does not depend on the rotation, so the arg-max is unchanged).
+    # Any other mask is rotated with the template and its statistics are computed per rotation.
     spherical = mask is None
     if mask is None:
         mask = sphere_mask((size,) * 3, radius_voxels=size / 2, device=device, dtype=dtype)
     mask = mask.to(device=device, dtype=dtype)
     if spherical:
-        mask_spectrum = _rfftn(mask, shape)
-        std_map = _local_std(spectrum, squared_spectrum, mask_spectrum, mask.sum(), shape)
+        std_map = _local_std(spectrum, squared_spectrum, padded_rfftn(mask, shape), mask.sum(), shape)
         std_floor = std_map.max() * 1e-4
 
     best_score = torch.full(shape, -math.inf, device=device, dtype=dtype)
-    best_index = torch.zeros(shape, device=device, dtype=torch.int64)
+    best_index = torch.zeros(shape, device=device, dtype=torch.int32)
     for start in range(0, rotations.shape[0], rotation_batch):
         batch = rotations[start : start + rotation_batch].to(device=device, dtype=dtype)
         rotated = rotate_volume(template[None], batch)
         filtered = _irfftn(_rfftn(rotated) * kernel, (size,) * 3)
         rotated_masks = mask[None].expand_as(filtered) if spherical else rotate_volume(mask[None], batch)
-        normalised = _normalise_under_mask(filtered, rotated_masks)
-        correlation = _irfftn(spectrum * _rfftn(normalised, shape).conj(), shape)
-        if spherical:
-            # The denominator n σ_M(p) is the same for every rotation: divide once, after the maximum.
-            scores = correlation
-        else:
-            mask_spectra = _rfftn(rotated_masks, shape)
+        scores = _correlate(spectrum, _normalise_under_mask(filtered, rotated_masks), shape)
+        if not spherical:
+            mask_spectra = padded_rfftn(rotated_masks, shape)
             counts = rotated_masks.sum(dim=_DIMS).reshape(-1, 1, 1, 1)
             local = _local_std(spectrum, squared_spectrum, mask_spectra, counts, shape)
-            scores = correlation / (counts * torch.clamp(local, min=local.amax() * 1e-4))
-        batch_best, batch_index = scores.max(dim=0)
-        better = batch_best > best_score
-        best_score = torch.maximum(batch_best, best_score)
-        best_index = torch.where(better, batch_index + start, best_index)
+            scores = scores / (counts * torch.clamp(local, min=local.amax() * 1e-4))
+        for offset, score in enumerate(scores):
+            better = score > best_score
+            best_score = torch.maximum(best_score, score, out=best_score)
+            best_index.masked_fill_(better, start + offset)
         if progress is not None:
             progress(min(start + rotation_batch, rotations.shape[0]))
     if spherical:
@@ -280,5 +329,89 @@ def match_template(
     # Index 0 of the circular correlation is the template's corner on voxel 0: roll so that it is its centre.
     centre = size // 2
     best_score = torch.roll(best_score, shifts=(centre,) * 3, dims=_DIMS)
-    best_index = torch.roll(best_index, shifts=(centre,) * 3, dims=_DIMS)
+    best_index = torch.roll(best_index.long(), shifts=(centre,) * 3, dims=_DIMS)
     return best_score, best_index
+
+
+def calibrate_scores(score: torch.Tensor) -> torch.Tensor:
+    """A score map as z-scores against its own null distribution: ``(score − median) / (1.4826 · MAD)``.
+
+    Particles occupy a small fraction of a score map, so its robust mean and standard deviation
+    (:func:`aitom.ops.peaks.robust_mean_std`) are those of the scores where no particle is: after
+    calibration a value is "so many noise standard deviations above background" for every template alike,
+    whereas raw FLCF values of different templates are not comparable (the spread of a template's score in
+    noise shrinks with the number of independent voxels under its mask).
+
+    Args:
+        score: score map, any shape and device.
+
+    Returns:
+        Calibrated map, same shape, dtype and device.
+
+    Raises:
+        InputError: the map is constant in its bulk (zero robust spread).
+    """
+    median, spread = robust_mean_std(score)
+    if not spread > 0:
+        raise InputError("the score map has zero spread: cannot calibrate it")
+    return (score - median) / spread
+
+
+def match_templates(
+    tomogram: torch.Tensor,
+    templates: Sequence[torch.Tensor],
+    rotations: torch.Tensor,
+    *,
+    masks: Sequence[torch.Tensor | None] | None = None,
+    template_filter: TemplateFilter | None = None,
+    whiten: bool = False,
+    rotation_batch: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multi-template matching: which template explains each voxel best, on a calibrated score.
+
+    Each template is matched with :func:`match_template`; its best-over-rotations FLCF map is calibrated by
+    its own null distribution (:func:`calibrate_scores`, a z-score), and every voxel takes the template with
+    the highest calibrated score (voxel-wise arg-max). Peaks of the result, with one shared non-maximum
+    suppression, then carry the class of the template that explains them best.
+
+    Args:
+        tomogram: ``(Z, Y, X)`` real tensor, any device.
+        templates: ``K`` cubic templates ``(t_k, t_k, t_k)`` (sizes may differ), protein bright.
+        rotations: ``(R, 3, 3)`` rotation grid shared by all templates.
+        masks: per template a footprint mask of its shape, or None (default sphere of the box).
+        template_filter, whiten, rotation_batch: as :func:`match_template`.
+        progress: called with the number of (template, rotation) pairs done so far.
+
+    Returns:
+        ``(score, template_index, rotation_index)``: ``(Z, Y, X)`` best calibrated score, and ``(Z, Y, X)``
+        int64 indices into ``templates`` and ``rotations``, on the tomogram's device.
+    """
+    if len(templates) == 0:
+        raise InputError("no template given")
+    masks = [None] * len(templates) if masks is None else list(masks)
+    if len(masks) != len(templates):
+        raise ValueError(f"{len(masks)} masks for {len(templates)} templates")
+    best_score = best_template = best_rotation = None
+    for number, (template, mask) in enumerate(zip(templates, masks)):
+        done = number * rotations.shape[0]
+        score, rotation_index = match_template(
+            tomogram,
+            template,
+            rotations,
+            mask=mask,
+            template_filter=template_filter,
+            whiten=whiten,
+            rotation_batch=rotation_batch,
+            progress=None if progress is None else (lambda count, done=done: progress(done + count)),
+        )
+        score = calibrate_scores(score)
+        if best_score is None:
+            best_score, best_rotation = score, rotation_index
+            best_template = torch.zeros_like(rotation_index)
+            continue
+        better = score > best_score
+        best_score = torch.where(better, score, best_score)
+        best_template = best_template.masked_fill(better, number)
+        best_rotation = torch.where(better, rotation_index, best_rotation)
+    return best_score, best_template, best_rotation

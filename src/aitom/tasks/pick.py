@@ -28,7 +28,8 @@ from aitom.io import open_volume_mmap, particles_table, read_volume, write_parti
 from aitom.ops.dog_picking import dog_pick
 from aitom.ops.peaks import false_alarm_threshold, non_maximum_suppression, peak_local_max
 from aitom.ops.saliency import saliency_pick
-from aitom.ops.template_matching import TemplateFilter, match_template
+from aitom.ops.template_matching import TemplateFilter, match_template, match_templates
+from aitom.tasks.classify import DATASET_ORDER_KEY, gather_from_ranks
 
 __all__ = [
     "DoGPicker",
@@ -101,8 +102,16 @@ def _threshold(
 class TemplateMatchingPicker(_Picker):
     """FLCF template matching over an SO(3) grid (:func:`aitom.ops.template_matching.match_template`).
 
+    With several templates (one per class), each template's score map is calibrated by its own null
+    distribution (a z-score) and every voxel takes the template with the highest calibrated score
+    (:func:`aitom.ops.template_matching.match_templates`); picks then go through one shared non-maximum
+    suppression in which a pick suppresses weaker picks within the larger of the two templates' radii (half
+    their boxes), so a small template firing inside a large particle loses to the large template. Scores
+    (and ``threshold_abs``) are then z-scores; with one template they are raw FLCF values in ``[−1, 1]``.
+
     Args:
-        template: path of the template (MRC, protein bright, cubic; same voxel size as the tomograms).
+        template: path of the template, or a list of paths, one per class (MRC, protein bright, cubic; same
+            voxel size as the tomograms; boxes may differ).
         angular_step_deg: covering radius of the rotation grid, degrees, in ``(0, 180]``.
         tilt_range_deg: tilt range ``(min, max)`` of the tomograms (missing wedge applied to the template);
             None: no wedge.
@@ -111,17 +120,21 @@ class TemplateMatchingPicker(_Picker):
         whiten: spectral whitening of each tile and of the template.
         mask_radius_voxels: radius of the spherical footprint mask; default half the template box.
         rotation_batch: rotations correlated at once.
-        min_distance: minimal distance between picks, voxels; default half the template box.
+        min_distance: minimal distance between picks, voxels; default half the (smallest) template box.
         false_alarm_rate: threshold from the score map's robust Gaussian tail, per voxel (default 1e-4).
-        threshold_abs: absolute score threshold (overrides the false-alarm rate).
+        threshold_abs: absolute score threshold (overrides the false-alarm rates).
         num_peaks: at most this many picks per tile.
-        class_number: ``rlnClassNumber`` of the picks (1-based).
+        peak_false_alarm_rate: when set, the threshold comes instead from the robust Gaussian tail of the
+            values of the local maxima (after non-maximum suppression), per peak (e.g. 1e-2): in a crowded
+            tomogram the voxel scores are not Gaussian in the tail (partial fits to neighbouring particles),
+            whereas the bulk of the peaks are noise peaks and the particles stand out above them.
+        class_number: ``rlnClassNumber`` of the picks (1-based), one per template; default 1, 2, ...
         keep_maps: return the score and rotation-index maps of every tile (for :class:`PickWriter` maps).
     """
 
     def __init__(
         self,
-        template: str,
+        template: str | list[str],
         angular_step_deg: float = 30.0,
         tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0),
         defocus_um: float | None = None,
@@ -135,15 +148,28 @@ class TemplateMatchingPicker(_Picker):
         false_alarm_rate: float | None = 1e-4,
         threshold_abs: float | None = None,
         num_peaks: int | None = None,
-        class_number: int = 1,
+        peak_false_alarm_rate: float | None = None,
+        class_number: int | list[int] | None = None,
         keep_maps: bool = False,
     ) -> None:
-        reference, header = read_volume(template)
-        size = int(reference.shape[0])
-        super().__init__(max(1, size // 2) if min_distance is None else min_distance)
+        paths = [template] if isinstance(template, str) else list(template)
+        if not paths:
+            raise InputError("no template given")
+        references = [read_volume(path) for path in paths]
+        header = references[0][1]
+        sizes = [int(reference.shape[0]) for reference, _ in references]
+        super().__init__(max(1, min(sizes) // 2) if min_distance is None else min_distance)
         self.save_hyperparameters()
-        if class_number < 1:
-            raise InputError(f"class number is 1-based, got {class_number}")
+        if class_number is None:
+            class_number = list(range(1, len(paths) + 1))
+        classes = [class_number] if isinstance(class_number, int) else list(class_number)
+        if len(classes) != len(paths):
+            raise InputError(f"{len(classes)} class numbers for {len(paths)} templates")
+        if peak_false_alarm_rate is not None and not 0 < peak_false_alarm_rate < 1:
+            raise InputError(f"peak false-alarm rate must be in (0, 1), got {peak_false_alarm_rate}")
+        if min(classes) < 1:
+            raise InputError(f"class numbers are 1-based, got {classes}")
+        self.class_numbers = classes
         self.template_filter = TemplateFilter(
             tilt_range_deg=None if tilt_range_deg is None else tuple(tilt_range_deg),
             voxel_size_a=header.voxel_size_a[0],
@@ -152,10 +178,24 @@ class TemplateMatchingPicker(_Picker):
             cs_mm=cs_mm,
             amplitude_contrast=amplitude_contrast,
         )
-        self.register_buffer("template", reference)
+        for number, ((reference, _), size) in enumerate(zip(references, sizes)):
+            self.register_buffer(f"template_{number}", reference)
+            radius = size / 2 if mask_radius_voxels is None else mask_radius_voxels
+            self.register_buffer(f"mask_{number}", sphere_mask((size,) * 3, radius_voxels=radius))
         self.register_buffer("rotations", so3_grid(angular_step_deg))
-        radius = size / 2 if mask_radius_voxels is None else mask_radius_voxels
-        self.register_buffer("mask", sphere_mask((size,) * 3, radius_voxels=radius))
+        self.register_buffer("suppression_radii", torch.tensor([size / 2 for size in sizes]))
+
+    @property
+    def templates(self) -> list[torch.Tensor]:
+        """The templates, one per class, on the module's device."""
+        return [getattr(self, f"template_{number}") for number in range(len(self.class_numbers))]
+
+    @property
+    def masks(self) -> list[torch.Tensor | None]:
+        """Footprint masks (None: the default sphere of the box, rotation-invariant)."""
+        if self.hparams.mask_radius_voxels is None:
+            return [None] * len(self.class_numbers)
+        return [getattr(self, f"mask_{number}") for number in range(len(self.class_numbers))]
 
     def rotation_angles_deg(self) -> torch.Tensor:
         """``(R, 3)`` RELION angles (degrees) of the rotation grid, row = rotation index."""
@@ -163,31 +203,59 @@ class TemplateMatchingPicker(_Picker):
 
     def pick_tile(self, tile: torch.Tensor) -> dict[str, torch.Tensor]:
         hp = self.hparams
-        score, index = match_template(
-            tile,
-            self.template,
-            self.rotations,
-            mask=None if hp.mask_radius_voxels is None else self.mask,
-            template_filter=self.template_filter,
-            whiten=hp.whiten,
-            rotation_batch=hp.rotation_batch,
-        )
+        if len(self.class_numbers) == 1:
+            score, index = match_template(
+                tile,
+                self.templates[0],
+                self.rotations,
+                mask=self.masks[0],
+                template_filter=self.template_filter,
+                whiten=hp.whiten,
+                rotation_batch=hp.rotation_batch,
+            )
+            template_index = torch.zeros_like(index)
+        else:
+            score, template_index, index = match_templates(
+                tile,
+                self.templates,
+                self.rotations,
+                masks=self.masks,
+                template_filter=self.template_filter,
+                whiten=hp.whiten,
+                rotation_batch=hp.rotation_batch,
+            )
+        by_peaks = hp.peak_false_alarm_rate is not None and hp.threshold_abs is None
+        # Peak-tail threshold: candidates from a finer search, so that the (many) noise peaks dominate the
+        # statistics of the peak values whatever the particle density; the NMS below restores the spacing.
         coordinates, values = peak_local_max(
             score,
-            min_distance=self.min_distance,
-            threshold_abs=_threshold(score, hp.threshold_abs, hp.false_alarm_rate),
-            num_peaks=hp.num_peaks,
+            min_distance=max(1, self.min_distance // 3) if by_peaks else self.min_distance,
+            threshold_abs=None if by_peaks else _threshold(score, hp.threshold_abs, hp.false_alarm_rate),
+            num_peaks=None if by_peaks else hp.num_peaks,
             # No border exclusion: the tile cores drop the unreliable rims at faces shared with neighbours
             # (overlap >= template box); at the tomogram's own faces the wrapped scores are kept.
             exclude_border=False,
         )
+        which = template_index[tuple(coordinates.T)]
+        if len(self.class_numbers) > 1 or by_peaks:
+            radii = self.suppression_radii[which] if len(self.class_numbers) > 1 else None
+            distance = float(self.min_distance)
+            kept = non_maximum_suppression(coordinates.double(), values, distance, radii=radii)
+            coordinates, values, which = coordinates[kept], values[kept], which[kept]
+        if by_peaks and len(values):
+            # Most local maxima of a score map are noise peaks: their robust tail sets the threshold.
+            kept = values > false_alarm_threshold(values, hp.peak_false_alarm_rate)
+            coordinates, values, which = coordinates[kept], values[kept], which[kept]
+            if hp.num_peaks is not None:
+                coordinates, values, which = (x[: hp.num_peaks] for x in (coordinates, values, which))
         rotation_index = index[tuple(coordinates.T)]
         angles = matrix_to_relion_angles(self.rotations[rotation_index].double()).to(values.dtype)
+        classes = torch.tensor(self.class_numbers, device=which.device)
         picks = {
             "coordinates_zyx": coordinates,
             "scores": values,
             "angles_deg": angles,
-            "class_number": torch.full_like(values, hp.class_number, dtype=torch.int64),
+            "class_number": classes[which],
         }
         if hp.keep_maps:
             picks.update(score_map=score, rotation_index_map=index)
@@ -274,6 +342,9 @@ class SaliencyPicker(_Picker):
 class PickWriter(BasePredictionWriter):
     """Merge the tiles' picks of every tomogram and write them to one STAR table.
 
+    With several processes (DDP), the tiles of every rank are gathered and rank 0 merges and writes them,
+    so the files are those of a single process.
+
     Args:
         output_path: STAR file. With template matching and ``write_maps``, also ``<stem>_<tomo>_scores.mrc``
             (best FLCF score), ``<stem>_<tomo>_rotation_index.mrc`` (row of the rotation table, as float) and
@@ -297,17 +368,9 @@ class PickWriter(BasePredictionWriter):
         self.write_maps = write_maps
         self._tiles: list[dict[str, Any]] = []
 
-    def _rank_path(self, trainer: Trainer, path: Path) -> Path:
-        return (
-            path
-            if trainer.world_size == 1
-            else path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        )
-
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        path = self._rank_path(trainer, self.output_path)
-        if path.exists() and not self.overwrite:
-            raise InputError("exists; pass --overwrite to replace it", path)
+        if self.output_path.exists() and not self.overwrite:
+            raise InputError("exists; pass --overwrite to replace it", self.output_path)
         self._tiles = []
 
     def write_on_batch_end(
@@ -320,19 +383,30 @@ class PickWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        self._tiles.extend(prediction)
+        indices = [None] * len(prediction) if batch_indices is None else list(batch_indices)
+        # each tile's place in the data set: the order of a single process, restored after gathering
+        self._tiles.extend({**tile, DATASET_ORDER_KEY: index} for tile, index in zip(prediction, indices))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        tiles, self._tiles = self._tiles, []
+        """Gather the tiles of every rank (DDP); rank 0 merges them and writes the files."""
+        tiles = [tile for part in gather_from_ranks(trainer, self._tiles) for tile in part]
+        self._tiles = []
+        if all(tile[DATASET_ORDER_KEY] is not None for tile in tiles):
+            tiles.sort(key=lambda tile: tile[DATASET_ORDER_KEY])
+        if trainer.is_global_zero:
+            self._write(tiles, pl_module)
+        trainer.strategy.barrier("pick_writer")
+
+    def _write(self, tiles: list[dict[str, Any]], pl_module: LightningModule) -> None:
         tables = []
         for tomogram in dict.fromkeys(tile["tomogram"] for tile in tiles):
             of_tomogram = [tile for tile in tiles if tile["tomogram"] == tomogram]
             shape = tuple(int(n) for n in open_volume_mmap(tomogram)[0].shape)
             tables.append(self._merge(of_tomogram, shape, Path(tomogram).stem, pl_module))
             if self.write_maps and "score_map" in of_tomogram[0]:
-                self._write_maps(trainer, of_tomogram, shape, tomogram)
+                self._write_maps(of_tomogram, shape, tomogram)
         table = pd.concat(tables, ignore_index=True) if tables else particles_table(np.zeros((0, 3)))
-        write_particles(self._rank_path(trainer, self.output_path), table, overwrite=self.overwrite)
+        write_particles(self.output_path, table, overwrite=self.overwrite)
         if self.write_maps and isinstance(pl_module, TemplateMatchingPicker):
             angles = pl_module.rotation_angles_deg().numpy()
             rotations = pd.DataFrame(
@@ -344,7 +418,7 @@ class PickWriter(BasePredictionWriter):
                 }
             )
             path = self.output_path.with_name(f"{self.output_path.stem}_rotations.star")
-            write_particles(self._rank_path(trainer, path), rotations, overwrite=self.overwrite)
+            write_particles(path, rotations, overwrite=self.overwrite)
 
     def _merge(
         self, tiles: list[dict[str, Any]], shape: tuple[int, int, int], name: str, pl_module: LightningModule
@@ -370,9 +444,7 @@ class PickWriter(BasePredictionWriter):
             tomo_name=name,
         )
 
-    def _write_maps(
-        self, trainer: Trainer, tiles: list[dict[str, Any]], shape: tuple[int, int, int], tomogram: str
-    ) -> None:
+    def _write_maps(self, tiles: list[dict[str, Any]], shape: tuple[int, int, int], tomogram: str) -> None:
         score = np.zeros(shape, dtype=np.float32)
         index = np.zeros(shape, dtype=np.float32)
         for tile in tiles:
@@ -389,5 +461,5 @@ class PickWriter(BasePredictionWriter):
         voxel_size = open_volume_mmap(tomogram)[1].voxel_size_a
         stem = f"{self.output_path.stem}_{Path(tomogram).stem}"
         for suffix, volume in (("scores", score), ("rotation_index", index)):
-            path = self._rank_path(trainer, self.output_path.with_name(f"{stem}_{suffix}.mrc"))
+            path = self.output_path.with_name(f"{stem}_{suffix}.mrc")
             write_volume(path, volume, voxel_size, overwrite=self.overwrite)
