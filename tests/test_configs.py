@@ -8,7 +8,9 @@ import pytest
 
 from aitom.cli import main
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIG_FOLDER = Path(__file__).resolve().parent.parent / "configs"
+#: LightningCLI configs (``aitom fit --config``); configs/pipeline.yaml belongs to ``aitom pipeline``
+CONFIGS = sorted(path for path in CONFIG_FOLDER.glob("*.yaml") if "\nmodel:" in path.read_text())
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.stem)
@@ -31,7 +33,7 @@ def test_config_runs_one_batch(config, tmp_path, monkeypatch):
 
 
 DATA_CONFIGS = Path(__file__).resolve().parent.parent / "datamodules"
-CLASSIFIER_CONFIG = CONFIGS[0].parent / "classify_rb3d.yaml"
+CLASSIFIER_CONFIG = CONFIG_FOLDER / "classify_rb3d.yaml"
 
 
 def test_simulated_data_config_swaps_in(tmp_path, monkeypatch):

@@ -20,8 +20,13 @@ TOOL_COMMANDS: dict[str, str] = {
     "filter": "aitom.commands.filter",
     "estimate": "aitom.commands.estimate",
     "pick": "aitom.commands.pick",
+    "extract": "aitom.commands.extract",
     "align": "aitom.commands.align",
     "average": "aitom.commands.average",
+    "reconstruct": "aitom.commands.reconstruct",
+    "convert": "aitom.commands.convert",
+    "hand": "aitom.commands.hand",
+    "pipeline": "aitom.commands.pipeline",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

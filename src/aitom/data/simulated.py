@@ -9,8 +9,12 @@ is batched.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aitom.data.splits import SplitDataModule
 from aitom.errors import InputError
@@ -24,6 +28,8 @@ from aitom.simulate import (
 )
 
 SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "predict": 3}
+#: extra entropy word of the labelled-flag stream, so that it is independent of every item generator
+LABELLED_STREAM = 0x1ABE11ED
 
 
 def item_generator(seed: int, split: str, index: int) -> torch.Generator:
@@ -31,10 +37,78 @@ def item_generator(seed: int, split: str, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 4 + SPLIT_OFFSETS[split]) * 1_000_003 + index)
 
 
+def labelled_flags(seed: int, indices: list[int], labelled_fraction: float) -> torch.Tensor:
+    """``(N,)`` bool: whether training item ``indices[i]`` may use its label, for a semi-supervised run.
+
+    Each flag is ``u < labelled_fraction`` with ``u`` uniform in [0, 1) from a NumPy generator seeded with
+    ``(seed, index, LABELLED_STREAM)``: a pure function of (seed, index), independent of the item's class,
+    pose and noise, and the same under any batching. About ``labelled_fraction`` of the items are labelled.
+    """
+    if not 0.0 < labelled_fraction <= 1.0:
+        raise InputError(f"labelled_fraction must be in (0, 1], got {labelled_fraction}")
+    uniforms = [np.random.default_rng((seed, index, LABELLED_STREAM)).random() for index in indices]
+    return torch.tensor(uniforms, dtype=torch.float64) < labelled_fraction
+
+
+class LabelledShareBatchSampler(Sampler[list[int]]):
+    """Batches of ``batch_size`` indices of which a fixed number are labelled items (semi-supervised runs).
+
+    Each batch holds ``labelled_per_batch`` indices drawn uniformly WITH replacement from
+    ``labelled_indices``, followed by ``batch_size - labelled_per_batch`` indices taken in order from a
+    random permutation of all ``size`` items (labelled or not; a further permutation is appended when one
+    runs out). An epoch has ``ceil(size / batch_size)`` full batches, as many steps as an ordinary shuffled
+    epoch. The batches of an epoch are a pure function of ``(seed, epoch)``; each pass over the sampler is
+    the next epoch (0, 1, 2, ... from construction), or the one :meth:`set_epoch` chose.
+
+    Args:
+        labelled_indices: indices of the labelled items, at least one.
+        size: number of items (indices ``0 .. size - 1``).
+        batch_size: indices per batch.
+        labelled_per_batch: labelled draws per batch, in ``[1, batch_size]``.
+        seed: seed of the draws.
+    """
+
+    def __init__(
+        self, labelled_indices: Sequence[int], size: int, batch_size: int, labelled_per_batch: int, seed: int
+    ) -> None:
+        if len(labelled_indices) == 0:
+            raise InputError("no labelled training item: raise labelled_fraction or train_size")
+        if not 1 <= labelled_per_batch <= batch_size:
+            raise ValueError(f"labelled_per_batch must be in [1, {batch_size}], got {labelled_per_batch}")
+        self.labelled_indices = torch.as_tensor(list(labelled_indices), dtype=torch.int64)
+        self.size = size
+        self.batch_size = batch_size
+        self.labelled_per_batch = labelled_per_batch
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass yield the batches of epoch ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        n_batches, n_any = len(self), self.batch_size - self.labelled_per_batch
+        draws = torch.randint(
+            len(self.labelled_indices), (n_batches, self.labelled_per_batch), generator=generator
+        )
+        labelled = self.labelled_indices[draws]
+        n_permutations = max(1, math.ceil(n_batches * n_any / self.size))
+        any_item = torch.cat([torch.randperm(self.size, generator=generator) for _ in range(n_permutations)])
+        any_item = any_item[: n_batches * n_any].reshape(n_batches, n_any)
+        for batch in torch.cat([labelled, any_item], dim=1):
+            yield batch.tolist()
+
+
 class SimulatedSubtomogramDataset(Dataset):
     """``size`` subtomograms of the library classes, each decided by (seed, split, index).
 
-    Items: ``{"volume": (1,S,S,S), "label": 0-based class, "index", "rotation": (3,3) A, "shift_xyz": (3,)}``.
+    Items: ``{"volume": (1,S,S,S), "label": 0-based class, "index", "rotation": (3,3) A, "shift_xyz": (3,)}``,
+    plus ``"labelled"`` (bool, see :func:`labelled_flags`) when ``labelled_fraction`` is given.
 
     Args:
         class_maps: ``(C, S, S, S)`` potentials of the classes, centre of mass at voxel ``S // 2``.
@@ -46,6 +120,8 @@ class SimulatedSubtomogramDataset(Dataset):
         tilt_range_deg: ``(min, max)`` tilt range of the missing wedge, degrees.
         ctf: CTF parameters (None: no CTF).
         max_shift_voxels: particles are shifted uniformly within a ball of this radius, voxels.
+        labelled_fraction: when given, each item carries ``"labelled"``, True for about this fraction of
+            the items (decided by ``(seed, index)`` alone); None: no ``"labelled"`` key.
     """
 
     def __init__(
@@ -59,7 +135,10 @@ class SimulatedSubtomogramDataset(Dataset):
         tilt_range_deg: tuple[float, float],
         ctf: CtfConfig | None,
         max_shift_voxels: float,
+        labelled_fraction: float | None = None,
     ) -> None:
+        if labelled_fraction is not None and not 0.0 < labelled_fraction <= 1.0:
+            raise InputError(f"labelled_fraction must be in (0, 1], got {labelled_fraction}")
         self.class_maps = class_maps
         self.size = size
         self.split = split
@@ -69,6 +148,7 @@ class SimulatedSubtomogramDataset(Dataset):
         self.tilt_range_deg = tilt_range_deg
         self.ctf = ctf
         self.max_shift_voxels = max_shift_voxels
+        self.labelled_fraction = labelled_fraction
 
     def __len__(self) -> int:
         return self.size
@@ -101,7 +181,7 @@ class SimulatedSubtomogramDataset(Dataset):
             ctf=self.ctf,
             white_noise=torch.cat(noises),
         )
-        return [
+        items = [
             {
                 "volume": volumes[i : i + 1],
                 "label": label[i],
@@ -111,6 +191,10 @@ class SimulatedSubtomogramDataset(Dataset):
             }
             for i, index in enumerate(indices)
         ]
+        if self.labelled_fraction is not None:
+            for item, flag in zip(items, labelled_flags(self.seed, indices, self.labelled_fraction)):
+                item["labelled"] = flag
+        return items
 
     def angles_deg(self, index: int) -> torch.Tensor:
         """The true ZYZ (rot, tilt, psi) of item ``index``, degrees (RELION's convention)."""
@@ -132,6 +216,13 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
         batch_size: subtomograms per batch.
         num_workers: DataLoader worker processes.
         seed: base seed of every split.
+        labelled_fraction: fraction of the TRAIN items whose label may be used (semi-supervised learning),
+            in (0, 1]. Every item then carries ``"labelled"`` (bool): decided by ``(seed, index)`` for the
+            train split (:func:`labelled_flags`), True for val, test and predict items.
+        labelled_batch_fraction: with ``labelled_fraction < 1``, the share of every training batch drawn
+            (with replacement) from the labelled items, the rest from all items
+            (:class:`LabelledShareBatchSampler`; ``round(labelled_batch_fraction * batch_size)`` items, at
+            least one); None: plain shuffled batches.
     """
 
     def __init__(
@@ -151,6 +242,8 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        labelled_fraction: float = 1.0,
+        labelled_batch_fraction: float | None = None,
     ) -> None:
         super().__init__()
         unknown = [name for name in classes if name not in available_classes()]
@@ -164,6 +257,10 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
             raise InputError(f"snr must be positive, got {snr}")
         if box_size_voxels < 8:
             raise InputError(f"box_size_voxels must be at least 8, got {box_size_voxels}")
+        if not 0.0 < labelled_fraction <= 1.0:
+            raise InputError(f"labelled_fraction must be in (0, 1], got {labelled_fraction}")
+        if labelled_batch_fraction is not None and not 0.0 < labelled_batch_fraction <= 1.0:
+            raise InputError(f"labelled_batch_fraction must be in (0, 1], got {labelled_batch_fraction}")
         self.save_hyperparameters()
         self.class_names = list(classes)
         self.num_classes = len(classes)
@@ -193,4 +290,27 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
                 (hp.tilt_min_deg, hp.tilt_max_deg),
                 ctf,
                 hp.max_shift_voxels,
+                hp.labelled_fraction if split == "train" else 1.0,
             )
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        if hp.labelled_batch_fraction is None or hp.labelled_fraction >= 1.0:
+            return super().train_dataloader()
+        if "train" not in self.datasets:
+            raise InputError("no data given for the train split")
+        size = self.datasets["train"].size
+        flags = labelled_flags(hp.seed, list(range(size)), hp.labelled_fraction)
+        sampler = LabelledShareBatchSampler(
+            torch.nonzero(flags).flatten().tolist(),
+            size,
+            hp.batch_size,
+            min(hp.batch_size, max(1, round(hp.labelled_batch_fraction * hp.batch_size))),
+            hp.seed,
+        )
+        return DataLoader(
+            self.datasets["train"],
+            batch_sampler=sampler,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+        )

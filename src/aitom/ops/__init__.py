@@ -41,10 +41,36 @@ from aitom.ops.diffusion import (
     symmetric_eigen3,
 )
 from aitom.ops.dog_picking import dog_pick, dog_response
+from aitom.ops.extraction import box_bounds, extract_subvolumes
 from aitom.ops.faml import FamlResult, faml_average
 from aitom.ops.filters import bandpass_filter, difference_of_gaussians, gaussian_filter3d, gaussian_kernel1d
+from aitom.ops.handedness import (
+    hand_check,
+    known_pose_average,
+    masked_correlation,
+    mirror_volume,
+    superpose_map,
+)
+from aitom.ops.open_set import (
+    auroc,
+    centralization_loss,
+    cluster_purity,
+    cosine_similarities,
+    large_margin_cosine_logits,
+    open_set_scores,
+    soft_margin,
+)
 from aitom.ops.peaks import false_alarm_threshold, non_maximum_suppression, peak_local_max, robust_mean_std
 from aitom.ops.pick_evaluation import evaluate_picks, match_picks, orientation_errors_deg, precision_recall_f1
+from aitom.ops.pose_normalisation import pose_normalise
+from aitom.ops.reconstruction import (
+    RECONSTRUCTION_MODES,
+    FourierSums,
+    finish_reconstruction,
+    insert_for_reconstruction,
+    insert_tilt_images,
+    reconstruct_subtomogram,
+)
 from aitom.ops.saliency import (
     robust_pca,
     saliency_map,
@@ -56,27 +82,38 @@ from aitom.ops.saliency import (
 from aitom.ops.snr import pair_correlations, snr_from_cc, snr_from_pairs, ssnr_from_pairs
 from aitom.ops.template_matching import (
     TemplateFilter,
+    calibrate_scores,
     match_template,
+    match_templates,
+    padded_rfftn,
     spectral_whitening_filter,
     template_filter_kernel,
 )
 from aitom.ops.wedge_estimation import estimate_missing_wedge, wedge_angle_profile
 
 __all__ = [
+    "RECONSTRUCTION_MODES",
     "Alignment",
     "AveragingResult",
     "ClassificationResult",
     "FamlResult",
+    "FourierSums",
     "TemplateFilter",
     "adjusted_rand_index",
     "align_subtomograms",
     "align_to_reference_frame",
     "anisotropic_diffusion",
     "anisotropic_diffusion_tiled",
+    "auroc",
     "bandpass_filter",
+    "box_bounds",
+    "calibrate_scores",
+    "centralization_loss",
     "classify_and_average",
+    "cluster_purity",
     "constrained_correlation",
     "constrained_correlation_map",
+    "cosine_similarities",
     "difference_of_gaussians",
     "diffusion_contrast_k",
     "diffusion_halo_voxels",
@@ -85,20 +122,34 @@ __all__ = [
     "dog_response",
     "estimate_missing_wedge",
     "evaluate_picks",
+    "extract_subvolumes",
     "false_alarm_threshold",
     "faml_average",
+    "finish_reconstruction",
     "gaussian_filter3d",
     "gaussian_kernel1d",
     "half_set_fsc",
+    "hand_check",
+    "insert_for_reconstruction",
+    "insert_tilt_images",
     "kmeans",
+    "known_pose_average",
+    "large_margin_cosine_logits",
+    "masked_correlation",
     "match_picks",
     "match_template",
+    "match_templates",
+    "mirror_volume",
     "non_maximum_suppression",
+    "open_set_scores",
     "orientation_errors_deg",
+    "padded_rfftn",
     "pair_correlations",
     "pca_features",
     "peak_local_max",
+    "pose_normalise",
     "precision_recall_f1",
+    "reconstruct_subtomogram",
     "reference_free_average",
     "refine_alignment",
     "robust_mean_std",
@@ -111,9 +162,11 @@ __all__ = [
     "slic_supervoxels",
     "snr_from_cc",
     "snr_from_pairs",
+    "soft_margin",
     "spectral_whitening_filter",
     "ssnr_from_pairs",
     "structure_tensor",
+    "superpose_map",
     "supervoxel_features",
     "symmetric_eigen3",
     "template_filter_kernel",

@@ -1,0 +1,131 @@
+"""Open-set splits of simulated subtomograms: train and validate on known classes, test on known + unknown.
+
+The items are those of :class:`aitom.data.simulated.SimulatedSubtomogramDataset` (each a pure function of
+``(seed, split, index)``). Train and validation draw their classes from ``known_classes`` only; test and
+predict draw uniformly from ``known_classes + unknown_classes``, so labels ``>= num_known_classes`` mark
+items of classes the model never saw.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from aitom.data.simulated import SimulatedSubtomogramDataset
+from aitom.data.splits import SplitDataModule
+from aitom.errors import InputError
+from aitom.simulate import CtfConfig, available_classes, class_potential
+
+#: splits whose items come from known and unknown classes; the others see known classes only
+OPEN_SPLITS = ("test", "predict")
+
+
+class OpenSetDataModule(SplitDataModule):
+    """Simulated subtomograms with known classes for train/val and known + unknown classes for test/predict.
+
+    Items: ``{"volume": (1, S, S, S), "label", "index", "rotation": (3, 3), "shift_xyz": (3,)}``; in the test
+    and predict splits a label ``>= num_known_classes`` is an unknown class (index into ``class_names``).
+    Training batches are all full (a last, smaller batch is dropped), as batch-normalised features need.
+
+    Attributes:
+        class_names: ``known_classes + unknown_classes``, in label order.
+        num_known_classes, num_unknown_classes: how many of each.
+
+    Args:
+        known_classes: structure-library class names seen in training (at least two).
+        unknown_classes: library class names met only at test / predict time (at least one, none known).
+        box_size_voxels: subtomogram edge, voxels.
+        voxel_size_a: voxel size, Å.
+        snr: ``var(signal) / var(noise)`` of each subtomogram.
+        tilt_min_deg, tilt_max_deg: tilt range of the missing wedge, degrees.
+        defocus_um: CTF defocus (underfocus positive), µm; 0 disables the CTF.
+        max_shift_voxels: largest particle shift from the box centre, voxels.
+        train_size, val_size, test_size, predict_size: items per split.
+        batch_size: subtomograms per batch.
+        num_workers: DataLoader worker processes.
+        seed: base seed of every split.
+    """
+
+    def __init__(
+        self,
+        known_classes: list[str],
+        unknown_classes: list[str],
+        box_size_voxels: int = 32,
+        voxel_size_a: float = 10.0,
+        snr: float = 0.1,
+        tilt_min_deg: float = -60.0,
+        tilt_max_deg: float = 60.0,
+        defocus_um: float = 3.0,
+        max_shift_voxels: float = 2.0,
+        train_size: int = 4000,
+        val_size: int = 500,
+        test_size: int = 1000,
+        predict_size: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        library = available_classes()
+        missing = [name for name in [*known_classes, *unknown_classes] if name not in library]
+        if missing:
+            raise InputError(f"unknown structure class(es) {missing}; available: {', '.join(library)}")
+        if len(set(known_classes)) < 2 or len(set(known_classes)) != len(known_classes):
+            raise InputError(f"known_classes must be two or more distinct classes, got {known_classes}")
+        if not unknown_classes or len(set(unknown_classes)) != len(unknown_classes):
+            raise InputError(f"unknown_classes must be one or more distinct classes, got {unknown_classes}")
+        overlap = sorted(set(known_classes) & set(unknown_classes))
+        if overlap:
+            raise InputError(f"class(es) {overlap} are in both known_classes and unknown_classes")
+        if snr <= 0:
+            raise InputError(f"snr must be positive, got {snr}")
+        if box_size_voxels < 8:
+            raise InputError(f"box_size_voxels must be at least 8, got {box_size_voxels}")
+        self.save_hyperparameters()
+        self.known_class_names = list(known_classes)
+        self.unknown_class_names = list(unknown_classes)
+        self.class_names = self.known_class_names + self.unknown_class_names
+        self.num_known_classes = len(known_classes)
+        self.num_unknown_classes = len(unknown_classes)
+
+    def class_maps(self) -> torch.Tensor:
+        """``(K + U, S, S, S)`` potentials of the known then the unknown classes."""
+        hp = self.hparams
+        return torch.stack(
+            [class_potential(name, hp.voxel_size_a, box_size=hp.box_size_voxels) for name in self.class_names]
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        maps = self.class_maps()
+        ctf = CtfConfig(defocus_um=hp.defocus_um) if hp.defocus_um > 0 else None
+        sizes = {"train": hp.train_size, "val": hp.val_size, "test": hp.test_size, "predict": hp.predict_size}
+        for split, size in sizes.items():
+            split_maps = maps if split in OPEN_SPLITS else maps[: self.num_known_classes]
+            self.datasets[split] = SimulatedSubtomogramDataset(
+                split_maps,
+                size,
+                split,
+                hp.seed,
+                hp.snr,
+                hp.voxel_size_a,
+                (hp.tilt_min_deg, hp.tilt_max_deg),
+                ctf,
+                hp.max_shift_voxels,
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches, all of ``batch_size`` items (the remainder is dropped each epoch)."""
+        if "train" not in self.datasets:
+            raise InputError("no data given for the train split")
+        dataset = self.datasets["train"]
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            drop_last=len(dataset) > self.hparams.batch_size,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )

@@ -1,0 +1,295 @@
+"""Unsupervised classification of subtomograms by an autoencoder's latent codes (Zeng et al. 2018).
+
+Training: each batch is pose-normalised (:func:`aitom.ops.pose_normalisation.pose_normalise`, no gradient)
+and the network learns to reconstruct it (mean squared error). Prediction: the latent codes of every predict
+item are collected and, at the end of the predict epoch, clustered by k-means (faiss); the results go to
+``output_dir``:
+
+* ``clusters.star`` (``rlnCoordinateX/Y/Z`` when the batches carry ``coordinates_xyz``) or ``clusters.csv``,
+  one row per item in input order: ``rlnClassNumber`` (1-based cluster), ``aitomParticleIndex`` and, when the
+  data have labels, ``aitomTrueClass`` (1-based);
+* ``latent.npy``: ``(N, latent_dim)`` latent codes in the same order;
+* ``cluster_NNN_average.mrc``: the average of the (pose-normalised) members of cluster NNN (1-based);
+* ``cluster_NNN_members.png``: central XY slices of up to 16 members;
+* ``summary.json``: numbers of items and clusters, cluster sizes, and with labels the purity and the
+  adjusted Rand index.
+
+Batches are the classifier's dicts: ``{"volume": (B, 1, S, S, S), optional "label": (B,), "index": (B,),
+"coordinates_xyz": (B, 3)}``.
+
+Zeng X, Leung MR, Zeev-Ben-Mordehai T, Xu M. *A convolutional autoencoder approach for mining features in
+cellular electron cryo-tomograms and weakly supervised coarse segmentation.* J Struct Biol 202:150-160 (2018).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from aitom.errors import InputError
+from aitom.io import atomic_output, particles_table, write_particles, write_volume
+from aitom.ops.clustering import adjusted_rand_index, kmeans
+from aitom.ops.filters import gaussian_filter3d
+from aitom.ops.open_set import cluster_purity
+from aitom.ops.pose_normalisation import pose_normalise
+
+#: members shown in each cluster's montage
+MONTAGE_MEMBERS = 16
+
+
+class AutoencoderClustering(LightningModule):
+    """Train an autoencoder on (pose-normalised) subtomograms; cluster their latent codes when predicting.
+
+    Logged: ``train/loss`` (per step and epoch), ``val/loss``, ``test/loss`` (mean squared error of the
+    reconstruction). When predicting, the prepared volumes of all predict items are kept (on the device, and
+    gathered to every process under DDP) until the cluster averages are written: ``N S³ 4`` bytes.
+
+    The network is not among the hyper-parameters: load a checkpoint with
+    ``AutoencoderClustering.load_from_checkpoint(path, net=SubtomogramAutoencoder(...))`` or through
+    ``aitom predict --config ... --ckpt_path ...``.
+
+    Args:
+        net: an autoencoder with ``encode(x) -> z``, ``decode(z) -> x`` and ``forward(x) -> (x̂, z)`` on
+            ``(B, 1, S, S, S)`` volumes (e.g. :class:`aitom.models.autoencoder.SubtomogramAutoencoder`).
+        n_clusters: number of k-means clusters of the predict items (at least 1, at most the number of items).
+        pose_normalisation: pose-normalise every volume before the network sees it.
+        pose_sigma_voxels: Gaussian low-pass (voxels) of the density used to find the pose.
+        pose_threshold_std: density threshold for the pose, standard deviations above the mean.
+        lowpass_sigma_voxels: Gaussian low-pass (voxels) of the network's input and reconstruction target
+            (after pose normalisation); 0 for none. At low SNR it leaves the network the signal to model.
+        lr: AdamW learning rate.
+        weight_decay: AdamW decoupled weight decay.
+        output_dir: folder for the prediction results (created; must be empty or absent unless ``overwrite``).
+        overwrite: replace a non-empty ``output_dir``.
+        output_voxel_size_a: voxel size (Å) written to the cluster averages; default the DataModule's
+            ``voxel_size_a`` hyper-parameter, else 1.
+        kmeans_seed: seed of k-means.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        n_clusters: int = 10,
+        pose_normalisation: bool = True,
+        pose_sigma_voxels: float = 2.0,
+        pose_threshold_std: float = 0.0,
+        lowpass_sigma_voxels: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        output_dir: str = "outputs/autoencoder/clusters",
+        overwrite: bool = False,
+        output_voxel_size_a: float | None = None,
+        kmeans_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        if n_clusters < 1:
+            raise InputError(f"n_clusters must be at least 1, got {n_clusters}")
+        if pose_sigma_voxels < 0 or lowpass_sigma_voxels < 0:
+            raise InputError(
+                f"pose_sigma_voxels and lowpass_sigma_voxels must not be negative, got "
+                f"{pose_sigma_voxels} and {lowpass_sigma_voxels}"
+            )
+        if output_voxel_size_a is not None and output_voxel_size_a <= 0:
+            raise InputError(f"output_voxel_size_a must be positive, got {output_voxel_size_a}")
+        self.net = net
+        self._predicted: list[dict[str, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------------------------------ the steps
+
+    def prepare(self, volume: torch.Tensor) -> torch.Tensor:
+        """The network's input: ``(B, 1, S, S, S)`` volumes, pose-normalised and low-pass filtered as set."""
+        if volume.ndim != 5 or volume.shape[1] != 1:
+            raise InputError(f"batches must hold volumes of shape (B, 1, S, S, S), got {tuple(volume.shape)}")
+        hp = self.hparams
+        with torch.no_grad():
+            if hp.pose_normalisation:
+                volume, _, _ = pose_normalise(
+                    volume, sigma_voxels=hp.pose_sigma_voxels, threshold_std=hp.pose_threshold_std
+                )
+            if hp.lowpass_sigma_voxels > 0:
+                volume = gaussian_filter3d(volume, hp.lowpass_sigma_voxels)
+        return volume
+
+    def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 1, S, S, S)`` -> ``(reconstruction of the prepared volume, latent (B, latent_dim))``."""
+        return self.net(self.prepare(volume))
+
+    def reconstruction_loss(self, volume: torch.Tensor) -> torch.Tensor:
+        """Mean squared error between the prepared volumes and their reconstructions."""
+        target = self.prepare(volume)
+        reconstruction, _ = self.net(target)
+        return nn.functional.mse_loss(reconstruction, target)
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        loss = self.reconstruction_loss(batch["volume"])
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=stage != "test",
+            batch_size=batch["volume"].shape[0],
+        )
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+
+    # ------------------------------------------------------------------------------------------ predict
+
+    def on_predict_start(self) -> None:
+        """Refuse a non-empty output folder before any work is done."""
+        check_output_folder(Path(self.hparams.output_dir), self.hparams.overwrite)
+        self._predicted = []
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """``{"latent": (B, latent_dim), "volume": (B, S, S, S) prepared}`` + the batch's label, index, ..."""
+        prepared = self.prepare(batch["volume"])
+        prediction = {"latent": self.net.encode(prepared), "volume": prepared[:, 0]}
+        for key in ("label", "index", "coordinates_xyz"):
+            if key in batch:
+                prediction[key] = batch[key]
+        if "index" not in prediction:
+            if self.trainer.world_size > 1:
+                raise InputError("predicting on several processes needs batches that carry 'index'")
+            start = sum(item["latent"].shape[0] for item in self._predicted)
+            size = prepared.shape[0]
+            prediction["index"] = torch.arange(start, start + size, device=prepared.device)
+        self._predicted.append({key: value.detach() for key, value in prediction.items()})
+        return {key: prediction[key] for key in ("latent", "index")}
+
+    def on_predict_epoch_end(self) -> None:
+        """Gather the codes of all processes, cluster them and (on rank 0) write the results."""
+        if not self._predicted:
+            return
+        local = {key: torch.cat([item[key] for item in self._predicted]) for key in self._predicted[0]}
+        self._predicted = []
+        gathered = {key: self.all_gather(value) for key, value in local.items()}
+        if self.trainer.world_size > 1:  # (world, n, ...) -> (world * n, ...)
+            gathered = {key: value.flatten(0, 1) for key, value in gathered.items()}
+        merged = {key: value.cpu() for key, value in gathered.items()}
+        # items repeated to even out the processes' shares appear twice: keep one of each, in index order
+        _, first = np.unique(merged["index"].numpy(), return_index=True)
+        order = torch.as_tensor(first)
+        merged = {key: value[order] for key, value in merged.items()}
+        n_items = merged["latent"].shape[0]
+        if self.hparams.n_clusters > n_items:
+            raise InputError(f"n_clusters is {self.hparams.n_clusters} but there are only {n_items} items")
+        clusters = kmeans(merged["latent"].float(), self.hparams.n_clusters, seed=self.hparams.kmeans_seed)
+        summary = self._summary(clusters, merged.get("label"))
+        rank_zero_info(f"autoencoder clustering: {json.dumps(summary)}")
+        if self.global_rank == 0:
+            self._write_results(merged, clusters, summary)
+
+    def _summary(self, clusters: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
+        counts = torch.bincount(clusters, minlength=self.hparams.n_clusters)
+        summary: dict[str, Any] = {
+            "n_items": int(clusters.shape[0]),
+            "n_clusters": self.hparams.n_clusters,
+            "pose_normalisation": self.hparams.pose_normalisation,
+            "cluster_sizes": counts.tolist(),
+            "purity": None,
+            "adjusted_rand_index": None,
+        }
+        if labels is not None:
+            summary["purity"] = cluster_purity(labels, clusters)
+            summary["adjusted_rand_index"] = adjusted_rand_index(labels, clusters)
+        return summary
+
+    def _voxel_size_a(self) -> float:
+        if self.hparams.output_voxel_size_a is not None:
+            return float(self.hparams.output_voxel_size_a)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        return float(getattr(datamodule, "hparams", {}).get("voxel_size_a", 1.0))
+
+    def _write_results(
+        self, merged: dict[str, torch.Tensor], clusters: torch.Tensor, summary: dict[str, Any]
+    ) -> None:
+        folder = Path(self.hparams.output_dir)
+        overwrite = self.hparams.overwrite
+        check_output_folder(folder, overwrite)
+        voxel_size_a = self._voxel_size_a()
+        volumes = merged["volume"].float()
+        with atomic_output(folder / "latent.npy", overwrite) as temporary, temporary.open("wb") as stream:
+            np.save(stream, merged["latent"].float().numpy())
+        write_cluster_table(folder, merged, clusters, overwrite)
+        for k in range(self.hparams.n_clusters):
+            members = volumes[clusters == k]
+            name = f"cluster_{k + 1:03d}"
+            if members.shape[0]:
+                write_volume(
+                    folder / f"{name}_average.mrc", members.mean(0), voxel_size_a, overwrite=overwrite
+                )
+            save_member_montage(
+                members[:MONTAGE_MEMBERS], folder / f"{name}_members.png", f"cluster {k + 1}", overwrite
+            )
+        with atomic_output(folder / "summary.json", overwrite) as temporary:
+            temporary.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def check_output_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is a file, or that holds files unless ``overwrite``."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError("exists and is not a folder (output_dir)", folder)
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise InputError("output_dir exists and is not empty; set the model's overwrite: true", folder)
+
+
+def write_cluster_table(
+    folder: Path, merged: dict[str, torch.Tensor], clusters: torch.Tensor, overwrite: bool = False
+) -> Path:
+    """``clusters.star`` when the items have coordinates, else ``clusters.csv`` (columns: see the module)."""
+    extra: dict[str, np.ndarray] = {"aitomParticleIndex": merged["index"].numpy().astype(np.int64)}
+    if "label" in merged:
+        extra["aitomTrueClass"] = merged["label"].numpy().astype(np.int64) + 1
+    class_number = clusters.numpy() + 1
+    if "coordinates_xyz" in merged:
+        table = particles_table(
+            merged["coordinates_xyz"].double().numpy(), class_number=class_number, extra=extra
+        )
+        return write_particles(folder / "clusters.star", table, overwrite=overwrite)
+    path = folder / "clusters.csv"
+    with atomic_output(path, overwrite) as temporary:
+        pd.DataFrame({"rlnClassNumber": class_number, **extra}).to_csv(temporary, index=False)
+    return path
+
+
+def save_member_montage(members: torch.Tensor, path: Path, title: str, overwrite: bool = False) -> Path:
+    """A grid of the central XY slices of ``(M, S, S, S)`` volumes (an empty figure when M is 0)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    count = max(members.shape[0], 1)
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(1.6 * columns, 1.6 * rows + 0.4), dpi=80)
+    FigureCanvasAgg(figure)
+    for i, volume in enumerate(members.numpy()):
+        axes = figure.add_subplot(rows, columns, i + 1)
+        axes.imshow(volume[volume.shape[0] // 2], cmap="gray", origin="lower", interpolation="nearest")
+        axes.set_axis_off()
+    figure.suptitle(f"{title}: {members.shape[0]} shown", fontsize=9)
+    with atomic_output(path, overwrite) as temporary:
+        figure.savefig(temporary, format="png")
+    return path

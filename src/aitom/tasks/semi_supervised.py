@@ -1,0 +1,284 @@
+"""Semi-supervised autoencoding classification of subtomograms (AITom's "semi-supervised" model, §3.4.3).
+
+Liu S, Zeng X, Xu M et al.: one 3-D convolutional encoder feeds both a decoder, trained to reconstruct
+**every** subtomogram (mean squared error), and a classifier head, trained with cross-entropy on the
+**labelled** subtomograms only; the two are trained jointly::
+
+    loss = CE(labelled items) + reconstruction_weight · MSE(all items)
+
+so the many unlabelled subtomograms shape the encoder's features through the reconstruction term.
+
+Batches are the classifier's dicts (``aitom.tasks.classify``) plus an optional ``"labelled": (B,) bool``
+(``SimulatedSubtomogramDataModule(labelled_fraction=...)`` sets it); a batch without it is fully labelled.
+With few labels, give every batch a fixed labelled share (``labelled_batch_fraction``, e.g. 0.5: half of each
+batch drawn with replacement from the labelled items), else most batches hold almost no labelled item.
+``predict_step`` returns what :class:`aitom.tasks.classify.PredictionWriter` writes to a STAR table.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from aitom.errors import InputError
+from aitom.models.classifiers import conv_bn_relu
+
+STAGES = ("train", "val", "test")
+
+
+class AutoencoderClassifier3D(nn.Module):
+    """A small 3-D convolutional encoder with a classifier head and (optionally) a mirrored decoder.
+
+    Encoder (``features``), one stage per width, each halving the box: the first stage is a 4×4×4 stride-2
+    convolution (no full-resolution feature maps: the cheap way in on a CPU), the others a 3×3×3
+    convolution then 2×2×2 max pooling; every convolution is followed by BatchNorm3d and ReLU. A ``(B,
+    in_channels, S, S, S)`` volume becomes a ``(B, widths[-1], S/2^n, ...)`` map (``n = len(widths)``).
+    Head (``head``): adaptive average pooling to 2³, dropout, a linear layer to ``num_classes`` logits.
+    Decoder (``decoder``): 2×2×2 stride-2 transposed convolutions through the widths in reverse (each
+    followed by BatchNorm3d and ReLU), the last one to ``in_channels`` with a linear output (the volume's
+    own intensities).
+
+    Every spatial size must be a multiple of ``2^n`` so that the reconstruction has the input's shape.
+
+    Args:
+        in_channels: channels of the input volumes.
+        num_classes: number of classes (logits returned by ``forward``).
+        widths: channels of the encoder stages (decoder in reverse).
+        dropout: dropout probability before the linear layer of the head.
+        with_decoder: build the decoder (``False`` for a plain classifier, e.g. domain adaptation).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        widths: Sequence[int] = (8, 16, 32),
+        dropout: float = 0.3,
+        with_decoder: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise InputError(f"num_classes must be 2 or more, got {num_classes}")
+        if not widths or min(widths) < 1:
+            raise InputError(f"widths must be a non-empty list of positive channel counts, got {widths}")
+        if not 0.0 <= dropout < 1.0:
+            raise InputError(f"dropout must be in [0, 1), got {dropout}")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.box_multiple = 2 ** len(widths)
+        encoder: list[nn.Module] = [
+            nn.Conv3d(in_channels, widths[0], 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm3d(widths[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for channels, width in itertools.pairwise(widths):
+            encoder += [conv_bn_relu(channels, width, 3, batch_norm=True), nn.MaxPool3d(2)]
+        self.features = nn.Sequential(*encoder)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool3d(2), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1] * 8, num_classes)
+        )
+        self.decoder: nn.Sequential | None = None
+        if with_decoder:
+            decoder: list[nn.Module] = []
+            for channels, width in itertools.pairwise(widths[::-1]):
+                decoder += [
+                    nn.ConvTranspose3d(channels, width, 2, stride=2, bias=False),
+                    nn.BatchNorm3d(width),
+                    nn.ReLU(inplace=True),
+                ]
+            decoder.append(nn.ConvTranspose3d(widths[0], in_channels, 2, stride=2))
+            self.decoder = nn.Sequential(*decoder)
+
+    def check_input(self, volume: torch.Tensor) -> None:
+        """Raise if ``volume`` is not ``(B, in_channels, Z, Y, X)`` with sizes multiples of ``2^n``."""
+        if volume.ndim != 5 or volume.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects volumes of shape (B, {self.in_channels}, Z, Y, X), "
+                f"got {tuple(volume.shape)}"
+            )
+        if any(size % self.box_multiple for size in volume.shape[-3:]):
+            raise InputError(
+                f"{type(self).__name__} halves the box {self.box_multiple.bit_length() - 1} times: it needs "
+                f"sizes that are multiples of {self.box_multiple} voxels, got {tuple(volume.shape[-3:])}"
+            )
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, Z, Y, X)`` volumes -> ``(B, num_classes)`` logits."""
+        self.check_input(volume)
+        return self.head(self.features(volume))
+
+    def classify_and_reconstruct(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, Z, Y, X)`` -> ``(B, num_classes)`` logits and the ``(B, C, Z, Y, X)`` reconstruction."""
+        if self.decoder is None:
+            raise InputError(
+                f"{type(self).__name__} was built with with_decoder: false; it cannot reconstruct"
+            )
+        self.check_input(volume)
+        features = self.features(volume)
+        return self.head(features), self.decoder(features)
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled items only; zero (with a gradient path) when none is labelled.
+
+    Args:
+        logits: ``(B, C)`` class scores.
+        labels: ``(B,)`` int64 0-based classes (values of unlabelled items are ignored).
+        labelled: ``(B,)`` bool, which items' labels may be used.
+    """
+    per_item = nn.functional.cross_entropy(logits, labels.clamp(0, logits.shape[1] - 1), reduction="none")
+    weights = labelled.to(per_item.dtype)
+    return (per_item * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def semi_supervised_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    labelled: torch.Tensor,
+    reconstruction: torch.Tensor,
+    volume: torch.Tensor,
+    reconstruction_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, cross_entropy, mse)`` with ``loss = cross_entropy + reconstruction_weight · mse``.
+
+    ``cross_entropy`` is :func:`masked_cross_entropy`; ``mse`` is the mean squared difference between
+    ``reconstruction`` and ``volume`` over all items and voxels.
+    """
+    cross_entropy = masked_cross_entropy(logits, labels, labelled)
+    mse = nn.functional.mse_loss(reconstruction, volume)
+    return cross_entropy + reconstruction_weight * mse, cross_entropy, mse
+
+
+def adopt_data_classes(task: LightningModule) -> None:
+    """Check ``task.num_classes`` against its DataModule's and take the data's ``class_names`` if it has none.
+
+    For tasks with ``num_classes`` and ``class_names`` attributes, called from their ``setup``.
+    """
+    datamodule = task.trainer.datamodule if task._trainer is not None else None
+    data_classes = getattr(datamodule, "num_classes", None)
+    if data_classes is not None and data_classes != task.num_classes:
+        raise InputError(
+            f"the data has {data_classes} classes but the model has num_classes {task.num_classes}"
+        )
+    data_names = getattr(datamodule, "class_names", None)
+    if data_names is not None and task.class_names is None:
+        task.class_names = list(data_names)
+
+
+class SemiSupervisedClassifier(LightningModule):
+    """Train a classifier on partly labelled subtomograms, regularised by reconstructing all of them.
+
+    Logged: ``train/loss``, ``train/ce``, ``train/reconstruction`` (per step and epoch), ``{val,test}/loss``
+    (cross-entropy), ``{train,val,test}/acc`` (accuracy over labelled items, per epoch).
+
+    Args:
+        net: a network with ``forward(volume) -> logits`` and ``classify_and_reconstruct(volume) ->
+            (logits, reconstruction)``, e.g. :class:`AutoencoderClassifier3D`.
+        num_classes: number of classes; must equal the network's and the data's.
+        class_names: names in label order (taken from the DataModule when not given).
+        reconstruction_weight: λ, weight of the reconstruction MSE in the loss (0: supervised only).
+        lr: AdamW learning rate.
+        weight_decay: AdamW decoupled weight decay.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        reconstruction_weight: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        if reconstruction_weight < 0:
+            raise InputError(f"reconstruction_weight must be 0 or more, got {reconstruction_weight}")
+        net_classes = getattr(net, "num_classes", None)
+        if net_classes is not None and net_classes != num_classes:
+            raise InputError(
+                f"model num_classes is {num_classes} but the network {type(net).__name__} has "
+                f"num_classes {net_classes}; set both to the number of classes in the data"
+            )
+        if class_names is not None and len(class_names) != num_classes:
+            raise InputError(f"{len(class_names)} class_names given for {num_classes} classes")
+        self.net = net
+        self.num_classes = num_classes
+        self.class_names = None if class_names is None else list(class_names)
+        self.accuracy = nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES}
+        )
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, Z, Y, X)`` volumes -> ``(B, num_classes)`` logits."""
+        return self.net(volume)
+
+    def setup(self, stage: str) -> None:
+        adopt_data_classes(self)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if "label" not in batch:
+            raise InputError("the train data carry no labels (a STAR table needs rlnClassNumber)")
+        volume, labels = batch["volume"], batch["label"]
+        labelled = batch.get("labelled", torch.ones_like(labels, dtype=torch.bool))
+        logits, reconstruction = self.net.classify_and_reconstruct(volume)
+        loss, cross_entropy, mse = semi_supervised_loss(
+            logits, labels, labelled, reconstruction, volume, self.hparams.reconstruction_weight
+        )
+        size = labels.shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log("train/ce", cross_entropy, on_step=True, on_epoch=True, batch_size=size)
+        self.log("train/reconstruction", mse, on_step=True, on_epoch=True, batch_size=size)
+        if labelled.any():
+            self.accuracy["train_acc"].update(logits.detach()[labelled], labels[labelled])
+        return loss
+
+    def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        if "label" not in batch:
+            raise InputError(f"the {stage} data carry no labels (a STAR table needs rlnClassNumber)")
+        logits = self(batch["volume"])
+        labels = batch["label"]
+        loss = nn.functional.cross_entropy(logits, labels)
+        self.accuracy[f"{stage}_acc"].update(logits, labels)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=labels.shape[0])
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """``{"class": (B,) 0-based, "probabilities": (B, num_classes)}`` + the batch's index, coordinates."""
+        probabilities = torch.softmax(self(batch["volume"]), dim=1)
+        prediction = {"class": probabilities.argmax(dim=1), "probabilities": probabilities}
+        for key in ("index", "coordinates_xyz"):
+            if key in batch:
+                prediction[key] = batch[key]
+        return prediction
+
+    def _log_accuracy(self, stage: str) -> None:
+        metric = self.accuracy[f"{stage}_acc"]
+        if metric.update_count and not self.trainer.sanity_checking:
+            self.log(f"{stage}/acc", metric.compute(), prog_bar=stage != "train")
+        metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_accuracy("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test")
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
