@@ -351,3 +351,35 @@ def test_merged_sums_equal_one_reconstruction_of_all_tilts(real_rotations, devic
     expected, expected_weight = reconstruct_subtomogram(images.flatten(0, 1), rotations.flatten(0, 1))
     torch.testing.assert_close(volume, expected, atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(weight, expected_weight, atol=1e-4, rtol=1e-4)
+
+
+def test_mirrored_angles_bring_the_mirrored_reference_onto_the_mirrored_particle():
+    from aitom.commands.reconstruct import mirrored_angles_deg
+    from aitom.geometry import random_rotations, relion_angles_to_matrix, rotate_volume
+    from aitom.geometry.euler import matrix_to_relion_angles
+    from aitom.ops.handedness import mirror_volume
+
+    generator = torch.Generator().manual_seed(3)
+    reference = torch.zeros(24, 24, 24, dtype=torch.float64)
+    reference[8:16, 10:14, 11:13] = 1.0  # an asymmetric L
+    reference[8:10, 10:18, 11:13] = 1.0
+    reference[14:16, 10:12, 11:19] = 1.0
+    angles = matrix_to_relion_angles(random_rotations(3, generator=generator, dtype=torch.float64)).numpy()
+    flipped = mirrored_angles_deg(angles)
+    for a, b in zip(
+        relion_angles_to_matrix(torch.tensor(angles)), relion_angles_to_matrix(torch.tensor(flipped))
+    ):
+        expected = mirror_volume(rotate_volume(reference, a), "z")
+        got = rotate_volume(mirror_volume(reference, "z"), b)
+        assert torch.corrcoef(torch.stack([expected.flatten(), got.flatten()]))[0, 1] > 0.999
+
+
+def test_cli_flip_hand_mirrors_volumes_and_weights(real_subset, tmp_path):
+    assert _reconstruct(real_subset, tmp_path / "a", "--invert", "no", "--average") == 0
+    assert _reconstruct(real_subset, tmp_path / "b", "--invert", "no", "--average", "--flip-hand") == 0
+    from aitom.ops.handedness import mirror_volume
+
+    for name in ("subtomograms/000001.mrc", "weights/000001.mrc", "average.mrc"):
+        plain, _ = read_volume(tmp_path / "a" / name)
+        flipped, _ = read_volume(tmp_path / "b" / name)
+        torch.testing.assert_close(flipped, mirror_volume(plain, "z"))

@@ -19,6 +19,11 @@ Contrast: ``--invert auto`` (default) reconstructs the first particles, compares
 central sphere (radius S/4) with the shell around it (S/4 to S/2) and multiplies everything by −1 when the
 centre is darker, i.e. when the particle (protein, denser than ice) came out negative; ``yes`` and ``no``
 force it.
+
+Hand: ``--flip-hand`` mirrors every output along Z (subtomograms, weights and the average) and changes each
+particle's matrix ``A`` to ``M A M`` with ``M = diag(1, 1, -1)``, so the angles still bring the mirrored
+reference onto the mirrored particle. Use it when ``aitom hand`` says the data's hand is the mirror of the
+reference's.
 """
 
 from __future__ import annotations
@@ -90,6 +95,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="multiply the reconstructions by -1: auto (when the particle centre comes out darker than its "
         "surroundings), yes or no (default auto)",
+    )
+    parser.add_argument(
+        "--flip-hand",
+        action="store_true",
+        help="mirror the outputs along Z and the angles with them (when `aitom hand` finds the other hand)",
     )
     parser.add_argument("--no-ctf", action="store_true", help="ignore the CTF (no correction, no CTF weight)")
     parser.add_argument("--no-dose-weighting", action="store_true", help="ignore the exposure of each tilt")
@@ -393,13 +403,24 @@ def _output_table(inputs: _Inputs, names: list[str], args: argparse.Namespace) -
         "rlnImageName": np.asarray([f"subtomograms/{name}" for name in names], dtype=object),
         "rlnCtfImage": np.asarray([f"weights/{name}" for name in names], dtype=object),
     }
-    angles = inputs.angles_deg
+    angles = mirrored_angles_deg(inputs.angles_deg) if args.flip_hand else inputs.angles_deg
     if args.in_particle_frame:  # the subtomograms are already in the reference's orientation
         extra.update(
             {f"aitomSource{column[3:]}": angles[:, axis] for axis, column in enumerate(ANGLE_COLUMNS)}
         )
         angles = np.zeros_like(angles)
     return particles_table(voxels, angles, extra=extra)
+
+
+def mirrored_angles_deg(angles_deg: np.ndarray) -> np.ndarray:
+    """RELION angles ``(N, 3)``, degrees, of ``M A M`` with ``M = diag(1, 1, -1)``: the particle mirrored."""
+    import torch
+
+    from aitom.geometry import matrix_to_relion_angles, relion_angles_to_matrix
+
+    mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    matrices = relion_angles_to_matrix(torch.as_tensor(angles_deg, dtype=torch.float64))
+    return matrix_to_relion_angles(mirror @ matrices @ mirror).numpy()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -410,6 +431,7 @@ def run(args: argparse.Namespace) -> int:
     from aitom.commands.shared import check_output_folder, output_folder, torch_device
     from aitom.errors import InputError
     from aitom.io import write_particles, write_volume
+    from aitom.ops.handedness import mirror_volume
     from aitom.ops.reconstruction import FourierSums, finish_reconstruction
 
     if not args.wiener_constant > 0:
@@ -424,6 +446,10 @@ def run(args: argparse.Namespace) -> int:
     n = len(inputs.particles)
     names = [f"{index + 1:06d}.mrc" for index in range(n)]
     sign = {"yes": -1.0, "no": 1.0}.get(args.invert)
+
+    def hand(volume: torch.Tensor) -> torch.Tensor:
+        return mirror_volume(volume, "z") if args.flip_hand else volume
+
     merged = None
     if args.average:
         padded = (args.padding * inputs.image_size,) * 3
@@ -450,16 +476,18 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             for done, done_volume, done_weight in pending:
-                write_volume(folder / "subtomograms" / names[done], done_volume * sign, inputs.pixel_size_a)
-                write_volume(folder / "weights" / names[done], done_weight, inputs.pixel_size_a)
+                write_volume(
+                    folder / "subtomograms" / names[done], hand(done_volume) * sign, inputs.pixel_size_a
+                )
+                write_volume(folder / "weights" / names[done], hand(done_weight), inputs.pixel_size_a)
             pending = []
         write_particles(folder / "particles.star", _output_table(inputs, names, args))
         if merged is not None:
             average, average_weight = finish_reconstruction(
                 merged, inputs.image_size, wiener_constant=args.wiener_constant, padding_factor=args.padding
             )
-            write_volume(folder / "average.mrc", average.cpu() * sign, inputs.pixel_size_a)
-            write_volume(folder / "average_weight.mrc", average_weight.cpu(), inputs.pixel_size_a)
+            write_volume(folder / "average.mrc", hand(average.cpu()) * sign, inputs.pixel_size_a)
+            write_volume(folder / "average_weight.mrc", hand(average_weight.cpu()), inputs.pixel_size_a)
     size, pixel = inputs.image_size, inputs.pixel_size_a
     print(f"aitom reconstruct: {n} subtomograms of {size}^3 at {pixel} A in {args.out}")
     return 0
