@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from aitom.data.simulated import SimulatedSubtomogramDataset
+from aitom.data.simulated import SPLIT_OFFSETS, library_maps, split_datasets
 from aitom.data.splits import SplitDataModule
 from aitom.errors import InputError
-from aitom.simulate import CtfConfig, available_classes, class_potential
+from aitom.simulate import available_classes
 
 #: splits whose items come from known and unknown classes; the others see known classes only
 OPEN_SPLITS = ("test", "predict")
@@ -90,31 +90,18 @@ class OpenSetDataModule(SplitDataModule):
 
     def class_maps(self) -> torch.Tensor:
         """``(K + U, S, S, S)`` potentials of the known then the unknown classes."""
-        hp = self.hparams
-        return torch.stack(
-            [class_potential(name, hp.voxel_size_a, box_size=hp.box_size_voxels) for name in self.class_names]
-        )
+        return library_maps(self.class_names, self.hparams.voxel_size_a, self.hparams.box_size_voxels)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        hp = self.hparams
         maps = self.class_maps()
-        ctf = CtfConfig(defocus_um=hp.defocus_um) if hp.defocus_um > 0 else None
-        sizes = {"train": hp.train_size, "val": hp.val_size, "test": hp.test_size, "predict": hp.predict_size}
-        for split, size in sizes.items():
-            split_maps = maps if split in OPEN_SPLITS else maps[: self.num_known_classes]
-            self.datasets[split] = SimulatedSubtomogramDataset(
-                split_maps,
-                size,
-                split,
-                hp.seed,
-                hp.snr,
-                hp.voxel_size_a,
-                (hp.tilt_min_deg, hp.tilt_max_deg),
-                ctf,
-                hp.max_shift_voxels,
+        known = maps[: self.num_known_classes]
+        self.datasets.update(
+            split_datasets(
+                self.hparams, {split: maps if split in OPEN_SPLITS else known for split in SPLIT_OFFSETS}
             )
+        )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches, all of ``batch_size`` items (the remainder is dropped each epoch)."""

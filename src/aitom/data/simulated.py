@@ -201,6 +201,42 @@ class SimulatedSubtomogramDataset(Dataset):
         return torch.rad2deg(matrix_to_euler_zyz(self[index]["rotation"].double()))
 
 
+def library_maps(class_names: list[str], voxel_size_a: float, box_size_voxels: int) -> torch.Tensor:
+    """``(C, S, S, S)`` potentials of structure-library classes at a voxel size (Å) and box size (voxels)."""
+    return torch.stack(
+        [class_potential(name, voxel_size_a, box_size=box_size_voxels) for name in class_names]
+    )
+
+
+def split_datasets(
+    hparams, maps: dict[str, torch.Tensor], labelled_fraction: float | None = None
+) -> dict[str, SimulatedSubtomogramDataset]:
+    """One :class:`SimulatedSubtomogramDataset` per split from a simulated DataModule's hyper-parameters.
+
+    Args:
+        hparams: ``seed``, ``snr``, ``voxel_size_a``, ``tilt_min_deg``, ``tilt_max_deg``, ``defocus_um``,
+            ``max_shift_voxels`` and ``{train,val,test,predict}_size`` (as SimulatedSubtomogramDataModule's).
+        maps: split name -> ``(C, S, S, S)`` class maps that split draws from.
+        labelled_fraction: share of labelled training items (other splits are all labelled); None: no flag.
+    """
+    ctf = CtfConfig(defocus_um=hparams.defocus_um) if hparams.defocus_um > 0 else None
+    return {
+        split: SimulatedSubtomogramDataset(
+            split_maps,
+            hparams[f"{split}_size"],
+            split,
+            hparams.seed,
+            hparams.snr,
+            hparams.voxel_size_a,
+            (hparams.tilt_min_deg, hparams.tilt_max_deg),
+            ctf,
+            hparams.max_shift_voxels,
+            None if labelled_fraction is None else (labelled_fraction if split == "train" else 1.0),
+        )
+        for split, split_maps in maps.items()
+    }
+
+
 class SimulatedSubtomogramDataModule(SplitDataModule):
     """Simulated subtomograms of library classes, generated on the fly for every split.
 
@@ -267,31 +303,15 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
 
     def class_maps(self) -> torch.Tensor:
         """``(C, S, S, S)`` potentials of the classes at the module's voxel and box size."""
-        hp = self.hparams
-        return torch.stack(
-            [class_potential(name, hp.voxel_size_a, box_size=hp.box_size_voxels) for name in self.class_names]
-        )
+        return library_maps(self.class_names, self.hparams.voxel_size_a, self.hparams.box_size_voxels)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        hp = self.hparams
         maps = self.class_maps()
-        ctf = CtfConfig(defocus_um=hp.defocus_um) if hp.defocus_um > 0 else None
-        sizes = {"train": hp.train_size, "val": hp.val_size, "test": hp.test_size, "predict": hp.predict_size}
-        for split, size in sizes.items():
-            self.datasets[split] = SimulatedSubtomogramDataset(
-                maps,
-                size,
-                split,
-                hp.seed,
-                hp.snr,
-                hp.voxel_size_a,
-                (hp.tilt_min_deg, hp.tilt_max_deg),
-                ctf,
-                hp.max_shift_voxels,
-                hp.labelled_fraction if split == "train" else 1.0,
-            )
+        self.datasets.update(
+            split_datasets(self.hparams, dict.fromkeys(SPLIT_OFFSETS, maps), self.hparams.labelled_fraction)
+        )
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
