@@ -130,3 +130,40 @@ def test_average_command_bad_inputs(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "differs" in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_average_command_uses_rlnctfimage_weights(tmp_path, capsys):
+    """3-D weights (rlnCtfImage) equal to a ±45° wedge give the average of ``--fourier-weights wedge
+    --wedge 45``; a weight of the wrong size is refused with one line and nothing written."""
+    from aitom.fourier import missing_wedge_mask
+
+    volumes, _, _ = posed_subtomograms(
+        blob_volume(16), 4, seed=6, max_shift=1.0, snr=4.0, tilt_range_deg=(-45.0, 45.0)
+    )
+    wedge = missing_wedge_mask((16,) * 3, tilt_min_deg=-45.0, tilt_max_deg=45.0)
+    folder = tmp_path / "data"
+    names, weights = [], []
+    for index, volume in enumerate(volumes):
+        names.append(f"subtomograms/{index}.mrc")
+        weights.append(f"weights/{index}.mrc")
+        write_volume(folder / names[-1], volume, 10.0)
+        write_volume(folder / weights[-1], 3.0 * wedge, 10.0)  # any scale: normalised by its maximum
+    write_particles(folder / "particles.star", pd.DataFrame({"rlnImageName": names, "rlnCtfImage": weights}))
+    common = ["average", "--particles", str(folder / "particles.star"), "--iterations", "1", "--step", "30"]
+    common += ["--max-shift", "2"]
+    assert _main(average_command, [*common, "--out", str(tmp_path / "weights")]) == 0
+    assert "rlnCtfImage" in capsys.readouterr().out
+    wedge_args = ["--fourier-weights", "wedge", "--wedge", "45", "--out", str(tmp_path / "wedge")]
+    assert _main(average_command, [*common, *wedge_args]) == 0
+    capsys.readouterr()
+    with_weights, _ = read_volume(tmp_path / "weights" / "average_class1.mrc")
+    with_wedge, _ = read_volume(tmp_path / "wedge" / "average_class1.mrc")
+    assert torch.corrcoef(torch.stack((with_weights.flatten(), with_wedge.flatten())))[0, 1] > 0.999
+
+    write_volume(folder / weights[2], torch.ones(12, 12, 12), 10.0, overwrite=True)
+    assert _main(average_command, [*common, "--out", str(tmp_path / "bad")]) == 2
+    error = capsys.readouterr().err
+    assert "3-D weight" in error and weights[2] in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+    assert _main(average_command, [*common, "--classes", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "single-class" in capsys.readouterr().err

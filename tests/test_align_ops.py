@@ -14,8 +14,10 @@ from aitom.ops.alignment import (
     align_subtomograms,
     constrained_correlation,
     constrained_correlation_map,
+    phase_rotational_search,
     refine_alignment,
     rotational_search,
+    shift_lattice,
     translation_search,
 )
 from tests.align_fixtures import blob_volume, posed_subtomograms
@@ -98,6 +100,76 @@ def test_rotational_search_is_translation_invariant():
     )
 
 
+def test_shift_lattice_counts_integer_points_in_ball():
+    shifts = shift_lattice(2.0)
+    brute = [
+        (x, y, z)
+        for x in range(-2, 3)
+        for y in range(-2, 3)
+        for z in range(-2, 3)
+        if x * x + y * y + z * z <= 4
+    ]
+    assert shifts.shape == (len(brute), 3) == (33, 3)
+    assert torch.equal(shifts[0], torch.zeros(3))
+    assert {tuple(int(v) for v in row) for row in shifts} == set(brute)
+    assert shift_lattice(0.0).shape == (1, 3)
+    with pytest.raises(ValueError):
+        shift_lattice(-1.0)
+
+
+def test_phase_search_equals_refinement_score_at_each_rotation_and_shift():
+    """Every (rotation, shift) score is refine_alignment's constrained correlation at that pose (steps=0)."""
+    generator = torch.Generator().manual_seed(0)
+    reference = blob_volume(20, dtype=torch.float64)
+    volumes = torch.randn(3, 20, 20, 20, generator=generator, dtype=torch.float64)
+    mask = missing_wedge_mask((20,) * 3, dtype=torch.float64)
+    rotations = so3_grid(60.0, dtype=torch.float64)[:6]
+    shifts = shift_lattice(1.0, dtype=torch.float64)
+    scores, shift_index = phase_rotational_search(
+        reference, volumes, rotations, mask, mask, shifts_xyz=shifts, min_frequency=0.05, max_frequency=0.3
+    )
+    expected = torch.full((3, 6, shifts.shape[0]), -math.inf, dtype=torch.float64)
+    for r in range(6):
+        for t in range(shifts.shape[0]):
+            expected[:, r, t] = refine_alignment(
+                reference,
+                volumes,
+                rotations[r].expand(3, 3, 3),
+                shifts[t].expand(3, 3),
+                mask,
+                mask,
+                steps=0,
+                min_frequency=0.05,
+                max_frequency=0.3,
+            ).score
+    assert torch.allclose(scores, expected.amax(-1), atol=1e-10)
+    assert torch.equal(shift_index, expected.argmax(-1))
+
+
+def test_phase_search_finds_pose_of_noisy_centred_subtomograms(device):
+    """At SNR 0.1 the phase search (integer shifts up to 2 voxels) ranks the true rotation first, with an
+    integer shift less than one voxel from the true sub-voxel shift."""
+    reference = blob_volume(32)
+    mask = missing_wedge_mask((32,) * 3)
+    volumes, rotations, shifts = posed_subtomograms(reference, 6, seed=3, max_shift=1.0, snr=0.1)
+    grid = torch.cat((so3_grid(30.0), rotations))
+    scores, shift_index = phase_rotational_search(
+        reference.to(device),
+        volumes.to(device),
+        grid.to(device),
+        None,
+        mask.to(device),
+        shifts_xyz=shift_lattice(2.0),
+        min_frequency=0.05,
+        max_frequency=0.3,
+    )
+    best = scores.argmax(dim=1).cpu()
+    truth = torch.arange(grid.shape[0] - 6, grid.shape[0])
+    assert torch.equal(best, truth)
+    found_shift = shift_lattice(2.0)[shift_index.cpu()[torch.arange(6), best]]
+    assert (found_shift - shifts).norm(dim=1).max() < 1.0
+
+
 def test_refinement_converges_from_nearby_start(device):
     reference = blob_volume(24).to(device)
     mask = missing_wedge_mask((24,) * 3, device=device)
@@ -125,6 +197,22 @@ def test_align_recovers_random_poses_noise_free(device):
     assert error_deg.max() <= 2.0, error_deg
     assert (result.shift_xyz.cpu() - shifts).norm(dim=1).max() <= 0.5
     assert result.angles_rad.shape == (3, 3)
+
+
+def test_align_with_phase_search_recovers_poses():
+    reference = blob_volume(32)
+    mask = missing_wedge_mask((32,) * 3)
+    volumes, rotations, shifts = posed_subtomograms(reference, 3, seed=8, max_shift=2.0)
+    result = align_subtomograms(
+        reference, volumes, None, mask, angular_step_deg=20.0, max_shift_voxels=3, rotation_search="phase"
+    )
+    error_deg = torch.rad2deg(rotation_angle_between(result.rotation, rotations))
+    assert error_deg.max() <= 2.0, error_deg
+    assert (result.shift_xyz - shifts).norm(dim=1).max() <= 0.5
+    with pytest.raises(ValueError, match="max_shift_voxels"):
+        align_subtomograms(reference, volumes, rotation_search="phase")
+    with pytest.raises(ValueError, match="rotation_search"):
+        align_subtomograms(reference, volumes, max_shift_voxels=2, rotation_search="phases")
 
 
 def test_align_two_subtomograms_both_with_wedges():

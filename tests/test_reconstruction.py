@@ -167,7 +167,11 @@ def test_weight_is_zero_in_the_missing_wedge(device):
     well_observed = band & (torch.rad2deg(torch.atan2(kz, kx)) < 50)
     assert float(weight[deep_in_wedge].max()) < 1e-6
     assert float(weight[well_observed].min()) > 0.05
-    torch.testing.assert_close(weight, weight.flip(0, 1, 2).roll((1, 1, 1), (0, 1, 2)))  # Friedel symmetric
+    # Friedel symmetric, up to float32 rounding of the scatter-add (its order differs on CUDA)
+    scale = float(weight.abs().max())
+    torch.testing.assert_close(
+        weight, weight.flip(0, 1, 2).roll((1, 1, 1), (0, 1, 2)), rtol=1e-5, atol=1e-6 * scale
+    )
 
 
 def test_ctf_wiener_and_premultiplied_match_the_ctf_free_reconstruction(blobs, real_rotations, device):

@@ -57,9 +57,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="tilt range of the subtomograms' missing wedge, degrees: D for (-D, D) or MIN,MAX (default 60)",
     )
     parser.add_argument(
+        "--fourier-weights",
+        choices=("auto", "wedge"),
+        default="auto",
+        help="auto: when the table has rlnCtfImage (the 3-D CTF²·dose weights `aitom reconstruct` writes), "
+        "weight each particle's Fourier coefficients by √(weight / its maximum) in alignment and averaging "
+        "(real wedge and CTF); wedge: the --wedge mask for all (default auto)",
+    )
+    parser.add_argument(
+        "--particle-diameter",
+        type=float,
+        default=None,
+        help="diameter of a soft spherical mask on the reference during alignment, Å (default: no mask)",
+    )
+    parser.add_argument(
         "--step", type=float, default=15.0, help="angular step of the rotation search, degrees"
     )
-    parser.add_argument("--max-shift", type=float, default=None, help="largest shift searched, voxels")
+    parser.add_argument(
+        "--max-shift",
+        type=float,
+        default=None,
+        help="largest shift searched, voxels (up to 4: rotations scored with phases over the integer shifts; "
+        "more or unset: translation-invariant amplitude search)",
+    )
     parser.add_argument(
         "--max-frequency", type=float, default=0.35, help="highest frequency used in alignment, cycles/voxel"
     )
@@ -101,6 +121,29 @@ def _read_subtomograms(star: Path):
     return table, torch.stack(volumes), float(voxel_size_a)
 
 
+def _fourier_weights(table, star: Path, volumes):
+    """Per-particle masks √(w / max w) from the rlnCtfImage 3-D weights, same shape as ``volumes``."""
+    import torch
+
+    from aitom.errors import InputError
+    from aitom.io import read_volume
+
+    masks = []
+    for name in table["rlnCtfImage"]:
+        path = Path(str(name))
+        path = path if path.is_absolute() else star.parent / path
+        weight, _ = read_volume(path)
+        if weight.shape != volumes.shape[-3:]:
+            raise InputError(
+                f"3-D weight of size {tuple(weight.shape)} for subtomograms of {tuple(volumes.shape[-3:])}",
+                path,
+            )
+        if not bool(torch.isfinite(weight).all()) or float(weight.min()) < 0 or float(weight.max()) <= 0:
+            raise InputError("3-D weight must be finite, non-negative and not all zero", path)
+        masks.append((weight / weight.max()).sqrt())
+    return torch.stack(masks)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -128,7 +171,25 @@ def run(args: argparse.Namespace) -> int:
     if args.classes != "auto" and args.classes > n:
         raise InputError(f"--classes {args.classes} is more than the {n} particles")
     shape = tuple(volumes.shape[-3:])
-    mask = missing_wedge_mask(shape, tilt_min_deg=args.wedge[0], tilt_max_deg=args.wedge[1], device=device)
+    if args.particle_diameter is not None and not args.particle_diameter > 0:
+        raise InputError(f"--particle-diameter must be > 0 Å, got {args.particle_diameter}")
+    use_ctf_weights = args.fourier_weights == "auto" and "rlnCtfImage" in table.columns
+    if args.method == "faml" or args.classes != 1:
+        if use_ctf_weights:
+            raise InputError(
+                "per-particle Fourier weights (rlnCtfImage) work with single-class averaging only; "
+                "pass --fourier-weights wedge for classification or FAML",
+                args.particles,
+            )
+        if args.particle_diameter is not None:
+            raise InputError("--particle-diameter works with single-class averaging only")
+    if use_ctf_weights:
+        mask = _fourier_weights(table, args.particles, volumes).to(device)
+        print(f"Fourier weights: rlnCtfImage (per-particle 3-D weights) for {n} particles; --wedge not used")
+    else:
+        mask = missing_wedge_mask(
+            shape, tilt_min_deg=args.wedge[0], tilt_max_deg=args.wedge[1], device=device
+        )
     generator = torch.Generator(device=device).manual_seed(args.seed)
     alignment_options = {
         "angular_step_deg": args.step,
@@ -160,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
             mask,
             iterations=args.iterations,
             voxel_size_a=voxel_size_a,
+            particle_radius_voxels=(
+                None if args.particle_diameter is None else args.particle_diameter / (2 * voxel_size_a)
+            ),
             generator=generator,
             progress=True,
             **alignment_options,

@@ -16,7 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from aitom.fourier import fftn_centered, fourier_shell_correlation, ifftn_centered, resolution_at
-from aitom.geometry import fourier_shift, random_rotations, rotate_volume, rotation_angle_between
+from aitom.geometry import (
+    fourier_shift,
+    random_rotations,
+    rotate_volume,
+    rotation_angle_between,
+    soft_sphere_mask,
+)
 from aitom.ops.alignment import Alignment, align_subtomograms
 
 __all__ = [
@@ -179,6 +185,7 @@ def reference_free_average(
     generator: torch.Generator | None = None,
     initial_reference: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    particle_radius_voxels: float | None = None,
     progress: bool = False,
 ) -> AveragingResult:
     """Iterative reference-free averaging: align everything to the current average, re-average, repeat.
@@ -202,6 +209,9 @@ def reference_free_average(
         generator: random generator for the initial rotations.
         initial_reference: ``(S, S, S)`` starting reference instead of the random-rotation average.
         weights: ``(P,)`` weights of the subtomograms in the averages (class memberships).
+        particle_radius_voxels: radius of a soft spherical mask (3-voxel raised-cosine edge) applied to the
+            reference before each alignment, voxels; None: no mask. Masking away the solvent keeps the
+            alignment from fitting noise outside the particle, which matters with few, noisy particles.
         progress: show progress bars.
 
     Returns:
@@ -213,6 +223,13 @@ def reference_free_average(
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     n = volumes.shape[0]
     device, dtype = volumes.device, volumes.dtype
+    if particle_radius_voxels is not None and not particle_radius_voxels > 0:
+        raise ValueError(f"particle_radius_voxels must be > 0, got {particle_radius_voxels}")
+    reference_mask_real = (
+        None
+        if particle_radius_voxels is None
+        else soft_sphere_mask(volumes.shape[-3:], particle_radius_voxels, 3.0, dtype=dtype, device=device)
+    )
     rotations = random_rotations(n, generator=generator, dtype=dtype, device=device)
     shifts = torch.zeros(n, 3, device=device, dtype=dtype)
     if initial_reference is None:
@@ -226,6 +243,8 @@ def reference_free_average(
     alignment = Alignment(rotations, shifts, torch.zeros(n, device=device, dtype=dtype))
     for iteration in range(1, iterations + 1):
         reference_mask = None if coverage is None else (coverage / wiener_floor).clamp(max=1.0)
+        if reference_mask_real is not None:
+            reference = reference * reference_mask_real
         parts = []
         batches = range(0, n, batch_size)
         for start in tqdm(batches, desc=f"align {iteration}", disable=not progress, leave=False):
