@@ -53,11 +53,22 @@ def test_dog_dark_polarity_finds_inverted_blobs(blobs):
 
 def test_saliency_recall(blobs):
     volume, truth = blobs
-    coordinates, scores = saliency_pick(volume, RADIUS, iterations=3)
+    coordinates, scores = saliency_pick(volume, RADIUS, iterations=3, threshold_abs=0.0)
     result = evaluate_picks(as_table(coordinates[:6]), truth, tolerance_voxels=RADIUS / 2)
     assert result["recall"] >= 0.9
     # The planted blobs stand far above everything else in saliency.
-    assert float(scores[5]) > 3 * float(scores[6])
+    assert len(scores) > 6 and float(scores[5]) > 3 * float(scores[6])
+
+
+def test_saliency_default_threshold_keeps_only_the_blobs(blobs):
+    """Without a threshold, Otsu's split of the peaks' log-saliency keeps the six blobs and drops the rest."""
+    volume, truth = blobs
+    everything, _ = saliency_pick(volume, RADIUS, iterations=3, threshold_abs=0.0)
+    coordinates, _ = saliency_pick(volume, RADIUS, iterations=3)
+    result = evaluate_picks(as_table(coordinates), truth, tolerance_voxels=RADIUS / 2)
+    assert result["recall"] >= 0.9 and result["precision"] >= 0.9
+    assert len(everything) > 2 * len(coordinates)
+    assert len(saliency_pick(volume, RADIUS, iterations=3, num_peaks=3)[0]) == 3
 
 
 def test_slic_recovers_two_halves(device):

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from aitom.errors import InputError
-from aitom.ops.peaks import false_alarm_threshold, non_maximum_suppression, peak_local_max, robust_mean_std
+from aitom.ops.peaks import (
+    false_alarm_threshold,
+    non_maximum_suppression,
+    otsu_threshold,
+    peak_local_max,
+    robust_mean_std,
+)
 
 
 def reference_peak_local_max(volume: np.ndarray, min_distance: int, threshold: float, border: int) -> set:
@@ -119,3 +125,27 @@ def test_non_maximum_suppression_per_point_radii():
     ).tolist() == [1]
     with pytest.raises(InputError):
         non_maximum_suppression(pair, torch.tensor([1.0, 2.0]), 1.0, radii=torch.tensor([-1.0, 3.0]))
+
+
+def test_otsu_threshold_matches_brute_force():
+    """Every split of the sorted values scored by w0 w1 (m0 - m1)^2 in plain NumPy: same split."""
+    values = np.random.default_rng(0).gamma(2.0, size=97)
+    ordered = np.sort(values)
+    best, expected = -1.0, None
+    for split in range(1, len(ordered)):
+        lower, upper = ordered[:split], ordered[split:]
+        w0, w1 = split / len(ordered), 1 - split / len(ordered)
+        between = w0 * w1 * (lower.mean() - upper.mean()) ** 2
+        if between > best:
+            best, expected = between, (ordered[split - 1] + ordered[split]) / 2
+    assert otsu_threshold(torch.from_numpy(values)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_otsu_threshold_separates_two_groups():
+    generator = torch.Generator().manual_seed(1)
+    low = 1.0 + 0.1 * torch.randn(200, generator=generator)
+    high = 5.0 + 0.1 * torch.randn(20, generator=generator)
+    threshold = otsu_threshold(torch.cat((low, high))[torch.randperm(220, generator=generator)])
+    assert float(low.max()) < threshold < float(high.min())
+    with pytest.raises(ValueError):
+        otsu_threshold(torch.ones(1))

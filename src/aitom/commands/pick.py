@@ -115,7 +115,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     radius = saliency.add_mutually_exclusive_group(required=True)
     radius.add_argument("--radius-a", type=float, help="expected particle radius, Å")
     radius.add_argument("--radius-voxels", type=float, help="expected particle radius, voxels")
-    saliency.add_argument("--false-alarm-rate", type=float, help=_FAR_HELP + " (default: none, threshold 0)")
+    saliency.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        help=_FAR_HELP + " (default: none; the peaks are split by Otsu's threshold of their log-saliency)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

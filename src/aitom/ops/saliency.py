@@ -21,7 +21,7 @@ import torch
 
 from aitom.errors import InputError
 from aitom.ops.filters import gaussian_filter3d
-from aitom.ops.peaks import false_alarm_threshold, peak_local_max
+from aitom.ops.peaks import false_alarm_threshold, otsu_threshold, peak_local_max
 
 __all__ = [
     "robust_pca",
@@ -242,7 +242,9 @@ def saliency_pick(
         particle_radius_voxels: expected particle radius, voxels (sets supervoxel size and smoothing).
         min_distance: minimal distance between picks; default the particle radius.
         threshold_abs, false_alarm_rate, num_peaks, exclude_border: as :func:`aitom.ops.dog_picking.dog_pick`
-            (thresholds apply to the smoothed saliency).
+            (thresholds apply to the smoothed saliency). With neither threshold, the peaks are split by
+            Otsu's threshold of their log-saliency (:func:`aitom.ops.peaks.otsu_threshold`) and the upper
+            class is kept.
         iterations: SLIC iterations.
 
     Returns:
@@ -250,13 +252,21 @@ def saliency_pick(
     """
     saliency = saliency_map(volume, particle_radius_voxels, iterations=iterations)
     smoothed = gaussian_filter3d(saliency, max(0.5, particle_radius_voxels / 3))
+    automatic = threshold_abs is None and false_alarm_rate is None
     if threshold_abs is None and false_alarm_rate is not None:
         threshold_abs = false_alarm_threshold(smoothed, false_alarm_rate)
     distance = max(1, round(particle_radius_voxels)) if min_distance is None else min_distance
-    return peak_local_max(
+    coordinates, scores = peak_local_max(
         smoothed,
         min_distance=distance,
         threshold_abs=0.0 if threshold_abs is None else threshold_abs,
-        num_peaks=num_peaks,
+        num_peaks=None if automatic else num_peaks,
         exclude_border=exclude_border,
     )
+    if automatic and scores.numel() >= 2:
+        # Half the map is exactly 0 (dim supervoxels), so voxel statistics say nothing about the noise; the
+        # peak values split into background and particles, and Otsu's threshold of their logarithm separates
+        # the two (the saliency of particles spans orders of magnitude).
+        keep = scores.log() > otsu_threshold(scores.log())
+        coordinates, scores = coordinates[keep][:num_peaks], scores[keep][:num_peaks]
+    return coordinates, scores
