@@ -234,6 +234,7 @@ def reference_free(volumes, masks, args, voxel_size_a: float, seed: int, initial
         max_shift_voxels=MAX_SHIFT_VOXELS,
         max_frequency=args.max_frequency,
         particle_radius_voxels=args.particle_diameter / (2 * voxel_size_a),
+        annealing_iterations=0 if initial_reference is not None else args.annealing_iterations,
         generator=torch.Generator().manual_seed(seed),  # CPU: the same start on every device
         initial_reference=None if initial_reference is None else initial_reference.to(volumes.device),
         progress=True,
@@ -286,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=5, help="reference-free averaging rounds")
     parser.add_argument(
         "--starts", type=int, default=3, help="reference-free random starts (best score kept)"
+    )
+    parser.add_argument(
+        "--annealing-iterations",
+        type=int,
+        default=0,
+        help="start each reference-free run from a stochastic-annealing initial model (0: random start)",
     )
     parser.add_argument(
         "--max-frequency", type=float, default=0.3, help="alignment band limit, cycles/voxel (0.3: 40 Å)"
@@ -433,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         exhaustive_reference_free(volumes_on_device, masks, args, voxel_size_a, args.seed)
     )
     results["reference_free"] = {
+        "annealing_iterations": args.annealing_iterations,
         "starts": [{k: v for k, v in run.items() if k != "on_star"} for run in runs],
         "chosen_start": chosen,
         "started_from_star_average": {k: v for k, v in from_star.items() if k != "on_star"},
@@ -458,7 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(
         (
             f"reference-free runs ({args.iterations} iterations, {args.step:g}° grid, phases, shifts ≤ "
-            f"{MAX_SHIFT_VOXELS:g} voxels, reference masked at {args.particle_diameter:g} Å)",
+            f"{MAX_SHIFT_VOXELS:g} voxels, reference masked at {args.particle_diameter:g} Å"
+            + (
+                f", annealed starts of {args.annealing_iterations} iterations)"
+                if args.annealing_iterations
+                else ")"
+            ),
             "within 20° of STAR (median error); correlation / non-spherical part with RELION's map; "
             "mean alignment score; wall time",
         )

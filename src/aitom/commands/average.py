@@ -71,6 +71,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="diameter of a soft spherical mask on the reference during alignment, Å (default: no mask)",
     )
     parser.add_argument(
+        "--annealing-iterations",
+        type=int,
+        default=0,
+        help="start from a stochastic-annealing initial model of this many iterations (about 20; each one a "
+        "full rotational search) instead of the random-rotation average: for low SNR, where a random start "
+        "locks on to noise; single-class averaging only (default 0: random start)",
+    )
+    parser.add_argument(
         "--step", type=float, default=15.0, help="angular step of the rotation search, degrees"
     )
     parser.add_argument(
@@ -171,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     if args.classes != "auto" and args.classes > n:
         raise InputError(f"--classes {args.classes} is more than the {n} particles")
     shape = tuple(volumes.shape[-3:])
+    if args.annealing_iterations < 0 or args.annealing_iterations == 1:
+        raise InputError(f"--annealing-iterations must be 0 or at least 2, got {args.annealing_iterations}")
     if args.particle_diameter is not None and not args.particle_diameter > 0:
         raise InputError(f"--particle-diameter must be > 0 Å, got {args.particle_diameter}")
     use_ctf_weights = args.fourier_weights == "auto" and "rlnCtfImage" in table.columns
@@ -183,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.particle_diameter is not None:
             raise InputError("--particle-diameter works with single-class averaging only")
+        if args.annealing_iterations:
+            raise InputError("--annealing-iterations works with single-class averaging only")
     if use_ctf_weights:
         mask = _fourier_weights(table, args.particles, volumes).to(device)
         print(f"Fourier weights: rlnCtfImage (per-particle 3-D weights) for {n} particles; --wedge not used")
@@ -224,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
             particle_radius_voxels=(
                 None if args.particle_diameter is None else args.particle_diameter / (2 * voxel_size_a)
             ),
+            annealing_iterations=args.annealing_iterations,
             generator=generator,
             progress=True,
             **alignment_options,

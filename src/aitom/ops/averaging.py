@@ -21,13 +21,15 @@ from aitom.geometry import (
     random_rotations,
     rotate_volume,
     rotation_angle_between,
+    so3_grid,
     soft_sphere_mask,
 )
-from aitom.ops.alignment import Alignment, align_subtomograms
+from aitom.ops.alignment import Alignment, align_subtomograms, phase_rotational_search, shift_lattice
 
 __all__ = [
     "AveragingResult",
     "align_to_reference_frame",
+    "annealed_initial_reference",
     "half_set_fsc",
     "reference_free_average",
     "wedge_compensated_average",
@@ -169,6 +171,97 @@ class AveragingResult:
     history: list[dict]
 
 
+def annealed_initial_reference(
+    volumes: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    iterations: int = 21,
+    inverse_temperatures: tuple[float, float] = (0.3, 6.0),
+    candidates: int = 50,
+    angular_step_deg: float = 15.0,
+    max_shift_voxels: float = 2.0,
+    max_frequency: float = 0.3,
+    particle_radius_voxels: float | None = None,
+    wiener_floor: float = 0.05,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial model by stochastic annealing: orientations drawn from a sharpening posterior, re-averaged.
+
+    Starts from the average under uniformly random rotations. Each iteration scores every rotation of
+    ``so3_grid(angular_step_deg)`` (and integer shift up to ``max_shift_voxels``) of the current reference
+    against every subtomogram with :func:`aitom.ops.alignment.phase_rotational_search`, turns each
+    subtomogram's scores into z-scores over the rotations, draws ONE rotation per subtomogram from the softmax
+    ``∝ exp(β z)`` over its ``candidates`` best, and re-averages. ``β`` grows geometrically over the
+    iterations from ``inverse_temperatures[0]`` (nearly random draws: the reference cannot lock on to noise)
+    to ``inverse_temperatures[1]`` (nearly the best rotation). This is simulated annealing of the poses; a
+    start from the plain random-rotation average instead locks on to the first features that noise puts into
+    it. On simulated 70S particles (32³, 12 Å, ±60° wedge, 3 µm CTF, SNR 0.01, 100 particles; best of 3
+    starts, ``scripts/study_reference_free_size.py``) the refinement from this start put 100 % of the
+    orientations within 20°, from random starts 0 %. The draws are random: keep the best of several starts.
+
+    Args:
+        volumes: ``(P, S, S, S)`` subtomograms.
+        mask: centred Fourier mask ``(S, S, S)`` shared by all, ``(P, S, S, S)``, or None.
+        iterations: annealing iterations (``>= 2``).
+        inverse_temperatures: ``(first, last)`` ``β``, on the z-scores of the rotation scores.
+        candidates: best rotations per subtomogram that the draw is restricted to.
+        angular_step_deg, max_shift_voxels, max_frequency: search settings (rotations, shifts in voxels,
+            band limit in cycles/voxel; the band starts at 0.05 cycles/voxel).
+        particle_radius_voxels: soft spherical mask on the reference, voxels (None: none).
+        wiener_floor: see :func:`wedge_compensated_average`.
+        generator: random generator of the initial rotations and the draws (any device).
+
+    Returns:
+        ``(reference (S, S, S), coverage (S, S, S))``: the last average and its Fourier coverage.
+    """
+    if iterations < 2:
+        raise ValueError(f"annealing needs at least 2 iterations, got {iterations}")
+    first, last = inverse_temperatures
+    if not 0 < first <= last:
+        raise ValueError(f"need 0 < first <= last inverse temperature, got {inverse_temperatures}")
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    n = volumes.shape[0]
+    device, dtype = volumes.device, volumes.dtype
+    grid = so3_grid(angular_step_deg, dtype=dtype, device=device)
+    shifts_searched = shift_lattice(max_shift_voxels, device=device, dtype=dtype)
+    sphere = (
+        None
+        if particle_radius_voxels is None
+        else soft_sphere_mask(volumes.shape[-3:], particle_radius_voxels, 3.0, dtype=dtype, device=device)
+    )
+    rotations = random_rotations(n, generator=generator, dtype=dtype, device=device)
+    reference, coverage = wedge_compensated_average(
+        volumes, rotations, torch.zeros(n, 3, device=device, dtype=dtype), mask, wiener_floor=wiener_floor
+    )
+    count = min(candidates, grid.shape[0])
+    for step in range(iterations):
+        beta = first * (last / first) ** (step / (iterations - 1))
+        scores, shift_index = phase_rotational_search(
+            reference if sphere is None else reference * sphere,
+            volumes,
+            grid,
+            (coverage / wiener_floor).clamp(max=1.0),
+            mask,
+            shifts_xyz=shifts_searched,
+            min_frequency=min(0.05, max_frequency / 2),
+            max_frequency=max_frequency,
+        )
+        z = (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp(min=1e-12)
+        best = z.topk(count, dim=1)
+        probabilities = torch.softmax(beta * best.values, dim=1)
+        if generator is not None:
+            probabilities = probabilities.to(generator.device)
+        drawn = torch.multinomial(probabilities, 1, generator=generator).to(device)
+        index = best.indices.gather(1, drawn)[:, 0]
+        rotations = grid[index]
+        shifts = shifts_searched[shift_index.gather(1, index[:, None])[:, 0]]
+        reference, coverage = wedge_compensated_average(
+            volumes, rotations, shifts, mask, wiener_floor=wiener_floor
+        )
+    return reference, coverage
+
+
 def reference_free_average(
     volumes: torch.Tensor,
     mask: torch.Tensor | None = None,
@@ -186,6 +279,7 @@ def reference_free_average(
     initial_reference: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
     particle_radius_voxels: float | None = None,
+    annealing_iterations: int = 0,
     progress: bool = False,
 ) -> AveragingResult:
     """Iterative reference-free averaging: align everything to the current average, re-average, repeat.
@@ -212,6 +306,10 @@ def reference_free_average(
         particle_radius_voxels: radius of a soft spherical mask (3-voxel raised-cosine edge) applied to the
             reference before each alignment, voxels; None: no mask. Masking away the solvent keeps the
             alignment from fitting noise outside the particle, which matters with few, noisy particles.
+        annealing_iterations: when > 0 (and no ``initial_reference``), start from
+            :func:`annealed_initial_reference` with this many iterations instead of the random-rotation
+            average: slower (one full rotational search per iteration) but far less prone to locking on to
+            noise at low SNR. The subtomogram ``weights`` do not enter the annealing.
         progress: show progress bars.
 
     Returns:
@@ -221,6 +319,8 @@ def reference_free_average(
         raise ValueError(f"need at least 2 subtomograms (P, S, S, S), got {tuple(volumes.shape)}")
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if annealing_iterations < 0:
+        raise ValueError(f"annealing_iterations must be >= 0, got {annealing_iterations}")
     n = volumes.shape[0]
     device, dtype = volumes.device, volumes.dtype
     if particle_radius_voxels is not None and not particle_radius_voxels > 0:
@@ -232,13 +332,25 @@ def reference_free_average(
     )
     rotations = random_rotations(n, generator=generator, dtype=dtype, device=device)
     shifts = torch.zeros(n, 3, device=device, dtype=dtype)
-    if initial_reference is None:
+    if initial_reference is not None:
+        reference = initial_reference.to(volumes)
+        coverage = None
+    elif annealing_iterations > 0:
+        reference, coverage = annealed_initial_reference(
+            volumes,
+            mask,
+            iterations=annealing_iterations,
+            angular_step_deg=angular_step_deg,
+            max_shift_voxels=2.0 if max_shift_voxels is None else min(2.0, max_shift_voxels),
+            max_frequency=max_frequency,
+            particle_radius_voxels=particle_radius_voxels,
+            wiener_floor=wiener_floor,
+            generator=generator,
+        )
+    else:
         reference, coverage = wedge_compensated_average(
             volumes, rotations, shifts, mask, weights=weights, wiener_floor=wiener_floor
         )
-    else:
-        reference = initial_reference.to(volumes)
-        coverage = None
     history: list[dict] = []
     alignment = Alignment(rotations, shifts, torch.zeros(n, device=device, dtype=dtype))
     for iteration in range(1, iterations + 1):
