@@ -476,9 +476,10 @@ def main(argv: list[str] | None = None) -> int:
             "mean alignment score; wall time",
         )
     )
+    kind = "annealed" if args.annealing_iterations else "random"
     shown = sorted({*range(min(3, args.starts)), chosen})
     rows += [
-        free_row(f"  random start {k + 1}{' (kept: best score)' if k == chosen else ''}", runs[k])
+        free_row(f"  {kind} start {k + 1}{' (kept: best score)' if k == chosen else ''}", runs[k])
         for k in shown
     ]
     if args.starts > len(shown):
@@ -486,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         shape_all = torch.tensor([run["correlation_right_hand_in_star_frame"][1] for run in runs])
         rows.append(
             (
-                f"  all {args.starts} random starts: within 20° (max / median); non-spherical part (max)",
+                f"  all {args.starts} {kind} starts: within 20° (max / median); non-spherical part (max)",
                 f"{within_all.max():.0%} / {within_all.median():.0%}; {shape_all.max():.3f}",
             )
         )
