@@ -232,6 +232,60 @@ def _sample_centred(
     return sampled[:, :, 0, :, 0]
 
 
+def _check_search_inputs(
+    reference: torch.Tensor,
+    subtomograms: torch.Tensor,
+    mask_reference: torch.Tensor | None,
+    mask_subtomograms: torch.Tensor | None,
+    min_frequency: float,
+    max_frequency: float,
+) -> None:
+    """Validate the arguments of the grid rotational searches (one cubic reference, a batch, masks, band)."""
+    if reference.ndim != 3 or subtomograms.ndim != 4 or len(set(reference.shape)) != 1:
+        raise ValueError(
+            f"need a cubic reference (S, S, S) and subtomograms (P, S, S, S), got {tuple(reference.shape)} "
+            f"and {tuple(subtomograms.shape)}"
+        )
+    _check_volumes(reference, subtomograms)
+    _check_band(min_frequency, max_frequency)
+    _check_mask(mask_reference, reference.shape, "mask_reference")
+    _check_mask(mask_subtomograms, reference.shape, "mask_subtomograms")
+
+
+def _band_spectra(
+    subtomograms: torch.Tensor,
+    mask_subtomograms: torch.Tensor | None,
+    min_frequency: float,
+    max_frequency: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The subtomograms' centred spectra at the half-space band points, with Friedel × mask weights.
+
+    Returns:
+        ``(points (K, 3), spectra (B, K) complex, weights (B, K))``: integer frequency offsets ``(x, y, z)``.
+    """
+    size = subtomograms.shape[-1]
+    device, dtype = subtomograms.device, subtomograms.dtype
+    points, friedel = _half_space_band_points(size, min_frequency, max_frequency, device, dtype)
+    index = (points.long() + size // 2).flip(-1)  # (z, y, x) indices into centred spectra
+    spectra = fftn_centered(subtomograms)[:, index[:, 0], index[:, 1], index[:, 2]]
+    weights = friedel.expand(subtomograms.shape[0], -1)
+    if mask_subtomograms is not None:
+        weights = (
+            weights
+            * mask_subtomograms.to(device=device, dtype=dtype)[..., index[:, 0], index[:, 1], index[:, 2]]
+        )
+    return points, spectra, weights
+
+
+def _padded_spectrum_channels(reference: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Real and imaginary parts ``(..., 2, 2S, 2S, 2S)`` of the centred spectrum of the reference zero-padded
+    twofold (for trilinear sampling at rotated frequencies, :func:`_sample_centred` with ``scale=2``)."""
+    size = reference.shape[-1]
+    padding = (size - size // 2, size // 2) * 3
+    spectrum = fftn_centered(torch.nn.functional.pad(reference.to(dtype), padding))
+    return torch.stack((spectrum.real, spectrum.imag), dim=-4)
+
+
 def rotational_search(
     reference: torch.Tensor,
     subtomograms: torch.Tensor,
@@ -262,16 +316,10 @@ def rotational_search(
     Returns:
         ``(P, N)`` scores in ``[-1, 1]``.
     """
-    if reference.ndim != 3 or subtomograms.ndim != 4 or len(set(reference.shape)) != 1:
-        raise ValueError(
-            f"need a cubic reference (S, S, S) and subtomograms (P, S, S, S), got {tuple(reference.shape)} "
-            f"and {tuple(subtomograms.shape)}"
-        )
-    _check_volumes(reference, subtomograms)
-    _check_band(min_frequency, max_frequency)
+    _check_search_inputs(
+        reference, subtomograms, mask_reference, mask_subtomograms, min_frequency, max_frequency
+    )
     shape = reference.shape
-    _check_mask(mask_reference, shape, "mask_reference")
-    _check_mask(mask_subtomograms, shape, "mask_subtomograms")
     size = shape[-1]
     device, dtype = reference.device, reference.dtype
     centre = size // 2
@@ -373,30 +421,17 @@ def phase_rotational_search(
     Returns:
         ``(scores (P, N), shift_index (P, N))``: the best correlation over the shifts and which shift gave it.
     """
-    if reference.ndim != 3 or subtomograms.ndim != 4 or len(set(reference.shape)) != 1:
-        raise ValueError(
-            f"need a cubic reference (S, S, S) and subtomograms (P, S, S, S), got {tuple(reference.shape)} "
-            f"and {tuple(subtomograms.shape)}"
-        )
-    _check_volumes(reference, subtomograms)
-    _check_band(min_frequency, max_frequency)
-    shape = reference.shape
-    _check_mask(mask_reference, shape, "mask_reference")
-    _check_mask(mask_subtomograms, shape, "mask_subtomograms")
-    size = shape[-1]
+    _check_search_inputs(
+        reference, subtomograms, mask_reference, mask_subtomograms, min_frequency, max_frequency
+    )
+    size = reference.shape[-1]
     device, dtype = subtomograms.device, subtomograms.dtype
     if shifts_xyz is None:
         shifts_xyz = torch.zeros(1, 3, device=device, dtype=dtype)
     shifts_xyz = shifts_xyz.to(device=device, dtype=dtype)
-    points, friedel = _half_space_band_points(size, min_frequency, max_frequency, device, dtype)
-    index = (points.long() + size // 2).flip(-1)  # (z, y, x) indices into centred spectra
-    spectrum_b = fftn_centered(subtomograms)[:, index[:, 0], index[:, 1], index[:, 2]]  # (P, K)
-    weight_b = friedel.expand(subtomograms.shape[0], -1)
-    if mask_subtomograms is not None:
-        weight_b = (
-            weight_b
-            * mask_subtomograms.to(device=device, dtype=dtype)[..., index[:, 0], index[:, 1], index[:, 2]]
-        )
+    points, spectrum_b, weight_b = _band_spectra(
+        subtomograms, mask_subtomograms, min_frequency, max_frequency
+    )
     n_particles, n_points = spectrum_b.shape
     n_shifts = shifts_xyz.shape[0]
     # Re[A e^{-2πi k·t} conj(B)] = Re[A conj(B e^{+2πi k·t})]: the shifts go on the subtomograms' side
@@ -405,9 +440,7 @@ def phase_rotational_search(
     shifted = torch.cat((shifted.real, shifted.imag), dim=-1).reshape(n_particles * n_shifts, 2 * n_points)
     power_b = weight_b * spectrum_b.abs().square()  # (P, K)
 
-    padding = (size - size // 2, size // 2) * 3
-    padded_spectrum = fftn_centered(torch.nn.functional.pad(reference.to(dtype), padding))
-    channels = torch.stack((padded_spectrum.real, padded_spectrum.imag))  # (2, 2S, 2S, 2S)
+    channels = _padded_spectrum_channels(reference, dtype)  # (2, 2S, 2S, 2S)
     mask_a = None if mask_reference is None else mask_reference.to(device=device, dtype=dtype)[None]
     scores, shift_index = [], []
     for rotation_chunk in rotations.to(device=device, dtype=dtype).split(chunk_size):
@@ -572,20 +605,10 @@ def refine_alignment(
     if subtomograms.ndim != 4 or len(set(subtomograms.shape[-3:])) != 1:
         raise ValueError(f"subtomograms must be cubic (B, S, S, S), got {tuple(subtomograms.shape)}")
     device, dtype = subtomograms.device, subtomograms.dtype
-    points, weight = _half_space_band_points(size, min_frequency, max_frequency, device, dtype)
-    index = (points.long() + size // 2).flip(-1)  # (z, y, x) indices into centred spectra
-    spectrum_b = fftn_centered(subtomograms)[:, index[:, 0], index[:, 1], index[:, 2]]  # (B, K)
-    weight_b = weight.expand(subtomograms.shape[0], -1)
-    if mask_subtomograms is not None:
-        weight_b = (
-            weight_b
-            * mask_subtomograms.to(device=device, dtype=dtype)[..., index[:, 0], index[:, 1], index[:, 2]]
-        )
-
-    padding = (size - size // 2, size // 2) * 3
-    padded = torch.nn.functional.pad(reference.to(dtype), padding)
-    padded_spectrum = fftn_centered(padded)
-    channels = torch.stack((padded_spectrum.real, padded_spectrum.imag), dim=-4)  # (..., 2, 2S, 2S, 2S)
+    points, spectrum_b, weight_b = _band_spectra(
+        subtomograms, mask_subtomograms, min_frequency, max_frequency
+    )
+    channels = _padded_spectrum_channels(reference, dtype)  # (..., 2, 2S, 2S, 2S)
     mask_a = None if mask_reference is None else mask_reference.to(device=device, dtype=dtype).unsqueeze(-4)
 
     rotations = rotations.detach().to(dtype)
