@@ -295,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         help="start each reference-free run from a stochastic-annealing initial model (0: random start)",
     )
     parser.add_argument(
-        "--max-frequency", type=float, default=0.3, help="alignment band limit, cycles/voxel (0.3: 40 Å)"
+        "--max-frequency",
+        type=float,
+        default=0.45,
+        help="alignment band limit, cycles/voxel (0.45 at 12 Å: 27 Å)",
     )
     parser.add_argument(
         "--particle-diameter", type=float, default=260.0, help="reference mask diameter, Å (70S: ~260 Å)"
