@@ -296,8 +296,9 @@ def reference_free_average(
         iterations: maximum number of align/average rounds.
         voxel_size_a: voxel size, Å (for the resolutions in ``history``).
         angular_step_deg, max_shift_voxels, max_frequency, refine_steps: alignment settings
-            (:func:`aitom.ops.alignment.align_subtomograms`); the rotational search, the translation search
-            and the refinement all use the band from 0.05 to ``max_frequency`` cycles/voxel. On the 40 real
+            (:func:`aitom.ops.alignment.align_subtomograms`); the rotational search uses the band from 0.05
+            to ``max_frequency`` cycles/voxel, the translation search and the refinement every frequency up
+            to ``max_frequency``. On the 40 real
             70S particles (12 Å) a search capped at 0.25 cycles/voxel inside a 0.45 band kept 48 % of the
             STAR orientations within 20° when started from them, the whole band 70 %.
         wiener_floor: see :func:`wedge_compensated_average`.
