@@ -222,8 +222,12 @@ def _report(out: Path, rows: list[tuple[str, str]], results: dict) -> str:
     return table
 
 
-def reference_free(volumes, masks, args, voxel_size_a: float, seed: int, initial_reference=None) -> dict:
-    """One reference-free run (random start from ``seed``, or ``initial_reference``): average, poses, time."""
+def reference_free(
+    volumes, masks, args, voxel_size_a: float, generator: torch.Generator, initial_reference=None
+) -> dict:
+    """One reference-free run (random start drawn from ``generator``, or ``initial_reference``): average,
+    poses, time. Runs drawn one after another from one generator seeded ``--seed`` are the starts of
+    ``aitom average --starts N --seed S`` (the same options), which keeps the best-scoring one."""
     started = time.perf_counter()
     free = reference_free_average(
         volumes,
@@ -235,7 +239,7 @@ def reference_free(volumes, masks, args, voxel_size_a: float, seed: int, initial
         max_frequency=args.max_frequency,
         particle_radius_voxels=args.particle_diameter / (2 * voxel_size_a),
         annealing_iterations=0 if initial_reference is not None else args.annealing_iterations,
-        generator=torch.Generator().manual_seed(seed),  # CPU: the same start on every device
+        generator=generator,
         initial_reference=None if initial_reference is None else initial_reference.to(volumes.device),
         progress=True,
     )
@@ -377,19 +381,31 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. control: random orientations
     generator = torch.Generator().manual_seed(args.seed)
-    random_average, _ = known_pose_average(volumes, random_rotations(n, generator), weights)
+    control_rotations = random_rotations(n, generator)
+    random_average, _ = known_pose_average(volumes, control_rotations, weights)
     random_plain, random_shape = correlations(random_average, relion_right)
     # the reference-free averages below are superposed on the known-pose average before they are compared,
     # which lets their noise match it; the same superposition of the control is the fair comparison
-    random_on_star, _ = superpose_map(
+    random_on_star, control_global = superpose_map(
         random_average, star_average, voxel_size_a=voxel_size_a, lowpass_a=LOWPASS_A
     )
     random_superposed_plain, random_superposed_shape = correlations(random_on_star, relion_right)
+    # chance level of "within 20°": uniformly random rotations put (θ - sin θ)/π of them within θ of any
+    # given rotation; the control, superposed like the reference-free runs, measures it on these particles
+    chance = (math.radians(WITHIN_DEG) - math.sin(math.radians(WITHIN_DEG))) / math.pi
+    control_within, control_median = fraction_within(
+        control_rotations, control_global.rotation[0], star_rotations
+    )
     results["correlation_plain_and_non_spherical"] = {
         "star_weighted": [star_plain, star_shape],
         "star_unweighted": [unweighted_plain, unweighted_shape],
         "random_orientations": [random_plain, random_shape],
         "random_orientations_superposed": [random_superposed_plain, random_superposed_shape],
+    }
+    results["chance_within_20_deg"] = {
+        "uniform_rotations": chance,
+        "control_superposed": control_within,
+        "control_superposed_median_error_deg": control_median,
     }
     rows += [
         ("STAR poses, 3-D weights: correlation / non-spherical part", f"{star_plain:.3f} / {star_shape:.3f}"),
@@ -404,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         (
             "CONTROL random orientations, superposed like the reference-free averages",
             f"{random_superposed_plain:.3f} / {random_superposed_shape:.3f}",
+        ),
+        (
+            f"CHANCE: within {WITHIN_DEG:g}° of STAR for uniformly random rotations / the control superposed",
+            f"{chance:.2%} / {control_within:.0%} (median {control_median:.0f}°)",
         ),
     ]
     print(_report(args.out, rows, results), flush=True)
@@ -430,14 +450,15 @@ def main(argv: list[str] | None = None) -> int:
             "on_star": on_star,
         }
 
+    starts_generator = torch.Generator().manual_seed(args.seed)  # CPU: the same starts on every device
     runs = [
-        evaluate(reference_free(volumes_on_device, masks, args, voxel_size_a, args.seed + k))
-        for k in range(args.starts)
+        evaluate(reference_free(volumes_on_device, masks, args, voxel_size_a, starts_generator))
+        for _ in range(args.starts)
     ]
     chosen = max(range(args.starts), key=lambda k: runs[k]["mean_alignment_score"])
     free_on_star = runs[chosen]["on_star"]
     from_star = evaluate(
-        reference_free(volumes_on_device, masks, args, voxel_size_a, args.seed, star_average)
+        reference_free(volumes_on_device, masks, args, voxel_size_a, torch.Generator(), star_average)
     )
     exhaustive_free = evaluate(
         exhaustive_reference_free(volumes_on_device, masks, args, voxel_size_a, args.seed)

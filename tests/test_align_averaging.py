@@ -92,6 +92,31 @@ def test_reference_free_average_converges_from_random_start():
     assert _consistent_fraction(rotations, result.alignment.rotation, 15.0) >= 0.6
 
 
+def test_reference_free_average_keeps_the_best_scoring_start():
+    """``starts=3`` runs three starts drawn one after another from the generator and returns the one with the
+    best final mean score: the same as three single starts from the same generator, best of them kept."""
+    reference = blob_volume(16)
+    mask = missing_wedge_mask((16,) * 3)
+    volumes, _, _ = posed_subtomograms(reference, 8, seed=3, max_shift=1.0, snr=0.3)
+    options = {"iterations": 2, "angular_step_deg": 30.0, "max_shift_voxels": 2, "refine_steps": 4}
+    best = reference_free_average(
+        volumes, mask, starts=3, generator=torch.Generator().manual_seed(5), **options
+    )
+    generator = torch.Generator().manual_seed(5)
+    singles = [reference_free_average(volumes, mask, generator=generator, **options) for _ in range(3)]
+    scores = [float(single.alignment.score.mean()) for single in singles]
+    assert best.start_scores == pytest.approx(scores, abs=1e-6)
+    assert len(set(round(score, 6) for score in scores)) == 3  # the starts differ
+    kept = max(range(3), key=scores.__getitem__)
+    assert best.kept_start == kept
+    torch.testing.assert_close(best.average, singles[kept].average)
+    torch.testing.assert_close(best.alignment.rotation, singles[kept].alignment.rotation)
+    with pytest.raises(ValueError, match="starts"):
+        reference_free_average(volumes, mask, starts=0)
+    with pytest.raises(ValueError, match="initial_reference"):
+        reference_free_average(volumes, mask, starts=2, initial_reference=reference)
+
+
 @pytest.mark.slow
 def test_reference_free_average_larger_noisy_set():
     reference = blob_volume(24)

@@ -106,6 +106,27 @@ def test_average_command_writes_outputs(tmp_path):
     assert _main(average_command, [*arguments, "--iterations", "1"]) == 2
 
 
+def test_average_command_several_starts(tmp_path, capsys):
+    """--starts 2: both starts' scores printed and in fsc.json, the best one kept; bad values refused."""
+    volumes, _, _ = posed_subtomograms(blob_volume(16), 6, seed=5, max_shift=1.0, snr=0.5)
+    _write_particle_set(tmp_path / "data", volumes)
+    arguments = ["average", "--particles", str(tmp_path / "data" / "particles.star")]
+    options = ["--iterations", "1", "--step", "30", "--max-shift", "2"]
+    assert _main(average_command, [*arguments, *options, "--starts", "2", "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "o" / "fsc.json").read_text())
+    scores = report["start_scores"]
+    assert len(scores) == 2 and report["kept_start"] == 1 + max(range(2), key=scores.__getitem__)
+    assert f"start {report['kept_start']}: mean alignment score" in printed and "(kept)" in printed
+    table = read_particles(tmp_path / "o" / "particles.star", require=("aitomAlignmentScore",))
+    assert float(table["aitomAlignmentScore"].mean()) == pytest.approx(max(scores), abs=1e-5)
+    for bad in (["--starts", "0"], ["--starts", "2", "--classes", "2", "--fourier-weights", "wedge"]):
+        assert _main(average_command, [*arguments, *options, *bad, "--out", str(tmp_path / "bad")]) == 2
+        error = capsys.readouterr().err
+        assert "--starts" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
 def test_average_command_bad_inputs(tmp_path, capsys):
     write_particles(tmp_path / "empty.star", pd.DataFrame({"rlnImageName": pd.Series([], dtype=str)}))
     assert (

@@ -79,6 +79,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "locks on to noise; single-class averaging only (default 0: random start)",
     )
     parser.add_argument(
+        "--starts",
+        type=int,
+        default=1,
+        help="independent random (or annealed) starts; the one with the best final mean alignment score is "
+        "kept, no reference needed. Each start costs a full run: use 3 or more for few, noisy particles; "
+        "single-class averaging only (default 1)",
+    )
+    parser.add_argument(
         "--step", type=float, default=15.0, help="angular step of the rotation search, degrees"
     )
     parser.add_argument(
@@ -181,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
     shape = tuple(volumes.shape[-3:])
     if args.annealing_iterations < 0 or args.annealing_iterations == 1:
         raise InputError(f"--annealing-iterations must be 0 or at least 2, got {args.annealing_iterations}")
+    if args.starts < 1:
+        raise InputError(f"--starts must be >= 1, got {args.starts}")
     if args.particle_diameter is not None and not args.particle_diameter > 0:
         raise InputError(f"--particle-diameter must be > 0 Å, got {args.particle_diameter}")
     use_ctf_weights = args.fourier_weights == "auto" and "rlnCtfImage" in table.columns
@@ -195,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--particle-diameter works with single-class averaging only")
         if args.annealing_iterations:
             raise InputError("--annealing-iterations works with single-class averaging only")
+        if args.starts != 1:
+            raise InputError("--starts works with single-class averaging only")
     if use_ctf_weights:
         mask = _fourier_weights(table, args.particles, volumes).to(device)
         print(f"Fourier weights: rlnCtfImage (per-particle 3-D weights) for {n} particles; --wedge not used")
@@ -203,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
             shape, tilt_min_deg=args.wedge[0], tilt_max_deg=args.wedge[1], device=device
         )
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    starts_report: dict = {}
     alignment_options = {
         "angular_step_deg": args.step,
         "max_shift_voxels": args.max_shift,
@@ -239,8 +252,14 @@ def run(args: argparse.Namespace) -> int:
             annealing_iterations=args.annealing_iterations,
             generator=generator,
             progress=True,
+            starts=args.starts,
             **alignment_options,
         )
+        if args.starts > 1:
+            for index, score in enumerate(single.start_scores):
+                kept = " (kept)" if index == single.kept_start else ""
+                print(f"start {index + 1}: mean alignment score {score:.4f}{kept}")
+            starts_report = {"start_scores": single.start_scores, "kept_start": single.kept_start + 1}
         averages, labels, alignment = single.average[None], torch.zeros(n, dtype=torch.long), single.alignment
         fsc_curves, frequency = single.fsc[None], single.frequency
     else:
@@ -277,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "voxel_size_a": voxel_size_a,
         "frequency_per_a": (frequency.cpu() / voxel_size_a).tolist(),
+        **starts_report,
         "classes": [],
     }
     for index, curve in enumerate(fsc_curves.cpu()):

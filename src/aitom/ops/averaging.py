@@ -161,6 +161,8 @@ class AveragingResult:
         fsc: ``(n,)`` half-set FSC of the last iteration.
         history: one dict per iteration: ``iteration``, ``fsc_0.5_a``, ``fsc_0.143_a`` (Å), ``mean_score``,
             ``median_rotation_change_deg``, ``median_shift_change_voxels``, ``fsc`` (list).
+        start_scores: final mean alignment score of every start, in the order they ran.
+        kept_start: index of the start returned (the best final mean alignment score).
     """
 
     average: torch.Tensor
@@ -169,6 +171,8 @@ class AveragingResult:
     frequency: torch.Tensor
     fsc: torch.Tensor
     history: list[dict]
+    start_scores: list[float] = dataclasses.field(default_factory=list)
+    kept_start: int = 0
 
 
 def annealed_initial_reference(
@@ -281,6 +285,7 @@ def reference_free_average(
     particle_radius_voxels: float | None = None,
     annealing_iterations: int = 0,
     progress: bool = False,
+    starts: int = 1,
 ) -> AveragingResult:
     """Iterative reference-free averaging: align everything to the current average, re-average, repeat.
 
@@ -315,10 +320,67 @@ def reference_free_average(
             average: slower (one full rotational search per iteration) but far less prone to locking on to
             noise at low SNR. The subtomogram ``weights`` do not enter the annealing.
         progress: show progress bars.
+        starts: independent starts (random rotations or annealing, drawn one after another from
+            ``generator``); the one with the best final mean alignment score is returned, which needs no
+            reference. Several starts matter with few, noisy particles, where a start can settle on noise: on
+            the 40 real 70S particles (band 0.45 cycles/voxel) the loop started from the STAR poses scores
+            0.211 and random starts 0.192–0.197.
 
     Returns:
-        :class:`AveragingResult`.
+        :class:`AveragingResult` of the kept start, with every start's score.
     """
+    if starts < 1:
+        raise ValueError(f"starts must be >= 1, got {starts}")
+    if starts > 1 and initial_reference is not None:
+        raise ValueError("several starts need random starts: pass no initial_reference")
+    runs = [
+        _reference_free_start(
+            volumes,
+            mask,
+            iterations=iterations,
+            voxel_size_a=voxel_size_a,
+            angular_step_deg=angular_step_deg,
+            max_shift_voxels=max_shift_voxels,
+            max_frequency=max_frequency,
+            refine_steps=refine_steps,
+            wiener_floor=wiener_floor,
+            tolerance_deg=tolerance_deg,
+            batch_size=batch_size,
+            generator=generator,
+            initial_reference=initial_reference,
+            weights=weights,
+            particle_radius_voxels=particle_radius_voxels,
+            annealing_iterations=annealing_iterations,
+            progress=progress,
+        )
+        for _ in range(starts)
+    ]
+    scores = [float(run.alignment.score.mean()) for run in runs]
+    kept = max(range(starts), key=scores.__getitem__)
+    return dataclasses.replace(runs[kept], start_scores=scores, kept_start=kept)
+
+
+def _reference_free_start(
+    volumes: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    iterations: int = 5,
+    voxel_size_a: float = 1.0,
+    angular_step_deg: float = 15.0,
+    max_shift_voxels: float | None = None,
+    max_frequency: float = 0.35,
+    refine_steps: int = 30,
+    wiener_floor: float = 0.05,
+    tolerance_deg: float = 1.0,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    initial_reference: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    particle_radius_voxels: float | None = None,
+    annealing_iterations: int = 0,
+    progress: bool = False,
+) -> AveragingResult:
+    """One start of :func:`reference_free_average` (arguments as there)."""
     if volumes.ndim != 4 or volumes.shape[0] < 2:
         raise ValueError(f"need at least 2 subtomograms (P, S, S, S), got {tuple(volumes.shape)}")
     if iterations < 1:
