@@ -332,56 +332,15 @@ def reference_free_average(
     """
     if starts < 1:
         raise ValueError(f"starts must be >= 1, got {starts}")
-    if starts > 1 and initial_reference is not None:
-        raise ValueError("several starts need random starts: pass no initial_reference")
-    runs = [
-        _reference_free_start(
-            volumes,
-            mask,
-            iterations=iterations,
-            voxel_size_a=voxel_size_a,
-            angular_step_deg=angular_step_deg,
-            max_shift_voxels=max_shift_voxels,
-            max_frequency=max_frequency,
-            refine_steps=refine_steps,
-            wiener_floor=wiener_floor,
-            tolerance_deg=tolerance_deg,
-            batch_size=batch_size,
-            generator=generator,
-            initial_reference=initial_reference,
-            weights=weights,
-            particle_radius_voxels=particle_radius_voxels,
-            annealing_iterations=annealing_iterations,
-            progress=progress,
-        )
-        for _ in range(starts)
-    ]
-    scores = [float(run.alignment.score.mean()) for run in runs]
-    kept = max(range(starts), key=scores.__getitem__)
-    return dataclasses.replace(runs[kept], start_scores=scores, kept_start=kept)
-
-
-def _reference_free_start(
-    volumes: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    *,
-    iterations: int = 5,
-    voxel_size_a: float = 1.0,
-    angular_step_deg: float = 15.0,
-    max_shift_voxels: float | None = None,
-    max_frequency: float = 0.35,
-    refine_steps: int = 30,
-    wiener_floor: float = 0.05,
-    tolerance_deg: float = 1.0,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    initial_reference: torch.Tensor | None = None,
-    weights: torch.Tensor | None = None,
-    particle_radius_voxels: float | None = None,
-    annealing_iterations: int = 0,
-    progress: bool = False,
-) -> AveragingResult:
-    """One start of :func:`reference_free_average` (arguments as there)."""
+    if starts > 1:
+        if initial_reference is not None:
+            raise ValueError("several starts need random starts: pass no initial_reference")
+        # every other argument as given (nothing else is defined yet), one start each
+        options = {key: value for key, value in locals().items() if key not in ("volumes", "mask", "starts")}
+        runs = [reference_free_average(volumes, mask, **options) for _ in range(starts)]
+        scores = [run.start_scores[0] for run in runs]
+        kept = max(range(starts), key=scores.__getitem__)
+        return dataclasses.replace(runs[kept], start_scores=scores, kept_start=kept)
     if volumes.ndim != 4 or volumes.shape[0] < 2:
         raise ValueError(f"need at least 2 subtomograms (P, S, S, S), got {tuple(volumes.shape)}")
     if iterations < 1:
@@ -468,4 +427,6 @@ def _reference_free_start(
         )
         if iteration > 1 and rotation_change < tolerance_deg and shift_change < 0.5:
             break
-    return AveragingResult(reference, coverage, alignment, frequency, fsc, history)
+    return AveragingResult(
+        reference, coverage, alignment, frequency, fsc, history, [float(alignment.score.mean())]
+    )
