@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -52,6 +55,18 @@ def test_kmeans_separates_blobs(device):
     labels = kmeans(features, 3)
     assert labels.device.type == device.type
     assert adjusted_rand_index(truth, labels) == 1.0
+
+
+def test_kmeans_works_after_simpleitk_registers_its_vectors():
+    # torchio imports SimpleITK, whose SWIG std::vector<float> proxy broke faiss.Kmeans when faiss came first.
+    code = (
+        "import faiss, SimpleITK, torch\n"
+        "from aitom.ops.clustering import kmeans\n"
+        "features = torch.cat((torch.zeros(5, 2), torch.full((5, 2), 10.0)))\n"
+        "labels = kmeans(features, 2)\n"
+        "assert labels[:5].unique().numel() == labels[5:].unique().numel() == 1 != labels.unique().numel()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_classify_and_average_two_classes():

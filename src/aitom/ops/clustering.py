@@ -93,17 +93,22 @@ def silhouette_score(features: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def kmeans(features: torch.Tensor, n_clusters: int, *, seed: int = 0, n_init: int = 10) -> torch.Tensor:
-    """k-means labels ``(P,)`` (long, on the device of ``features``) by faiss, best of ``n_init`` starts."""
+    """k-means labels ``(P,)`` (long, on the device of ``features``) by faiss, best of ``n_init`` starts.
+
+    ``faiss.Clustering`` with a flat L2 index is used directly rather than ``faiss.Kmeans``, whose copy of the
+    centroids breaks when SimpleITK (imported by torchio) has registered its own SWIG ``std::vector<float>``.
+    """
     import faiss
 
     if not 1 <= n_clusters <= features.shape[0]:
         raise ValueError(f"n_clusters must be in [1, {features.shape[0]}], got {n_clusters}")
     data = np.ascontiguousarray(features.detach().cpu().numpy().astype(np.float32))
-    model = faiss.Kmeans(
-        data.shape[1], n_clusters, niter=50, nredo=n_init, seed=seed, verbose=False, min_points_per_centroid=1
-    )
-    model.train(data)
-    _, assignment = model.index.search(data, 1)
+    clustering = faiss.Clustering(data.shape[1], n_clusters)
+    clustering.niter, clustering.nredo, clustering.seed = 50, n_init, seed
+    clustering.min_points_per_centroid, clustering.verbose = 1, False
+    index = faiss.IndexFlatL2(data.shape[1])
+    clustering.train(data, index)
+    _, assignment = index.search(data, 1)
     return torch.as_tensor(assignment[:, 0], dtype=torch.long, device=features.device)
 
 
