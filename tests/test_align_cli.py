@@ -127,6 +127,29 @@ def test_average_command_several_starts(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_average_command_auto_classes_merges_one_structure(tmp_path, capsys):
+    """--classes auto on one structure: the silhouette's classes merge back into one; bad values refused."""
+    volumes, _, _ = posed_subtomograms(blob_volume(16), 10, seed=2, max_shift=1.0, snr=0.5)
+    _write_particle_set(tmp_path / "data", volumes)
+    arguments = ["average", "--particles", str(tmp_path / "data" / "particles.star"), "--classes", "auto"]
+    options = ["--iterations", "2", "--step", "30", "--max-shift", "2", "--max-classes", "3"]
+    assert _main(average_command, [*arguments, *options, "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "o" / "fsc.json").read_text())
+    assert len(report["classes"]) == 1 and report["classes"][0]["particles"] == 10
+    assert report["merges"] and all(m["structural_correlation"] >= 0.9 for m in report["merges"])
+    assert printed.count("merged classes") == len(report["merges"])
+    assert report["structural_correlations"] == [[1.0]]
+    table = read_particles(tmp_path / "o" / "particles.star", require=("rlnClassNumber",))
+    assert set(table["rlnClassNumber"]) == {1}
+    for bad in ("1.5", "-0.1"):
+        bad_options = [*options, "--merge-threshold", bad, "--out", str(tmp_path / "bad")]
+        assert _main(average_command, [*arguments, *bad_options]) == 2
+        error = capsys.readouterr().err
+        assert "--merge-threshold" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
 def test_average_command_bad_inputs(tmp_path, capsys):
     write_particles(tmp_path / "empty.star", pd.DataFrame({"rlnImageName": pd.Series([], dtype=str)}))
     assert (

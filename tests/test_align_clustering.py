@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from aitom.fourier import missing_wedge_mask
-from aitom.ops.clustering import adjusted_rand_index, classify_and_average, kmeans, silhouette_score
+from aitom.fourier import lowpass, missing_wedge_mask
+from aitom.geometry import soft_sphere_mask
+from aitom.ops.clustering import (
+    adjusted_rand_index,
+    classify_and_average,
+    kmeans,
+    silhouette_score,
+    structural_correlations,
+)
 from aitom.ops.faml import faml_average
+from aitom.ops.handedness import masked_correlation, superpose_map
 from tests.align_fixtures import blob_volume, posed_subtomograms
 
 
@@ -90,6 +98,59 @@ def test_classify_and_average_two_classes():
     assert result.averages.shape[0] == 2
     assert adjusted_rand_index(truth, result.labels) == 1.0
     assert result.fsc.shape == (2, 11)
+
+
+def test_structural_correlations_match_the_noise_free_maps():
+    # Three classes with their true poses: two halves of one structure and a second structure. The estimate
+    # for the split structure must be about 1, and for the two structures the correlation of the noise-free
+    # maps themselves (superposed, same band and sphere), which the noise lowers by the factor it corrects.
+    size, band = 20, 0.3
+    mask = missing_wedge_mask((size,) * 3)
+    first, first_rotations, first_shifts = posed_subtomograms(blob_volume(size, "a"), 24, seed=3, snr=0.05)
+    second, second_rotations, second_shifts = posed_subtomograms(blob_volume(size, "b"), 12, seed=4, snr=0.05)
+    volumes = torch.cat((first, second))
+    labels = torch.tensor([0, 1] * 12 + [2] * 12)
+    estimates = structural_correlations(
+        volumes,
+        labels,
+        torch.cat((first_rotations, second_rotations)),
+        torch.cat((first_shifts, second_shifts)),
+        mask,
+        max_frequency=band,
+    )
+    clean_a, clean_b = (lowpass(blob_volume(size, kind), 1 / band, 1.0) for kind in "ab")
+    moved, _ = superpose_map(clean_b, clean_a, voxel_size_a=1.0, lowpass_a=1 / band, angular_step_deg=15.0)
+    sphere = soft_sphere_mask((size,) * 3, radius_voxels=0.4 * size, edge_width_voxels=2.0)
+    truth = float(masked_correlation(lowpass(moved, 1 / band, 1.0), clean_a, sphere))
+    assert torch.equal(estimates, estimates.T) and torch.all(estimates.diagonal() == 1)
+    assert estimates[0, 1] == pytest.approx(1.0, abs=0.05)  # the plain correlation of the halves: 0.89
+    assert truth < 0.8
+    assert estimates[0, 2] == pytest.approx(truth, abs=0.1)
+    assert estimates[1, 2] == pytest.approx(truth, abs=0.1)
+
+
+def test_classify_and_average_merges_one_structure_split_by_the_silhouette():
+    mask = missing_wedge_mask((20,) * 3)
+    volumes, _, _ = posed_subtomograms(blob_volume(20, "a"), 16, seed=6, max_shift=1.0, snr=0.5)
+    options = {
+        "n_classes": None,
+        "max_classes": 3,
+        "rounds": 2,
+        "initial_iterations": 2,
+        "angular_step_deg": 25.0,
+        "max_shift_voxels": 3,
+        "refine_steps": 8,
+    }
+    split = classify_and_average(
+        volumes, mask, merge_threshold=None, generator=torch.Generator().manual_seed(5), **options
+    )
+    merged = classify_and_average(volumes, mask, generator=torch.Generator().manual_seed(5), **options)
+    assert split.averages.shape[0] >= 2 and split.merges == [] and split.structural_correlations is None
+    assert merged.averages.shape[0] == 1
+    assert torch.all(merged.labels == 0)
+    assert len(merged.merges) == split.averages.shape[0] - 1
+    assert all(m["structural_correlation"] >= 0.9 for m in merged.merges)
+    assert merged.fsc.shape[0] == 1 and merged.structural_correlations.tolist() == [[1.0]]
 
 
 def test_faml_separates_two_classes_and_estimates_noise():

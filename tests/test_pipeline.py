@@ -165,6 +165,7 @@ def _bad_template(folder: Path) -> list[str]:
         "unknown_key",
         "bad_method",
         "tile_too_small",
+        "bad_merge_threshold",
         "existing_output",
     ],
 )
@@ -183,6 +184,8 @@ def test_bad_input_is_one_line_and_writes_nothing(simulated, tmp_path, capsys, c
         extra = ["pick.radius=3"]
     elif case == "bad_method":
         extra = ["classify.method=magic"]
+    elif case == "bad_merge_threshold":
+        extra = ["classify.merge_threshold=1.5"]
     elif case == "tile_too_small":
         extra = ["pick.tile_voxels=16"]  # smaller than the tile overlap (one 40-voxel box)
     else:

@@ -102,6 +102,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-classes", type=int, default=6, help="largest number of classes tried by 'auto'"
     )
+    parser.add_argument(
+        "--merge-threshold",
+        type=float,
+        default=0.9,
+        help="with --classes auto: merge two classes when the estimated correlation of their noise-free "
+        "structures (superposed class averages, corrected by each class's half-set reproducibility) is at "
+        "least this, dimensionless in (0, 1]; 0 disables merging (default 0.9)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (initial rotations, k-means)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument(
@@ -191,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--annealing-iterations must be 0 or at least 2, got {args.annealing_iterations}")
     if args.starts < 1:
         raise InputError(f"--starts must be >= 1, got {args.starts}")
+    if not 0.0 <= args.merge_threshold <= 1.0:
+        raise InputError(f"--merge-threshold must be in [0, 1] (0: no merging), got {args.merge_threshold}")
     if args.particle_diameter is not None and not args.particle_diameter > 0:
         raise InputError(f"--particle-diameter must be > 0 Å, got {args.particle_diameter}")
     use_ctf_weights = args.fourier_weights == "auto" and "rlnCtfImage" in table.columns
@@ -216,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         )
     generator = torch.Generator(device=device).manual_seed(args.seed)
     starts_report: dict = {}
+    merges_report: dict = {}
     alignment_options = {
         "angular_step_deg": args.step,
         "max_shift_voxels": args.max_shift,
@@ -268,12 +279,24 @@ def run(args: argparse.Namespace) -> int:
             mask,
             n_classes=None if args.classes == "auto" else args.classes,
             max_classes=args.max_classes,
+            merge_threshold=args.merge_threshold or None,
             rounds=args.iterations,
             voxel_size_a=voxel_size_a,
             generator=generator,
             progress=True,
             **alignment_options,
         )
+        for merge in result.merges:
+            first, second = (k + 1 for k in merge["classes"])
+            print(
+                f"merged classes {first} and {second}: estimated structural correlation "
+                f"{merge['structural_correlation']:.3f}"
+            )
+        if result.structural_correlations is not None:
+            merges_report = {
+                "merges": result.merges,
+                "structural_correlations": result.structural_correlations.tolist(),
+            }
         averages, labels, alignment, fsc_curves, frequency = (
             result.averages,
             result.labels,
@@ -297,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
         "voxel_size_a": voxel_size_a,
         "frequency_per_a": (frequency.cpu() / voxel_size_a).tolist(),
         **starts_report,
+        **merges_report,
         "classes": [],
     }
     for index, curve in enumerate(fsc_curves.cpu()):

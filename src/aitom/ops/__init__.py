@@ -30,6 +30,7 @@ from aitom.ops.clustering import (
     kmeans,
     pca_features,
     silhouette_score,
+    structural_correlations,
 )
 from aitom.ops.diffusion import (
     anisotropic_diffusion,
@@ -165,6 +166,7 @@ __all__ = [
     "soft_margin",
     "spectral_whitening_filter",
     "ssnr_from_pairs",
+    "structural_correlations",
     "structure_tensor",
     "superpose_map",
     "supervoxel_features",

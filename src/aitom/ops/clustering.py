@@ -12,11 +12,13 @@ clustering against the truth, and :func:`silhouette_score`.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from aitom.fourier import fftn_centered, ifftn_centered
+from aitom.fourier import fftn_centered, ifftn_centered, lowpass
 from aitom.geometry import rotate_volume, soft_sphere_mask
 from aitom.ops.alignment import Alignment, align_subtomograms
 from aitom.ops.averaging import (
@@ -25,6 +27,7 @@ from aitom.ops.averaging import (
     reference_free_average,
     wedge_compensated_average,
 )
+from aitom.ops.handedness import masked_correlation, superpose_map
 
 __all__ = [
     "ClassificationResult",
@@ -33,6 +36,7 @@ __all__ = [
     "kmeans",
     "pca_features",
     "silhouette_score",
+    "structural_correlations",
 ]
 
 
@@ -112,6 +116,18 @@ def kmeans(features: torch.Tensor, n_clusters: int, *, seed: int = 0, n_init: in
     return torch.as_tensor(assignment[:, 0], dtype=torch.long, device=features.device)
 
 
+def _particle_sphere(volumes: torch.Tensor) -> torch.Tensor:
+    """Soft sphere of radius 0.4 × box, edge 2 voxels, on the device and dtype of ``volumes``."""
+    size = volumes.shape[-1]
+    return soft_sphere_mask(
+        (size,) * 3,
+        radius_voxels=0.4 * size,
+        edge_width_voxels=2.0,
+        device=volumes.device,
+        dtype=volumes.dtype,
+    )
+
+
 def pca_features(
     volumes: torch.Tensor,
     rotations: torch.Tensor,
@@ -135,19 +151,83 @@ def pca_features(
         observed = rotate_volume(mask.to(volumes), rotations.to(volumes).transpose(-1, -2)).clamp(0, 1)
         spectrum = observed * fftn_centered(aligned) + (1 - observed) * fftn_centered(fill.to(volumes))
         aligned = ifftn_centered(spectrum).real
-    size = volumes.shape[-1]
-    sphere = soft_sphere_mask(
-        (size,) * 3,
-        radius_voxels=0.4 * size,
-        edge_width_voxels=2.0,
-        device=volumes.device,
-        dtype=volumes.dtype,
-    )
-    data = (aligned * sphere).flatten(1)
+    data = (aligned * _particle_sphere(volumes)).flatten(1)
     data = data - data.mean(0, keepdim=True)
     n_components = min(n_components, data.shape[0] - 1, data.shape[1])
     _, _, basis = torch.linalg.svd(data, full_matrices=False)
     return data @ basis[:n_components].T
+
+
+def structural_correlations(
+    volumes: torch.Tensor,
+    labels: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts_xyz: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    max_frequency: float = 0.35,
+    angular_step_deg: float = 15.0,
+) -> torch.Tensor:
+    """Correlation between the noise-free structures of every two classes, estimated from their averages.
+
+    Each class's two half-set averages (even and odd members, wedge compensated, low-passed to
+    ``max_frequency``) correlate by ``c_k`` inside a soft sphere of radius 0.4 × box; the full average then
+    correlates with its noise-free structure by about ``ρ_k = √(2 c_k / (1 + c_k))`` (two independent halves,
+    the relation of Rosenthal & Henderson 2003 applied to the band). Every two class averages are superposed
+    (best rotation and shift, :func:`aitom.ops.handedness.superpose_map`) and their correlation ``c_ab``,
+    divided by ``ρ_a ρ_b``, estimates the correlation of the two structures: about 1 for one structure split
+    in two classes, clearly less for different structures. A class with fewer than two members, or whose
+    halves do not correlate, has ``ρ = 0`` and its pairs are +inf.
+
+    Args:
+        volumes: ``(P, S, S, S)`` subtomograms; labels ``(P,)`` classes ``0 … K−1``.
+        rotations, shifts_xyz: ``(P, 3, 3)``, ``(P, 3)`` poses in the frame of each one's class average.
+        mask: centred Fourier mask ``(S, S, S)`` shared by all, or None.
+        max_frequency: band limit of the averages, the superposition and the correlations, cycles/voxel.
+        angular_step_deg: rotation grid of the superposition, degrees.
+
+    Returns:
+        ``(K, K)`` symmetric estimates, ones on the diagonal.
+    """
+    band_a = 1.0 / max_frequency  # resolution in voxels, i.e. Å at a voxel size of 1
+    sphere = _particle_sphere(volumes)
+    n_classes = int(labels.max()) + 1
+    averages, reproducibility = [], []
+    for k in range(n_classes):
+        members = torch.nonzero(labels == k).flatten()
+        average, _ = wedge_compensated_average(
+            volumes[members], rotations[members], shifts_xyz[members], mask
+        )
+        averages.append(lowpass(average, band_a, 1.0))
+        if members.numel() < 2:
+            reproducibility.append(0.0)
+            continue
+        halves = [
+            lowpass(
+                wedge_compensated_average(volumes[half], rotations[half], shifts_xyz[half], mask)[0],
+                band_a,
+                1.0,
+            )
+            for half in (members[0::2], members[1::2])
+        ]
+        half_correlation = float(masked_correlation(halves[0], halves[1], sphere))
+        reproducibility.append(
+            math.sqrt(2 * half_correlation / (1 + half_correlation)) if half_correlation > 0 else 0.0
+        )
+    estimates = torch.ones(n_classes, n_classes, dtype=torch.float64)
+    for a in range(n_classes):
+        for b in range(a + 1, n_classes):
+            moved, _ = superpose_map(
+                averages[b],
+                averages[a],
+                voxel_size_a=1.0,
+                lowpass_a=band_a,
+                angular_step_deg=angular_step_deg,
+            )
+            correlation = float(masked_correlation(lowpass(moved, band_a, 1.0), averages[a], sphere))
+            expected = reproducibility[a] * reproducibility[b]
+            estimates[a, b] = estimates[b, a] = correlation / expected if expected > 0 else math.inf
+    return estimates
 
 
 @dataclasses.dataclass
@@ -161,6 +241,10 @@ class ClassificationResult:
         frequency: ``(n,)`` FSC shell centres, cycles/voxel.
         fsc: ``(K, n)`` half-set FSC of each class.
         history: per round: ``round``, ``n_classes``, ``silhouette``, ``mean_score``.
+        merges: per merge after the last round: ``classes`` (the two merged, numbered as in that round),
+            ``structural_correlation``.
+        structural_correlations: ``(K, K)`` :func:`structural_correlations` of the final classes when
+            merging ran (ones on the diagonal), else None.
     """
 
     averages: torch.Tensor
@@ -169,6 +253,8 @@ class ClassificationResult:
     frequency: torch.Tensor
     fsc: torch.Tensor
     history: list[dict]
+    merges: list[dict] = dataclasses.field(default_factory=list)
+    structural_correlations: torch.Tensor | None = None
 
 
 def _choose_clusters(
@@ -191,12 +277,59 @@ def _choose_clusters(
     return best_labels, best_score
 
 
+def _merge_similar_classes(
+    volumes: torch.Tensor,
+    mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    alignment: Alignment,
+    averages: torch.Tensor,
+    *,
+    threshold: float,
+    align: Callable[[torch.Tensor, torch.Tensor], Alignment],
+) -> tuple[torch.Tensor, Alignment, torch.Tensor, list[dict], torch.Tensor]:
+    """Merge the classes of one structure, best pair first, until no pair correlates by ``threshold``.
+
+    Returns the new labels, poses, averages, the merges and the structural correlations of the final classes.
+    """
+    rotation, shift, score = alignment.rotation.clone(), alignment.shift_xyz.clone(), alignment.score.clone()
+    merges = []
+    estimates = torch.ones(1, 1, dtype=torch.float64)
+    while averages.shape[0] > 1:
+        estimates = structural_correlations(volumes, labels, rotation, shift, mask)
+        off_diagonal = estimates.clone().fill_diagonal_(-math.inf)
+        first, second = divmod(int(off_diagonal.argmax()), estimates.shape[0])
+        if not estimates[first, second] >= threshold:
+            break
+        sizes = torch.bincount(labels, minlength=averages.shape[0])
+        kept, moved = (first, second) if sizes[first] >= sizes[second] else (second, first)
+        members = torch.nonzero(labels == moved).flatten()
+        realigned = align(averages[kept], volumes[members])
+        rotation[members], shift[members] = realigned.rotation, realigned.shift_xyz
+        score[members] = realigned.score
+        merges.append(
+            {"classes": sorted((kept, moved)), "structural_correlation": float(estimates[first, second])}
+        )
+        labels = torch.where(labels == moved, kept, labels)
+        labels = labels - (labels > moved).long()
+        estimates = torch.ones(1, 1, dtype=torch.float64)
+        averages = torch.stack(
+            [
+                wedge_compensated_average(volumes, rotation, shift, mask, weights=(labels == k).to(volumes))[
+                    0
+                ]
+                for k in range(averages.shape[0] - 1)
+            ]
+        )
+    return labels, Alignment(rotation, shift, score), averages, merges, estimates
+
+
 def classify_and_average(
     volumes: torch.Tensor,
     mask: torch.Tensor | None = None,
     *,
     n_classes: int | None = None,
     max_classes: int = 6,
+    merge_threshold: float | None = 0.9,
     rounds: int = 3,
     initial_iterations: int = 3,
     n_components: int = 8,
@@ -213,7 +346,11 @@ def classify_and_average(
     Args:
         volumes: ``(P, S, S, S)`` subtomograms.
         mask: centred Fourier mask ``(S, S, S)`` shared by all, or None.
-        n_classes: number of classes; None chooses it in ``[2, max_classes]`` by the mean silhouette.
+        n_classes: number of classes; None chooses it in ``[2, max_classes]`` by the mean silhouette, then
+            merges classes that hold one structure (below).
+        merge_threshold: with ``n_classes`` None, after the last round the two classes whose structures
+            correlate best (:func:`structural_correlations`) are merged while that correlation is at least
+            this; the smaller class's members are aligned to the larger one's average. None: no merging.
         rounds: cluster / average / align rounds after the initial reference-free average.
         initial_iterations: iterations of :func:`aitom.ops.averaging.reference_free_average` for the start.
         n_components: PCA dimensions.
@@ -236,6 +373,20 @@ def classify_and_average(
         progress=progress,
     )
     seed = 0 if generator is None else int(generator.initial_seed())
+
+    def align_to(reference: torch.Tensor, subtomograms: torch.Tensor) -> Alignment:
+        return align_subtomograms(
+            reference,
+            subtomograms,
+            None,
+            mask,
+            angular_step_deg=angular_step_deg,
+            max_shift_voxels=max_shift_voxels,
+            max_frequency=max_frequency,
+            search_band=(0.05, min(0.25, max_frequency)),
+            refine_steps=refine_steps,
+        )
+
     alignment = start.alignment
     fill = start.average.expand_as(volumes)
     history = []
@@ -264,20 +415,7 @@ def classify_and_average(
                 }
             )
             break
-        per_class = [
-            align_subtomograms(
-                average,
-                volumes,
-                None,
-                mask,
-                angular_step_deg=angular_step_deg,
-                max_shift_voxels=max_shift_voxels,
-                max_frequency=max_frequency,
-                search_band=(0.05, min(0.25, max_frequency)),
-                refine_steps=refine_steps,
-            )
-            for average in averages
-        ]
+        per_class = [align_to(average, volumes) for average in averages]
         scores = torch.stack([result.score for result in per_class])  # (K, P)
         best = scores.argmax(0)
         items = torch.arange(volumes.shape[0], device=volumes.device)
@@ -295,6 +433,18 @@ def classify_and_average(
                 "mean_score": float(alignment.score.mean()),
             }
         )
+    merges: list[dict] = []
+    estimates = None
+    if n_classes is None and merge_threshold is not None:
+        labels, alignment, averages, merges, estimates = _merge_similar_classes(
+            volumes,
+            mask,
+            labels,
+            alignment,
+            averages,
+            threshold=merge_threshold,
+            align=align_to,
+        )
     fsc_curves = []
     for k in range(averages.shape[0]):
         members = labels == k
@@ -302,4 +452,6 @@ def classify_and_average(
             volumes[members], alignment.rotation[members], alignment.shift_xyz[members], mask
         )
         fsc_curves.append(curve)
-    return ClassificationResult(averages, labels, alignment, frequency, torch.stack(fsc_curves), history)
+    return ClassificationResult(
+        averages, labels, alignment, frequency, torch.stack(fsc_curves), history, merges, estimates
+    )

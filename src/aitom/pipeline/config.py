@@ -97,6 +97,9 @@ class ClassifyConfig:
     #: number of classes: auto (chosen by the silhouette in [2, max_classes]) or an integer
     n_classes: Any = "auto"
     max_classes: int = 4
+    #: with auto: merge two classes whose estimated noise-free structures correlate by at least this, in
+    #: (0, 1] (superposed class averages corrected by each class's half-set reproducibility); null: never
+    merge_threshold: float | None = 0.9
     #: PCA dimensions of the clustering
     n_components: int = 8
     #: Lightning checkpoint of an aitom.tasks.classify.Classifier (method checkpoint)
@@ -242,6 +245,9 @@ def validate_config(config: PipelineConfig) -> None:
         fail("classify.n_classes", f"must be 'auto' or an integer >= 1, got {n_classes!r}")
     if config.classify.max_classes < 2:
         fail("classify.max_classes", f"must be >= 2, got {config.classify.max_classes}")
+    merge_threshold = config.classify.merge_threshold
+    if merge_threshold is not None and not 0.0 < merge_threshold <= 1.0:
+        fail("classify.merge_threshold", f"must be in (0, 1] or null, got {merge_threshold}")
     positive("classify.n_components", config.classify.n_components)
     if config.classify.method == "checkpoint" and not (
         config.classify.checkpoint and config.classify.net_class_path

@@ -11,6 +11,7 @@ import importlib
 import math
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ import torch
 
 from aitom.errors import InputError
 from aitom.pipeline.config import PipelineConfig
+
+if TYPE_CHECKING:
+    from aitom.ops.clustering import ClassificationResult
 
 __all__ = [
     "ClassAverages",
@@ -303,6 +307,19 @@ def _predict_with_checkpoint(volumes: torch.Tensor, config: PipelineConfig) -> t
     return logits.argmax(dim=1)
 
 
+def _auto_description(result: ClassificationResult) -> str:
+    """The silhouette's K, the merges after it, the closest pair kept."""
+    parts = [f"K = {result.averages.shape[0] + len(result.merges)} by silhouette"]
+    if result.merges:
+        merged = ", ".join(f"{m['structural_correlation']:.2f}" for m in result.merges)
+        parts.append(f"{len(result.merges)} merged (structural correlation {merged})")
+    estimates = result.structural_correlations
+    if estimates is not None and estimates.shape[0] > 1:
+        closest = float(estimates.clone().fill_diagonal_(-math.inf).max())
+        parts.append(f"closest remaining pair {closest:.2f}")
+    return " (" + "; ".join(parts) + ")"
+
+
 def classify_subtomograms(
     volumes: torch.Tensor,
     mask: torch.Tensor,
@@ -338,6 +355,7 @@ def classify_subtomograms(
             mask,
             n_classes=None if requested == "auto" else min(int(requested), n),
             max_classes=min(config.classify.max_classes, n - 1),
+            merge_threshold=config.classify.merge_threshold,
             rounds=config.average.iterations,
             initial_iterations=config.average.initial_iterations,
             n_components=config.classify.n_components,
@@ -346,6 +364,7 @@ def classify_subtomograms(
             **options,
         )
         alignment = result.alignment
+        description = "PCA + k-means clustering with alignment"
         return ClassAverages(
             result.labels,
             result.averages,
@@ -354,7 +373,7 @@ def classify_subtomograms(
             alignment.score,
             result.frequency,
             result.fsc,
-            "PCA + k-means clustering with alignment" + (" (K by silhouette)" if requested == "auto" else ""),
+            description + (_auto_description(result) if requested == "auto" else ""),
         )
     eye = torch.eye(3, device=volumes.device, dtype=volumes.dtype)
     rotations = eye.expand(n, 3, 3).clone()
