@@ -127,6 +127,20 @@ def test_average_command_several_starts(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_average_command_faml_several_starts(tmp_path, capsys):
+    """--method faml --starts 2: both final log-likelihoods printed and in fsc.json, the highest kept."""
+    volumes, _, _ = posed_subtomograms(blob_volume(16), 6, seed=5, max_shift=1.0, snr=0.5)
+    _write_particle_set(tmp_path / "data", volumes)
+    arguments = ["average", "--particles", str(tmp_path / "data" / "particles.star"), "--method", "faml"]
+    options = ["--iterations", "1", "--step", "30", "--max-shift", "2", "--starts", "2"]
+    assert _main(average_command, [*arguments, *options, "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "o" / "fsc.json").read_text())
+    values = report["start_log_likelihoods"]
+    assert len(values) == 2 and report["kept_start"] == 1 + max(range(2), key=values.__getitem__)
+    assert f"start {report['kept_start']}: final log-likelihood" in printed and "(kept)" in printed
+
+
 def test_average_command_auto_classes_merges_one_structure(tmp_path, capsys):
     """--classes auto on one structure: the silhouette's classes merge back into one; bad values refused."""
     volumes, _, _ = posed_subtomograms(blob_volume(16), 10, seed=2, max_shift=1.0, snr=0.5)

@@ -174,3 +174,24 @@ def test_faml_separates_two_classes_and_estimates_noise():
     variances = [entry["noise_variance"] for entry in result.history]
     assert 0 < variances[-1] <= variances[0]
     assert result.averages.shape == (2, 20, 20, 20) and result.fsc.shape == (2, 11)
+
+
+def test_faml_several_starts_keep_the_highest_log_likelihood():
+    # starts=3 runs three single starts drawn one after another from the generator and returns the one with
+    # the highest final log-likelihood, reporting all three.
+    mask = missing_wedge_mask((16,) * 3)
+    first, _, _ = posed_subtomograms(blob_volume(16, "a"), 6, seed=1, max_shift=1.0, snr=0.3)
+    second, _, _ = posed_subtomograms(blob_volume(16, "b"), 6, seed=2, max_shift=1.0, snr=0.3)
+    volumes = torch.cat((first, second))
+    options = {"n_classes": 2, "iterations": 2, "angular_step_deg": 30.0, "max_shift_voxels": 2}
+    generator = torch.Generator().manual_seed(4)
+    singles = [faml_average(volumes, mask, generator=generator, **options) for _ in range(3)]
+    several = faml_average(volumes, mask, starts=3, generator=torch.Generator().manual_seed(4), **options)
+    expected = [run.history[-1]["log_likelihood"] for run in singles]
+    assert several.start_log_likelihoods == pytest.approx(expected, rel=1e-6)
+    kept = max(range(3), key=expected.__getitem__)
+    assert several.kept_start == kept
+    assert torch.allclose(several.averages, singles[kept].averages, atol=1e-5)
+    assert torch.equal(several.labels, singles[kept].labels)
+    with pytest.raises(ValueError, match="starts"):
+        faml_average(volumes, mask, starts=0, **options)

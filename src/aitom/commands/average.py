@@ -82,9 +82,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--starts",
         type=int,
         default=1,
-        help="independent random (or annealed) starts; the one with the best final mean alignment score is "
-        "kept, no reference needed. Each start costs a full run: use 3 or more for few, noisy particles; "
-        "single-class averaging only (default 1)",
+        help="independent random (or annealed) starts; the one with the best final mean alignment score "
+        "(with --method faml: the highest final log-likelihood) is kept, no reference needed. Each start "
+        "costs a full run: use 3 or more for few, noisy particles; one class or FAML (default 1)",
     )
     parser.add_argument(
         "--step", type=float, default=15.0, help="angular step of the rotation search, degrees"
@@ -215,8 +215,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--particle-diameter works with single-class averaging only")
         if args.annealing_iterations:
             raise InputError("--annealing-iterations works with single-class averaging only")
-        if args.starts != 1:
-            raise InputError("--starts works with single-class averaging only")
+        if args.starts != 1 and args.method != "faml":
+            raise InputError("--starts works with single-class averaging or --method faml only")
     if use_ctf_weights:
         mask = _fourier_weights(table, args.particles, volumes).to(device)
         print(f"Fourier weights: rlnCtfImage (per-particle 3-D weights) for {n} particles; --wedge not used")
@@ -240,10 +240,19 @@ def run(args: argparse.Namespace) -> int:
             n_classes=n_classes,
             iterations=args.iterations,
             voxel_size_a=voxel_size_a,
+            starts=args.starts,
             generator=generator,
             progress=True,
             **alignment_options,
         )
+        if args.starts > 1:
+            for index, value in enumerate(result.start_log_likelihoods):
+                kept = " (kept)" if index == result.kept_start else ""
+                print(f"start {index + 1}: final log-likelihood {value:.1f}{kept}")
+            starts_report = {
+                "start_log_likelihoods": result.start_log_likelihoods,
+                "kept_start": result.kept_start + 1,
+            }
         averages, labels, alignment, fsc_curves, frequency = (
             result.averages,
             result.labels,
