@@ -106,39 +106,34 @@ def test_average_command_writes_outputs(tmp_path):
     assert _main(average_command, [*arguments, "--iterations", "1"]) == 2
 
 
-def test_average_command_several_starts(tmp_path, capsys):
-    """--starts 2: both starts' scores printed and in fsc.json, the best one kept; bad values refused."""
+@pytest.mark.parametrize(
+    ("method", "key", "printed_as"),
+    [
+        ("align", "start_scores", "mean alignment score"),
+        ("faml", "start_log_likelihoods", "final log-likelihood"),
+    ],
+)
+def test_average_command_several_starts(tmp_path, capsys, method, key, printed_as):
+    """--starts 2: both starts' criteria printed and in fsc.json, the best one kept; bad values refused."""
     volumes, _, _ = posed_subtomograms(blob_volume(16), 6, seed=5, max_shift=1.0, snr=0.5)
     _write_particle_set(tmp_path / "data", volumes)
-    arguments = ["average", "--particles", str(tmp_path / "data" / "particles.star")]
+    arguments = ["average", "--particles", str(tmp_path / "data" / "particles.star"), "--method", method]
     options = ["--iterations", "1", "--step", "30", "--max-shift", "2"]
     assert _main(average_command, [*arguments, *options, "--starts", "2", "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "o" / "fsc.json").read_text())
-    scores = report["start_scores"]
-    assert len(scores) == 2 and report["kept_start"] == 1 + max(range(2), key=scores.__getitem__)
-    assert f"start {report['kept_start']}: mean alignment score" in printed and "(kept)" in printed
+    values = report[key]
+    assert len(values) == 2 and report["kept_start"] == 1 + max(range(2), key=values.__getitem__)
+    assert f"start {report['kept_start']}: {printed_as}" in printed and "(kept)" in printed
+    if method == "faml":
+        return
     table = read_particles(tmp_path / "o" / "particles.star", require=("aitomAlignmentScore",))
-    assert float(table["aitomAlignmentScore"].mean()) == pytest.approx(max(scores), abs=1e-5)
+    assert float(table["aitomAlignmentScore"].mean()) == pytest.approx(max(values), abs=1e-5)
     for bad in (["--starts", "0"], ["--starts", "2", "--classes", "2", "--fourier-weights", "wedge"]):
         assert _main(average_command, [*arguments, *options, *bad, "--out", str(tmp_path / "bad")]) == 2
         error = capsys.readouterr().err
         assert "--starts" in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
-
-
-def test_average_command_faml_several_starts(tmp_path, capsys):
-    """--method faml --starts 2: both final log-likelihoods printed and in fsc.json, the highest kept."""
-    volumes, _, _ = posed_subtomograms(blob_volume(16), 6, seed=5, max_shift=1.0, snr=0.5)
-    _write_particle_set(tmp_path / "data", volumes)
-    arguments = ["average", "--particles", str(tmp_path / "data" / "particles.star"), "--method", "faml"]
-    options = ["--iterations", "1", "--step", "30", "--max-shift", "2", "--starts", "2"]
-    assert _main(average_command, [*arguments, *options, "--out", str(tmp_path / "o")]) == 0
-    printed = capsys.readouterr().out
-    report = json.loads((tmp_path / "o" / "fsc.json").read_text())
-    values = report["start_log_likelihoods"]
-    assert len(values) == 2 and report["kept_start"] == 1 + max(range(2), key=values.__getitem__)
-    assert f"start {report['kept_start']}: final log-likelihood" in printed and "(kept)" in printed
 
 
 def test_average_command_auto_classes_merges_one_structure(tmp_path, capsys):
