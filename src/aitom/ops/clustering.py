@@ -285,6 +285,7 @@ def _merge_similar_classes(
     averages: torch.Tensor,
     *,
     threshold: float,
+    max_frequency: float,
     align: Callable[[torch.Tensor, torch.Tensor], Alignment],
 ) -> tuple[torch.Tensor, Alignment, torch.Tensor, list[dict], torch.Tensor]:
     """Merge the classes of one structure, best pair first, until no pair correlates by ``threshold``.
@@ -295,7 +296,9 @@ def _merge_similar_classes(
     merges = []
     estimates = torch.ones(1, 1, dtype=torch.float64)
     while averages.shape[0] > 1:
-        estimates = structural_correlations(volumes, labels, rotation, shift, mask)
+        estimates = structural_correlations(
+            volumes, labels, rotation, shift, mask, max_frequency=max_frequency
+        )
         off_diagonal = estimates.clone().fill_diagonal_(-math.inf)
         first, second = divmod(int(off_diagonal.argmax()), estimates.shape[0])
         if not estimates[first, second] >= threshold:
@@ -443,6 +446,7 @@ def classify_and_average(
             alignment,
             averages,
             threshold=merge_threshold,
+            max_frequency=max_frequency,
             align=align_to,
         )
     fsc_curves = []
