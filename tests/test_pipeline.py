@@ -108,6 +108,39 @@ def test_finds_particles_and_writes_every_output(simulated, tmp_path, capsys):
     assert sum(c["particles"] for c in result.classes) == len(picks)
 
 
+@pytest.mark.parametrize("denoise", ["gaussian", "none"])
+def test_protein_dark_tomogram_with_contrast_dark_matches_the_bright_one(simulated, tmp_path, denoise):
+    array, _ = open_volume_mmap(simulated["tomogram"])
+    dark_path = write_volume(tmp_path / "dark.mrc", -torch.from_numpy(np.array(array)), 10.0)
+    settings = [*FAST, f"denoise.method={denoise}"]
+    runs = {}
+    for name, path, extra in (
+        ("bright", simulated["tomogram"], []),
+        ("dark", dark_path, ["contrast=dark"]),
+    ):
+        runs[name] = run_pipeline(
+            path, tmp_path / name, load_pipeline_config(None, [*settings, *extra]), log=lambda _: None
+        )
+    columns = ["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnClassNumber", "rlnAngleRot"]
+    bright, dark = (
+        read_particles(tmp_path / name / "particles.star")[columns] for name in ("bright", "dark")
+    )
+    assert len(bright) >= 8
+    np.testing.assert_allclose(dark.to_numpy(), bright.to_numpy(), atol=1e-4)
+    for name in ("class_01_average.mrc", "class_02_average.mrc"):
+        np.testing.assert_allclose(
+            open_volume_mmap(tmp_path / "dark" / name)[0],
+            open_volume_mmap(tmp_path / "bright" / name)[0],
+            atol=1e-4,
+        )
+    # Read as protein bright, the dark tomogram's picks are not the particles.
+    run_pipeline(dark_path, tmp_path / "wrong", load_pipeline_config(None, settings), log=lambda _: None)
+    truth = read_particles(simulated["truth"])
+    picks = read_particles(tmp_path / "wrong" / "particles.star")
+    assert len(picks) == 0 or evaluate_picks(picks, truth, tolerance_voxels=4.0)["f1"] < 0.5
+    assert runs["dark"].classes == runs["bright"].classes
+
+
 @pytest.mark.parametrize("name", ["zeros", "noise"])
 def test_empty_tomogram_gives_empty_table(simulated, tmp_path, capsys, name):
     out = tmp_path / "run"
@@ -166,6 +199,7 @@ def _bad_template(folder: Path) -> list[str]:
         "bad_method",
         "tile_too_small",
         "bad_merge_threshold",
+        "bad_contrast",
         "existing_output",
     ],
 )
@@ -184,6 +218,8 @@ def test_bad_input_is_one_line_and_writes_nothing(simulated, tmp_path, capsys, c
         extra = ["pick.radius=3"]
     elif case == "bad_method":
         extra = ["classify.method=magic"]
+    elif case == "bad_contrast":
+        extra = ["contrast=grey"]
     elif case == "bad_merge_threshold":
         extra = ["classify.merge_threshold=1.5"]
     elif case == "tile_too_small":

@@ -45,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from aitom.pipeline import load_pipeline_config, run_pipeline
+    from aitom.pipeline.report import count_of
 
     overrides = list(args.overrides)
     if args.seed is not None:
@@ -63,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
         f"class {c['class']}: {c['particles']} particles, FSC 0.143 {c['fsc_0.143_a']:.1f} Å"
         for c in result.classes
     )
-    print(f"{len(result.particles)} particles in {len(result.classes)} classes ({classes})")
+    print(f"{len(result.particles)} particles in {count_of(len(result.classes), 'class')} ({classes})")
     print(f"Report: {args.out / 'report.md'}")
     return 0

@@ -35,6 +35,7 @@ DENOISE_METHODS = ("none", "gaussian", "diffusion")
 PICK_METHODS = ("dog", "saliency", "template")
 CLASSIFY_METHODS = ("clustering", "checkpoint")
 PADDINGS = ("zero", "mean")
+CONTRASTS = ("bright", "dark")
 
 
 @dataclasses.dataclass
@@ -147,6 +148,9 @@ class PipelineConfig:
     seed: int = 0
     #: torch device for denoising, classification and averaging: cpu | cuda
     device: str = "cpu"
+    #: bright: protein bright (aitom's simulations, or inverted data) | dark: raw cryo-ET contrast, negated
+    #: tile by tile and box by box as it is read (the tomogram file is not changed)
+    contrast: str = "bright"
     denoise: DenoiseConfig = dataclasses.field(default_factory=DenoiseConfig)
     pick: PickConfig = dataclasses.field(default_factory=PickConfig)
     extract: ExtractConfig = dataclasses.field(default_factory=ExtractConfig)
@@ -212,6 +216,7 @@ def validate_config(config: PipelineConfig) -> None:
             fail(key, f"must be > 0, got {value}")
 
     for key, value, choices in (
+        ("contrast", config.contrast, CONTRASTS),
         ("denoise.method", config.denoise.method, DENOISE_METHODS),
         ("pick.method", config.pick.method, PICK_METHODS),
         ("classify.method", config.classify.method, CLASSIFY_METHODS),

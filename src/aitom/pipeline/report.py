@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["save_class_montage", "write_report"]
+__all__ = ["count_of", "save_class_montage", "write_report"]
+
+
+def count_of(number: int, noun: str) -> str:
+    """``"1 class"``, ``"3 classes"``: the number and the noun, plural unless 1 (+es after s, else +s)."""
+    plural = noun + ("es" if noun.endswith("s") else "s")
+    return f"{number} {noun if number == 1 else plural}"
+
 
 MONTAGE_MEMBERS = 15
 
@@ -61,7 +68,7 @@ def _markdown(summary: dict) -> str:
         lines += ["**No particles were found**: `particles.star` is an empty table.", ""]
         return "\n".join(lines)
     lines += [
-        f"{summary['n_particles']} particles in {len(summary['classes'])} classes "
+        f"{summary['n_particles']} particles in {count_of(len(summary['classes']), 'class')} "
         f"({summary['classify_method']}), "
         f"box {summary['box_size']}³ voxels, missing wedge {summary['tilt_range_deg'][0]:g}° to "
         f"{summary['tilt_range_deg'][1]:g}°.",

@@ -87,7 +87,7 @@ def run_pipeline(
     from aitom.io import open_volume_mmap, save_montage, write_particles, write_volume
     from aitom.ops.averaging import align_to_reference_frame
     from aitom.ops.extraction import extract_subvolumes
-    from aitom.pipeline.report import save_class_montage, write_report
+    from aitom.pipeline.report import count_of, save_class_montage, write_report
     from aitom.pipeline.steps import (
         check_templates,
         classify_subtomograms,
@@ -144,10 +144,12 @@ def run_pipeline(
             record["result"] = f"{tilt_range[0]:g}° to {tilt_range[1]:g}° ({source})"
         summary["tilt_range_deg"] = list(tilt_range)
         pick_path = tomogram_path
-        if high > low and config.denoise.method != "none":
+        dark = config.contrast == "dark"
+        if high > low and (config.denoise.method != "none" or dark):
             with step("denoise") as record:
                 pick_path = denoise_tiled(array, voxel_size, config, work / "denoised.mrc", device)
-                record["result"] = f"{config.denoise.method} (used for picking and figures)"
+                inverted = ", protein-dark tomogram negated" if dark else ""
+                record["result"] = f"{config.denoise.method}{inverted} (used for picking and figures)"
         with step("pick") as record:
             if high > low:
                 picks = pick_particles(pick_path, voxel_size, config, box, tilt_range, work)
@@ -167,6 +169,8 @@ def run_pipeline(
             coordinates = picks[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy(np.float64)
             with step("extract") as record:
                 volumes = extract_subvolumes(array, coordinates, box, padding=config.extract.padding)
+                if dark:
+                    volumes = -volumes
                 std, mean = torch.std_mean(volumes, dim=(-3, -2, -1), keepdim=True)
                 volumes = ((volumes - mean) / std.clamp(min=1e-12)).to(device)
                 record["result"] = f"{len(volumes)} boxes of {box}³ voxels from the raw tomogram"
@@ -178,7 +182,7 @@ def run_pipeline(
                 if config.pick.method == "template":
                     pick_classes = torch.as_tensor(picks["rlnClassNumber"].to_numpy() - 1, device=device)
                 classes = classify_subtomograms(volumes, mask, config, voxel_size, pick_classes)
-                record["result"] = f"{classes.averages.shape[0]} classes ({classes.method})"
+                record["result"] = f"{count_of(classes.averages.shape[0], 'class')} ({classes.method})"
             summary["classify_method"] = classes.method
             labels = classes.labels.cpu().numpy()
             angles = torch.rad2deg(matrix_to_euler_zyz(classes.rotations.cpu().double())).numpy()

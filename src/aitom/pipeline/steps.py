@@ -89,7 +89,8 @@ def denoise_tiled(
     Each tile of ``pick.tile_voxels`` is read from the memory map with a halo (4 σ for the Gaussian, the
     reach of all iterations for diffusion), filtered, and its interior written into a memory-mapped output,
     so the working memory is bounded by the tile and the result equals the whole-volume filter away from
-    the tomogram's faces (up to the kernels' truncation).
+    the tomogram's faces (up to the kernels' truncation). With ``contrast: dark`` every tile is negated as it
+    is read, so the output is protein bright (with ``denoise.method: none`` it is just the negated copy).
     """
     import mrcfile
 
@@ -97,7 +98,14 @@ def denoise_tiled(
     from aitom.ops.filters import gaussian_filter3d
 
     method = config.denoise.method
-    if method == "gaussian":
+    sign = -1.0 if config.contrast == "dark" else 1.0
+    if method == "none":
+        halo = 0
+
+        def apply(block: torch.Tensor) -> torch.Tensor:
+            return block
+
+    elif method == "gaussian":
         sigma = config.denoise.sigma_voxels
         halo = int(4.0 * sigma + 0.5) + 1
 
@@ -124,7 +132,7 @@ def denoise_tiled(
                     low = np.maximum(start - halo, 0)
                     high = np.minimum(end + halo, shape)
                     read = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-                    block = torch.from_numpy(np.array(array[read], dtype=np.float32)).to(device)
+                    block = sign * torch.from_numpy(np.array(array[read], dtype=np.float32)).to(device)
                     filtered = apply(block).cpu().numpy()
                     core = tuple(slice(int(a - lo), int(b - lo)) for a, b, lo in zip(start, end, low))
                     output.data[tuple(slice(int(a), int(b)) for a, b in zip(start, end))] = filtered[core]
