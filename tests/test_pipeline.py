@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,35 @@ def test_tiled_picking_equals_whole(simulated, tmp_path, monkeypatch):
     assert len(rows) == len(coordinates[0]) == len(coordinates[1])
 
 
+def _with_header_voxel_size(source: Path, target: Path, voxel_size_a: float) -> Path:
+    import mrcfile
+
+    with mrcfile.new(target) as output:
+        output.set_data(np.array(open_volume_mmap(source)[0], dtype=np.float32))
+        output.voxel_size = voxel_size_a
+    return target
+
+
+def test_unset_header_voxel_size_is_replaced_by_voxel_size_a(simulated, tmp_path):
+    unset = _with_header_voxel_size(simulated["tomogram"], tmp_path / "unset.mrc", 1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, path, extra in (
+            ("given", unset, ["voxel_size_a=10"]),
+            ("header", simulated["tomogram"], []),
+        ):
+            config = load_pipeline_config(None, [*FAST, *extra])
+            run_pipeline(path, tmp_path / name, config, log=lambda _: None)
+    assert not [w for w in caught if "looks unset" in str(w.message)]
+    columns = ["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnClassNumber"]
+    given, header = (
+        read_particles(tmp_path / name / "particles.star")[columns] for name in ("given", "header")
+    )
+    assert len(header) >= 8
+    np.testing.assert_allclose(given.to_numpy(), header.to_numpy(), atol=1e-4)
+    assert json.loads((tmp_path / "given" / "summary.json").read_text())["voxel_size_a"] == 10.0
+
+
 def _bad_template(folder: Path) -> list[str]:
     path = write_volume(folder / "big_template.mrc", torch.randn(64, 64, 64), 10.0)
     return ["pick.method=template", f"pick.templates=[{path}]"]
@@ -200,6 +230,8 @@ def _bad_template(folder: Path) -> list[str]:
         "tile_too_small",
         "bad_merge_threshold",
         "bad_contrast",
+        "unset_voxel_size",
+        "negative_voxel_size",
         "existing_output",
     ],
 )
@@ -218,6 +250,10 @@ def test_bad_input_is_one_line_and_writes_nothing(simulated, tmp_path, capsys, c
         extra = ["pick.radius=3"]
     elif case == "bad_method":
         extra = ["classify.method=magic"]
+    elif case == "unset_voxel_size":
+        tomogram = _with_header_voxel_size(simulated["tomogram"], tmp_path / "unset.mrc", 0.0)
+    elif case == "negative_voxel_size":
+        extra = ["voxel_size_a=-3"]
     elif case == "bad_contrast":
         extra = ["contrast=grey"]
     elif case == "bad_merge_threshold":

@@ -148,6 +148,8 @@ class PipelineConfig:
     seed: int = 0
     #: torch device for denoising, classification and averaging: cpu | cuda
     device: str = "cpu"
+    #: voxel size, Å, instead of the header's; needed when the header's is 0 or 1 (unset); null: the header's
+    voxel_size_a: float | None = None
     #: bright: protein bright (aitom's simulations, or inverted data) | dark: raw cryo-ET contrast, negated
     #: tile by tile and box by box as it is read (the tomogram file is not changed)
     contrast: str = "bright"
@@ -224,6 +226,8 @@ def validate_config(config: PipelineConfig) -> None:
     ):
         if value not in choices:
             fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
+    if config.voxel_size_a is not None:
+        positive("voxel_size_a", config.voxel_size_a)
     positive("denoise.sigma_voxels", config.denoise.sigma_voxels)
     positive("denoise.iterations", config.denoise.iterations)
     positive("pick.particle_diameter_a", config.pick.particle_diameter_a)

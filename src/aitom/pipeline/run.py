@@ -11,6 +11,7 @@ import dataclasses
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,19 @@ def _empty_table() -> pd.DataFrame:
     )
 
 
+def _voxel_size(header_voxel_a: tuple[float, float, float], given_a: float | None, path: Path) -> float:
+    """The voxel size to use, Å: ``given_a`` when set, else the header's unless it looks unset (0 or 1 Å)."""
+    from aitom.errors import InputError
+
+    if given_a is not None:
+        return float(given_a)
+    if min(header_voxel_a) <= 0 or all(v == 1.0 for v in header_voxel_a):
+        raise InputError(
+            f"voxel size {header_voxel_a[0]:g} Å in the header looks unset; give it as voxel_size_a=<Å>", path
+        )
+    return float(header_voxel_a[0])
+
+
 def run_pipeline(
     tomogram_path: str | Path,
     out_dir: str | Path,
@@ -66,7 +80,7 @@ def run_pipeline(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
-    """Run the whole pipeline on one tomogram (MRC, protein bright) and write the results to ``out_dir``.
+    """Run the whole pipeline on one tomogram (MRC) and write the results to ``out_dir``.
 
     Outputs: ``particles.star`` (rlnCoordinateX/Y/Z voxels, rlnClassNumber, rlnAngleRot/Tilt/Psi degrees and
     rlnOriginX/Y/Z voxels from the alignment, rlnAutopickFigureOfMerit, aitomAlignmentScore),
@@ -74,10 +88,28 @@ def run_pipeline(
     ``tomogram_classes.png``, ``report.md``, ``report.html``, ``summary.json`` and ``pipeline.yaml`` (the
     settings). A tomogram with no particles gives an empty ``particles.star`` and a report saying so.
 
+    The tomogram is read with the header's voxel size, or ``voxel_size_a`` when set; a header voxel size of 0
+    or 1 Å (unset) without ``voxel_size_a`` is an InputError. ``contrast: dark`` negates the raw data as read.
+
     Raises:
-        InputError: not an MRC volume, impossible settings, bad templates, or ``out_dir`` not empty without
-            ``overwrite`` — before anything is written.
+        InputError: not an MRC volume, an unset voxel size, impossible settings, bad templates, or ``out_dir``
+            not empty without ``overwrite`` — before anything is written.
     """
+    from aitom.io import HeaderWarning
+
+    with warnings.catch_warnings():
+        # an unset header voxel size is either replaced by voxel_size_a or refused with that key's name
+        warnings.filterwarnings("ignore", message=".*looks unset", category=HeaderWarning)
+        return _run_pipeline(Path(tomogram_path), Path(out_dir), config, overwrite, log)
+
+
+def _run_pipeline(
+    tomogram_path: Path,
+    out_dir: Path,
+    config: PipelineConfig | None,
+    overwrite: bool,
+    log: Callable[[str], None],
+) -> PipelineResult:
     from aitom.commands.average import _plot_fsc
     from aitom.commands.shared import check_output_folder, output_folder, torch_device
     from aitom.data.tomogram import tile_origins
@@ -99,11 +131,10 @@ def run_pipeline(
 
     config = PipelineConfig() if config is None else config
     validate_config(config)
-    tomogram_path, out_dir = Path(tomogram_path), Path(out_dir)
     check_output_folder(out_dir, overwrite)
     device = torch_device(config.device)
     array, header = open_volume_mmap(tomogram_path)
-    voxel_size = float(header.voxel_size_a[0])
+    voxel_size = _voxel_size(header.voxel_size_a, config.voxel_size_a, tomogram_path)
     shape = tuple(int(n) for n in array.shape)
     box = box_size_voxels(config, voxel_size)
     check_templates(config, shape, voxel_size)
