@@ -185,17 +185,22 @@ def test_tiled_picking_equals_whole(simulated, tmp_path, monkeypatch):
     assert len(rows) == len(coordinates[0]) == len(coordinates[1])
 
 
-def _with_header_voxel_size(source: Path, target: Path, voxel_size_a: float) -> Path:
+def _raw_mrc(target: Path, values: np.ndarray, voxel_size_a: float) -> Path:
+    """Write with mrcfile, none of aitom's checks (NaN voxels, an unset voxel size)."""
     import mrcfile
 
     with mrcfile.new(target) as output:
-        output.set_data(np.array(open_volume_mmap(source)[0], dtype=np.float32))
+        output.set_data(values.astype(np.float32))
         output.voxel_size = voxel_size_a
     return target
 
 
+def _simulated_values(simulated: dict[str, Path]) -> np.ndarray:
+    return np.array(open_volume_mmap(simulated["tomogram"])[0], dtype=np.float32)
+
+
 def test_unset_header_voxel_size_is_replaced_by_voxel_size_a(simulated, tmp_path):
-    unset = _with_header_voxel_size(simulated["tomogram"], tmp_path / "unset.mrc", 1.0)
+    unset = _raw_mrc(tmp_path / "unset.mrc", _simulated_values(simulated), 1.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for name, path, extra in (
@@ -232,6 +237,7 @@ def _bad_template(folder: Path) -> list[str]:
         "bad_contrast",
         "unset_voxel_size",
         "negative_voxel_size",
+        "nan_voxels",
         "existing_output",
     ],
 )
@@ -251,7 +257,11 @@ def test_bad_input_is_one_line_and_writes_nothing(simulated, tmp_path, capsys, c
     elif case == "bad_method":
         extra = ["classify.method=magic"]
     elif case == "unset_voxel_size":
-        tomogram = _with_header_voxel_size(simulated["tomogram"], tmp_path / "unset.mrc", 0.0)
+        tomogram = _raw_mrc(tmp_path / "unset.mrc", _simulated_values(simulated), 0.0)
+    elif case == "nan_voxels":
+        values = _simulated_values(simulated)
+        values[7, 20:22, 30] = np.nan
+        tomogram = _raw_mrc(tmp_path / "nan.mrc", values, 10.0)
     elif case == "negative_voxel_size":
         extra = ["voxel_size_a=-3"]
     elif case == "bad_contrast":
@@ -266,6 +276,8 @@ def test_bad_input_is_one_line_and_writes_nothing(simulated, tmp_path, capsys, c
     code = aitom(["pipeline", "--tomogram", str(tomogram), "--out", str(out), *extra])
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.startswith("aitom: error:") and "\n" not in error
+    if case == "nan_voxels":
+        assert "nan.mrc" in error and "NaN or Inf voxels: 2 in Z slices 0–47, the first in Z slice 7" in error
     assert (out.exists() and case == "existing_output") or not out.exists()
     assert not list(tmp_path.glob(".run*"))
 

@@ -168,7 +168,7 @@ def _run_pipeline(
         work = folder / ".work"
         work.mkdir()
         with step("read") as record:
-            low, high = tomogram_value_range(array, tile)
+            low, high = tomogram_value_range(array, tile, tomogram_path)
             record["result"] = f"{' × '.join(map(str, shape))} voxels at {voxel_size:g} Å, {n_tiles} tile(s)"
         with step("missing wedge") as record:
             tilt_range, source = estimate_tilt_range(array, config)

@@ -34,17 +34,26 @@ __all__ = [
 ]
 
 
-def tomogram_value_range(array: np.ndarray, slab_voxels: int) -> tuple[float, float]:
+def tomogram_value_range(
+    array: np.ndarray, slab_voxels: int, path: Path | None = None
+) -> tuple[float, float]:
     """``(min, max)`` of a ``(Z, Y, X)`` array read in Z-slabs (never the whole array at once).
 
     Raises:
-        InputError: the tomogram holds NaN or Inf voxels.
+        InputError: the tomogram holds NaN or Inf voxels (the message names ``path``, the count in the first
+            slab that has any, and the first Z slice).
     """
     low, high = math.inf, -math.inf
     for start in range(0, array.shape[0], max(1, slab_voxels)):
         slab = np.asarray(array[start : start + slab_voxels], dtype=np.float32)
-        if not np.isfinite(slab).all():
-            raise InputError(f"NaN or Inf voxels in Z slices {start}–{start + slab.shape[0] - 1}")
+        finite = np.isfinite(slab)
+        if not finite.all():
+            first = start + int(np.flatnonzero(~finite.reshape(len(slab), -1).all(axis=1))[0])
+            raise InputError(
+                f"NaN or Inf voxels: {int((~finite).sum())} in Z slices {start}–{start + len(slab) - 1}, the "
+                f"first in Z slice {first}",
+                path,
+            )
         low, high = min(low, float(slab.min())), max(high, float(slab.max()))
     return low, high
 
