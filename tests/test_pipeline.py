@@ -318,3 +318,32 @@ def test_trained_classifier_checkpoint_sets_the_classes(tmp_path):
     torch.testing.assert_close(result.labels, torch.unique(expected, return_inverse=True)[1])
     assert result.averages.shape == (int(expected.unique().numel()), 16, 16, 16)
     assert result.method == "trained classifier"
+
+
+def test_report_lists_the_structural_correlations_of_the_classes(tmp_path):
+    from aitom.pipeline.report import count_of, write_report
+
+    summary = {
+        "tomogram": "t.mrc",
+        "shape_zyx": [8, 8, 8],
+        "voxel_size_a": 10.0,
+        "steps": [{"step": "pick", "result": "2 particles (dog)", "seconds": 0.1}],
+        "n_particles": 3,
+        "classify_method": "PCA + k-means clustering with alignment",
+        "box_size": 8,
+        "tilt_range_deg": [-60.0, 60.0],
+        "classes": [
+            {"class": 1, "particles": 2, "fsc_0.5_a": 40.0, "fsc_0.143_a": 30.0},
+            {"class": 2, "particles": 1, "fsc_0.5_a": 50.0, "fsc_0.143_a": 35.0},
+        ],
+        "structural_correlations": [[1.0, 0.734], [0.734, 1.0]],
+        "merge_threshold": 0.9,
+    }
+    markdown, page = write_report(summary, tmp_path)
+    text = markdown.read_text()
+    assert "3 particles in 2 classes" in text and "pairs at or above 0.9 were merged" in text
+    assert "| 1 | 1.00 | 0.73 |" in text and "| 2 | 0.73 | 1.00 |" in text
+    html = page.read_text()
+    assert html.count("<tr>") == 8  # steps: header + 1; classes: header + 2; correlations: header + 2
+    assert "<td>0.73</td>" in html
+    assert (count_of(1, "class"), count_of(2, "particle")) == ("1 class", "2 particles")

@@ -83,6 +83,21 @@ def _markdown(summary: dict) -> str:
             f"| {entry['fsc_0.143_a']:.1f} "
             f"| [{name}_average.mrc]({name}_average.mrc) | [{name}_montage.png]({name}_montage.png) |"
         )
+    if "structural_correlations" in summary:
+        matrix = summary["structural_correlations"]
+        lines += [
+            "",
+            "Estimated correlation of the classes' noise-free structures (superposed averages corrected by "
+            "each class's half-set reproducibility; pairs at or above "
+            f"{summary['merge_threshold']:g} were merged):",
+            "",
+            "| class | " + " | ".join(str(k + 1) for k in range(len(matrix))) + " |",
+            "|---:|" + "---:|" * len(matrix),
+        ]
+        lines += [
+            f"| {k + 1} | " + " | ".join(f"{value:.2f}" for value in row) + " |"
+            for k, row in enumerate(matrix)
+        ]
     lines += [
         "",
         "Half-set FSC of each class average (even/odd halves, unmasked):",
@@ -128,8 +143,20 @@ def _html(summary: dict) -> str:
         parts += [
             "<table border='1'><tr><th>class</th><th>particles</th><th>FSC 0.5 (Å)</th><th>FSC 0.143 (Å)</th>"
             f"</tr>{class_rows}</table>",
-            "<img src='fsc.png' alt='FSC'><br><img src='tomogram_classes.png' alt='picks by class'>",
         ]
+        if "structural_correlations" in summary:
+            matrix = summary["structural_correlations"]
+            header = "".join(f"<th>{k + 1}</th>" for k in range(len(matrix)))
+            body = "".join(
+                f"<tr><th>{k + 1}</th>" + "".join(f"<td>{value:.2f}</td>" for value in row) + "</tr>"
+                for k, row in enumerate(matrix)
+            )
+            parts += [
+                "<p>Estimated correlation of the classes' noise-free structures (pairs at or above "
+                f"{summary['merge_threshold']:g} were merged):</p>",
+                f"<table border='1'><tr><th>class</th>{header}</tr>{body}</table>",
+            ]
+        parts.append("<img src='fsc.png' alt='FSC'><br><img src='tomogram_classes.png' alt='picks by class'>")
         parts += [
             f"<h3>Class {c['class']}</h3><img src='class_{c['class']:02d}_montage.png'>"
             for c in summary["classes"]

@@ -215,6 +215,9 @@ def _run_pipeline(
                 classes = classify_subtomograms(volumes, mask, config, voxel_size, pick_classes)
                 record["result"] = f"{count_of(classes.averages.shape[0], 'class')} ({classes.method})"
             summary["classify_method"] = classes.method
+            if classes.structural_correlations is not None and classes.averages.shape[0] > 1:
+                summary["structural_correlations"] = classes.structural_correlations.tolist()
+                summary["merge_threshold"] = config.classify.merge_threshold
             labels = classes.labels.cpu().numpy()
             angles = torch.rad2deg(matrix_to_euler_zyz(classes.rotations.cpu().double())).numpy()
             shifts = classes.shifts_xyz.cpu().double().numpy()

@@ -281,6 +281,8 @@ class ClassAverages:
             relative to its class average (``subtomogram ≈ shift(rotate(average, R), t)``).
         frequency: ``(n,)`` cycles/voxel; fsc ``(K, n)`` half-set FSC of each class.
         method: how the classes were found.
+        structural_correlations: ``(K, K)`` estimated correlations of the classes' noise-free structures
+            (:func:`aitom.ops.structural_correlations`) when the number of classes was chosen, else None.
     """
 
     labels: torch.Tensor
@@ -291,6 +293,7 @@ class ClassAverages:
     frequency: torch.Tensor
     fsc: torch.Tensor
     method: str
+    structural_correlations: torch.Tensor | None = None
 
 
 def _alignment_options(config: PipelineConfig, box_size: int) -> dict[str, float]:
@@ -391,6 +394,7 @@ def classify_subtomograms(
             result.frequency,
             result.fsc,
             description + (_auto_description(result) if requested == "auto" else ""),
+            result.structural_correlations,
         )
     eye = torch.eye(3, device=volumes.device, dtype=volumes.dtype)
     rotations = eye.expand(n, 3, 3).clone()
