@@ -1,20 +1,22 @@
-"""Benchmark the semi-supervised autoencoding classifier against a supervised one with the same few labels.
+"""Benchmark the semi-supervised classifier against supervised ones with the same few labels.
 
 Data: simulated 32³ subtomograms of 5 library classes (``SimulatedSubtomogramDataModule``); a fraction
 (``--labelled-fraction``, 10 %) of the training items is labelled (``labelled_fraction``, decided by seed and
-index). Two models with the same encoder + head (:class:`AutoencoderClassifier3D`, same initial weights),
-trained for the same number of steps with the same batch size, seed and optimiser, in this one run:
+index). Four models with the same encoder + head (:class:`AutoencoderClassifier3D`, same initial weights),
+trained for the same number of steps with the same batch size, seed and optimiser, for each of ``--seeds``
+(data, weights and batches all follow the seed):
 
-* **semi-supervised**: :class:`SemiSupervisedClassifier` on ALL training items, loss = CE(labelled) +
-  λ·MSE(reconstruction of all); every batch holds ``round(--labelled-batch-fraction * batch)`` items drawn
-  with replacement from the labelled items, the rest from all items (:class:`LabelledShareBatchSampler`);
-* **supervised**: :class:`aitom.tasks.classify.Classifier` (cross-entropy only) on the same labelled items
-  only (shuffled, full batches).
+* **semi-supervised (AITom)**: :class:`SemiSupervisedClassifier` on ALL training items, loss = CE(labelled) +
+  λ·MSE(reconstruction of all), the subtomograms as they are (``rotated_views=False, consistency_weight=0``);
+* **semi-supervised + rotated views + pseudo-labels**: the same with ``rotated_views=True`` (a random rotated
+  view of every item at every step) and the pseudo-label consistency term (``consistency_weight=1``);
+* **supervised** and **supervised + rotated views**: :class:`aitom.tasks.classify.Classifier`
+  (cross-entropy only, ``rotated_views`` off / on) on the labelled items only (shuffled, full batches).
 
-Both take the same number of optimiser steps; the table also gives how many labelled examples each one saw.
-
-The table gives each model's accuracy on the (fully labelled) test split and the ratio semi / supervised.
-Items are simulated once and kept in memory, so both models see identical volumes.
+Semi-supervised batches hold ``round(--labelled-batch-fraction * batch)`` items drawn with replacement from
+the labelled items, the rest from all items (:class:`LabelledShareBatchSampler`). The table gives each
+model's accuracy on the (fully labelled) test split for every seed, their mean and standard deviation.
+Items are simulated once per seed and kept in memory, so the models see identical volumes.
 
 Usage: ``python scripts/bench_semi_supervised.py [--quick] [--out bench_semi_supervised.md] [--json F]``.
 """
@@ -26,6 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch.utils.data import DataLoader, Dataset
@@ -36,6 +39,12 @@ from aitom.tasks.semi_supervised import AutoencoderClassifier3D, SemiSupervisedC
 from run_benchmarks import figure_row, write_figures  # this folder (the script's) is on sys.path
 
 CLASSES = ["proteasome_20s", "ribosome_30s", "apoferritin", "rubisco", "nucleosome"]
+MODELS = {
+    "semi_aitom": "semi-supervised (AITom: CE on labelled + λ·MSE on all)",
+    "semi_enhanced": "semi-supervised + rotated views + pseudo-label consistency",
+    "supervised": "supervised (CE on labelled only)",
+    "supervised_rotated": "supervised + rotated views",
+}
 
 
 def materialise(dataset: Dataset, chunk: int = 64) -> list[dict[str, torch.Tensor]]:
@@ -84,81 +93,123 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.5,
         help="share of every semi-supervised batch drawn from the labelled items (default 0.5)",
     )
-    parser.add_argument("--steps", type=int, default=150, help="training steps of each model (default 150)")
+    parser.add_argument("--steps", type=int, default=600, help="training steps of each model (default 600)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
     parser.add_argument("--snr", type=float, default=0.5, help="signal-to-noise ratio (default 0.5)")
     parser.add_argument("--reconstruction-weight", type=float, default=1.0, help="λ (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data, weights and batches")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds of data, weights and batches (default 0 1 2)",
+    )
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
     parser.add_argument("--json", type=Path, help="write the headline figures (JSON) to this file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_size, args.test_size, args.steps = 160, 40, 4
+        args.train_size, args.test_size, args.steps, args.seeds = 160, 40, 4, [0]
 
-    data = SimulatedSubtomogramDataModule(
-        CLASSES,
-        box_size_voxels=32,
-        snr=args.snr,
-        train_size=args.train_size,
-        val_size=0,
-        test_size=args.test_size,
-        labelled_fraction=args.labelled_fraction,
-        seed=args.seed,
-    )
-    data.setup("fit")
-    start = time.perf_counter()
-    train = materialise(data.datasets["train"])
-    test = materialise(data.datasets["test"])
-    simulate_seconds = time.perf_counter() - start
-    labelled_indices = [i for i, item in enumerate(train) if bool(item["labelled"])]
-    labelled = [train[i] for i in labelled_indices]
-    print(f"simulated {len(train)} + {len(test)} items in {simulate_seconds:.0f} s; {len(labelled)} labelled")
+    rows: dict[str, list[float]] = {name: [] for name in MODELS}
+    seconds: dict[str, float] = dict.fromkeys(MODELS, 0.0)
+    for seed in args.seeds:
+        data = SimulatedSubtomogramDataModule(
+            CLASSES,
+            box_size_voxels=32,
+            snr=args.snr,
+            train_size=args.train_size,
+            val_size=0,
+            test_size=args.test_size,
+            labelled_fraction=args.labelled_fraction,
+            seed=seed,
+        )
+        data.setup("fit")
+        train = materialise(data.datasets["train"])
+        test = materialise(data.datasets["test"])
+        labelled_indices = [i for i, item in enumerate(train) if bool(item["labelled"])]
+        labelled = [train[i] for i in labelled_indices]
+        labelled_per_batch = min(
+            args.batch_size, max(1, round(args.labelled_batch_fraction * args.batch_size))
+        )
+        print(f"seed {seed}: {len(train)} + {len(test)} items, {len(labelled)} labelled")
+        for name in MODELS:
+            seed_everything(seed, verbose=False)  # the same encoder + head weights for every model
+            semi = name.startswith("semi")
+            net = AutoencoderClassifier3D(num_classes=len(CLASSES), with_decoder=semi)
+            if semi:
+                enhanced = name == "semi_enhanced"
+                model: LightningModule = SemiSupervisedClassifier(
+                    net,
+                    len(CLASSES),
+                    class_names=CLASSES,
+                    reconstruction_weight=args.reconstruction_weight,
+                    rotated_views=enhanced,
+                    consistency_weight=1.0 if enhanced else 0.0,
+                )
+                batches = LabelledShareBatchSampler(
+                    labelled_indices, len(train), args.batch_size, labelled_per_batch, seed
+                )
+                loader = DataLoader(train, batch_sampler=batches)
+            else:
+                model = Classifier(
+                    net,
+                    len(CLASSES),
+                    class_names=CLASSES,
+                    scheduler="none",
+                    rotated_views=name == "supervised_rotated",
+                )
+                loader = DataLoader(labelled, batch_size=args.batch_size, shuffle=True, drop_last=True)
+            accuracy, elapsed = train_and_test(model, loader, test, args.steps, seed)
+            rows[name].append(accuracy)
+            seconds[name] += elapsed
+            print(f"seed {seed}: {MODELS[name]}: test accuracy {accuracy:.3f} ({elapsed:.0f} s)", flush=True)
 
-    seed_everything(args.seed, verbose=False)
-    semi_net = AutoencoderClassifier3D(num_classes=len(CLASSES))
-    seed_everything(args.seed, verbose=False)  # same encoder + head weights (the decoder is built last)
-    supervised_net = AutoencoderClassifier3D(num_classes=len(CLASSES), with_decoder=False)
-    semi = SemiSupervisedClassifier(
-        semi_net, len(CLASSES), class_names=CLASSES, reconstruction_weight=args.reconstruction_weight
-    )
-    supervised = Classifier(supervised_net, len(CLASSES), class_names=CLASSES, scheduler="none")
-    labelled_per_batch = min(args.batch_size, max(1, round(args.labelled_batch_fraction * args.batch_size)))
-    semi_batches = LabelledShareBatchSampler(
-        labelled_indices, len(train), args.batch_size, labelled_per_batch, args.seed
-    )
-    semi_acc, semi_seconds = train_and_test(
-        semi, DataLoader(train, batch_sampler=semi_batches), test, args.steps, args.seed
-    )
-    sup_loader = DataLoader(labelled, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    sup_acc, sup_seconds = train_and_test(supervised, sup_loader, test, args.steps, args.seed)
+    def mean_sd(values: list[float]) -> tuple[float, float]:
+        array = np.asarray(values)
+        return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
-    table = "\n".join(
-        [
-            f"Semi-supervised vs supervised, 5 classes, 32³, SNR {args.snr}, {len(labelled)} of "
-            f"{len(train)} training items labelled ({100 * len(labelled) / len(train):.1f} %), {args.steps} "
-            f"steps of batch {args.batch_size}, AdamW lr 1e-3, λ = {args.reconstruction_weight}, "
-            f"seed {args.seed}, {torch.get_num_threads()} CPU threads; test split {len(test)} items.",
-            "",
-            "| model | training items | labelled items per batch | test accuracy | training time (s) |",
-            "|---|---:|---:|---:|---:|",
-            f"| semi-supervised (CE on labelled + λ·MSE on all) | {len(train)} | {labelled_per_batch} "
-            f"| {semi_acc:.3f} | {semi_seconds:.0f} |",
-            f"| supervised (CE on labelled only) | {len(labelled)} | {args.batch_size} | {sup_acc:.3f} "
-            f"| {sup_seconds:.0f} |",
-            f"| ratio semi / supervised | | | {semi_acc / max(sup_acc, 1e-12):.2f} | |",
-        ]
-    )
-    print(table)
+    table = [
+        f"Semi-supervised vs supervised, 5 classes, 32³, SNR {args.snr}, {args.labelled_fraction:.0%} of "
+        f"{args.train_size} training items labelled, {args.steps} steps of batch {args.batch_size} "
+        f"(semi-supervised: {labelled_per_batch} labelled per batch), AdamW lr 1e-3, λ = "
+        f"{args.reconstruction_weight}, seeds {', '.join(map(str, args.seeds))}, "
+        f"{torch.get_num_threads()} CPU threads; test split {args.test_size} items per seed.",
+        "",
+        "| model | "
+        + " | ".join(f"seed {seed}" for seed in args.seeds)
+        + " | mean ± sd | training time (s) |",
+        "|---|" + "---:|" * (len(args.seeds) + 2),
+    ]
+    for name, label in MODELS.items():
+        mean, sd = mean_sd(rows[name])
+        values = " | ".join(f"{value:.3f}" for value in rows[name])
+        table.append(f"| {label} | {values} | {mean:.3f} ± {sd:.3f} | {seconds[name]:.0f} |")
+    text = "\n".join(table)
+    print(text)
     write_figures(
         args.json,
         [
             figure_row(
-                "semi_supervised", "test accuracy, 10 % labels", semi_acc, "fraction", "supervised", sup_acc
-            )
+                "semi_supervised",
+                f"test accuracy, {args.labelled_fraction:.0%} labels, mean of {len(args.seeds)} seeds",
+                mean_sd(rows["semi_enhanced"])[0],
+                "fraction",
+                "supervised with rotated views",
+                mean_sd(rows["supervised_rotated"])[0],
+            ),
+            figure_row(
+                "semi_supervised",
+                f"supervised with rotated views, {args.labelled_fraction:.0%} labels, "
+                f"mean of {len(args.seeds)} seeds",
+                mean_sd(rows["supervised_rotated"])[0],
+                "fraction",
+                "supervised on the subtomograms as they are",
+                mean_sd(rows["supervised"])[0],
+            ),
         ],
     )
     if args.out is not None:
-        args.out.write_text(table + "\n")
+        args.out.write_text(text + "\n")
     return 0
 
 

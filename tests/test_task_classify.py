@@ -19,6 +19,7 @@ from aitom.cli import main
 from aitom.errors import InputError
 from aitom.io import read_particles
 from aitom.models import RB3D, DSRF3Dv2
+from aitom.ops.augmentation import random_rotated_views
 from aitom.tasks import Classifier, PredictionWriter, confusion_matrix_image
 from tests.classify_fixtures import TinyBlobDataModule
 
@@ -60,6 +61,31 @@ def test_loss_is_cross_entropy_of_the_logits():
     by_hand = -log_softmax[np.arange(4), labels.numpy()].mean()
     assert math.isclose(loss.item(), by_hand, rel_tol=1e-6)
     assert torch.allclose(loss, nn.CrossEntropyLoss()(volumes.flatten(1) @ weight, labels))
+
+
+def test_augmented_training_step_scores_a_rotated_view_and_evaluation_the_volume_itself():
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(512, 3, generator=generator)
+    volumes = torch.randn(4, 1, 8, 8, 8, generator=generator)
+    batch = {"volume": volumes, "label": torch.tensor([0, 2, 1, 2])}
+    model = Classifier(LinearNet(weight), num_classes=3, rotated_views=True, tilt_range_deg=(-50.0, 40.0))
+    torch.manual_seed(3)
+    loss = model.training_step(batch, 0)
+    torch.manual_seed(3)  # the same random view
+    views = random_rotated_views(volumes, -50.0, 40.0)
+    torch.testing.assert_close(loss, nn.functional.cross_entropy(views.flatten(1) @ weight, batch["label"]))
+    assert not torch.allclose(views, volumes)
+    model.validation_step(batch, 0)  # validation scores the volumes as they are
+    plain_accuracy = ((volumes.flatten(1) @ weight).argmax(1) == batch["label"]).float().mean()
+    torch.testing.assert_close(model.metrics["val_metrics"]["acc"].compute(), plain_accuracy)
+
+
+@pytest.mark.parametrize("tilt_range_deg", [(60.0, -60.0), (-95.0, 60.0), (0.0,)])
+def test_impossible_tilt_range_is_refused(tilt_range_deg):
+    with pytest.raises(InputError, match="tilt_range_deg"):
+        Classifier(
+            LinearNet(torch.zeros(8, 3)), num_classes=3, rotated_views=True, tilt_range_deg=tilt_range_deg
+        )
 
 
 def test_overfits_a_tiny_batch():

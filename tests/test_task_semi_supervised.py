@@ -18,10 +18,12 @@ from aitom.data.simulated import (
 )
 from aitom.errors import InputError
 from aitom.io import read_particles
+from aitom.ops.augmentation import random_rotated_views
 from aitom.tasks.semi_supervised import (
     AutoencoderClassifier3D,
     SemiSupervisedClassifier,
     masked_cross_entropy,
+    pseudo_label_consistency_loss,
     semi_supervised_loss,
 )
 
@@ -76,10 +78,53 @@ def test_loss_is_cross_entropy_plus_weighted_reconstruction_mse(device):
     assert math.isclose(loss.item(), ce_by_hand + 0.25 * mse_by_hand, rel_tol=1e-6)
 
 
+def test_consistency_loss_is_cross_entropy_of_the_views_on_confident_items_only(device):
+    target_logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 5.0], [0.2, 0.0, 0.0]])
+    view_logits = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0], [0.5, 0.5, 0.5], [0.0, 0.0, 9.0]])
+    target_logits, view_logits = target_logits.to(device), view_logits.to(device).requires_grad_()
+    loss, used = pseudo_label_consistency_loss(view_logits, target_logits, confidence_threshold=0.9)
+    probabilities = np.exp(log_softmax(target_logits.cpu().numpy()))
+    confident = probabilities.max(axis=1) >= 0.9
+    assert confident.tolist() == [
+        True,
+        False,
+        True,
+        False,
+    ]  # e^4 / (e^4 + 2) = 0.965, e^5 / (e^5 + 2) = 0.987
+    view_log_probabilities = log_softmax(view_logits.detach().cpu().numpy())
+    by_hand = -(view_log_probabilities[0, 0] + view_log_probabilities[2, 2]) / 4
+    assert math.isclose(loss.item(), by_hand, rel_tol=1e-6)
+    assert math.isclose(used.item(), 0.5)
+    loss.backward()
+    assert view_logits.grad[1].abs().sum() == 0 and view_logits.grad[0].abs().sum() > 0
+
+
+def test_training_step_adds_the_consistency_of_a_rotated_view_of_the_unlabelled_items():
+    torch.manual_seed(0)
+    net = AutoencoderClassifier3D(num_classes=3, widths=(4, 8), dropout=0.0).eval()
+    model = SemiSupervisedClassifier(
+        net, num_classes=3, rotated_views=False, consistency_weight=0.5, confidence_threshold=0.34
+    )
+    volume = torch.randn(4, 1, 8, 8, 8)
+    labelled = torch.tensor([1, 0, 0, 1]).bool()
+    batch = {"volume": volume, "label": torch.tensor([0, 1, 2, 0]), "labelled": labelled}
+    torch.manual_seed(7)
+    loss = model.training_step(batch, 0)
+    torch.manual_seed(7)  # the same view
+    views = random_rotated_views(volume[~labelled], -60.0, 60.0, 2.0, 0.5)
+    logits, reconstruction = net.classify_and_reconstruct(volume)
+    base, _, _ = semi_supervised_loss(logits, batch["label"], labelled, reconstruction, volume, 1.0)
+    consistency, used = pseudo_label_consistency_loss(net(views), logits[~labelled], 0.34)
+    assert used > 0
+    torch.testing.assert_close(loss, base + 0.5 * consistency)
+
+
 def test_training_step_returns_the_loss_of_the_network_outputs():
     torch.manual_seed(0)
     net = AutoencoderClassifier3D(num_classes=3, widths=(4, 8), dropout=0.0).eval()
-    model = SemiSupervisedClassifier(net, num_classes=3, reconstruction_weight=2.0)
+    model = SemiSupervisedClassifier(
+        net, num_classes=3, reconstruction_weight=2.0, rotated_views=False, consistency_weight=0.0
+    )
     volume = torch.randn(4, 1, 8, 8, 8)
     batch = {
         "volume": volume,

@@ -1,12 +1,7 @@
 """Augmentations of subtomograms that respect the imaging physics.
 
-A single-axis tilt series leaves a missing wedge about the tilt axis Y: frequency ``k`` is observed iff
-``atan(kz / kx)`` lies in the tilt range. A rotation of the subtomogram rotates its wedge too, so most
-rotations produce a wedge the data could never have. The proper rotations that keep the wedge are:
-
-* 180° about Y (``kx, kz -> -kx, -kz``): keeps ``kz / kx``, so any tilt range, symmetric or not;
-* 180° about Z or about X (``kz / kx -> -kz / kx``): only for a symmetric range ``(-a, a)``.
-
+A rotation of the subtomogram rotates its missing wedge too, so most rotations produce a wedge the data could
+never have; :func:`aitom.ops.augmentation.wedge_preserving_rotations` lists the 180° rotations that keep it.
 Arbitrary rotations about the beam axis Z turn the tilt axis away from Y, and mirror flips change the
 handedness of the structure, so neither is offered. Integer shifts keep the wedge; they are applied with
 torchio's affine transform (zero rotation, zero scaling).
@@ -17,20 +12,14 @@ from __future__ import annotations
 import torch
 import torchio as tio
 
-#: torchio spatial axes of a (C, Z, Y, X) tensor: 0 -> Z, 1 -> Y, 2 -> X.
-_AXIS = {"z": 0, "y": 1, "x": 2}
+from aitom.ops.augmentation import wedge_preserving_rotations
 
-
-def wedge_preserving_rotations(tilt_min_deg: float, tilt_max_deg: float) -> list[tuple[int, int]]:
-    """The 180° rotations that keep a missing wedge, each as the pair of torchio axes it flips.
-
-    Returns pairs of spatial axes of a ``(C, Z, Y, X)`` tensor; flipping two axes together is a 180° rotation
-    about the third (a proper rotation, determinant +1).
-    """
-    rotations = [(_AXIS["z"], _AXIS["x"])]  # 180° about Y
-    if abs(tilt_min_deg + tilt_max_deg) < 1e-6:
-        rotations += [(_AXIS["y"], _AXIS["x"]), (_AXIS["z"], _AXIS["y"])]  # about Z, about X
-    return rotations
+__all__ = [
+    "RandomWedgePreservingRotation",
+    "augment_volume",
+    "subtomogram_augmentation",
+    "wedge_preserving_rotations",
+]
 
 
 class RandomWedgePreservingRotation(tio.transforms.augmentation.RandomTransform, tio.SpatialTransform):

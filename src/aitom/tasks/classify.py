@@ -37,6 +37,7 @@ from torchmetrics.classification import (
 
 from aitom.errors import InputError
 from aitom.io import particles_table, write_particles
+from aitom.ops.augmentation import random_rotated_views
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
@@ -50,6 +51,12 @@ DATASET_ORDER_KEY = "_dataset_order"
 def qualified_name(obj: object) -> str:
     """``module.ClassName`` of an object's class."""
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def check_tilt_range(tilt_range_deg: tuple[float, float] | list[float]) -> None:
+    """Raise :class:`InputError` unless ``tilt_range_deg`` is ``(lowest, highest)`` within ±90°."""
+    if len(tilt_range_deg) != 2 or not -90.0 <= tilt_range_deg[0] < tilt_range_deg[1] <= 90.0:
+        raise InputError(f"tilt_range_deg must be (lowest, highest) within ±90°, got {tilt_range_deg}")
 
 
 class Classifier(LightningModule):
@@ -76,6 +83,12 @@ class Classifier(LightningModule):
             the rate by ``step_gamma`` every ``step_size_epochs`` epochs) or ``"none"``.
         step_size_epochs: epochs between learning-rate drops of the ``"step"`` schedule.
         step_gamma: factor of each drop of the ``"step"`` schedule.
+        rotated_views: train on a random rotated view of every subtomogram at every step (a uniform
+            rotation and a shift of up to 2 voxels, the missing wedge removed again;
+            :func:`aitom.ops.augmentation.random_rotated_views`). Worth it with few training items: on
+            69–97 labelled simulated subtomograms of 5 classes it raised the test accuracy from 0.54 to 0.80
+            (mean of 3 seeds, ``scripts/bench_semi_supervised.py``).
+        tilt_range_deg: the data's tilt range (lowest, highest), degrees: the views' missing wedge.
     """
 
     def __init__(
@@ -90,9 +103,12 @@ class Classifier(LightningModule):
         scheduler: Literal["cosine", "step", "none"] = "cosine",
         step_size_epochs: int = 10,
         step_gamma: float = 0.1,
+        rotated_views: bool = False,
+        tilt_range_deg: tuple[float, float] = (-60.0, 60.0),
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
+        check_tilt_range(tilt_range_deg)
         if optimizer not in OPTIMIZERS:
             raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if scheduler not in SCHEDULERS:
@@ -155,7 +171,10 @@ class Classifier(LightningModule):
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         if "label" not in batch:
             raise InputError(f"the {stage} data carry no labels (a STAR table needs rlnClassNumber)")
-        logits = self(batch["volume"])
+        volume = batch["volume"]
+        if stage == "train" and self.hparams.rotated_views:
+            volume = random_rotated_views(volume, *self.hparams.tilt_range_deg)
+        logits = self(volume)
         labels = batch["label"]
         loss = nn.functional.cross_entropy(logits, labels)
         self.metrics[f"{stage}_metrics"].update(logits.detach(), labels)

@@ -8,6 +8,25 @@ Liu S, Zeng X, Xu M et al.: one 3-D convolutional encoder feeds both a decoder, 
 
 so the many unlabelled subtomograms shape the encoder's features through the reconstruction term.
 
+Two additions (both on by default, both can be turned off):
+
+* ``rotated_views``: every training subtomogram is replaced, at each step, by a random view of itself, a
+  uniform rotation and a shift of up to ``view_max_shift_voxels`` with the missing wedge removed again
+  (:func:`aitom.ops.augmentation.random_rotated_views`), so 10 labelled items per class are seen in every
+  orientation;
+* ``consistency_weight`` > 0: the unlabelled subtomograms also teach the classifier directly, by consistency
+  with confident pseudo-labels (FixMatch, Sohn et al. 2020): the class the network predicts for an unlabelled
+  item, where its probability reaches ``confidence_threshold``, is the target of a cross-entropy on a second
+  view of the same item, with noise added (``view_noise_std``)::
+
+    loss = CE(labelled) + reconstruction_weight · MSE(all)
+         + consistency_weight · CE(second view of an unlabelled item, its confident pseudo-label)
+
+Measured (``scripts/bench_semi_supervised.py``, 10 % of 800 simulated subtomograms labelled, 3 seeds): the two
+additions raise the test accuracy from 0.54 ± 0.17 to 0.65 ± 0.32, but a supervised
+:class:`~aitom.tasks.classify.Classifier` with ``rotated_views=True`` on the labelled items alone reaches
+0.80 ± 0.11: try it first.
+
 Batches are the classifier's dicts (``aitom.tasks.classify``) plus an optional ``"labelled": (B,) bool``
 (``SimulatedSubtomogramDataModule(labelled_fraction=...)`` sets it); a batch without it is fully labelled.
 With few labels, give every batch a fixed labelled share (``labelled_batch_fraction``, e.g. 0.5: half of each
@@ -28,6 +47,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from aitom.errors import InputError
 from aitom.models.classifiers import conv_bn_relu
+from aitom.ops.augmentation import random_rotated_views
+from aitom.tasks.classify import check_tilt_range
 
 STAGES = ("train", "val", "test")
 
@@ -155,6 +176,28 @@ def semi_supervised_loss(
     return cross_entropy + reconstruction_weight * mse, cross_entropy, mse
 
 
+def pseudo_label_consistency_loss(
+    view_logits: torch.Tensor, target_logits: torch.Tensor, confidence_threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's unlabelled loss: cross-entropy of a view against the confident predicted class of the item.
+
+    Args:
+        view_logits: ``(B, C)`` class scores of the augmented views (the gradient flows through these).
+        target_logits: ``(B, C)`` class scores of the items themselves (treated as constants).
+        confidence_threshold: smallest softmax probability of the predicted class that makes it a target.
+
+    Returns:
+        ``(loss, used)``: the cross-entropy summed over the confident items divided by the number of items
+        (``B``; 0 when ``B`` is 0), and the fraction of items that were confident.
+    """
+    probabilities = torch.softmax(target_logits.detach(), dim=1)
+    confidence, pseudo_labels = probabilities.max(dim=1)
+    confident = (confidence >= confidence_threshold).to(view_logits.dtype)
+    per_item = nn.functional.cross_entropy(view_logits, pseudo_labels, reduction="none")
+    count = max(view_logits.shape[0], 1)
+    return (per_item * confident).sum() / count, confident.sum() / count
+
+
 def adopt_data_classes(task: LightningModule) -> None:
     """Check ``task.num_classes`` against its DataModule's and take the data's ``class_names`` if it has none.
 
@@ -174,15 +217,26 @@ def adopt_data_classes(task: LightningModule) -> None:
 class SemiSupervisedClassifier(LightningModule):
     """Train a classifier on partly labelled subtomograms, regularised by reconstructing all of them.
 
-    Logged: ``train/loss``, ``train/ce``, ``train/reconstruction`` (per step and epoch), ``{val,test}/loss``
-    (cross-entropy), ``{train,val,test}/acc`` (accuracy over labelled items, per epoch).
+    Logged: ``train/loss``, ``train/ce``, ``train/reconstruction``, ``train/consistency`` and
+    ``train/pseudo_labelled`` (the fraction of unlabelled items confident enough to be used; per step and
+    epoch), ``{val,test}/loss`` (cross-entropy), ``{train,val,test}/acc`` (accuracy over labelled items, per
+    epoch).
 
     Args:
         net: a network with ``forward(volume) -> logits`` and ``classify_and_reconstruct(volume) ->
             (logits, reconstruction)``, e.g. :class:`AutoencoderClassifier3D`.
         num_classes: number of classes; must equal the network's and the data's.
         class_names: names in label order (taken from the DataModule when not given).
-        reconstruction_weight: λ, weight of the reconstruction MSE in the loss (0: supervised only).
+        reconstruction_weight: λ, weight of the reconstruction MSE in the loss (0: none).
+        consistency_weight: weight of the pseudo-label consistency term (0: none).
+        confidence_threshold: softmax probability, in (0, 1], an unlabelled item's predicted class needs
+            to become its pseudo-label.
+        rotated_views: train on random rotated views of the subtomograms instead of the subtomograms as
+            they are.
+        tilt_range_deg: the data's tilt range (lowest, highest), degrees: the views' missing wedge.
+        view_max_shift_voxels: largest shift of a view along each axis, voxels.
+        view_noise_std: standard deviation of the noise added to a view, in units of the item's own voxel
+            standard deviation.
         lr: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay.
     """
@@ -193,13 +247,30 @@ class SemiSupervisedClassifier(LightningModule):
         num_classes: int,
         class_names: list[str] | None = None,
         reconstruction_weight: float = 1.0,
+        consistency_weight: float = 1.0,
+        confidence_threshold: float = 0.9,
+        rotated_views: bool = True,
+        tilt_range_deg: tuple[float, float] = (-60.0, 60.0),
+        view_max_shift_voxels: float = 2.0,
+        view_noise_std: float = 0.5,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
-        if reconstruction_weight < 0:
-            raise InputError(f"reconstruction_weight must be 0 or more, got {reconstruction_weight}")
+        if reconstruction_weight < 0 or consistency_weight < 0:
+            raise InputError(
+                "reconstruction_weight and consistency_weight must be 0 or more, got "
+                f"{reconstruction_weight} and {consistency_weight}"
+            )
+        if not 0.0 < confidence_threshold <= 1.0:
+            raise InputError(f"confidence_threshold must be in (0, 1], got {confidence_threshold}")
+        check_tilt_range(tilt_range_deg)
+        if view_max_shift_voxels < 0 or view_noise_std < 0:
+            raise InputError(
+                f"view_max_shift_voxels and view_noise_std must be 0 or more, got {view_max_shift_voxels} "
+                f"and {view_noise_std}"
+            )
         net_classes = getattr(net, "num_classes", None)
         if net_classes is not None and net_classes != num_classes:
             raise InputError(
@@ -227,11 +298,25 @@ class SemiSupervisedClassifier(LightningModule):
             raise InputError("the train data carry no labels (a STAR table needs rlnClassNumber)")
         volume, labels = batch["volume"], batch["label"]
         labelled = batch.get("labelled", torch.ones_like(labels, dtype=torch.bool))
+        hp = self.hparams
+        if hp.rotated_views:
+            volume = random_rotated_views(volume, *hp.tilt_range_deg, hp.view_max_shift_voxels)
         logits, reconstruction = self.net.classify_and_reconstruct(volume)
         loss, cross_entropy, mse = semi_supervised_loss(
-            logits, labels, labelled, reconstruction, volume, self.hparams.reconstruction_weight
+            logits, labels, labelled, reconstruction, volume, hp.reconstruction_weight
         )
         size = labels.shape[0]
+        if hp.consistency_weight > 0 and not labelled.all():
+            unlabelled = ~labelled
+            views = random_rotated_views(
+                volume[unlabelled], *hp.tilt_range_deg, hp.view_max_shift_voxels, hp.view_noise_std
+            )
+            consistency, used = pseudo_label_consistency_loss(
+                self.net(views), logits[unlabelled], hp.confidence_threshold
+            )
+            loss = loss + hp.consistency_weight * consistency
+            self.log("train/consistency", consistency, on_step=True, on_epoch=True, batch_size=size)
+            self.log("train/pseudo_labelled", used, on_step=True, on_epoch=True, batch_size=size)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         self.log("train/ce", cross_entropy, on_step=True, on_epoch=True, batch_size=size)
         self.log("train/reconstruction", mse, on_step=True, on_epoch=True, batch_size=size)
