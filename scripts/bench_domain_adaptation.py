@@ -2,8 +2,10 @@
 
 Source domain: simulated 32³ subtomograms of 5 library classes at high SNR, ±60° tilt, 3 µm defocus.
 Target domain: the same classes at lower SNR, ±45° tilt, 6 µm defocus (a different CTF and missing wedge).
-One :class:`AdversarialDomainAdaptation` run: ``--source-epochs`` epochs of supervised training on the
-labelled source, then ``--adaptation-epochs`` epochs of the adversarial game on unlabelled target volumes.
+For each of ``--seeds``, two :class:`AdversarialDomainAdaptation` runs, the source stage trained on the
+subtomograms as they are and on random rotated views (``rotated_views``): ``--source-epochs`` epochs of
+supervised training on the labelled source, then ``--adaptation-epochs`` epochs of the adversarial game on
+unlabelled target volumes.
 Both models are scored on the same target test split in the same run: the source-only classifier
 (``M_s`` + ``C``, i.e. the network as it was when the source stage ended) and the adapted one
 (``M_t`` + ``C``). Target labels are used only for this scoring. Items are simulated once and kept in memory.
@@ -19,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.utilities import CombinedLoader
@@ -59,35 +62,14 @@ def domain(
     return module
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a small run (smoke test, numbers meaningless)")
-    parser.add_argument("--train-size", type=int, default=240, help="training items per domain (default 240)")
-    parser.add_argument("--test-size", type=int, default=300, help="target test items (default 300)")
-    parser.add_argument("--source-epochs", type=int, default=8, help="source-stage epochs (default 8)")
-    parser.add_argument("--adaptation-epochs", type=int, default=4, help="adaptation epochs (default 4)")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch size per domain (default 16)")
-    parser.add_argument(
-        "--adaptation-lr", type=float, default=1e-5, help="target extractor's Adam rate (default 1e-5)"
-    )
-    parser.add_argument("--source-snr", type=float, default=0.5, help="source SNR (default 0.5)")
-    parser.add_argument("--target-snr", type=float, default=0.2, help="target SNR (default 0.2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data, weights and batches")
-    parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
-    parser.add_argument("--json", type=Path, help="write the headline figures (JSON) to this file")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.train_size, args.test_size, args.source_epochs, args.adaptation_epochs = 32, 32, 1, 1
-
-    start = time.perf_counter()
-    source = domain(args.source_snr, 60.0, 3.0, args.train_size, 0, args.seed)
-    target = domain(args.target_snr, 45.0, 6.0, args.train_size, args.test_size, args.seed + 1)
+def run(args: argparse.Namespace, seed: int, rotated_views: bool) -> tuple[float, float, float]:
+    """One adaptation run: (source-only, adapted) target test accuracy and the training seconds."""
+    source = domain(args.source_snr, 60.0, 3.0, args.train_size, 0, seed)
+    target = domain(args.target_snr, 45.0, 6.0, args.train_size, args.test_size, seed + 1)
     source_train = materialise(source.datasets["train"])
     target_train = materialise(target.datasets["train"])
     target_test = materialise(target.datasets["test"])
-    print(f"simulated {2 * args.train_size} + {args.test_size} items in {time.perf_counter() - start:.0f} s")
-
-    seed_everything(args.seed, verbose=False)
+    seed_everything(seed, verbose=False)
     net = AutoencoderClassifier3D(num_classes=len(CLASSES), with_decoder=False)
     model = AdversarialDomainAdaptation(
         net,
@@ -96,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         class_names=CLASSES,
         source_epochs=args.source_epochs,
         adaptation_lr=args.adaptation_lr,
+        rotated_views=rotated_views,
     )
     batch = args.batch_size
     train_loader = CombinedLoader(
@@ -111,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
+        enable_progress_bar=False,
         limit_val_batches=0,
         deterministic=True,
     )
@@ -118,31 +102,95 @@ def main(argv: Sequence[str] | None = None) -> int:
     trainer.fit(model, train_dataloaders=train_loader)
     seconds = time.perf_counter() - start
     (result,) = trainer.test(model, dataloaders=DataLoader(target_test, batch_size=64), verbose=False)
-    adapted, source_only = float(result["test/acc"]), float(result["test/source_only_acc"])
+    return float(result["test/source_only_acc"]), float(result["test/acc"]), seconds
 
-    table = "\n".join(
-        [
-            f"Adversarial domain adaptation, 5 classes, 32³; source: SNR {args.source_snr}, ±60° tilt, 3 µm "
-            f"defocus; target: SNR {args.target_snr}, ±45° tilt, 6 µm defocus; {args.train_size} training "
-            f"items per domain, batch {batch}, {args.source_epochs} source + {args.adaptation_epochs} "
-            f"adaptation epochs ({seconds:.0f} s), adaptation lr {args.adaptation_lr:g}, "
-            f"seed {args.seed}, {torch.get_num_threads()} CPU threads; "
-            f"target test split {len(target_test)} items.",
-            "",
-            "| model | target test accuracy |",
-            "|---|---:|",
-            f"| source-only classifier (M_s + C) | {source_only:.3f} |",
-            f"| adapted (M_t + C) | {adapted:.3f} |",
-            f"| ratio adapted / source-only | {adapted / max(source_only, 1e-12):.2f} |",
-        ]
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small run (smoke test, numbers meaningless)")
+    parser.add_argument("--train-size", type=int, default=240, help="training items per domain (default 240)")
+    parser.add_argument("--test-size", type=int, default=300, help="target test items (default 300)")
+    parser.add_argument("--source-epochs", type=int, default=24, help="source-stage epochs (default 24)")
+    parser.add_argument("--adaptation-epochs", type=int, default=4, help="adaptation epochs (default 4)")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size per domain (default 16)")
+    parser.add_argument(
+        "--adaptation-lr", type=float, default=1e-5, help="target extractor's Adam rate (default 1e-5)"
     )
+    parser.add_argument("--source-snr", type=float, default=0.5, help="source SNR (default 0.5)")
+    parser.add_argument("--target-snr", type=float, default=0.2, help="target SNR (default 0.2)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds of data, weights and batches (default 0 1 2)",
+    )
+    parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    parser.add_argument("--json", type=Path, help="write the headline figures (JSON) to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_size, args.test_size, args.source_epochs, args.adaptation_epochs = 32, 32, 1, 1
+        args.seeds = [0]
+
+    accuracy: dict[tuple[bool, str], list[float]] = {}
+    seconds = 0.0
+    for seed in args.seeds:
+        for rotated_views in (False, True):
+            source_only, adapted, elapsed = run(args, seed, rotated_views)
+            accuracy.setdefault((rotated_views, "source-only"), []).append(source_only)
+            accuracy.setdefault((rotated_views, "adapted"), []).append(adapted)
+            seconds += elapsed
+            print(
+                f"seed {seed}, rotated views {'on' if rotated_views else 'off'}: "
+                f"source-only {source_only:.3f}, adapted {adapted:.3f} ({elapsed:.0f} s)",
+                flush=True,
+            )
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values))
+
+    def sd(values: list[float]) -> float:
+        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+    lines = [
+        f"Adversarial domain adaptation, 5 classes, 32³; source: SNR {args.source_snr}, ±60° tilt, 3 µm "
+        f"defocus; target: SNR {args.target_snr}, ±45° tilt, 6 µm defocus; {args.train_size} training "
+        f"items per domain, batch {args.batch_size}, {args.source_epochs} source + {args.adaptation_epochs} "
+        f"adaptation epochs, adaptation lr {args.adaptation_lr:g}, seeds {', '.join(map(str, args.seeds))} "
+        f"({seconds:.0f} s of training in all), {torch.get_num_threads()} CPU threads; target test split "
+        f"{args.test_size} items per seed. Rotated views: the source stage trains on random rotated views "
+        "(uniform rotation, shift, the source's wedge removed again).",
+        "",
+        "| source stage | model | " + " | ".join(f"seed {seed}" for seed in args.seeds) + " | mean ± sd |",
+        "|---|---|" + "---:|" * (len(args.seeds) + 1),
+    ]
+    for rotated_views in (False, True):
+        for name in ("source-only", "adapted"):
+            values = accuracy[(rotated_views, name)]
+            cells = " | ".join(f"{value:.3f}" for value in values)
+            label = "rotated views" if rotated_views else "subtomograms as they are"
+            lines.append(f"| {label} | {name} | {cells} | {mean(values):.3f} ± {sd(values):.3f} |")
+    table = "\n".join(lines)
     print(table)
     write_figures(
         args.json,
         [
             figure_row(
-                "domain_adaptation", "target test accuracy", adapted, "fraction", "source-only", source_only
-            )
+                "domain_adaptation",
+                f"target test accuracy, rotated views, mean of {len(args.seeds)} seeds",
+                mean(accuracy[(True, "adapted")]),
+                "fraction",
+                "source-only",
+                mean(accuracy[(True, "source-only")]),
+            ),
+            figure_row(
+                "domain_adaptation",
+                f"target test accuracy without rotated views, mean of {len(args.seeds)} seeds",
+                mean(accuracy[(False, "adapted")]),
+                "fraction",
+                "source-only",
+                mean(accuracy[(False, "source-only")]),
+            ),
         ],
     )
     if args.out is not None:

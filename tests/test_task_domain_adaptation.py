@@ -14,6 +14,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from aitom.cli import main
 from aitom.data.domains import DomainPairDataModule
 from aitom.errors import InputError
+from aitom.ops.augmentation import random_rotated_views
 from aitom.tasks.domain_adaptation import (
     AdversarialDomainAdaptation,
     DomainDiscriminator,
@@ -171,12 +172,51 @@ def test_adaptation_starts_from_the_source_extractor_and_trains_only_the_target_
     assert not torch.allclose(model(volume), model.source_only_logits(volume))
 
 
+def test_rotated_views_feed_the_source_stage_only(monkeypatch):
+    import aitom.tasks.domain_adaptation as domain_adaptation
+
+    seen: list[tuple[tuple[int, ...], float, float]] = []
+
+    def recording_views(volumes: torch.Tensor, tilt_min_deg: float, tilt_max_deg: float) -> torch.Tensor:
+        seen.append((tuple(volumes.shape), tilt_min_deg, tilt_max_deg))
+        return random_rotated_views(volumes, tilt_min_deg, tilt_max_deg)
+
+    monkeypatch.setattr(domain_adaptation, "random_rotated_views", recording_views)
+    seed_everything(0, verbose=False)
+    net = AutoencoderClassifier3D(num_classes=2, widths=(4, 8), with_decoder=False)
+    model = AdversarialDomainAdaptation(
+        net,
+        num_classes=2,
+        box_size_voxels=8,
+        source_epochs=1,
+        discriminator_hidden=8,
+        rotated_views=True,
+        source_tilt_range_deg=(-60.0, 50.0),
+    )
+    trainer = Trainer(
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DomainPairDataModule(tiny_domain(1.0, 60, 0), tiny_domain(0.1, 40, 1), batch_size=4))
+    assert seen == [((4, 1, 8, 8, 8), -60.0, 50.0)] * 2  # the two source-stage batches, none in adaptation
+
+
 def test_bad_settings_are_refused():
     net = AutoencoderClassifier3D(num_classes=3, widths=(4, 8), with_decoder=False)
     with pytest.raises(InputError, match="num_classes 3"):
         AdversarialDomainAdaptation(net, num_classes=2, box_size_voxels=8)
     with pytest.raises(InputError, match="source_epochs"):
         AdversarialDomainAdaptation(net, num_classes=3, box_size_voxels=8, source_epochs=0)
+    with pytest.raises(InputError, match="tilt_range_deg"):
+        AdversarialDomainAdaptation(
+            net, num_classes=3, box_size_voxels=8, source_tilt_range_deg=(50.0, -50.0)
+        )
 
 
 # ------------------------------------------------------------------------------------------ command line

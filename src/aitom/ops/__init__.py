@@ -16,6 +16,7 @@ from aitom.ops.alignment import (
     rotational_search,
     translation_search,
 )
+from aitom.ops.augmentation import random_rotated_views, wedge_preserving_rotations
 from aitom.ops.averaging import (
     AveragingResult,
     align_to_reference_frame,
@@ -150,6 +151,7 @@ __all__ = [
     "peak_local_max",
     "pose_normalise",
     "precision_recall_f1",
+    "random_rotated_views",
     "reconstruct_subtomogram",
     "reference_free_average",
     "refine_alignment",
@@ -175,4 +177,5 @@ __all__ = [
     "translation_search",
     "wedge_angle_profile",
     "wedge_compensated_average",
+    "wedge_preserving_rotations",
 ]

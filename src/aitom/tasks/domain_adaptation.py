@@ -35,6 +35,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from aitom.errors import InputError
+from aitom.ops.augmentation import random_rotated_views
+from aitom.tasks.classify import check_tilt_range
 from aitom.tasks.semi_supervised import adopt_data_classes
 
 EVALUATION_STAGES = ("val", "test")
@@ -125,6 +127,11 @@ class AdversarialDomainAdaptation(LightningModule):
         weight_decay: AdamW decoupled weight decay of the source stage.
         adaptation_lr: Adam learning rate of the target extractor (betas 0.5, 0.999, as in ADDA).
         discriminator_lr: Adam learning rate of the discriminator (betas 0.5, 0.999).
+        rotated_views: in the source stage, train on a random rotated view of every source subtomogram
+            (:func:`aitom.ops.augmentation.random_rotated_views`: a uniform rotation and a shift of up to 2
+            voxels, the source's missing wedge removed again). Features that do not depend on the
+            orientation are what lets the adaptation help (``scripts/bench_domain_adaptation.py``).
+        source_tilt_range_deg: the source data's tilt range (lowest, highest), degrees: the views' wedge.
     """
 
     def __init__(
@@ -139,10 +146,13 @@ class AdversarialDomainAdaptation(LightningModule):
         weight_decay: float = 1e-4,
         adaptation_lr: float = 1e-4,
         discriminator_lr: float = 1e-4,
+        rotated_views: bool = True,
+        source_tilt_range_deg: tuple[float, float] = (-60.0, 60.0),
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.automatic_optimization = False
+        check_tilt_range(source_tilt_range_deg)
         if source_epochs < 1:
             raise InputError(f"source_epochs must be at least 1, got {source_epochs}")
         net_classes = getattr(net, "num_classes", None)
@@ -220,7 +230,10 @@ class AdversarialDomainAdaptation(LightningModule):
 
     def _source_step(self, source: dict[str, torch.Tensor]) -> None:
         source_optimizer = self.optimizers()[0]
-        loss = nn.functional.cross_entropy(self.source_only_logits(source["volume"]), source["label"])
+        volume = source["volume"]
+        if self.hparams.rotated_views:
+            volume = random_rotated_views(volume, *self.hparams.source_tilt_range_deg)
+        loss = nn.functional.cross_entropy(self.source_only_logits(volume), source["label"])
         source_optimizer.zero_grad()
         self.manual_backward(loss)
         source_optimizer.step()
