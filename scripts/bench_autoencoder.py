@@ -6,7 +6,8 @@ K = the number of classes and K = twice that, on
 
 * the latent codes of :class:`aitom.models.autoencoder.SubtomogramAutoencoder` trained for ``--epochs`` on
   ``--train-size`` other subtomograms by :class:`aitom.tasks.autoencoder.AutoencoderClustering` (under
-  Lightning), with and without pose normalisation;
+  Lightning), with and without pose normalisation, and with the contrastive loss on rotated views added
+  (``contrastive_weight=1``, no pose normalisation; its codes L2-normalised);
 * the baseline, in the same run: the leading ``--components`` principal components of the raw voxels (and,
   for reference, of the voxels low-pass filtered as the autoencoder's input, with and without pose
   normalisation).
@@ -63,7 +64,7 @@ def scores(features: torch.Tensor, labels: torch.Tensor, n_clusters: int, seed: 
 
 
 def train_autoencoder(
-    volumes: torch.Tensor, pose_normalisation: bool, args: argparse.Namespace
+    volumes: torch.Tensor, pose_normalisation: bool, args: argparse.Namespace, contrastive_weight: float = 0.0
 ) -> AutoencoderClustering:
     seed_everything(args.seed, verbose=False)
     net = SubtomogramAutoencoder(box_size_voxels=volumes.shape[-1], latent_dim=args.latent_dim)
@@ -73,6 +74,7 @@ def train_autoencoder(
         pose_normalisation=pose_normalisation,
         pose_sigma_voxels=POSE_SIGMA_VOXELS,
         lowpass_sigma_voxels=args.lowpass_sigma,
+        contrastive_weight=contrastive_weight,
         lr=args.lr,
     )
     loader = DataLoader([{"volume": volume} for volume in volumes], batch_size=args.batch_size, shuffle=True)
@@ -89,8 +91,10 @@ def train_autoencoder(
 
 
 def latent_codes(model: AutoencoderClustering, volumes: torch.Tensor) -> torch.Tensor:
+    """The codes k-means clusters: L2-normalised when the model was trained with the contrastive loss."""
     with torch.no_grad():
-        return torch.cat([model.net.encode(model.prepare(part)) for part in volumes.split(64)])
+        codes = torch.cat([model.net.encode(model.prepare(part)) for part in volumes.split(64)])
+    return codes if model.projection is None else torch.nn.functional.normalize(codes, dim=1)
 
 
 def pca(volumes: torch.Tensor, n_components: int) -> torch.Tensor:
@@ -110,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-size", type=int, default=600, help="training subtomograms")
     parser.add_argument("--test-size", type=int, default=500, help="held-out subtomograms that are clustered")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of the autoencoder")
-    parser.add_argument("--batch-size", type=int, default=16, help="training batch size")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="training batch size (the contrastive loss wants 32 or more)",
+    )
     parser.add_argument("--latent-dim", type=int, default=32, help="autoencoder latent length")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     parser.add_argument(
@@ -161,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             purity, ari = scores(features, test_labels, k, args.seed)
             rows.append((name, k, purity, ari, extraction + time.perf_counter() - start))
-    for pose_normalisation in (True, False):
-        switch = "on" if pose_normalisation else "off"
-        name = f"autoencoder ({args.latent_dim}-d latent), pose normalisation {switch}"
+    variants = [
+        (f"autoencoder ({args.latent_dim}-d latent), pose normalisation on", True, 0.0),
+        (f"autoencoder ({args.latent_dim}-d latent), pose normalisation off", False, 0.0),
+        (f"autoencoder ({args.latent_dim}-d latent) + contrastive loss on rotated views", False, 1.0),
+    ]
+    for name, pose_normalisation, contrastive_weight in variants:
         start = time.perf_counter()
-        model = train_autoencoder(train_volumes, pose_normalisation, args)
+        model = train_autoencoder(train_volumes, pose_normalisation, args, contrastive_weight)
         codes = latent_codes(model, test_volumes)
         extraction = time.perf_counter() - start
         for k in cluster_counts:

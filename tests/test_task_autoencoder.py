@@ -18,7 +18,7 @@ from aitom.errors import InputError
 from aitom.io import read_particles
 from aitom.models.autoencoder import SubtomogramAutoencoder
 from aitom.ops.pose_normalisation import pose_normalise
-from aitom.tasks.autoencoder import AutoencoderClustering
+from aitom.tasks.autoencoder import AutoencoderClustering, contrastive_loss
 from tests.classify_fixtures import TinyBlobDataModule, blob_volumes
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "autoencoder.yaml"
@@ -138,6 +138,60 @@ def test_predict_clusters_blob_classes_and_writes_the_results(tmp_path):
         assert (out / f"cluster_{k:03d}_members.png").stat().st_size > 1000
     with pytest.raises(InputError, match="not empty"):
         quiet_trainer().predict(model, data)
+
+
+def test_contrastive_loss_matches_nt_xent_by_hand(device):
+    generator = torch.Generator().manual_seed(0)
+    first, second = torch.randn(3, 4, generator=generator), torch.randn(3, 4, generator=generator)
+    loss = contrastive_loss(first.to(device), second.to(device), temperature=0.5)
+    embeddings = np.concatenate([first.numpy(), second.numpy()]).astype(np.float64)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    by_hand = 0.0
+    for i in range(6):
+        partner = (i + 3) % 6
+        logits = np.array([embeddings[i] @ embeddings[j] / 0.5 for j in range(6) if j != i])
+        others = [j for j in range(6) if j != i]
+        by_hand -= logits[others.index(partner)] - np.log(np.exp(logits).sum())
+    assert abs(loss.item() - by_hand / 6) < 1e-5
+    # identical views far from the other items give a small loss, swapped partners a large one
+    spread = torch.eye(3, 4) * 10
+    assert (
+        contrastive_loss(spread, spread, 0.05)
+        < 0.01
+        < 1.0
+        < contrastive_loss(spread, spread.roll(1, 0), 0.05)
+    )
+
+
+def test_contrastive_codes_cluster_blob_classes(tmp_path):
+    seed_everything(0, verbose=False)
+    data = TinyBlobDataModule(
+        num_classes=3, box_size_voxels=16, train_size=48, val_size=4, predict_size=30, batch_size=8
+    )
+    out = tmp_path / "clusters"
+    model = AutoencoderClustering(
+        SubtomogramAutoencoder(box_size_voxels=16, latent_dim=8),
+        n_clusters=3,
+        pose_normalisation=False,
+        contrastive_weight=1.0,
+        lr=3e-3,
+        output_dir=str(out),
+    )
+    quiet_trainer(max_epochs=4, enable_checkpointing=False, limit_val_batches=0).fit(model, data)
+    quiet_trainer().predict(model, data, return_predictions=False)
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"contrastive codes: purity {summary['purity']:.3f}, ARI {summary['adjusted_rand_index']:.3f}")
+    assert summary["purity"] > 0.9 and summary["adjusted_rand_index"] > 0.8
+
+
+def test_contrastive_settings_are_checked():
+    net = SubtomogramAutoencoder(box_size_voxels=8)
+    with pytest.raises(InputError, match="not both 0"):
+        AutoencoderClustering(net, reconstruction_weight=0.0, contrastive_weight=0.0)
+    with pytest.raises(InputError, match="contrastive_temperature"):
+        AutoencoderClustering(net, contrastive_weight=1.0, contrastive_temperature=0.0)
+    with pytest.raises(InputError, match="latent_dim"):
+        AutoencoderClustering(torch.nn.Identity(), contrastive_weight=1.0)
 
 
 def write_config(directory: Path) -> Path:

@@ -1,7 +1,14 @@
 """Unsupervised classification of subtomograms by an autoencoder's latent codes (Zeng et al. 2018).
 
 Training: each batch is pose-normalised (:func:`aitom.ops.pose_normalisation.pose_normalise`, no gradient)
-and the network learns to reconstruct it (mean squared error). Prediction: the latent codes of every predict
+and the network learns to reconstruct it (mean squared error). With ``contrastive_weight`` > 0 the codes are
+also taught that orientation does not matter: two random rotated views of every subtomogram
+(:func:`aitom.ops.augmentation.random_rotated_views`, the missing wedge kept) must have codes that a small
+projection head maps close together and away from the other subtomograms' (the NT-Xent loss of SimCLR,
+Chen et al. 2020, :func:`contrastive_loss`); the reconstruction term then reconstructs the first view.
+k-means then clusters the L2-normalised codes. On 500 held-out simulated subtomograms of 5 classes at SNR
+0.1 this lifts the adjusted Rand index from 0.33 (reconstruction alone; PCA of the low-passed voxels: 0.57)
+to 0.80 (``scripts/bench_autoencoder.py``). Prediction: the latent codes of every predict
 item are collected and, at the end of the predict epoch, clustered by k-means (faiss); the results go to
 ``output_dir``:
 
@@ -37,20 +44,45 @@ from torch import nn
 
 from aitom.errors import InputError
 from aitom.io import atomic_output, particles_table, write_particles, write_volume
+from aitom.ops.augmentation import random_rotated_views
 from aitom.ops.clustering import adjusted_rand_index, kmeans
 from aitom.ops.filters import gaussian_filter3d
 from aitom.ops.open_set import cluster_purity
 from aitom.ops.pose_normalisation import pose_normalise
+from aitom.tasks.classify import check_tilt_range
 
 #: members shown in each cluster's montage
 MONTAGE_MEMBERS = 16
 
 
+def contrastive_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent (SimCLR): each item's two views must be each other's nearest among all ``2B`` embeddings.
+
+    Args:
+        first: ``(B, D)`` embeddings of the first views.
+        second: ``(B, D)`` embeddings of the second views (row ``i`` is the same item as ``first[i]``).
+        temperature: softmax temperature of the cosine similarities (> 0).
+
+    Returns:
+        The mean over the ``2B`` embeddings of ``-log softmax`` of the similarity to the item's other view,
+        the softmax taken over the ``2B - 1`` other embeddings.
+    """
+    embeddings = nn.functional.normalize(torch.cat([first, second]), dim=1)
+    similarity = embeddings @ embeddings.T / temperature
+    similarity = similarity.masked_fill(
+        torch.eye(similarity.shape[0], dtype=torch.bool, device=similarity.device), float("-inf")
+    )
+    size = first.shape[0]
+    partner = torch.cat([torch.arange(size, 2 * size), torch.arange(size)]).to(similarity.device)
+    return nn.functional.cross_entropy(similarity, partner)
+
+
 class AutoencoderClustering(LightningModule):
     """Train an autoencoder on (pose-normalised) subtomograms; cluster their latent codes when predicting.
 
-    Logged: ``train/loss`` (per step and epoch), ``val/loss``, ``test/loss`` (mean squared error of the
-    reconstruction). When predicting, the prepared volumes of all predict items are kept (on the device, and
+    Logged: ``train/loss`` (per step and epoch), ``val/loss``, ``test/loss`` (the weighted loss; the mean
+    squared error of the reconstruction without the contrastive term) and ``{stage}/contrastive``. When
+    predicting, the prepared volumes of all predict items are kept (on the device, and
     gathered to every process under DDP) until the cluster averages are written: ``N S³ 4`` bytes.
 
     The network is not among the hyper-parameters: load a checkpoint with
@@ -66,6 +98,11 @@ class AutoencoderClustering(LightningModule):
         pose_threshold_std: density threshold for the pose, standard deviations above the mean.
         lowpass_sigma_voxels: Gaussian low-pass (voxels) of the network's input and reconstruction target
             (after pose normalisation); 0 for none. At low SNR it leaves the network the signal to model.
+        reconstruction_weight: weight of the reconstruction error in the loss (0: none).
+        contrastive_weight: weight of the contrastive loss on rotated views (0: the plain autoencoder);
+            needs a network with a ``latent_dim`` attribute.
+        contrastive_temperature: temperature of the contrastive loss.
+        tilt_range_deg: the data's tilt range (lowest, highest), degrees: the views' missing wedge.
         lr: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay.
         output_dir: folder for the prediction results (created; must be empty or absent unless ``overwrite``).
@@ -83,6 +120,10 @@ class AutoencoderClustering(LightningModule):
         pose_sigma_voxels: float = 2.0,
         pose_threshold_std: float = 0.0,
         lowpass_sigma_voxels: float = 0.0,
+        reconstruction_weight: float = 1.0,
+        contrastive_weight: float = 0.0,
+        contrastive_temperature: float = 0.2,
+        tilt_range_deg: tuple[float, float] = (-60.0, 60.0),
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         output_dir: str = "outputs/autoencoder/clusters",
@@ -101,7 +142,32 @@ class AutoencoderClustering(LightningModule):
             )
         if output_voxel_size_a is not None and output_voxel_size_a <= 0:
             raise InputError(f"output_voxel_size_a must be positive, got {output_voxel_size_a}")
+        if (
+            reconstruction_weight < 0
+            or contrastive_weight < 0
+            or reconstruction_weight + contrastive_weight == 0
+        ):
+            raise InputError(
+                "reconstruction_weight and contrastive_weight must be 0 or more and not both 0, got "
+                f"{reconstruction_weight} and {contrastive_weight}"
+            )
+        if contrastive_temperature <= 0:
+            raise InputError(f"contrastive_temperature must be positive, got {contrastive_temperature}")
+        check_tilt_range(tilt_range_deg)
         self.net = net
+        self.projection: nn.Module | None = None
+        if contrastive_weight > 0:
+            latent_dim = getattr(net, "latent_dim", None)
+            if latent_dim is None:
+                raise InputError(
+                    "contrastive_weight > 0 needs a network with a latent_dim attribute; "
+                    f"{type(net).__name__} has none (use aitom.models.autoencoder.SubtomogramAutoencoder)"
+                )
+            self.projection = nn.Sequential(
+                nn.Linear(latent_dim, 2 * latent_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(2 * latent_dim, latent_dim),
+            )
         self._predicted: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------------------------------ the steps
@@ -130,8 +196,28 @@ class AutoencoderClustering(LightningModule):
         reconstruction, _ = self.net(target)
         return nn.functional.mse_loss(reconstruction, target)
 
+    def contrastive_losses(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(contrastive loss of two rotated views, reconstruction error of the first view)``."""
+        hp = self.hparams
+        prepared = self.prepare(volume)
+        first = random_rotated_views(prepared, *hp.tilt_range_deg)
+        second = random_rotated_views(prepared, *hp.tilt_range_deg)
+        first_code, second_code = self.net.encode(first), self.net.encode(second)
+        contrastive = contrastive_loss(
+            self.projection(first_code), self.projection(second_code), hp.contrastive_temperature
+        )
+        if hp.reconstruction_weight == 0:
+            return contrastive, torch.zeros((), device=volume.device)
+        return contrastive, nn.functional.mse_loss(self.net.decode(first_code), first)
+
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        loss = self.reconstruction_loss(batch["volume"])
+        hp = self.hparams
+        if self.projection is None:
+            loss = self.reconstruction_loss(batch["volume"])
+        else:
+            contrastive, reconstruction = self.contrastive_losses(batch["volume"])
+            loss = hp.contrastive_weight * contrastive + hp.reconstruction_weight * reconstruction
+            self.log(f"{stage}/contrastive", contrastive, on_epoch=True, batch_size=batch["volume"].shape[0])
         self.log(
             f"{stage}/loss",
             loss,
@@ -196,7 +282,10 @@ class AutoencoderClustering(LightningModule):
         n_items = merged["latent"].shape[0]
         if self.hparams.n_clusters > n_items:
             raise InputError(f"n_clusters is {self.hparams.n_clusters} but there are only {n_items} items")
-        clusters = kmeans(merged["latent"].float(), self.hparams.n_clusters, seed=self.hparams.kmeans_seed)
+        codes = merged["latent"].float()
+        if self.projection is not None:  # contrastive codes are compared by angle
+            codes = nn.functional.normalize(codes, dim=1)
+        clusters = kmeans(codes, self.hparams.n_clusters, seed=self.hparams.kmeans_seed)
         summary = self._summary(clusters, merged.get("label"))
         rank_zero_info(f"autoencoder clustering: {json.dumps(summary)}")
         if self.global_rank == 0:
