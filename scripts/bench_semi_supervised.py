@@ -3,13 +3,15 @@
 Data: simulated 32³ subtomograms of 5 library classes (``SimulatedSubtomogramDataModule``); a fraction
 (``--labelled-fraction``, 10 %) of the training items is labelled (``labelled_fraction``, decided by seed and
 index). Four models with the same encoder + head (:class:`AutoencoderClassifier3D`, same initial weights),
-trained for the same number of steps with the same batch size, seed and optimiser, for each of ``--seeds``
+trained for the same number of steps with the same seed and optimiser, for each of ``--seeds``
 (data, weights and batches all follow the seed):
 
 * **semi-supervised (AITom)**: :class:`SemiSupervisedClassifier` on ALL training items, loss = CE(labelled) +
-  λ·MSE(reconstruction of all), the subtomograms as they are (``rotated_views=False, consistency_weight=0``);
-* **semi-supervised + rotated views + pseudo-labels**: the same with ``rotated_views=True`` (a random rotated
-  view of every item at every step) and the pseudo-label consistency term (``consistency_weight=1``);
+  λ·MSE(reconstruction of all), the subtomograms as they are (``rotated_views=False, contrastive_weight=0``);
+* **semi-supervised, contrastive**: the same network trained on random rotated views of every item
+  (``rotated_views=True``) with the contrastive loss on two views of every item, labelled or not
+  (``contrastive_weight=1``), and no reconstruction term, in batches twice as large (``2 × --batch-size``,
+  the same labelled share, so as many labelled items per step as the supervised models);
 * **supervised** and **supervised + rotated views**: :class:`aitom.tasks.classify.Classifier`
   (cross-entropy only, ``rotated_views`` off / on) on the labelled items only (shuffled, full batches).
 
@@ -41,7 +43,7 @@ from run_benchmarks import figure_row, write_figures  # this folder (the script'
 CLASSES = ["proteasome_20s", "ribosome_30s", "apoferritin", "rubisco", "nucleosome"]
 MODELS = {
     "semi_aitom": "semi-supervised (AITom: CE on labelled + λ·MSE on all)",
-    "semi_enhanced": "semi-supervised + rotated views + pseudo-label consistency",
+    "semi_contrastive": "semi-supervised: rotated views + contrastive loss on all, no reconstruction",
     "supervised": "supervised (CE on labelled only)",
     "supervised_rotated": "supervised + rotated views",
 }
@@ -137,17 +139,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             semi = name.startswith("semi")
             net = AutoencoderClassifier3D(num_classes=len(CLASSES), with_decoder=semi)
             if semi:
-                enhanced = name == "semi_enhanced"
+                contrastive = name == "semi_contrastive"
                 model: LightningModule = SemiSupervisedClassifier(
                     net,
                     len(CLASSES),
                     class_names=CLASSES,
-                    reconstruction_weight=args.reconstruction_weight,
-                    rotated_views=enhanced,
-                    consistency_weight=1.0 if enhanced else 0.0,
+                    reconstruction_weight=0.0 if contrastive else args.reconstruction_weight,
+                    rotated_views=contrastive,
+                    contrastive_weight=1.0 if contrastive else 0.0,
+                    consistency_weight=0.0,
                 )
+                batch_size = 2 * args.batch_size if contrastive else args.batch_size
                 batches = LabelledShareBatchSampler(
-                    labelled_indices, len(train), args.batch_size, labelled_per_batch, seed
+                    labelled_indices,
+                    len(train),
+                    batch_size,
+                    round(args.labelled_batch_fraction * batch_size),
+                    seed,
                 )
                 loader = DataLoader(train, batch_sampler=batches)
             else:
@@ -171,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = [
         f"Semi-supervised vs supervised, 5 classes, 32³, SNR {args.snr}, {args.labelled_fraction:.0%} of "
         f"{args.train_size} training items labelled, {args.steps} steps of batch {args.batch_size} "
-        f"(semi-supervised: {labelled_per_batch} labelled per batch), AdamW lr 1e-3, λ = "
+        f"(semi-supervised: {labelled_per_batch} labelled per batch; contrastive: batch "
+        f"{2 * args.batch_size}, "
+        f"{round(args.labelled_batch_fraction * 2 * args.batch_size)} labelled), AdamW lr 1e-3, λ = "
         f"{args.reconstruction_weight}, seeds {', '.join(map(str, args.seeds))}, "
         f"{torch.get_num_threads()} CPU threads; test split {args.test_size} items per seed.",
         "",
@@ -192,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figure_row(
                 "semi_supervised",
                 f"test accuracy, {args.labelled_fraction:.0%} labels, mean of {len(args.seeds)} seeds",
-                mean_sd(rows["semi_enhanced"])[0],
+                mean_sd(rows["semi_contrastive"])[0],
                 "fraction",
                 "supervised with rotated views",
                 mean_sd(rows["supervised_rotated"])[0],

@@ -19,6 +19,7 @@ from aitom.data.simulated import (
 from aitom.errors import InputError
 from aitom.io import read_particles
 from aitom.ops.augmentation import random_rotated_views
+from aitom.tasks.autoencoder import contrastive_loss
 from aitom.tasks.semi_supervised import (
     AutoencoderClassifier3D,
     SemiSupervisedClassifier,
@@ -103,7 +104,12 @@ def test_training_step_adds_the_consistency_of_a_rotated_view_of_the_unlabelled_
     torch.manual_seed(0)
     net = AutoencoderClassifier3D(num_classes=3, widths=(4, 8), dropout=0.0).eval()
     model = SemiSupervisedClassifier(
-        net, num_classes=3, rotated_views=False, consistency_weight=0.5, confidence_threshold=0.34
+        net,
+        num_classes=3,
+        rotated_views=False,
+        contrastive_weight=0.0,
+        consistency_weight=0.5,
+        confidence_threshold=0.34,
     )
     volume = torch.randn(4, 1, 8, 8, 8)
     labelled = torch.tensor([1, 0, 0, 1]).bool()
@@ -119,11 +125,42 @@ def test_training_step_adds_the_consistency_of_a_rotated_view_of_the_unlabelled_
     torch.testing.assert_close(loss, base + 0.5 * consistency)
 
 
+def test_training_step_adds_the_contrastive_loss_of_two_rotated_views():
+    torch.manual_seed(0)
+    net = AutoencoderClassifier3D(num_classes=3, widths=(4, 8), dropout=0.0).eval()
+    model = SemiSupervisedClassifier(
+        net, num_classes=3, reconstruction_weight=0.5, contrastive_weight=2.0
+    ).eval()
+    volume = torch.randn(4, 1, 8, 8, 8)
+    labelled = torch.tensor([1, 0, 0, 1]).bool()
+    batch = {"volume": volume, "label": torch.tensor([0, 1, 2, 0]), "labelled": labelled}
+    torch.manual_seed(5)
+    loss = model.training_step(batch, 0)
+    torch.manual_seed(5)  # the same two views
+    first = random_rotated_views(volume, -60.0, 60.0, 2.0)
+    second = random_rotated_views(volume, -60.0, 60.0, 2.0)
+    logits, reconstruction = net.classify_and_reconstruct(first)
+    base, _, _ = semi_supervised_loss(logits, batch["label"], labelled, reconstruction, first, 0.5)
+    contrastive = contrastive_loss(
+        model.projection(net.embed(first)), model.projection(net.embed(second)), 0.2
+    )
+    torch.testing.assert_close(loss, base + 2.0 * contrastive)
+    assert net.embed(first).shape == (4, net.embedding_size) == (4, 8 * 8)
+
+
+def test_contrastive_settings_are_checked():
+    net = AutoencoderClassifier3D(num_classes=3, widths=(4, 8))
+    with pytest.raises(InputError, match="contrastive_temperature"):
+        SemiSupervisedClassifier(net, num_classes=3, contrastive_temperature=0.0)
+    with pytest.raises(InputError, match="classify_and_embed"):
+        SemiSupervisedClassifier(torch.nn.Linear(2, 3), num_classes=3)
+
+
 def test_training_step_returns_the_loss_of_the_network_outputs():
     torch.manual_seed(0)
     net = AutoencoderClassifier3D(num_classes=3, widths=(4, 8), dropout=0.0).eval()
     model = SemiSupervisedClassifier(
-        net, num_classes=3, reconstruction_weight=2.0, rotated_views=False, consistency_weight=0.0
+        net, num_classes=3, reconstruction_weight=2.0, rotated_views=False, contrastive_weight=0.0
     )
     volume = torch.randn(4, 1, 8, 8, 8)
     batch = {
