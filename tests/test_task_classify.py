@@ -295,3 +295,39 @@ def test_box_too_small_for_the_network_is_one_line_and_exit_2(tmp_path, monkeypa
     assert main(["fit", "--config", str(config), "--trainer.max_steps", "1"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("aitom: error: CB3D needs a box of at least 32 voxels")
+
+
+def test_rotated_views_for_another_tilt_range_than_the_data_is_one_line_and_exit_2(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load(write_config("rb3d", tmp_path).read_text())
+    config["data"] = {
+        "class_path": "aitom.data.SimulatedSubtomogramDataModule",
+        "init_args": {
+            "classes": ["apoferritin", "rubisco"],
+            "box_size_voxels": 16,
+            "voxel_size_a": 30.0,
+            "tilt_min_deg": -45.0,
+            "tilt_max_deg": 45.0,
+            "train_size": 4,
+            "val_size": 2,
+            "test_size": 2,
+            "batch_size": 2,
+        },
+    }
+    config["model"]["init_args"]["num_classes"] = 2
+    config["model"]["init_args"]["net"]["init_args"]["num_classes"] = 2
+    config["model"]["init_args"]["rotated_views"] = True  # the default tilt_range_deg is (-60, 60)
+    path = tmp_path / "mismatch.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(path), "--trainer.max_steps", "1"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("aitom: error: the model's tilt_range_deg [-60.0, 60.0] differs from the data's")
+    assert not (tmp_path / "outputs" / "classify_rb3d" / "checkpoints").exists()
+    config["model"]["init_args"]["tilt_range_deg"] = [-45.0, 45.0]  # matching: it trains
+    path.write_text(yaml.safe_dump(config))
+    assert (
+        main(["fit", "--config", str(path), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"])
+        == 0
+    )

@@ -49,7 +49,7 @@ from aitom.ops.clustering import adjusted_rand_index, kmeans
 from aitom.ops.filters import gaussian_filter3d
 from aitom.ops.open_set import cluster_purity
 from aitom.ops.pose_normalisation import pose_normalise
-from aitom.tasks.classify import check_tilt_range
+from aitom.tasks.classify import check_tilt_range, check_views_match_data
 
 #: members shown in each cluster's montage
 MONTAGE_MEMBERS = 16
@@ -171,6 +171,11 @@ class AutoencoderClustering(LightningModule):
         self._predicted: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------------------------------ the steps
+
+    def setup(self, stage: str) -> None:
+        """Check that the contrastive views use the data's tilt range (when the DataModule states one)."""
+        if self.projection is not None:
+            check_views_match_data(self, self.hparams.tilt_range_deg)
 
     def prepare(self, volume: torch.Tensor) -> torch.Tensor:
         """The network's input: ``(B, 1, S, S, S)`` volumes, pose-normalised and low-pass filtered as set."""

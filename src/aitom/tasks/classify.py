@@ -59,6 +59,26 @@ def check_tilt_range(tilt_range_deg: tuple[float, float] | list[float]) -> None:
         raise InputError(f"tilt_range_deg must be (lowest, highest) within ±90°, got {tilt_range_deg}")
 
 
+def check_views_match_data(task: LightningModule, tilt_range_deg: tuple[float, float] | list[float]) -> None:
+    """Raise :class:`InputError` when a task's rotated views would use another tilt range than its data's.
+
+    The data's range is read from its DataModule's ``tilt_min_deg`` / ``tilt_max_deg`` hyper-parameters
+    (:class:`aitom.data.SimulatedSubtomogramDataModule`, :class:`aitom.data.StarSubtomogramDataModule`);
+    DataModules without them are not checked.
+    """
+    datamodule = task.trainer.datamodule if task._trainer is not None else None
+    hparams = getattr(datamodule, "hparams", {})
+    if "tilt_min_deg" not in hparams or "tilt_max_deg" not in hparams:
+        return
+    data_range = (float(hparams["tilt_min_deg"]), float(hparams["tilt_max_deg"]))
+    if max(abs(ours - theirs) for ours, theirs in zip(tilt_range_deg, data_range, strict=True)) > 1e-6:
+        raise InputError(
+            f"the model's tilt_range_deg {list(tilt_range_deg)} differs from the data's tilt range "
+            f"{list(data_range)}: its rotated views would carry the wrong missing wedge; set the model's "
+            f"tilt_range_deg to {list(data_range)}"
+        )
+
+
 class Classifier(LightningModule):
     """Train, evaluate and apply a subtomogram classifier network.
 
@@ -161,6 +181,8 @@ class Classifier(LightningModule):
                     f"the data's classes {list(data_names)} differ from the model's {self.class_names}"
                 )
             self.class_names = list(data_names)
+        if self.hparams.rotated_views:
+            check_views_match_data(self, self.hparams.tilt_range_deg)
 
     def display_names(self) -> list[str]:
         """Class names in label order (``class_1`` ... when no names are known)."""

@@ -53,7 +53,7 @@ from aitom.errors import InputError
 from aitom.models.classifiers import conv_bn_relu
 from aitom.ops.augmentation import random_rotated_views
 from aitom.tasks.autoencoder import contrastive_loss
-from aitom.tasks.classify import check_tilt_range
+from aitom.tasks.classify import check_tilt_range, check_views_match_data
 
 STAGES = ("train", "val", "test")
 
@@ -333,6 +333,9 @@ class SemiSupervisedClassifier(LightningModule):
 
     def setup(self, stage: str) -> None:
         adopt_data_classes(self)
+        hp = self.hparams
+        if hp.rotated_views or hp.contrastive_weight > 0 or hp.consistency_weight > 0:
+            check_views_match_data(self, hp.tilt_range_deg)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if "label" not in batch:
