@@ -191,7 +191,7 @@ def test_rotated_views_feed_the_source_stage_only(monkeypatch):
         source_epochs=1,
         discriminator_hidden=8,
         rotated_views=True,
-        source_tilt_range_deg=(-60.0, 50.0),
+        source_tilt_range_deg=(-50.0, 50.0),
     )
     trainer = Trainer(
         max_epochs=2,
@@ -203,8 +203,21 @@ def test_rotated_views_feed_the_source_stage_only(monkeypatch):
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(model, DomainPairDataModule(tiny_domain(1.0, 60, 0), tiny_domain(0.1, 40, 1), batch_size=4))
-    assert seen == [((4, 1, 8, 8, 8), -60.0, 50.0)] * 2  # the two source-stage batches, none in adaptation
+    trainer.fit(model, DomainPairDataModule(tiny_domain(1.0, 50, 0), tiny_domain(0.1, 40, 1), batch_size=4))
+    assert seen == [((4, 1, 8, 8, 8), -50.0, 50.0)] * 2  # the two source-stage batches, none in adaptation
+
+
+def test_source_views_for_another_tilt_range_than_the_source_data_are_refused():
+    net = AutoencoderClassifier3D(num_classes=2, widths=(4, 8), with_decoder=False)
+    model = AdversarialDomainAdaptation(
+        net, num_classes=2, box_size_voxels=8, source_tilt_range_deg=(-50.0, 50.0)
+    )
+    pair = DomainPairDataModule(tiny_domain(1.0, 60, 0), tiny_domain(0.1, 40, 1), batch_size=4)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False)
+    with pytest.raises(
+        InputError, match=r"tilt_range_deg \[-50.0, 50.0\] differs from the data's tilt range"
+    ):
+        trainer.fit(model, pair)
 
 
 def test_bad_settings_are_refused():

@@ -59,14 +59,19 @@ def check_tilt_range(tilt_range_deg: tuple[float, float] | list[float]) -> None:
         raise InputError(f"tilt_range_deg must be (lowest, highest) within ±90°, got {tilt_range_deg}")
 
 
-def check_views_match_data(task: LightningModule, tilt_range_deg: tuple[float, float] | list[float]) -> None:
+def check_views_match_data(
+    task: LightningModule, tilt_range_deg: tuple[float, float] | list[float], data_part: str | None = None
+) -> None:
     """Raise :class:`InputError` when a task's rotated views would use another tilt range than its data's.
 
     The data's range is read from its DataModule's ``tilt_min_deg`` / ``tilt_max_deg`` hyper-parameters
-    (:class:`aitom.data.SimulatedSubtomogramDataModule`, :class:`aitom.data.StarSubtomogramDataModule`);
-    DataModules without them are not checked.
+    (:class:`aitom.data.SimulatedSubtomogramDataModule`, :class:`aitom.data.StarSubtomogramDataModule`), or
+    from those of its attribute ``data_part`` (e.g. ``"source"`` of a domain pair); DataModules without them
+    are not checked.
     """
     datamodule = task.trainer.datamodule if task._trainer is not None else None
+    if data_part is not None:
+        datamodule = getattr(datamodule, data_part, None)
     hparams = getattr(datamodule, "hparams", {})
     if "tilt_min_deg" not in hparams or "tilt_max_deg" not in hparams:
         return

@@ -36,7 +36,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from aitom.errors import InputError
 from aitom.ops.augmentation import random_rotated_views
-from aitom.tasks.classify import check_tilt_range
+from aitom.tasks.classify import check_tilt_range, check_views_match_data
 from aitom.tasks.semi_supervised import adopt_data_classes
 
 EVALUATION_STAGES = ("val", "test")
@@ -204,6 +204,8 @@ class AdversarialDomainAdaptation(LightningModule):
 
     def setup(self, stage: str) -> None:
         adopt_data_classes(self)
+        if self.hparams.rotated_views:
+            check_views_match_data(self, self.hparams.source_tilt_range_deg, data_part="source")
 
     # ------------------------------------------------------------------------------------------ training
 
