@@ -21,7 +21,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.utilities import CombinedLoader
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from aitom.data.simulated import SimulatedSubtomogramDataModule
 from aitom.tasks.domain_adaptation import AdversarialDomainAdaptation
 from aitom.tasks.semi_supervised import AutoencoderClassifier3D
-from run_benchmarks import figure_row, write_figures  # this folder (the script's) is on sys.path
+from run_benchmarks import figure_row, mean_and_sd, write_figures  # this folder (the script's) is on sys.path
 
 CLASSES = ["proteasome_20s", "ribosome_30s", "apoferritin", "rubisco", "nucleosome"]
 
@@ -146,12 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
 
-    def mean(values: list[float]) -> float:
-        return float(np.mean(values))
-
-    def sd(values: list[float]) -> float:
-        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
     lines = [
         f"Adversarial domain adaptation, 5 classes, 32³; source: SNR {args.source_snr}, ±60° tilt, 3 µm "
         f"defocus; target: SNR {args.target_snr}, ±45° tilt, 6 µm defocus; {args.train_size} training "
@@ -169,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             values = accuracy[(rotated_views, name)]
             cells = " | ".join(f"{value:.3f}" for value in values)
             label = "rotated views" if rotated_views else "subtomograms as they are"
-            lines.append(f"| {label} | {name} | {cells} | {mean(values):.3f} ± {sd(values):.3f} |")
+            mean, sd = mean_and_sd(values)
+            lines.append(f"| {label} | {name} | {cells} | {mean:.3f} ± {sd:.3f} |")
     table = "\n".join(lines)
     print(table)
     write_figures(
@@ -178,18 +172,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             figure_row(
                 "domain_adaptation",
                 f"target test accuracy, rotated views, mean of {len(args.seeds)} seeds",
-                mean(accuracy[(True, "adapted")]),
+                mean_and_sd(accuracy[(True, "adapted")])[0],
                 "fraction",
                 "source-only",
-                mean(accuracy[(True, "source-only")]),
+                mean_and_sd(accuracy[(True, "source-only")])[0],
             ),
             figure_row(
                 "domain_adaptation",
                 f"target test accuracy without rotated views, mean of {len(args.seeds)} seeds",
-                mean(accuracy[(False, "adapted")]),
+                mean_and_sd(accuracy[(False, "adapted")])[0],
                 "fraction",
                 "source-only",
-                mean(accuracy[(False, "source-only")]),
+                mean_and_sd(accuracy[(False, "source-only")])[0],
             ),
         ],
     )

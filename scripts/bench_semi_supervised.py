@@ -30,7 +30,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch.utils.data import DataLoader, Dataset
@@ -38,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from aitom.data.simulated import LabelledShareBatchSampler, SimulatedSubtomogramDataModule
 from aitom.tasks.classify import Classifier
 from aitom.tasks.semi_supervised import AutoencoderClassifier3D, SemiSupervisedClassifier
-from run_benchmarks import figure_row, write_figures  # this folder (the script's) is on sys.path
+from run_benchmarks import figure_row, mean_and_sd, write_figures  # this folder (the script's) is on sys.path
 
 CLASSES = ["proteasome_20s", "ribosome_30s", "apoferritin", "rubisco", "nucleosome"]
 MODELS = {
@@ -172,10 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds[name] += elapsed
             print(f"seed {seed}: {MODELS[name]}: test accuracy {accuracy:.3f} ({elapsed:.0f} s)", flush=True)
 
-    def mean_sd(values: list[float]) -> tuple[float, float]:
-        array = np.asarray(values)
-        return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
-
     table = [
         f"Semi-supervised vs supervised, 5 classes, 32³, SNR {args.snr}, {args.labelled_fraction:.0%} of "
         f"{args.train_size} training items labelled, {args.steps} steps of batch {args.batch_size} "
@@ -191,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "|---|" + "---:|" * (len(args.seeds) + 2),
     ]
     for name, label in MODELS.items():
-        mean, sd = mean_sd(rows[name])
+        mean, sd = mean_and_sd(rows[name])
         values = " | ".join(f"{value:.3f}" for value in rows[name])
         table.append(f"| {label} | {values} | {mean:.3f} ± {sd:.3f} | {seconds[name]:.0f} |")
     text = "\n".join(table)
@@ -202,19 +197,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             figure_row(
                 "semi_supervised",
                 f"test accuracy, {args.labelled_fraction:.0%} labels, mean of {len(args.seeds)} seeds",
-                mean_sd(rows["semi_contrastive"])[0],
+                mean_and_sd(rows["semi_contrastive"])[0],
                 "fraction",
                 "supervised with rotated views",
-                mean_sd(rows["supervised_rotated"])[0],
+                mean_and_sd(rows["supervised_rotated"])[0],
             ),
             figure_row(
                 "semi_supervised",
                 f"supervised with rotated views, {args.labelled_fraction:.0%} labels, "
                 f"mean of {len(args.seeds)} seeds",
-                mean_sd(rows["supervised_rotated"])[0],
+                mean_and_sd(rows["supervised_rotated"])[0],
                 "fraction",
                 "supervised on the subtomograms as they are",
-                mean_sd(rows["supervised"])[0],
+                mean_and_sd(rows["supervised"])[0],
             ),
         ],
     )

@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,11 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parent
 ERROR_TAIL_LINES = 30
 FIGURE_KEYS = ("benchmark", "figure", "value", "unit", "baseline", "baseline_value", "ratio")
+
+
+def mean_and_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value) of a benchmark's repeated runs."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def figure_row(

@@ -85,6 +85,16 @@ def test_figure_row_ratio_is_value_over_baseline():
     assert runner.figure_row("b", "f", 6.0, "s", "zero", 0.0)["ratio"] is None
 
 
+def test_mean_and_sd_of_repeated_runs_match_numpy():
+    import numpy as np
+
+    mean_and_sd = runner.mean_and_sd
+    values = [0.617, 0.987, 0.823]
+    mean, sd = mean_and_sd(values)
+    assert math.isclose(mean, np.mean(values)) and math.isclose(sd, np.std(values, ddof=1))
+    assert mean_and_sd([0.5]) == (0.5, 0.0)
+
+
 def test_collects_every_table_and_one_summary_of_the_figures(scripts, tmp_path):
     out = tmp_path / "results.md"
     assert runner.main(["--scripts", str(scripts), "--out", str(out)]) == 0
