@@ -109,3 +109,24 @@ def test_console_script_exit_code_on_bad_input(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_library_chatter_is_dropped_but_other_messages_pass(caplog):
+    import logging
+    import warnings
+
+    from aitom.cli import quiet_library_chatter
+
+    quiet_library_chatter()
+    quiet_library_chatter()  # idempotent: one filter
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    assert sum(type(f).__name__ == "_DropAdvertisement" for f in rank_zero.filters) == 1
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        rank_zero.info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        rank_zero.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+    with warnings.catch_warnings(record=True) as caught:
+        quiet_library_chatter()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+        warnings.warn("a warning about the data", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning about the data"]

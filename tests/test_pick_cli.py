@@ -73,9 +73,11 @@ def test_template_end_to_end(files, tmp_path, capsys):
         "--maps",
     ]
     assert run_pick(argv) == 0
-    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr()
+    scores = json.loads(printed.out.strip().splitlines()[-1])
     assert scores["recall"] >= 0.9 and scores["precision"] >= 0.9
     table = read_particles(out)
+    assert f"{out}: {len(table)} picks (template)" in printed.err
     assert {"rlnAngleRot", "rlnAutopickFigureOfMerit", "rlnClassNumber", "rlnTomoName"} <= set(table.columns)
     assert (tmp_path / "picks_tomogram_scores.mrc").is_file()
     assert (tmp_path / "picks_rotations.star").is_file()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from aitom.errors import InputError
@@ -43,8 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DropAdvertisement(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... litlogger" lines (printed for every Trainer, even logger-less)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_library_chatter() -> None:
+    """Silence library messages that say nothing about the user's data: Lightning's cloud-logging tip and
+    its use of a torch pytree class torch has deprecated. Warnings about the data and the run stay."""
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvertisement) for f in rank_zero_logger.filters):
+        rank_zero_logger.addFilter(_DropAdvertisement())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_chatter()
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from aitom.lightning_cli import run_lightning_cli
 

@@ -155,6 +155,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from aitom.errors import InputError
     from aitom.io import check_output_path, read_particles, read_volume
@@ -183,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "template" and overlap < 2 * scale_voxels:
         raise InputError(f"--overlap-voxels must be at least the template box ({2 * scale_voxels} voxels)")
     picks, is_global_zero = _predict(args, picker, overlap)
+    if is_global_zero:
+        print(f"{args.out}: {len(picks)} picks ({args.method})", file=sys.stderr)
     if truth is not None and is_global_zero:  # under DDP every process runs this command: print once
         from aitom.ops.pick_evaluation import evaluate_picks
 
