@@ -61,9 +61,21 @@ def quiet_library_chatter() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings about the user's data (aitom's own, e.g. an unset voxel size in a header) as one line
+    ``aitom: warning: FILE: problem``; other libraries' warnings keep Python's format (file and line)."""
+    if category.__module__.startswith("aitom."):
+        return f"aitom: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_library_chatter()
+    warnings.formatwarning = format_warning
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from aitom.lightning_cli import run_lightning_cli
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aitom.commands.shared import add_voxel_size_option
+
 _WEDGE_HELP = (
     "tilt range of {name}'s missing wedge in degrees: one number D for (-D, D), or MIN,MAX "
     "(default 60; 90 means fully observed); tilt axis Y, beam along Z"
@@ -64,6 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="random seed (the search itself is deterministic)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_voxel_size_option(parser, "both subtomograms")
 
 
 def _tilt_range(text: str) -> tuple[float, float]:
@@ -111,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     device = torch_device(args.device)
-    volume_a, header_a = read_volume(args.volume_a)
-    volume_b, _ = read_volume(args.volume_b)
+    volume_a, header_a = read_volume(args.volume_a, voxel_size_a=args.voxel_size)
+    volume_b, _ = read_volume(args.volume_b, voxel_size_a=args.voxel_size)
     if len(set(volume_a.shape)) != 1:
         raise InputError(f"subtomogram must be cubic, got {tuple(volume_a.shape)}", args.volume_a)
     if volume_a.shape != volume_b.shape:

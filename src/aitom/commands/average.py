@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aitom.commands.shared import add_voxel_size_option
+
 
 def _classes(text: str) -> int | str:
     if text == "auto":
@@ -111,13 +113,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "least this, dimensionless in (0, 1]; 0 disables merging (default 0.9)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (initial rotations, k-means)")
+    add_voxel_size_option(parser, "the subtomograms")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing non-empty output folder"
     )
 
 
-def _read_subtomograms(star: Path):
+def _read_subtomograms(star: Path, voxel_size_override: float | None):
     import torch
 
     from aitom.errors import InputError
@@ -132,7 +135,7 @@ def _read_subtomograms(star: Path):
     for name in table["rlnImageName"]:
         path = Path(str(name))
         path = path if path.is_absolute() else star.parent / path
-        volume, header = read_volume(path)
+        volume, header = read_volume(path, voxel_size_a=voxel_size_override)
         if volumes and volume.shape != volumes[0].shape:
             raise InputError(
                 f"size {tuple(volume.shape)} differs from the first particle's {tuple(volumes[0].shape)}",
@@ -156,7 +159,7 @@ def _fourier_weights(table, star: Path, volumes):
     for name in table["rlnCtfImage"]:
         path = Path(str(name))
         path = path if path.is_absolute() else star.parent / path
-        weight, _ = read_volume(path)
+        weight, _ = read_volume(path, voxel_size_a=1.0)  # a weight's voxel size is not used
         if weight.shape != volumes.shape[-3:]:
             raise InputError(
                 f"3-D weight of size {tuple(weight.shape)} for subtomograms of {tuple(volumes.shape[-3:])}",
@@ -189,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
     check_output_folder(args.out, args.overwrite)
     device = torch_device(args.device)
-    table, volumes, voxel_size_a = _read_subtomograms(args.particles)
+    table, volumes, voxel_size_a = _read_subtomograms(args.particles, args.voxel_size)
     volumes = volumes.to(device)
     n = volumes.shape[0]
     if args.classes != "auto" and args.classes > n:

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from aitom.commands.shared import add_voxel_size_option
+
 VOLUME_SUFFIXES = (".mrc", ".map", ".rec", ".mrc.gz", ".map.gz")
 
 
@@ -39,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--bootstrap", type=int, default=2000, help="bootstrap resamples for the interval (default 2000)"
     )
     snr.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    add_voxel_size_option(snr, "the volumes (for the frequencies in 1/Å)")
 
     wedge = kinds.add_parser(
         "wedge",
@@ -73,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="Fourier shells used, cycles/voxel (default 0.05 0.4; Nyquist is 0.5)",
     )
     wedge.add_argument("--try-x-axis", action="store_true", help="also try X as the tilt axis")
+    add_voxel_size_option(wedge, "the volume (reported in the JSON)")
 
 
 def _volume_files(path: Path) -> list[Path]:
@@ -102,8 +106,8 @@ def _run_snr(args: argparse.Namespace) -> dict:
         )
     volumes_a, volumes_b, voxel_size = [], [], None
     for file_a, file_b in zip(files_a, files_b):
-        a, header = read_volume(file_a)
-        b, _ = read_volume(file_b)
+        a, header = read_volume(file_a, voxel_size_a=args.voxel_size)
+        b, _ = read_volume(file_b, voxel_size_a=args.voxel_size)
         if a.shape != b.shape or (volumes_a and a.shape != volumes_a[0].shape):
             raise InputError(f"shape {tuple(b.shape)} differs from its pair or the first volume", file_b)
         volumes_a.append(a)
@@ -111,7 +115,7 @@ def _run_snr(args: argparse.Namespace) -> dict:
         voxel_size = header.voxel_size_a[0]
     mask = None
     if args.mask is not None:
-        mask, _ = read_volume(args.mask)
+        mask, _ = read_volume(args.mask, voxel_size_a=1.0)  # a mask's voxel size is not used
         if mask.shape != volumes_a[0].shape:
             raise InputError(
                 f"mask shape {tuple(mask.shape)} differs from the volumes' {tuple(volumes_a[0].shape)}"
@@ -138,7 +142,7 @@ def _run_wedge(args: argparse.Namespace) -> dict:
             "need 0 < --min-angle-deg <= --max-angle-deg <= 90 and --step-deg > 0 (degrees), got "
             f"{args.min_angle_deg}, {args.max_angle_deg}, {args.step_deg}"
         )
-    volume, header = read_volume(args.volume)
+    volume, header = read_volume(args.volume, voxel_size_a=args.voxel_size)
     candidates = np.arange(args.min_angle_deg, args.max_angle_deg + 1e-9, args.step_deg)
     try:
         result = estimate_missing_wedge(

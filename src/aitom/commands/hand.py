@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aitom.commands.shared import add_voxel_size_option
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -38,6 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="write the reference in the matching hand, superposed on the average",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --mirrored-out file")
+    add_voxel_size_option(parser, "both maps")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.mirrored_out, args.overwrite)
     if not 0.0 < args.step <= 180.0:
         raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
-    average, header = read_volume(args.average)
-    reference, reference_header = read_volume(args.reference)
+    average, header = read_volume(args.average, voxel_size_a=args.voxel_size)
+    reference, reference_header = read_volume(args.reference, voxel_size_a=args.voxel_size)
     if average.shape != reference.shape or len(set(average.shape)) != 1:
         raise InputError(
             f"need cubic maps of one size, got {tuple(average.shape)} and {tuple(reference.shape)}",
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--lowpass {args.lowpass} Å is finer than Nyquist ({2 * voxel_size_a:g} Å)")
     mask = None
     if args.mask is not None:
-        mask, _ = read_volume(args.mask)
+        mask, _ = read_volume(args.mask, voxel_size_a=header.voxel_size_a)
         if mask.shape != average.shape:
             raise InputError(f"mask size {tuple(mask.shape)} differs from {tuple(average.shape)}", args.mask)
     result = hand_check(
@@ -87,5 +90,5 @@ def run(args: argparse.Namespace) -> int:
             matching, average, voxel_size_a=voxel_size_a, lowpass_a=args.lowpass, angular_step_deg=args.step
         )
         write_volume(args.mirrored_out, aligned, voxel_size_a, overwrite=args.overwrite)
-    print(json.dumps(result, indent=2))
+    print(json.dumps({**result, "voxel_size_a": voxel_size_a, "lowpass_a": args.lowpass}, indent=2))
     return 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aitom.commands.shared import add_voxel_size_option
+
 _FAR_HELP = (
     "false-alarm rate per voxel for the score threshold (Gaussian tail of the robust score statistics)"
 )
@@ -151,6 +153,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_voxel_size_option(parser, "the tomogram and templates")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out, args.overwrite)
     if args.out.suffix != ".star":
         raise InputError("the pick table must be a .star file", args.out)
-    tomogram, header = read_volume(args.tomogram, mmap=True)
+    tomogram, header = read_volume(args.tomogram, mmap=True, voxel_size_a=args.voxel_size)
     if float(tomogram.std()) == 0.0:
         raise InputError("the tomogram is constant (empty): nothing to pick", args.tomogram)
     voxel_size = header.voxel_size_a[0]
@@ -216,7 +219,9 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
             raise InputError(
                 f"--class-number gives {len(args.class_number)} numbers for {len(args.template)} templates"
             )
-        sizes = [_check_template(path, voxel_size, shape, args.tomogram) for path in args.template]
+        sizes = [
+            _check_template(path, voxel_size, shape, args.tomogram, args.voxel_size) for path in args.template
+        ]
         size = max(sizes)
         if args.tile_voxels < min(2 * size, min(shape)):
             raise InputError(f"--tile-voxels must be at least twice the template box ({size} voxels)")
@@ -252,12 +257,14 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
     return SaliencyPicker(radius, **common), (scale, scale)
 
 
-def _check_template(path: Path, voxel_size: float, shape: tuple[int, ...], tomogram: Path) -> int:
+def _check_template(
+    path: Path, voxel_size: float, shape: tuple[int, ...], tomogram: Path, voxel_size_override: float | None
+) -> int:
     """Validate one template against the tomogram (voxel size, cube, fits, not constant); its box edge."""
     from aitom.errors import InputError
     from aitom.io import read_volume
 
-    template, template_header = read_volume(path)
+    template, template_header = read_volume(path, voxel_size_a=voxel_size_override)
     template_voxel = template_header.voxel_size_a[0]
     if abs(template_voxel - voxel_size) > 1e-3 * voxel_size:
         raise InputError(
@@ -307,6 +314,7 @@ def _predict(args: argparse.Namespace, picker, overlap: int):
         overlap_voxels=overlap,
         overwrite=args.overwrite,
         write_maps=getattr(args, "maps", False),
+        voxel_size_a=args.voxel_size,
     )
     trainer = Trainer(
         accelerator=args.accelerator,
@@ -316,7 +324,12 @@ def _predict(args: argparse.Namespace, picker, overlap: int):
         enable_model_summary=False,
         callbacks=[writer],
     )
-    data = TomogramDataModule([str(args.tomogram)], tile_voxels=args.tile_voxels, overlap_voxels=overlap)
+    data = TomogramDataModule(
+        [str(args.tomogram)],
+        tile_voxels=args.tile_voxels,
+        overlap_voxels=overlap,
+        voxel_size_a=args.voxel_size,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.predict(picker, datamodule=data, return_predictions=False)

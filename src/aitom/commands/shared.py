@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import shutil
@@ -24,6 +25,17 @@ def torch_device(name: str):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")
     return device
+
+
+def add_voxel_size_option(parser: argparse.ArgumentParser, what: str = "the input volumes") -> None:
+    """``--voxel-size Å``: replaces the header's voxel size of ``what`` (for headers that leave it unset)."""
+    parser.add_argument(
+        "--voxel-size",
+        type=float,
+        metavar="Å",
+        help=f"voxel size of {what} in Å, replacing the header's; needed when a header leaves it unset "
+        "(0 or 1 Å), which is warned about",
+    )
 
 
 def check_output_folder(out: Path, overwrite: bool) -> None:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--pick-radius must be positive (voxels), got {args.pick_radius}")
     if args.out.exists() and not args.overwrite:
         raise InputError("exists; pass --overwrite to replace it", args.out)
-    volume, _ = read_volume(args.volume)
+    volume, _ = read_volume(args.volume, voxel_size_a=1.0)  # the picture is in voxels: no voxel-size warning
     picks = classes = None
     if args.picks is not None:
         table = read_particles(args.picks)

@@ -47,11 +47,18 @@ class TomogramTileDataset(Dataset):
         path: tomogram (MRC).
         tile_voxels: tile edge, voxels (clipped to the tomogram's size on each axis); None = whole tomogram.
         overlap_voxels: voxels shared by neighbouring tiles (at least the particle diameter for pickers).
+        voxel_size_a: voxel size, Å, replacing the header's (``self.header``); None keeps the header's.
     """
 
-    def __init__(self, path: str | Path, tile_voxels: int | None = 256, overlap_voxels: int = 32) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        tile_voxels: int | None = 256,
+        overlap_voxels: int = 32,
+        voxel_size_a: float | None = None,
+    ) -> None:
         self.path = Path(path)
-        self.array, self.header = open_volume_mmap(self.path)
+        self.array, self.header = open_volume_mmap(self.path, voxel_size_a=voxel_size_a)
         shape = tuple(int(n) for n in self.array.shape[-3:])
         if len(self.array.shape) != 3:
             raise InputError(f"expected a 3-D tomogram, got shape {tuple(self.array.shape)}", self.path)
@@ -83,6 +90,7 @@ class TomogramDataModule(LightningDataModule):
         overlap_voxels: overlap of neighbouring tiles, voxels.
         batch_size: tiles per batch (tiles of different tomograms may differ in size: keep 1 then).
         num_workers: DataLoader worker processes.
+        voxel_size_a: voxel size of every tomogram, Å, replacing the headers'; None keeps the headers'.
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class TomogramDataModule(LightningDataModule):
         overlap_voxels: int = 32,
         batch_size: int = 1,
         num_workers: int = 0,
+        voxel_size_a: float | None = None,
     ) -> None:
         super().__init__()
         if not tomograms:
@@ -102,7 +111,10 @@ class TomogramDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         self.dataset = ConcatDataset(
-            [TomogramTileDataset(path, hp.tile_voxels, hp.overlap_voxels) for path in hp.tomograms]
+            [
+                TomogramTileDataset(path, hp.tile_voxels, hp.overlap_voxels, hp.voxel_size_a)
+                for path in hp.tomograms
+            ]
         )
 
     def predict_dataloader(self) -> DataLoader:

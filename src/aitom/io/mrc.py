@@ -140,18 +140,21 @@ def read_stack(path: str | Path, *, voxel_size_a: float | None = None) -> tuple[
     return stack, header
 
 
-def open_volume_mmap(path: str | Path, *, allow_2d: bool = False) -> tuple[np.ndarray, VolumeHeader]:
+def open_volume_mmap(
+    path: str | Path, *, allow_2d: bool = False, voxel_size_a: float | None = None
+) -> tuple[np.ndarray, VolumeHeader]:
     """Memory-map a volume for tiled reading: an array ``(Z, Y, X)`` in the file's dtype, and the header.
 
     Nothing is read until the array is indexed (``np.asarray(array[z0:z1], dtype=np.float32)`` reads one
     slab). The array is read-only and may be a non-contiguous view when the file's axis order is not
     X, Y, Z. NaN/Inf voxels are not checked here (that would read the whole file): check each tile.
     Compressed files cannot be memory-mapped; they are decompressed into memory instead.
+    ``voxel_size_a`` (Å) replaces the header's, as in :func:`read_volume`.
 
     Raises:
         InputError: as :func:`read_volume` (except the NaN/Inf check).
     """
-    layout = _inspect(path, None)
+    layout = _inspect(path, voxel_size_a)
     if not allow_2d:
         _require_single_volume(layout)
     stored = _memory_map(layout) if layout.compression is None else _read_stored(layout)

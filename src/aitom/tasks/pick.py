@@ -352,6 +352,7 @@ class PickWriter(BasePredictionWriter):
         overlap_voxels: the DataModule's tile overlap (defines the tile cores).
         overwrite: replace existing files.
         write_maps: write the stitched score and rotation-index maps (template matching).
+        voxel_size_a: voxel size of the maps, Å; None takes the tomogram header's.
     """
 
     def __init__(
@@ -360,12 +361,14 @@ class PickWriter(BasePredictionWriter):
         overlap_voxels: int = 32,
         overwrite: bool = False,
         write_maps: bool = False,
+        voxel_size_a: float | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_path = Path(output_path)
         self.overlap_voxels = overlap_voxels
         self.overwrite = overwrite
         self.write_maps = write_maps
+        self.voxel_size_a = voxel_size_a
         self._tiles: list[dict[str, Any]] = []
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -401,7 +404,7 @@ class PickWriter(BasePredictionWriter):
         tables = []
         for tomogram in dict.fromkeys(tile["tomogram"] for tile in tiles):
             of_tomogram = [tile for tile in tiles if tile["tomogram"] == tomogram]
-            shape = tuple(int(n) for n in open_volume_mmap(tomogram)[0].shape)
+            shape = tuple(int(n) for n in open_volume_mmap(tomogram, voxel_size_a=self.voxel_size_a)[0].shape)
             tables.append(self._merge(of_tomogram, shape, Path(tomogram).stem, pl_module))
             if self.write_maps and "score_map" in of_tomogram[0]:
                 self._write_maps(of_tomogram, shape, tomogram)
@@ -458,7 +461,7 @@ class PickWriter(BasePredictionWriter):
             region = tuple(slice(int(o), int(o) + int(n)) for o, n in zip(origin, size))
             score[region][core] = tile["score_map"].numpy()[core]
             index[region][core] = tile["rotation_index_map"].numpy()[core]
-        voxel_size = open_volume_mmap(tomogram)[1].voxel_size_a
+        voxel_size = open_volume_mmap(tomogram, voxel_size_a=self.voxel_size_a)[1].voxel_size_a
         stem = f"{self.output_path.stem}_{Path(tomogram).stem}"
         for suffix, volume in (("scores", score), ("rotation_index", index)):
             path = self.output_path.with_name(f"{stem}_{suffix}.mrc")
