@@ -39,10 +39,15 @@ def files(tmp_path_factory):
         tomogram[cz - 6 : cz + 6, cy - 6 : cy + 6, cx - 6 : cx + 6] += rotate_volume(
             template, grid[3 * index]
         )
-    paths = {name: folder / f"{name}.mrc" for name in ("tomogram", "template", "small_voxels", "big", "flat")}
+    names = ("tomogram", "template", "small_voxels", "coarse", "big", "flat")
+    paths = {name: folder / f"{name}.mrc" for name in names}
     write_volume(paths["tomogram"], tomogram, 10.0)
     write_volume(paths["template"], template, 10.0)
-    write_volume(paths["small_voxels"], template, 5.0)
+    # the same template sampled at 5 Å (box 24): picking resamples it to the tomogram's 10 Å
+    z, y, x = torch.meshgrid(*[(torch.arange(24.0) - 12) / 2] * 3, indexing="ij")
+    fine = torch.exp(-(x**2 + y**2 + z**2) / 8) + 0.8 * torch.exp(-((x - 3.5) ** 2 + y**2 + z**2) / 2)
+    write_volume(paths["small_voxels"], fine, 5.0)
+    write_volume(paths["coarse"], template, 40.0)  # 48 voxels of 10 Å once resampled: larger than 40
     write_volume(paths["big"], torch.randn(48, 48, 48, generator=generator), 10.0)
     write_volume(paths["flat"], torch.ones(40, 40, 40), 10.0)
     paths["truth"] = write_particles(
@@ -102,14 +107,14 @@ def test_dog_tiles_merge_like_whole(files, tmp_path, capsys):
     ("case", "message"),
     [
         ("big_template", "larger than the tomogram"),
-        ("voxel_sizes", "template 5 Å"),
+        ("template_too_big_once_resampled", "48³ voxels at the tomogram's 10 Å"),
         ("step", "angular-step"),
         ("flat", "constant"),
     ],
 )
 def test_bad_input_exit_2_nothing_written(files, tmp_path, capsys, case, message):
     out = tmp_path / "picks.star"
-    template = {"big_template": files["big"], "voxel_sizes": files["small_voxels"]}.get(
+    template = {"big_template": files["big"], "template_too_big_once_resampled": files["coarse"]}.get(
         case, files["template"]
     )
     tomogram = files["flat"] if case == "flat" else files["tomogram"]
@@ -121,7 +126,19 @@ def test_bad_input_exit_2_nothing_written(files, tmp_path, capsys, case, message
     with pytest.raises(InputError, match=message) as error:
         pick.run(parser.parse_args(["pick", *argv]))
     assert "\n" not in str(error.value)
-    if case == "voxel_sizes":
-        assert "tomogram 10 Å" in str(error.value)
     assert run_pick(argv) == 2
     assert not out.exists()
+
+
+def test_template_of_another_voxel_size_is_resampled_and_finds_the_particles(files, tmp_path, capsys):
+    from aitom.tasks.pick import TemplateRescaledWarning
+
+    out = tmp_path / "picks.star"
+    argv = ["template", "--tomogram", str(files["tomogram"]), "--template", str(files["small_voxels"])]
+    argv += ["--out", str(out), "--angular-step", "90", "--no-wedge", "--truth", str(files["truth"])]
+    with pytest.warns(
+        TemplateRescaledWarning, match=r"from 5 Å to the tomogram's 10 Å voxels \(box 24 -> 12\)"
+    ):
+        assert run_pick(argv) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["recall"] >= 0.9 and scores["precision"] >= 0.9

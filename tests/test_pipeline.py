@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 import torch
 
 from aitom.cli import main as aitom
@@ -64,7 +65,10 @@ def simulated(tmp_path_factory) -> dict[str, Path]:
     )
     simulation = simulate_tomogram(recipe)
     generator = torch.Generator().manual_seed(1)
+    # the 20S template at 5 Å voxels (upsampled by SciPy's cubic zoom): the picker resamples it to 10 Å
+    fine = ndimage.zoom(simulation.templates["proteasome_20s"].numpy(), 2.0, order=3)
     return {
+        "template_5a": write_volume(folder / "template_5a.mrc", fine, 5.0),
         "tomogram": write_volume(folder / "tomogram.mrc", simulation.tomogram, 10.0),
         "truth": write_particles(folder / "truth.star", simulation.truth),
         "noise": write_volume(folder / "noise.mrc", torch.randn(48, 96, 96, generator=generator), 10.0),
@@ -217,6 +221,21 @@ def test_unset_header_voxel_size_is_replaced_by_voxel_size_a(simulated, tmp_path
     assert len(header) >= 8
     np.testing.assert_allclose(given.to_numpy(), header.to_numpy(), atol=1e-4)
     assert json.loads((tmp_path / "given" / "summary.json").read_text())["voxel_size_a"] == 10.0
+
+
+def test_template_of_another_voxel_size_is_resampled(simulated, tmp_path):
+    from aitom.tasks.pick import TemplateRescaledWarning
+
+    overrides = [*FAST, "pick.method=template", f"pick.templates=[{simulated['template_5a']}]"]
+    overrides += ["pick.angular_step_deg=30", "classify.n_classes=1"]
+    with pytest.warns(TemplateRescaledWarning, match="from 5 Å to the tomogram's 10 Å"):
+        run_pipeline(
+            simulated["tomogram"], tmp_path / "run", load_pipeline_config(None, overrides), log=print
+        )
+    truth = read_particles(simulated["truth"])
+    proteasomes = truth[truth["rlnClassNumber"] == 1]
+    picks = read_particles(tmp_path / "run" / "particles.star")
+    assert evaluate_picks(picks, proteasomes, tolerance_voxels=4.0)["recall"] >= 0.8
 
 
 def _bad_template(folder: Path) -> list[str]:

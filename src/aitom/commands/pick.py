@@ -209,7 +209,7 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
         "num_peaks": args.num_peaks,
     }
     if args.method == "template":
-        from aitom.tasks.pick import TemplateMatchingPicker
+        from aitom.tasks.pick import TemplateMatchingPicker, check_template
 
         if not 0 < args.angular_step <= 180:
             raise InputError(f"--angular-step must be in (0, 180] degrees, got {args.angular_step}")
@@ -220,7 +220,8 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
                 f"--class-number gives {len(args.class_number)} numbers for {len(args.template)} templates"
             )
         sizes = [
-            _check_template(path, voxel_size, shape, args.tomogram, args.voxel_size) for path in args.template
+            check_template(path, voxel_size, shape, args.tomogram, voxel_size_override=args.voxel_size)
+            for path in args.template
         ]
         size = max(sizes)
         if args.tile_voxels < min(2 * size, min(shape)):
@@ -237,6 +238,7 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
             class_number=args.class_number,
             peak_false_alarm_rate=args.peak_false_alarm_rate,
             keep_maps=args.maps,
+            voxel_size_a=voxel_size,
             **common,
         )
         # Size scale: the largest template sets the tile overlap; the smallest the default tolerance.
@@ -255,33 +257,6 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
     radius = _voxels(args.radius_a, args.radius_voxels, voxel_size, default_a=None, name="radius")
     scale = max(1, round(radius))
     return SaliencyPicker(radius, **common), (scale, scale)
-
-
-def _check_template(
-    path: Path, voxel_size: float, shape: tuple[int, ...], tomogram: Path, voxel_size_override: float | None
-) -> int:
-    """Validate one template against the tomogram (voxel size, cube, fits, not constant); its box edge."""
-    from aitom.errors import InputError
-    from aitom.io import read_volume
-
-    template, template_header = read_volume(path, voxel_size_a=voxel_size_override)
-    template_voxel = template_header.voxel_size_a[0]
-    if abs(template_voxel - voxel_size) > 1e-3 * voxel_size:
-        raise InputError(
-            f"voxel sizes differ: template {template_voxel:g} Å ({path}), tomogram "
-            f"{voxel_size:g} Å ({tomogram}); resample one of them"
-        )
-    if len(set(template.shape)) != 1:
-        raise InputError(f"the template must be a cube, got {tuple(template.shape)} voxels", path)
-    if any(t > n for t, n in zip(template.shape, shape)):
-        raise InputError(
-            f"the template ({tuple(template.shape)} voxels) is larger than the tomogram "
-            f"({tuple(shape)} voxels)",
-            path,
-        )
-    if float(template.std()) == 0.0:
-        raise InputError("the template is constant", path)
-    return int(template.shape[0])
 
 
 def _voxels(

@@ -21,7 +21,7 @@ from aitom.geometry.euler import (
 )
 from aitom.geometry.masks import soft_sphere_mask, sphere_mask
 from aitom.geometry.so3 import so3_covering_radius_deg, so3_grid, so3_grid_size
-from aitom.geometry.transform import fourier_shift, rotate_volume
+from aitom.geometry.transform import fourier_shift, rescale_volume, rotate_volume
 
 __all__ = [
     "box_centre_xyz",
@@ -33,6 +33,7 @@ __all__ = [
     "quaternion_to_matrix",
     "random_rotations",
     "relion_angles_to_matrix",
+    "rescale_volume",
     "rotate_volume",
     "rotation_about_axis",
     "rotation_angle_between",

@@ -128,3 +128,52 @@ def fourier_shift(volume: torch.Tensor, shift_xyz: torch.Tensor) -> torch.Tensor
     spectrum = torch.fft.rfftn(volume, dim=(-3, -2, -1))
     shifted = spectrum * phase_z * phase_y * phase_x
     return torch.fft.irfftn(shifted, s=(depth, height, width), dim=(-3, -2, -1))
+
+
+def rescale_volume(
+    volume: torch.Tensor,
+    voxel_size_a: float,
+    new_voxel_size_a: float,
+    *,
+    shape: tuple[int, int, int] | None = None,
+    padding_value: float = 0.0,
+) -> torch.Tensor:
+    """Resample a volume to another voxel size, about the box centre ``N // 2`` (kept at ``M // 2``).
+
+    Output voxel ``m`` (per axis) samples the input at ``(m - M // 2) · new / old + N // 2`` (trilinear,
+    ``grid_sample``). When the new voxels are coarser, the volume is first low-passed to their Nyquist
+    frequency (:func:`aitom.fourier.lowpass` at ``2 · new_voxel_size_a``), so nothing aliases.
+
+    Args:
+        volume: ``(Z, Y, X)`` or ``(B, Z, Y, X)``, every size at least 2.
+        voxel_size_a: the volume's voxel size, Å.
+        new_voxel_size_a: the output's voxel size, Å.
+        shape: output ``(Z, Y, X)``; default each size ``round(N · old / new)`` (at least 2): the same extent.
+        padding_value: value of samples from outside the input box.
+
+    Returns:
+        ``shape`` (with the batch dimension when given), dtype and device of ``volume``.
+    """
+    from aitom.fourier.filters import lowpass
+
+    if volume.ndim not in (3, 4) or min(volume.shape[-3:]) < 2:
+        raise ValueError(
+            f"volume must be (Z, Y, X) or (B, Z, Y, X) with sizes >= 2, got {tuple(volume.shape)}"
+        )
+    if not (voxel_size_a > 0 and new_voxel_size_a > 0):
+        raise ValueError(f"voxel sizes must be positive, got {voxel_size_a} and {new_voxel_size_a} Å")
+    ratio = voxel_size_a / new_voxel_size_a
+    if shape is None:
+        shape = tuple(max(2, round(n * ratio)) for n in volume.shape[-3:])
+    if new_voxel_size_a > voxel_size_a:
+        volume = lowpass(volume, 2 * new_voxel_size_a, voxel_size_a)
+    axes = []
+    for size_in, size_out in zip(volume.shape[-3:], shape):
+        index = (torch.arange(size_out, dtype=volume.dtype, device=volume.device) - size_out // 2) / ratio
+        axes.append(2 * (index + size_in // 2) / (size_in - 1) - 1)
+    grid_z, grid_y, grid_x = torch.meshgrid(*axes, indexing="ij")
+    volumes = volume.reshape(-1, 1, *volume.shape[-3:])
+    grid = torch.stack((grid_x, grid_y, grid_z), dim=-1).expand(volumes.shape[0], *shape, 3)
+    offset = padding_value
+    sampled = grid_sample(volumes - offset, grid, mode="bilinear", align_corners=True) + offset
+    return sampled.reshape(*volume.shape[:-3], *shape)

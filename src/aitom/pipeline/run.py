@@ -137,7 +137,7 @@ def _run_pipeline(
     voxel_size = _voxel_size(header.voxel_size_a, config.voxel_size_a, tomogram_path)
     shape = tuple(int(n) for n in array.shape)
     box = box_size_voxels(config, voxel_size)
-    check_templates(config, shape, voxel_size)
+    check_templates(config, shape, voxel_size, tomogram_path)
     tile = config.pick.tile_voxels
     overlap = box if config.pick.overlap_voxels is None else config.pick.overlap_voxels
     if overlap >= tile:

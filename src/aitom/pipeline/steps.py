@@ -155,29 +155,17 @@ def read_volume_shape(path: Path) -> tuple[int, int, int]:
     return tuple(int(n) for n in open_volume_mmap(path)[0].shape)
 
 
-def check_templates(config: PipelineConfig, shape_zyx: tuple[int, ...], voxel_size_a: float) -> None:
-    """Refuse templates that are missing, not cubic, of another voxel size or larger than the tomogram."""
-    from aitom.io import read_volume
+def check_templates(
+    config: PipelineConfig, shape_zyx: tuple[int, ...], voxel_size_a: float, tomogram: Path
+) -> None:
+    """Refuse templates that are missing, not cubic, constant or (at the tomogram's voxel size) larger than
+    the tomogram; another voxel size is accepted (the picker resamples the template)."""
+    from aitom.tasks.pick import check_template
 
     if config.pick.method != "template":
         return
     for path in config.pick.templates:
-        template, header = read_volume(path)
-        if len(set(template.shape)) != 1:
-            raise InputError(f"the template must be a cube, got {tuple(template.shape)} voxels", path)
-        if abs(header.voxel_size_a[0] - voxel_size_a) > 1e-3 * voxel_size_a:
-            raise InputError(
-                f"voxel size {header.voxel_size_a[0]:g} Å differs from the tomogram's {voxel_size_a:g} Å",
-                path,
-            )
-        if any(t > n for t, n in zip(template.shape, shape_zyx)):
-            raise InputError(
-                f"the template ({tuple(template.shape)} voxels) is larger than the tomogram "
-                f"({tuple(shape_zyx)} voxels)",
-                path,
-            )
-        if float(template.std()) == 0.0:
-            raise InputError("the template is constant", path)
+        check_template(path, voxel_size_a, shape_zyx, tomogram)
 
 
 def pick_particles(
@@ -200,7 +188,6 @@ def pick_particles(
         ``rlnClassNumber`` and ``rlnAngleRot/Tilt/Psi``).
     """
     from aitom.commands.pick import _predict
-    from aitom.io import read_volume
     from aitom.ops.peaks import non_maximum_suppression
     from aitom.tasks.pick import DoGPicker, SaliencyPicker, TemplateMatchingPicker
 
@@ -222,17 +209,16 @@ def pick_particles(
     else:
         pickers = []
         for index, path in enumerate(pick.templates):
-            size = int(read_volume(path)[0].shape[0])
-            overlap = max(overlap, size)
-            pickers.append(
-                TemplateMatchingPicker(
-                    str(path),
-                    angular_step_deg=pick.angular_step_deg,
-                    tilt_range_deg=tilt_range_deg,
-                    class_number=index + 1,
-                    **common,
-                )
+            picker = TemplateMatchingPicker(
+                str(path),
+                angular_step_deg=pick.angular_step_deg,
+                tilt_range_deg=tilt_range_deg,
+                class_number=index + 1,
+                voxel_size_a=voxel_size_a,
+                **common,
             )
+            overlap = max(overlap, picker.box_voxels)
+            pickers.append(picker)
     if overlap >= pick.tile_voxels:
         raise InputError(
             f"pick.tile_voxels ({pick.tile_voxels}) must be larger than the tile overlap ({overlap} voxels)"
@@ -247,6 +233,7 @@ def pick_particles(
             overwrite=True,
             tomogram=tomogram_path,
             tile_voxels=pick.tile_voxels,
+            voxel_size=voxel_size_a,
         )
         table, _ = _predict(arguments, picker, overlap)  # (picks, is_global_zero)
         tables.append(table)

@@ -12,6 +12,7 @@ tiles removes what is left of duplicates — and writes one STAR table (``rlnCoo
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from aitom.errors import InputError
-from aitom.geometry import matrix_to_relion_angles, so3_grid, sphere_mask
+from aitom.geometry import matrix_to_relion_angles, rescale_volume, so3_grid, sphere_mask
 from aitom.io import open_volume_mmap, particles_table, read_volume, write_particles, write_volume
 from aitom.ops.dog_picking import dog_pick
 from aitom.ops.peaks import false_alarm_threshold, non_maximum_suppression, peak_local_max
@@ -36,6 +37,8 @@ __all__ = [
     "PickWriter",
     "SaliencyPicker",
     "TemplateMatchingPicker",
+    "TemplateRescaledWarning",
+    "check_template",
     "tile_core_mask",
 ]
 
@@ -99,6 +102,55 @@ def _threshold(
     return None if false_alarm_rate is None else false_alarm_threshold(score, false_alarm_rate)
 
 
+def check_template(
+    path: str | Path,
+    voxel_size_a: float,
+    shape_zyx: tuple[int, ...],
+    tomogram: str | Path,
+    *,
+    voxel_size_override: float | None = None,
+) -> int:
+    """Validate a template for a tomogram of ``shape_zyx`` at ``voxel_size_a`` Å; its box edge in its voxels.
+
+    A template with another voxel size is accepted (:class:`TemplateMatchingPicker` resamples it); the box it
+    will have must fit in the tomogram.
+
+    Raises:
+        InputError: unreadable, not a cube, larger than the tomogram at its voxel size, or constant.
+    """
+    template, header = read_volume(path, voxel_size_a=voxel_size_override)
+    if len(set(template.shape)) != 1:
+        raise InputError(f"the template must be a cube, got {tuple(template.shape)} voxels", path)
+    box = max(2, round(template.shape[0] * header.voxel_size_a[0] / voxel_size_a))
+    if any(box > n for n in shape_zyx):
+        raise InputError(
+            f"the template ({box}³ voxels at the tomogram's {voxel_size_a:g} Å) is larger than the tomogram "
+            f"({tuple(shape_zyx)} voxels, {tomogram})",
+            path,
+        )
+    if float(template.std()) == 0.0:
+        raise InputError("the template is constant", path)
+    return box
+
+
+def _at_voxel_size(template: torch.Tensor, voxel_size_a: float, target_a: float, path: str) -> torch.Tensor:
+    """The template resampled to ``target_a`` Å voxels when its own ``voxel_size_a`` differs (warned)."""
+    if abs(voxel_size_a - target_a) <= 1e-3 * target_a:
+        return template
+    rescaled = rescale_volume(template, voxel_size_a, target_a)
+    warnings.warn(
+        f"{path}: template resampled from {voxel_size_a:g} Å to the tomogram's {target_a:g} Å voxels "
+        f"(box {template.shape[-1]} -> {rescaled.shape[-1]})",
+        TemplateRescaledWarning,
+        stacklevel=3,
+    )
+    return rescaled
+
+
+class TemplateRescaledWarning(UserWarning):
+    """A template whose voxel size differs from the tomogram's was resampled to it."""
+
+
 class TemplateMatchingPicker(_Picker):
     """FLCF template matching over an SO(3) grid (:func:`aitom.ops.template_matching.match_template`).
 
@@ -110,8 +162,11 @@ class TemplateMatchingPicker(_Picker):
     (and ``threshold_abs``) are then z-scores; with one template they are raw FLCF values in ``[−1, 1]``.
 
     Args:
-        template: path of the template, or a list of paths, one per class (MRC, protein bright, cubic; same
-            voxel size as the tomograms; boxes may differ).
+        template: path of the template, or a list of paths, one per class (MRC, protein bright, cubic; boxes
+            may differ).
+        voxel_size_a: the tomograms' voxel size, Å: a template with another voxel size is resampled to it
+            (:func:`aitom.geometry.rescale_volume`, same extent, low-passed first when coarsened) with a
+            :class:`TemplateRescaledWarning`. None: the templates' own voxel size (the first one's) is used.
         angular_step_deg: covering radius of the rotation grid, degrees, in ``(0, 180]``.
         tilt_range_deg: tilt range ``(min, max)`` of the tomograms (missing wedge applied to the template);
             None: no wedge.
@@ -151,12 +206,18 @@ class TemplateMatchingPicker(_Picker):
         peak_false_alarm_rate: float | None = None,
         class_number: int | list[int] | None = None,
         keep_maps: bool = False,
+        voxel_size_a: float | None = None,
     ) -> None:
         paths = [template] if isinstance(template, str) else list(template)
         if not paths:
             raise InputError("no template given")
         references = [read_volume(path) for path in paths]
-        header = references[0][1]
+        if voxel_size_a is None:
+            voxel_size_a = references[0][1].voxel_size_a[0]
+        references = [
+            (_at_voxel_size(reference, header.voxel_size_a[0], voxel_size_a, path), header)
+            for (reference, header), path in zip(references, paths)
+        ]
         sizes = [int(reference.shape[0]) for reference, _ in references]
         super().__init__(max(1, min(sizes) // 2) if min_distance is None else min_distance)
         self.save_hyperparameters()
@@ -172,7 +233,7 @@ class TemplateMatchingPicker(_Picker):
         self.class_numbers = classes
         self.template_filter = TemplateFilter(
             tilt_range_deg=None if tilt_range_deg is None else tuple(tilt_range_deg),
-            voxel_size_a=header.voxel_size_a[0],
+            voxel_size_a=voxel_size_a,
             defocus_um=defocus_um,
             voltage_kv=voltage_kv,
             cs_mm=cs_mm,
@@ -184,6 +245,11 @@ class TemplateMatchingPicker(_Picker):
             self.register_buffer(f"mask_{number}", sphere_mask((size,) * 3, radius_voxels=radius))
         self.register_buffer("rotations", so3_grid(angular_step_deg))
         self.register_buffer("suppression_radii", torch.tensor([size / 2 for size in sizes]))
+
+    @property
+    def box_voxels(self) -> int:
+        """Edge of the largest template box, voxels (after any resampling)."""
+        return max(int(template.shape[-1]) for template in self.templates)
 
     @property
     def templates(self) -> list[torch.Tensor]:
