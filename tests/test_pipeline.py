@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
 import torch
+from scipy import ndimage
 
 from aitom.cli import main as aitom
 from aitom.io import open_volume_mmap, read_particles, write_particles, write_volume
