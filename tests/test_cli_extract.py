@@ -118,3 +118,69 @@ def test_existing_output_needs_overwrite(tomogram, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     assert main([*args, "--overwrite"]) == 0
     assert (out / "particles.star").is_file()
+
+
+def _relion5_star(tmp_path, particles, pixel_size_a=2.5):
+    import pandas as pd
+
+    from aitom.io.relion5 import write_relion5_particles
+
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnTomoTiltSeriesPixelSize": [pixel_size_a],
+            "rlnImagePixelSize": [VOXEL_SIZE_A],
+            "rlnImageSize": [8],
+        }
+    )
+    return write_relion5_particles(tmp_path / "relion5.star", particles, optics=optics)
+
+
+@pytest.mark.parametrize("columns", ["centred_angstrom", "tilt_series_pixels"])
+def test_relion5_positions_are_converted_to_voxels_of_the_tomogram(tomogram, tmp_path, capsys, columns):
+    from aitom.io.relion5 import relion5_particles_table, voxels_to_centered_angstrom
+
+    path, values = tomogram
+    voxels = np.array([[20.0, 15.0, 10.0], [10.0, 8.0, 6.0]])  # (x, y, z)
+    size_xyz = SHAPE_ZYX[::-1]
+    centred = voxels_to_centered_angstrom(voxels, size_xyz, VOXEL_SIZE_A)  # RELION 5: centre at size / 2
+    particles = relion5_particles_table(centred, ["tomo1", "tomo1"])
+    if columns == "tilt_series_pixels":  # RELION 4 style: unbinned 2.5 Å pixels from the corner
+        particles = particles.drop(columns=[f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"])
+        for axis, name in enumerate("XYZ"):
+            particles[f"rlnCoordinate{name}"] = voxels[:, axis] * VOXEL_SIZE_A / 2.5
+    star = _relion5_star(tmp_path, particles)
+    out = tmp_path / "out"
+    assert (
+        main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8", "--out", str(out)])
+        == 0
+    )
+    assert (
+        "converted with the tomogram's size (40, 30, 20)" in capsys.readouterr().err
+        or columns != "centred_angstrom"
+    )
+    table = read_particles(out / "particles.star", require=("rlnImageName",))
+    np.testing.assert_allclose(
+        table[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]], voxels, atol=1e-9
+    )
+    for (x, y, z), name in zip(voxels.astype(int), table["rlnImageName"]):
+        box, _ = read_volume(out / name)
+        np.testing.assert_array_equal(box.numpy(), values[z - 4 : z + 4, y - 4 : y + 4, x - 4 : x + 4])
+
+
+def test_relion5_angstrom_positions_need_a_voxel_size(tmp_path, capsys):
+    from aitom.io.relion5 import relion5_particles_table
+
+    unset = write_volume(tmp_path / "unset.mrc", np.zeros(SHAPE_ZYX, dtype=np.float32) + 1, 1.0)
+    star = _relion5_star(tmp_path, relion5_particles_table(np.zeros((1, 3)), ["tomo1"]))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="looks unset"):
+        code = main(
+            ["extract", "--tomogram", str(unset), "--particles", str(star), "--size", "8", "--out", str(out)]
+        )
+    assert code == 2 and "pass --voxel-size" in capsys.readouterr().err and not out.exists()
+    argv = ["extract", "--tomogram", str(unset), "--particles", str(star), "--size", "8", "--out", str(out)]
+    assert main([*argv, "--voxel-size", "7.5"]) == 0
+    table = read_particles(out / "particles.star")
+    np.testing.assert_allclose(table[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]], [[20, 15, 10]])

@@ -26,7 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--tomogram", type=Path, required=True, help="tomogram MRC (Z, Y, X)")
     parser.add_argument(
-        "--particles", type=Path, required=True, help="STAR table with rlnCoordinateX/Y/Z in voxels"
+        "--particles",
+        type=Path,
+        required=True,
+        help="STAR table: rlnCoordinateX/Y/Z in voxels of the tomogram, or a RELION 5 particle set "
+        "(rlnCenteredCoordinateX/Y/ZAngst, or rlnCoordinateX/Y/Z in tilt-series pixels), converted",
     )
     parser.add_argument("--size", type=int, required=True, help="box edge, voxels (e.g. 32)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
@@ -54,7 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--voxel-size",
         type=float,
         default=None,
-        help="voxel size, Å, written to the subtomograms (default: the tomogram header's)",
+        help="the tomogram's voxel size, Å, replacing its header's: used to convert positions in Å and "
+        "written to the subtomograms (default: the header's)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
@@ -81,13 +86,30 @@ def _select_tomogram(table, name: str | None, star: Path):
     return selected.reset_index(drop=True)
 
 
+def _read_table(star: Path):
+    """The particle table (any positions) and its ``data_optics`` (empty when absent or not RELION's)."""
+    import pandas as pd
+
+    from aitom.io import read_particles
+    from aitom.io.relion5 import read_relion5_particles
+
+    table = read_particles(star, require=())
+    if "rlnTomoName" not in table.columns:
+        return table, pd.DataFrame()
+    particles, optics, _ = read_relion5_particles(star)
+    return particles, optics
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     import numpy as np
     from tqdm.auto import tqdm
 
     from aitom.commands.shared import check_output_folder, output_folder
     from aitom.errors import InputError
-    from aitom.io import open_volume_mmap, read_particles, table_coordinates, write_particles, write_volume
+    from aitom.io import open_volume_mmap, write_particles, write_volume
+    from aitom.io.relion5 import tomogram_voxel_positions
     from aitom.ops.extraction import extract_subvolumes
 
     if args.size < MIN_BOX_VOXELS:
@@ -95,18 +117,30 @@ def run(args: argparse.Namespace) -> int:
     if args.voxel_size is not None and args.voxel_size <= 0:
         raise InputError(f"--voxel-size must be positive (Å), got {args.voxel_size}")
     check_output_folder(args.out, args.overwrite)
-    table = _select_tomogram(read_particles(args.particles), args.tomo_name, args.particles)
+    table, optics = _read_table(args.particles)
+    table = _select_tomogram(table, args.tomo_name, args.particles)
     if len(table) == 0:
         raise InputError("the particle table is empty", args.particles)
-    tomogram, header = open_volume_mmap(args.tomogram)
+    tomogram, header = open_volume_mmap(args.tomogram, voxel_size_a=args.voxel_size)
     shape_zyx = np.array(tomogram.shape)
     if args.size > shape_zyx.min():
         raise InputError(
             f"--size {args.size} is larger than the tomogram's smallest side ({tuple(shape_zyx)} voxels)",
             args.tomogram,
         )
-    voxel_size_a = args.voxel_size or float(header.voxel_size_a[0])
-    coordinates_xyz = table_coordinates(table)
+    voxel_size_a = float(header.voxel_size_a[0])
+    try:
+        coordinates_xyz, conversion = tomogram_voxel_positions(table, optics, shape_zyx[::-1], voxel_size_a)
+    except InputError as error:
+        raise InputError(error.problem, args.particles) from None
+    if conversion is not None:
+        if args.voxel_size is None and (voxel_size_a <= 0 or voxel_size_a == 1.0):
+            raise InputError(
+                f"positions in Å need the tomogram's voxel size, but its header says {voxel_size_a:g} Å: "
+                "pass --voxel-size",
+                args.tomogram,
+            )
+        print(f"{args.particles}: positions are {conversion}", file=sys.stderr)
     outside = ((coordinates_xyz < -0.5) | (coordinates_xyz > shape_zyx[::-1] - 0.5)).any(axis=1)
     if outside.any():
         first = coordinates_xyz[np.flatnonzero(outside)[0]]
@@ -136,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
             write_volume(folder / names[index], box, voxel_size_a)
         table = table.copy()
         table["rlnImageName"] = names
+        for axis, column in enumerate(("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")):
+            table[column] = coordinates_xyz[:, axis]  # voxels of this tomogram, the DESIGN convention
         write_particles(folder / "particles.star", table)
     touching = (
         (np.rint(coordinates_xyz) - args.size // 2 < 0)

@@ -491,6 +491,53 @@ def particle_positions_centered_a(
     return positions - origins
 
 
+def tomogram_voxel_positions(
+    particles: pd.DataFrame,
+    optics: pd.DataFrame,
+    size_voxels_xyz: Sequence[float] | np.ndarray,
+    voxel_size_a: float,
+) -> tuple[np.ndarray, str | None]:
+    """Particle centres ``(N, 3)`` (x, y, z) in voxels of one tomogram, from whichever columns a table has.
+
+    * ``rlnCenteredCoordinate*Angst`` (RELION 5), minus ``rlnOrigin*Angst``: Å from the tomogram centre,
+      converted with :func:`centered_angstrom_to_voxels` (``size_voxels_xyz``, ``voxel_size_a``).
+    * ``rlnCoordinate*`` with ``rlnTomoTiltSeriesPixelSize`` in ``optics`` (RELION 4/5): tilt-series pixels
+      from the corner, minus ``rlnOrigin*Angst``, scaled to ``voxel_size_a``.
+    * ``rlnCoordinate*`` otherwise: voxels of this tomogram, used as they are.
+
+    Returns:
+        The positions and a one-line account of the conversion (None when the coordinates are used as is).
+
+    Raises:
+        InputError: none of these columns.
+    """
+    origins = np.zeros((len(particles), 3))
+    for axis, column in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
+        if column in particles.columns:
+            origins[:, axis] = particles[column].to_numpy(dtype=np.float64)
+    size = tuple(int(n) for n in size_voxels_xyz)
+    if set(CENTERED_COLUMNS) <= set(particles.columns):
+        centered = particles[list(CENTERED_COLUMNS)].to_numpy(dtype=np.float64) - origins
+        note = (
+            f"RELION 5 centred Å converted with the tomogram's size {size} and voxel size {voxel_size_a:g} Å"
+        )
+        return centered_angstrom_to_voxels(centered, size_voxels_xyz, voxel_size_a), note
+    if not set(PIXEL_COLUMNS) <= set(particles.columns):
+        raise InputError(
+            "particle table lacks positions: need rlnCoordinateX/Y/Z (voxels) or "
+            "rlnCenteredCoordinateX/Y/ZAngst"
+        )
+    pixels = particles[list(PIXEL_COLUMNS)].to_numpy(dtype=np.float64)
+    if len(optics) == 0 or "rlnTomoTiltSeriesPixelSize" not in optics.columns:
+        return pixels, None
+    pixel_a = particle_optics(particles, optics)["rlnTomoTiltSeriesPixelSize"].to_numpy(dtype=np.float64)
+    if np.allclose(pixel_a, voxel_size_a, rtol=1e-3) and not origins.any():
+        return pixels, None
+    voxels = (pixels * pixel_a[:, None] - origins) / voxel_size_a
+    sizes = ", ".join(f"{value:g}" for value in sorted(set(pixel_a.round(4))))
+    return voxels, f"tilt-series pixels of {sizes} Å scaled to the tomogram's {voxel_size_a:g} Å voxels"
+
+
 def relion5_particles_table(
     centered_a: np.ndarray,
     tomo_names: Sequence[str],

@@ -58,7 +58,7 @@ def extract_subvolumes(
         raise ValueError(f"box_size must be >= 1 voxel, got {box_size}")
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-    centres = torch.as_tensor(centres_xyz)
+    centres = torch.as_tensor(np.array(centres_xyz) if isinstance(centres_xyz, np.ndarray) else centres_xyz)
     if centres.ndim != 2 or centres.shape[1] != 3:
         raise ValueError(f"centres_xyz must be (P, 3), got shape {tuple(centres.shape)}")
     if isinstance(volume, torch.Tensor):
