@@ -419,7 +419,7 @@ def mirrored_angles_deg(angles_deg: np.ndarray) -> np.ndarray:
     from aitom.geometry import matrix_to_relion_angles, relion_angles_to_matrix
 
     mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
-    matrices = relion_angles_to_matrix(torch.as_tensor(angles_deg, dtype=torch.float64))
+    matrices = relion_angles_to_matrix(torch.tensor(angles_deg, dtype=torch.float64))
     return matrix_to_relion_angles(mirror @ matrices @ mirror).numpy()
 
 
