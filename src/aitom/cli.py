@@ -61,7 +61,9 @@ def quiet_library_chatter() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
-def format_warning(message, category, filename, lineno, line=None) -> str:
+def format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
     """Warnings about the user's data (aitom's own, e.g. an unset voxel size in a header) as one line
     ``aitom: warning: FILE: problem``; other libraries' warnings keep Python's format (file and line)."""
     if category.__module__.startswith("aitom."):
