@@ -39,7 +39,7 @@ def files(tmp_path_factory):
         tomogram[cz - 6 : cz + 6, cy - 6 : cy + 6, cx - 6 : cx + 6] += rotate_volume(
             template, grid[3 * index]
         )
-    names = ("tomogram", "template", "small_voxels", "coarse", "big", "flat")
+    names = ("tomogram", "template", "small_voxels", "coarse", "tiny", "unset", "big", "flat")
     paths = {name: folder / f"{name}.mrc" for name in names}
     write_volume(paths["tomogram"], tomogram, 10.0)
     write_volume(paths["template"], template, 10.0)
@@ -48,6 +48,8 @@ def files(tmp_path_factory):
     fine = torch.exp(-(x**2 + y**2 + z**2) / 8) + 0.8 * torch.exp(-((x - 3.5) ** 2 + y**2 + z**2) / 2)
     write_volume(paths["small_voxels"], fine, 5.0)
     write_volume(paths["coarse"], template, 40.0)  # 48 voxels of 10 Å once resampled: larger than 40
+    write_volume(paths["tiny"], template, 2.0)  # 2 voxels of 10 Å once resampled
+    write_volume(paths["unset"], template, 1.0)  # header voxel size unset
     write_volume(paths["big"], torch.randn(48, 48, 48, generator=generator), 10.0)
     write_volume(paths["flat"], torch.ones(40, 40, 40), 10.0)
     paths["truth"] = write_particles(
@@ -108,15 +110,20 @@ def test_dog_tiles_merge_like_whole(files, tmp_path, capsys):
     [
         ("big_template", "larger than the tomogram"),
         ("template_too_big_once_resampled", "48³ voxels at the tomogram's 10 Å"),
+        ("template_too_small_once_resampled", "would be 2³ voxels at the tomogram's 10 Å, fewer than 4"),
+        ("template_voxel_size_unset", "looks unset, and the tomogram's is 10 Å"),
         ("step", "angular-step"),
         ("flat", "constant"),
     ],
 )
 def test_bad_input_exit_2_nothing_written(files, tmp_path, capsys, case, message):
     out = tmp_path / "picks.star"
-    template = {"big_template": files["big"], "template_too_big_once_resampled": files["coarse"]}.get(
-        case, files["template"]
-    )
+    template = {
+        "big_template": files["big"],
+        "template_too_big_once_resampled": files["coarse"],
+        "template_too_small_once_resampled": files["tiny"],
+        "template_voxel_size_unset": files["unset"],
+    }.get(case, files["template"])
     tomogram = files["flat"] if case == "flat" else files["tomogram"]
     step = "0" if case == "step" else "90"
     argv = ["template", "--tomogram", str(tomogram), "--template", str(template), "--out", str(out)]

@@ -102,6 +102,10 @@ def _threshold(
     return None if false_alarm_rate is None else false_alarm_threshold(score, false_alarm_rate)
 
 
+MIN_TEMPLATE_BOX = 4
+"""Smallest template box, voxels at the tomogram's voxel size, that template matching accepts."""
+
+
 def check_template(
     path: str | Path,
     voxel_size_a: float,
@@ -113,15 +117,30 @@ def check_template(
     """Validate a template for a tomogram of ``shape_zyx`` at ``voxel_size_a`` Å; its box edge in its voxels.
 
     A template with another voxel size is accepted (:class:`TemplateMatchingPicker` resamples it); the box it
-    will have must fit in the tomogram.
+    will have must fit in the tomogram and keep at least ``MIN_TEMPLATE_BOX`` voxels.
 
     Raises:
-        InputError: unreadable, not a cube, larger than the tomogram at its voxel size, or constant.
+        InputError: unreadable, not a cube, a header voxel size that looks unset (0 or 1 Å) and differs from
+            the tomogram's, a box outside those limits at the tomogram's voxel size, or constant.
     """
     template, header = read_volume(path, voxel_size_a=voxel_size_override)
     if len(set(template.shape)) != 1:
         raise InputError(f"the template must be a cube, got {tuple(template.shape)} voxels", path)
-    box = max(2, round(template.shape[0] * header.voxel_size_a[0] / voxel_size_a))
+    template_voxel_a = header.voxel_size_a[0]
+    if template_voxel_a in (0.0, 1.0) and abs(template_voxel_a - voxel_size_a) > 1e-3 * voxel_size_a:
+        raise InputError(
+            f"voxel size {template_voxel_a:g} Å in the header looks unset, and the tomogram's is "
+            f"{voxel_size_a:g} Å: write the template's into its header "
+            "(aitom convert T.mrc T_fixed.mrc --voxel-size Å)",
+            path,
+        )
+    box = round(template.shape[0] * template_voxel_a / voxel_size_a)
+    if box < MIN_TEMPLATE_BOX:
+        raise InputError(
+            f"the template ({template.shape[0]}³ voxels of {template_voxel_a:g} Å) would be {box}³ voxels "
+            f"at the tomogram's {voxel_size_a:g} Å, fewer than {MIN_TEMPLATE_BOX}",
+            path,
+        )
     if any(box > n for n in shape_zyx):
         raise InputError(
             f"the template ({box}³ voxels at the tomogram's {voxel_size_a:g} Å) is larger than the tomogram "
