@@ -464,6 +464,15 @@ def voxels_to_centered_angstrom(
     return (np.asarray(voxels, dtype=np.float64) - centre) * voxel_size_a
 
 
+def _origin_shifts_a(particles: pd.DataFrame) -> np.ndarray:
+    """``rlnOriginX/Y/ZAngst`` ``(N, 3)`` (x, y, z), Å; 0 where a column is absent."""
+    origins = np.zeros((len(particles), 3))
+    for axis, column in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
+        if column in particles.columns:
+            origins[:, axis] = particles[column].to_numpy(dtype=np.float64)
+    return origins
+
+
 def particle_positions_centered_a(
     particles: pd.DataFrame,
     tomograms: Mapping[str, TiltSeriesGeometry],
@@ -476,10 +485,7 @@ def particle_positions_centered_a(
     ``coordinate_pixel_size_a`` Å (default: each tomogram's tilt-series pixel size, RELION's convention).
     ``rlnOriginX/Y/ZAngst`` shifts are subtracted when present (RELION: position = coordinate − origin).
     """
-    origins = np.zeros((len(particles), 3))
-    for axis, column in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
-        if column in particles.columns:
-            origins[:, axis] = particles[column].to_numpy(dtype=np.float64)
+    origins = _origin_shifts_a(particles)
     if set(CENTERED_COLUMNS) <= set(particles.columns):
         return particles[list(CENTERED_COLUMNS)].to_numpy(dtype=np.float64) - origins
     positions = np.empty((len(particles), 3))
@@ -511,10 +517,7 @@ def tomogram_voxel_positions(
     Raises:
         InputError: none of these columns.
     """
-    origins = np.zeros((len(particles), 3))
-    for axis, column in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
-        if column in particles.columns:
-            origins[:, axis] = particles[column].to_numpy(dtype=np.float64)
+    origins = _origin_shifts_a(particles)
     size = tuple(int(n) for n in size_voxels_xyz)
     if set(CENTERED_COLUMNS) <= set(particles.columns):
         centered = particles[list(CENTERED_COLUMNS)].to_numpy(dtype=np.float64) - origins
