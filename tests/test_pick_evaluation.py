@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from aitom.errors import InputError
 from aitom.io import particles_table
@@ -47,9 +48,45 @@ def test_evaluate_per_class_and_orientation():
         {"n_picked": 3, "n_truth": 2, "precision": 2 / 3, "recall": 1.0, "f1": 0.8}
     )
     assert result["per_class"]["2"]["f1"] == 0.0
-    # Orientation errors: 10° (psi), 0°, 90° (psi) -> 2 of 3 within 15°.
-    assert result["orientation_fraction"] == pytest.approx(2 / 3)
-    assert result["median_orientation_error_deg"] == pytest.approx(10.0, abs=1e-6)
+    # Orientations of class-1 picks matched to class-1 particles only: 10° (psi) and 0°. The class-1 pick on
+    # the class-2 particle (90° off) is not compared: its template is another molecule.
+    assert result["orientations_compared"] == 2
+    assert result["orientation_fraction"] == pytest.approx(1.0)
+    assert result["median_orientation_error_deg"] == pytest.approx(5.0, abs=1e-6)
+
+
+def test_classes_matched_by_name_whatever_the_numbers():
+    truth = particles_table([[10, 10, 10], [30, 10, 10], [10, 30, 10]], class_number=[1, 2, 2])
+    truth["aitomClassName"] = ["ribosome", "proteasome", "proteasome"]
+    # One template, the proteasome, numbered 1 as a single template is: names decide, not numbers.
+    picks = particles_table([[30, 10, 10.5], [10, 30, 10], [10, 10, 10]], class_number=[1, 1, 1])
+    picks["aitomClassName"] = "proteasome"
+    result = evaluate_picks(picks, truth, tolerance_voxels=2.0)
+    assert result["per_class"]["proteasome"] == pytest.approx(
+        {"n_picked": 3, "n_truth": 2, "precision": 2 / 3, "recall": 1.0, "f1": 0.8}
+    )
+    assert result["per_class"]["ribosome"]["recall"] == 0.0
+    # Without the names the numbers are used, and the single template's class 1 is the ribosome's.
+    by_number = evaluate_picks(picks.drop(columns="aitomClassName"), truth, tolerance_voxels=2.0)
+    assert by_number["per_class"]["1"]["n_picked"] == 3 and by_number["per_class"]["1"]["recall"] == 1.0
+
+
+def test_symmetric_orientations_are_equivalent():
+    from aitom.geometry import matrix_to_relion_angles, point_group_rotations, random_rotations
+
+    generator = torch.Generator().manual_seed(3)
+    truth_rotations = random_rotations(14, generator=generator, dtype=torch.float64)
+    group = point_group_rotations("D7")
+    picked_rotations = truth_rotations @ group  # each pick in another of the 14 equivalent orientations
+    positions = [[10.0 * i, 0.0, 0.0] for i in range(14)]
+    truth = particles_table(positions, angles_deg=matrix_to_relion_angles(truth_rotations).numpy())
+    picks = particles_table(positions, angles_deg=matrix_to_relion_angles(picked_rotations).numpy())
+    plain = evaluate_picks(picks, truth, tolerance_voxels=1.0)
+    assert plain["orientation_fraction"] == pytest.approx(1 / 14)  # only the identity agrees
+    truth["rlnClassNumber"] = 4
+    symmetric = evaluate_picks(picks, truth, tolerance_voxels=1.0, symmetry={"4": group})
+    assert symmetric["orientation_fraction"] == 1.0
+    assert symmetric["median_orientation_error_deg"] < 1e-4
 
 
 def test_class_agnostic_picks_give_recall_per_class():

@@ -193,8 +193,33 @@ def run(args: argparse.Namespace) -> int:
         from aitom.ops.pick_evaluation import evaluate_picks
 
         tolerance = tolerance_scale / 2 if args.tolerance_voxels is None else args.tolerance_voxels
-        print(json.dumps({"method": args.method, **evaluate_picks(picks, truth, tolerance)}))
+        symmetry, symbols = _library_symmetry(truth) if args.method == "template" else ({}, {})
+        scores = evaluate_picks(picks, truth, tolerance, symmetry=symmetry)
+        if symbols and "orientation_fraction" in scores:
+            scores["orientation_symmetry"] = symbols
+        print(json.dumps({"method": args.method, **scores}))
     return 0
+
+
+def _library_symmetry(truth) -> tuple[dict, dict[str, str]]:
+    """Symmetry rotations of the truth's classes that are library classes (simulated data), keyed by class
+    name and by the truth's class number, and the point group of each symmetric class by name."""
+    from aitom.simulate.library import available_classes, class_symmetry_rotations, get_class
+
+    if "aitomClassName" not in truth.columns:
+        return {}, {}
+    symmetry, symbols = {}, {}
+    numbers = truth["rlnClassNumber"] if "rlnClassNumber" in truth.columns else [None] * len(truth)
+    for name, number in dict(zip(truth["aitomClassName"].astype(str), numbers)).items():
+        if name not in available_classes():
+            continue
+        rotations = class_symmetry_rotations(name)
+        if len(rotations) > 1:
+            symmetry[name] = rotations
+            symbols[name] = get_class(name).symmetry
+            if number is not None:
+                symmetry[str(int(number))] = rotations
+    return symmetry, symbols
 
 
 def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float):

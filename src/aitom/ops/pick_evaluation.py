@@ -7,6 +7,8 @@ tolerance forbidden), so each true particle is found at most once and each pick 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 import torch
@@ -14,7 +16,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from aitom.errors import InputError
-from aitom.geometry import relion_angles_to_matrix, rotation_angle_between
+from aitom.geometry import relion_angles_to_matrix
+from aitom.geometry.symmetry import symmetric_angle_between
 from aitom.io import table_angles_deg, table_coordinates
 
 __all__ = ["evaluate_picks", "match_picks", "orientation_errors_deg", "precision_recall_f1"]
@@ -60,11 +63,38 @@ def precision_recall_f1(true_positives: int, n_picked: int, n_truth: int) -> dic
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def orientation_errors_deg(picked_angles_deg: np.ndarray, truth_angles_deg: np.ndarray) -> np.ndarray:
-    """Geodesic angle (degrees) between the RELION rotations of matched picks and true particles, ``(N,)``."""
+def orientation_errors_deg(
+    picked_angles_deg: np.ndarray,
+    truth_angles_deg: np.ndarray,
+    symmetry_rotations: torch.Tensor | None = None,
+) -> np.ndarray:
+    """Geodesic angle (degrees) between the RELION rotations of matched picks and true particles, ``(N,)``.
+
+    With ``symmetry_rotations`` (``(K, 3, 3)``, the template's symmetry in its own frame), the smallest angle
+    over the equivalent orientations (:func:`aitom.geometry.symmetric_angle_between`).
+    """
     picked = relion_angles_to_matrix(torch.as_tensor(np.asarray(picked_angles_deg), dtype=torch.float64))
     truth = relion_angles_to_matrix(torch.as_tensor(np.asarray(truth_angles_deg), dtype=torch.float64))
-    return np.rad2deg(rotation_angle_between(picked, truth).numpy()).reshape(-1)
+    symmetry = None if symmetry_rotations is None else symmetry_rotations.to(torch.float64)
+    return np.rad2deg(symmetric_angle_between(picked, truth, symmetry).numpy()).reshape(-1)
+
+
+def _class_labels(picks: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Class labels (strings) of the picks and of the truth: names when both tables carry
+    ``aitomClassName``, else ``rlnClassNumber``; None for a table without them."""
+    if "aitomClassName" in picks.columns and "aitomClassName" in truth.columns:
+        return picks["aitomClassName"].astype(str).to_numpy(), truth["aitomClassName"].astype(str).to_numpy()
+
+    def numbers(table: pd.DataFrame) -> np.ndarray | None:
+        if "rlnClassNumber" not in table.columns:
+            return None
+        return table["rlnClassNumber"].to_numpy(dtype=np.int64).astype(str)
+
+    return numbers(picks), numbers(truth)
+
+
+def _label_order(label: str) -> tuple[bool, int, str]:
+    return (not label.isdigit(), int(label) if label.isdigit() else 0, label)
 
 
 def evaluate_picks(
@@ -73,21 +103,32 @@ def evaluate_picks(
     tolerance_voxels: float,
     *,
     angle_tolerance_deg: float = 15.0,
+    symmetry: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, object]:
     """Score a pick table against a ground-truth table (both RELION STAR tables, coordinates in voxels).
 
-    Overall scores match every pick with every true particle. Per class (``rlnClassNumber`` of the truth):
-    when the picks carry ``rlnClassNumber`` too, picks of class ``c`` are matched with true particles of class
-    ``c`` (precision, recall, F1); otherwise the overall matching is used and only the recall of each class is
-    defined. When both tables carry angles, ``orientation_fraction`` is the fraction of matched picks whose
-    rotation lies within ``angle_tolerance_deg`` of the truth (the particle is the template rotated by the
-    RELION matrix of its angles, as template matching writes them; symmetric templates need ``angle``
-    tolerance for their symmetry, which is not applied here).
+    Overall scores match every pick with every true particle. Per class: classes are ``aitomClassName``
+    when both tables carry it (template matching writes the template's file name, the simulator the class
+    name, so the template order does not matter), otherwise ``rlnClassNumber``. When the picks carry classes,
+    picks of class ``c`` are matched with true particles of class ``c`` (precision, recall, F1); otherwise the
+    overall matching is used and only the recall of each class is defined. When both tables carry angles,
+    ``orientation_fraction`` is the fraction of matched picks whose rotation lies within
+    ``angle_tolerance_deg`` of the truth (the particle is the template rotated by the RELION matrix of its
+    angles, as template matching writes them). Classed picks are compared only with true particles of their
+    own class: the orientation of a template fitted to another molecule means nothing.
+
+    Args:
+        picks, truth: STAR tables.
+        tolerance_voxels: largest distance of a match, voxels.
+        angle_tolerance_deg: orientation tolerance, degrees.
+        symmetry: class label (as in ``per_class``) → ``(K, 3, 3)`` symmetry rotations of that class's
+            template (e.g. :func:`aitom.simulate.library.class_symmetry_rotations`); orientations of those
+            classes are compared up to their symmetry. Classes not given: no symmetry.
 
     Returns:
         JSON-ready dict: ``tolerance_voxels``, ``n_picked``, ``n_truth``, ``true_positives``, ``precision``,
-        ``recall``, ``f1``, ``per_class`` ({class: {...}}), and ``orientation_fraction`` and
-        ``median_orientation_error_deg`` when angles are present.
+        ``recall``, ``f1``, ``per_class`` ({class: {...}}), and ``orientation_fraction``,
+        ``median_orientation_error_deg`` and ``orientations_compared`` when angles are present.
     """
     picked_xyz, truth_xyz = table_coordinates(picks), table_coordinates(truth)
     pick_index, truth_index = match_picks(picked_xyz, truth_xyz, tolerance_voxels)
@@ -98,36 +139,43 @@ def evaluate_picks(
         "true_positives": len(pick_index),
         **precision_recall_f1(len(pick_index), len(picked_xyz), len(truth_xyz)),
     }
-    if "rlnClassNumber" in truth.columns:
-        truth_classes = truth["rlnClassNumber"].to_numpy(dtype=np.int64)
-        classed_picks = "rlnClassNumber" in picks.columns
-        pick_classes = picks["rlnClassNumber"].to_numpy(dtype=np.int64) if classed_picks else None
+    pick_labels, truth_labels = _class_labels(picks, truth)
+    # matched pairs whose orientations are compared, and the class of each
+    pairs: list[tuple[np.ndarray, np.ndarray, str | None]] = []
+    if truth_labels is not None:
         per_class: dict[str, dict[str, float]] = {}
-        for label in sorted(
-            set(truth_classes.tolist()) | set([] if pick_classes is None else pick_classes.tolist())
-        ):
-            of_class = truth_classes == label
-            if pick_classes is None:
-                found = int(of_class[truth_index].sum())
-                per_class[str(label)] = {
+        labels = set(truth_labels.tolist()) | set([] if pick_labels is None else pick_labels.tolist())
+        for label in sorted(labels, key=_label_order):
+            of_class = truth_labels == label
+            if pick_labels is None:
+                found = of_class[truth_index]
+                per_class[label] = {
                     "n_truth": int(of_class.sum()),
-                    "recall": found / max(1, of_class.sum()),
+                    "recall": int(found.sum()) / max(1, of_class.sum()),
                 }
+                pairs.append((pick_index[found], truth_index[found], label))
             else:
-                chosen = pick_classes == label
-                rows, _ = match_picks(picked_xyz[chosen], truth_xyz[of_class], tolerance_voxels)
+                chosen = pick_labels == label
+                rows, columns = match_picks(picked_xyz[chosen], truth_xyz[of_class], tolerance_voxels)
                 scores = precision_recall_f1(len(rows), int(chosen.sum()), int(of_class.sum()))
-                per_class[str(label)] = {
-                    "n_picked": int(chosen.sum()),
-                    "n_truth": int(of_class.sum()),
-                    **scores,
-                }
+                per_class[label] = {"n_picked": int(chosen.sum()), "n_truth": int(of_class.sum()), **scores}
+                pairs.append((np.flatnonzero(chosen)[rows], np.flatnonzero(of_class)[columns], label))
         result["per_class"] = per_class
+    else:
+        pairs.append((pick_index, truth_index, None))
     angle_columns = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-    if len(pick_index) and all(c in picks.columns and c in truth.columns for c in angle_columns):
-        errors = orientation_errors_deg(
-            table_angles_deg(picks)[pick_index], table_angles_deg(truth)[truth_index]
-        )
-        result["orientation_fraction"] = float(np.mean(errors <= angle_tolerance_deg))
-        result["median_orientation_error_deg"] = float(np.median(errors))
+    if all(c in picks.columns and c in truth.columns for c in angle_columns):
+        picked_angles, truth_angles = table_angles_deg(picks), table_angles_deg(truth)
+        errors = [
+            orientation_errors_deg(
+                picked_angles[rows], truth_angles[columns], None if symmetry is None else symmetry.get(label)
+            )
+            for rows, columns, label in pairs
+            if len(rows)
+        ]
+        if errors:
+            compared = np.concatenate(errors)
+            result["orientation_fraction"] = float(np.mean(compared <= angle_tolerance_deg))
+            result["median_orientation_error_deg"] = float(np.median(compared))
+            result["orientations_compared"] = len(compared)
     return result

@@ -30,10 +30,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.spatial import ConvexHull
+from scipy.optimize import minimize
+from scipy.spatial import ConvexHull, cKDTree
 from scipy.spatial.transform import Rotation
 
 from aitom.errors import InputError
+from aitom.geometry.symmetry import point_group_generators, point_group_rotations
 from aitom.simulate.structures import atomic_masses_da, atoms_to_potential, load_atoms
 
 __all__ = [
@@ -43,11 +45,13 @@ __all__ = [
     "class_box_size",
     "class_potential",
     "class_radius_a",
+    "class_symmetry_rotations",
     "default_cache_dir",
     "describe_classes",
     "get_class",
     "helical_filament",
     "ring_of_subunits",
+    "symmetry_frame",
 ]
 
 #: Bump when the maps a builder produces change, so that stale disk caches are ignored.
@@ -327,6 +331,126 @@ def class_radius_a(name: str, *, kind: Literal["max", "gyration"] = "max") -> fl
         masses = atomic_masses_da(atomic_numbers)
         return float(np.sqrt((masses * distances**2).sum() / masses.sum()))
     raise ValueError(f"kind must be 'max' or 'gyration', got {kind!r}")
+
+
+#: Largest nearest-atom distance counted by the symmetry misfit, Å (an atom with no partner costs this much).
+_SYMMETRY_MISFIT_CAP_A = 3.0
+#: Candidate directions of the highest-order axis (half sphere) and atoms in the coarse misfit.
+_AXIS_CANDIDATES, _MISFIT_ATOMS = 2000, 800
+
+
+def _half_sphere(count: int) -> np.ndarray:
+    """``(count, 3)`` near-uniform unit vectors with z > 0 (Fibonacci lattice)."""
+    index = np.arange(count) + 0.5
+    z = index / count
+    azimuth = math.pi * (1 + math.sqrt(5)) * index
+    radial = np.sqrt(1 - z**2)
+    return np.stack((radial * np.cos(azimuth), radial * np.sin(azimuth), z), axis=1)
+
+
+def _polar_unit(angles: np.ndarray) -> np.ndarray:
+    polar, azimuth = angles
+    return np.array([np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)])
+
+
+def _rotation_taking(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking unit vector ``source`` to unit vector ``target``."""
+    axis = np.cross(source, target)
+    sine, cosine = np.linalg.norm(axis), float(source @ target)
+    if sine < 1e-9:
+        if cosine > 0:
+            return np.eye(3)
+        perpendicular = np.cross(source, [1.0, 0.0, 0.0] if abs(source[0]) < 0.9 else [0.0, 1.0, 0.0])
+        return Rotation.from_rotvec(perpendicular / np.linalg.norm(perpendicular) * math.pi).as_matrix()
+    return Rotation.from_rotvec(axis / sine * math.atan2(sine, cosine)).as_matrix()
+
+
+def symmetry_frame(coordinates_a: np.ndarray, symbol: str) -> tuple[np.ndarray, float]:
+    """Rotation ``Q`` that takes the standard frame of point group ``symbol`` to the frame of a structure.
+
+    The structure's symmetry rotations are then ``Q G Q^T`` with ``G`` =
+    :func:`aitom.geometry.symmetry.point_group_rotations`. Found from the atoms: the misfit of a rotation
+    ``S`` is the mean distance from each rotated atom ``S x`` to its nearest atom (capped at 3 Å). The
+    highest-order axis is searched over 2,000 directions and refined (Nelder–Mead); for groups with a second
+    generator, the turn about that axis is searched in 1° steps and refined.
+
+    Args:
+        coordinates_a: ``(N, 3)`` atom positions ``(x, y, z)`` in Å, about the centre of the symmetry.
+        symbol: point group (``"C6"``, ``"D7"``, ``"O"``...).
+
+    Returns:
+        ``(Q (3, 3), misfit_a)``: the frame and the largest misfit of the generators in it, Å (about 0 for an
+        exactly symmetric model, below 1.5 Å for the library's approximately symmetric ones; about 2 Å for a
+        rotation that is no symmetry).
+    """
+    generators = point_group_generators(symbol).numpy()
+    tree = cKDTree(coordinates_a)
+    picked = np.random.default_rng(0).choice(
+        len(coordinates_a), min(_MISFIT_ATOMS, len(coordinates_a)), False
+    )
+    sample = coordinates_a[picked]
+
+    def misfit(rotation: np.ndarray) -> float:
+        distances = tree.query(sample @ rotation.T)[0]
+        return float(np.minimum(distances, _SYMMETRY_MISFIT_CAP_A).mean())
+
+    if np.allclose(generators[0], np.eye(3)):
+        return np.eye(3), 0.0
+    turn = Rotation.from_matrix(generators[0]).as_rotvec()
+    angle, standard_axis = float(np.linalg.norm(turn)), turn / np.linalg.norm(turn)
+
+    def axis_misfit(polar_azimuth: np.ndarray) -> float:
+        return misfit(Rotation.from_rotvec(_polar_unit(polar_azimuth) * angle).as_matrix())
+
+    candidates = _half_sphere(_AXIS_CANDIDATES)
+    coarse = np.array([misfit(Rotation.from_rotvec(axis * angle).as_matrix()) for axis in candidates])
+    starts = [
+        np.array([math.acos(axis[2]), math.atan2(axis[1], axis[0])])
+        for axis in candidates[coarse.argsort()[:5]]
+    ]
+    best = min(
+        (
+            minimize(axis_misfit, start, method="Nelder-Mead", options={"xatol": 1e-5, "fatol": 1e-6})
+            for start in starts
+        ),
+        key=lambda result: result.fun,
+    )
+    axis = _polar_unit(best.x)
+    frame = _rotation_taking(standard_axis, axis)
+    if len(generators) == 1:
+        return frame, float(best.fun)
+
+    def turned(about_axis: float) -> np.ndarray:
+        return Rotation.from_rotvec(axis * about_axis).as_matrix() @ frame
+
+    def second_misfit(about_axis: np.ndarray) -> float:
+        rotated = turned(float(about_axis[0]))
+        return misfit(rotated @ generators[1] @ rotated.T)
+
+    turns = np.deg2rad(np.arange(0.0, 360.0, 1.0))
+    start = turns[np.argmin([second_misfit(np.array([value])) for value in turns])]
+    second = minimize(second_misfit, np.array([start]), method="Nelder-Mead", options={"xatol": 1e-6})
+    return turned(float(second.x[0])), max(float(best.fun), float(second.fun))
+
+
+@functools.cache
+def _class_symmetry_rotations(name: str) -> torch.Tensor:
+    symbol = get_class(name).symmetry
+    if symbol == "C1" or symbol.startswith("helical"):
+        return torch.eye(3, dtype=torch.float64)[None]
+    coordinates, atomic_numbers = class_atoms(name)
+    frame, _ = symmetry_frame(coordinates - _centre_of_mass(coordinates, atomic_numbers), symbol)
+    frame_t = torch.from_numpy(frame)
+    return frame_t @ point_group_rotations(symbol) @ frame_t.T
+
+
+def class_symmetry_rotations(name: str) -> torch.Tensor:
+    """``(K, 3, 3)`` float64 symmetry rotations ``S`` of a class's map, identity first:
+    ``rotate_volume(class_potential(name, ...), S)`` equals the map (about its centre of mass, the box
+    centre). Found from the atoms with :func:`symmetry_frame` for the class's point group; a class without
+    point-group symmetry (C1, the helical filament) gives the identity alone. Computed once per process.
+    """
+    return _class_symmetry_rotations(name).clone()
 
 
 def class_box_size(name: str, voxel_size_a: float) -> int:

@@ -5,9 +5,10 @@ Data come from :class:`aitom.data.TomogramDataModule` (items ``{"volume": (1, Z,
 :class:`PickWriter` merges the tiles of each tomogram — a pick is kept only by the tile whose CORE holds it
 (the tile minus half the overlap on every side shared with a neighbour), then non-maximum suppression across
 tiles removes what is left of duplicates — and writes one STAR table (``rlnCoordinateX/Y/Z`` voxels,
-``rlnAutopickFigureOfMerit``, ``rlnTomoName``; template matching adds ``rlnAngleRot/Tilt/Psi`` degrees and
-``rlnClassNumber``). Template matching can also write the stitched score map and best-rotation-index map
-(MRC) with the table of rotation index → ZYZ angles (STAR).
+``rlnAutopickFigureOfMerit``, ``rlnTomoName``; template matching adds ``rlnAngleRot/Tilt/Psi`` degrees,
+``rlnClassNumber`` and ``aitomClassName``, the template's file name without its suffixes). Template matching
+can also write the stitched score map and best-rotation-index map (MRC) with the table of rotation index →
+ZYZ angles (STAR).
 """
 
 from __future__ import annotations
@@ -152,6 +153,14 @@ def check_template(
     return box
 
 
+def _template_name(path: str | Path) -> str:
+    """Class name of a template: its file name without the volume suffixes (``p97.map.gz`` -> ``p97``)."""
+    name = Path(path).name
+    for suffix in (".gz", ".bz2", ".mrc", ".mrcs", ".map", ".rec", ".st"):
+        name = name.removesuffix(suffix)
+    return name
+
+
 def _at_voxel_size(template: torch.Tensor, voxel_size_a: float, target_a: float, path: str) -> torch.Tensor:
     """The template resampled to ``target_a`` Å voxels when its own ``voxel_size_a`` differs (warned)."""
     if abs(voxel_size_a - target_a) <= 1e-3 * target_a:
@@ -250,6 +259,7 @@ class TemplateMatchingPicker(_Picker):
         if min(classes) < 1:
             raise InputError(f"class numbers are 1-based, got {classes}")
         self.class_numbers = classes
+        self.class_names = [_template_name(path) for path in paths]
         self.template_filter = TemplateFilter(
             tilt_range_deg=None if tilt_range_deg is None else tuple(tilt_range_deg),
             voxel_size_a=voxel_size_a,
@@ -341,6 +351,7 @@ class TemplateMatchingPicker(_Picker):
             "scores": values,
             "angles_deg": angles,
             "class_number": classes[which],
+            "template_index": which,
         }
         if hp.keep_maps:
             picks.update(score_map=score, rotation_index_map=index)
@@ -511,7 +522,11 @@ class PickWriter(BasePredictionWriter):
     def _merge(
         self, tiles: list[dict[str, Any]], shape: tuple[int, int, int], name: str, pl_module: LightningModule
     ) -> pd.DataFrame:
-        keys = [key for key in ("coordinates_zyx", "scores", "angles_deg", "class_number") if key in tiles[0]]
+        keys = [
+            key
+            for key in ("coordinates_zyx", "scores", "angles_deg", "class_number", "template_index")
+            if key in tiles[0]
+        ]
         kept: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
         for tile in tiles:
             core = tile_core_mask(
@@ -524,13 +539,17 @@ class PickWriter(BasePredictionWriter):
             merged["coordinates_zyx"].double(), merged["scores"], float(getattr(pl_module, "min_distance", 1))
         )
         merged = {key: value[order] for key, value in merged.items()}
-        return particles_table(
+        table = particles_table(
             merged["coordinates_zyx"].flip(-1).double().numpy(),
             angles_deg=merged["angles_deg"].double().numpy() if "angles_deg" in merged else None,
             class_number=merged["class_number"].numpy() if "class_number" in merged else None,
             score=merged["scores"].double().numpy(),
             tomo_name=name,
         )
+        if "template_index" in merged:
+            names = np.asarray(pl_module.class_names, dtype=object)
+            table["aitomClassName"] = names[merged["template_index"].long().numpy()]
+        return table
 
     def _write_maps(self, tiles: list[dict[str, Any]], shape: tuple[int, int, int], tomogram: str) -> None:
         score = np.zeros(shape, dtype=np.float32)
