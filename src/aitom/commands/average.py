@@ -112,6 +112,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "structures (superposed class averages, corrected by each class's half-set reproducibility) is at "
         "least this, dimensionless in (0, 1]; 0 disables merging (default 0.9)",
     )
+    parser.add_argument(
+        "--symmetry",
+        default="C1",
+        help="point group of the particle, imposed on the average after every iteration with its axes "
+        "found from the average: C1 (none, default), Cn, Dn, T, O or I (single-class averaging)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (initial rotations, k-means)")
     add_voxel_size_option(parser, "the subtomograms")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
@@ -179,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     from aitom.commands.shared import check_output_folder, output_folder, torch_device
     from aitom.errors import InputError
     from aitom.fourier import missing_wedge_mask
+    from aitom.geometry import point_group_order
     from aitom.io import write_particles, write_volume
     from aitom.ops.averaging import reference_free_average
     from aitom.ops.clustering import classify_and_average
@@ -206,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--merge-threshold must be in [0, 1] (0: no merging), got {args.merge_threshold}")
     if args.particle_diameter is not None and not args.particle_diameter > 0:
         raise InputError(f"--particle-diameter must be > 0 Å, got {args.particle_diameter}")
+    try:
+        point_group_order(args.symmetry)
+    except InputError as error:
+        raise InputError(f"--symmetry: {error}") from None
     use_ctf_weights = args.fourier_weights == "auto" and "rlnCtfImage" in table.columns
     if args.method == "faml" or args.classes != 1:
         if use_ctf_weights:
@@ -218,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--particle-diameter works with single-class averaging only")
         if args.annealing_iterations:
             raise InputError("--annealing-iterations works with single-class averaging only")
+        if point_group_order(args.symmetry) > 1:
+            raise InputError("--symmetry works with single-class averaging only")
         if args.starts != 1 and args.method != "faml":
             raise InputError("--starts works with single-class averaging or --method faml only")
     if use_ctf_weights:
@@ -276,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
             generator=generator,
             progress=True,
             starts=args.starts,
+            symmetry=args.symmetry,
             **alignment_options,
         )
         if args.starts > 1:

@@ -15,15 +15,23 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy.optimize import minimize
 from scipy.spatial.transform import Rotation
 
 from aitom.errors import InputError
 from aitom.geometry.euler import rotation_about_axis, rotation_angle_between
 
-__all__ = ["point_group_generators", "point_group_order", "point_group_rotations", "symmetric_angle_between"]
+__all__ = [
+    "find_symmetry_frame",
+    "point_group_generators",
+    "point_group_order",
+    "point_group_rotations",
+    "symmetric_angle_between",
+]
 
 _GOLDEN = (1 + math.sqrt(5)) / 2
 _SYMBOL = re.compile(r"^(?:([CD])([1-9][0-9]*)|([TOI]))$")
@@ -89,3 +97,89 @@ def symmetric_angle_between(
         return rotation_angle_between(first, second)
     equivalent = second[..., None, :, :] @ symmetry_rotations.to(second)
     return rotation_angle_between(first[..., None, :, :], equivalent).amin(-1)
+
+
+#: Candidate directions of the highest-order axis (half sphere) in :func:`find_symmetry_frame`.
+AXIS_CANDIDATES = 2000
+
+
+def _half_sphere(count: int) -> np.ndarray:
+    """``(count, 3)`` near-uniform unit vectors with z > 0 (Fibonacci lattice)."""
+    index = np.arange(count) + 0.5
+    z = index / count
+    azimuth = math.pi * (1 + math.sqrt(5)) * index
+    radial = np.sqrt(1 - z**2)
+    return np.stack((radial * np.cos(azimuth), radial * np.sin(azimuth), z), axis=1)
+
+
+def _polar_unit(angles: np.ndarray) -> np.ndarray:
+    polar, azimuth = angles
+    return np.array([np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)])
+
+
+def _rotation_taking(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking unit vector ``source`` to unit vector ``target``."""
+    axis = np.cross(source, target)
+    sine, cosine = np.linalg.norm(axis), float(source @ target)
+    if sine < 1e-9:
+        if cosine > 0:
+            return np.eye(3)
+        perpendicular = np.cross(source, [1.0, 0.0, 0.0] if abs(source[0]) < 0.9 else [0.0, 1.0, 0.0])
+        return Rotation.from_rotvec(perpendicular / np.linalg.norm(perpendicular) * math.pi).as_matrix()
+    return Rotation.from_rotvec(axis / sine * math.atan2(sine, cosine)).as_matrix()
+
+
+def find_symmetry_frame(misfit: Callable[[np.ndarray], np.ndarray], symbol: str) -> tuple[np.ndarray, float]:
+    """Rotation ``Q`` that takes the standard frame of point group ``symbol`` to an object's own frame.
+
+    ``misfit`` scores how far the object is from being unchanged by rotations (0: unchanged). The
+    highest-order generator's axis is searched over :data:`AXIS_CANDIDATES` directions of a half sphere,
+    the five best refined (Nelder–Mead on the axis's polar angles); for groups with a second generator, the
+    turn about that axis is searched in 1° steps and refined.
+
+    Args:
+        misfit: ``(B, 3, 3)`` float64 rotations → ``(B,)`` misfits.
+        symbol: point group (``"C6"``, ``"D7"``, ``"O"``...); C1 gives the identity.
+
+    Returns:
+        ``(Q (3, 3) float64, misfit)``: the frame and the larger misfit of the two generators in it.
+    """
+    generators = point_group_generators(symbol).numpy()
+    if np.allclose(generators[0], np.eye(3)):
+        return np.eye(3), 0.0
+    turn = Rotation.from_matrix(generators[0]).as_rotvec()
+    angle, standard_axis = float(np.linalg.norm(turn)), turn / np.linalg.norm(turn)
+
+    def axis_misfit(polar_azimuth: np.ndarray) -> float:
+        return float(misfit(Rotation.from_rotvec(_polar_unit(polar_azimuth) * angle).as_matrix()[None])[0])
+
+    candidates = _half_sphere(AXIS_CANDIDATES)
+    coarse = misfit(Rotation.from_rotvec(candidates * angle).as_matrix())
+    starts = [
+        np.array([math.acos(axis[2]), math.atan2(axis[1], axis[0])])
+        for axis in candidates[coarse.argsort()[:5]]
+    ]
+    best = min(
+        (
+            minimize(axis_misfit, start, method="Nelder-Mead", options={"xatol": 1e-5, "fatol": 1e-6})
+            for start in starts
+        ),
+        key=lambda result: result.fun,
+    )
+    axis = _polar_unit(best.x)
+    frame = _rotation_taking(standard_axis, axis)
+    if len(generators) == 1:
+        return frame, float(best.fun)
+
+    def turned(about_axis: np.ndarray) -> np.ndarray:
+        """``(T,)`` turns about the axis → ``(T, 3, 3)`` frames."""
+        return Rotation.from_rotvec(axis[None] * about_axis[:, None]).as_matrix() @ frame
+
+    def second_misfit(about_axis: np.ndarray) -> np.ndarray:
+        frames = turned(np.atleast_1d(about_axis))
+        return misfit(frames @ generators[1] @ frames.transpose(0, 2, 1))
+
+    turns = np.deg2rad(np.arange(0.0, 360.0, 1.0))
+    start = turns[np.argmin(second_misfit(turns))]
+    second = minimize(lambda x: float(second_misfit(x)[0]), np.array([start]), method="Nelder-Mead")
+    return turned(second.x)[0], max(float(best.fun), float(second.fun))

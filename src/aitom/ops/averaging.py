@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from aitom.fourier import fftn_centered, fourier_shell_correlation, ifftn_centered, resolution_at
 from aitom.geometry import (
     fourier_shift,
+    point_group_order,
     random_rotations,
     rotate_volume,
     rotation_angle_between,
@@ -25,6 +26,7 @@ from aitom.geometry import (
     soft_sphere_mask,
 )
 from aitom.ops.alignment import Alignment, align_subtomograms, phase_rotational_search, shift_lattice
+from aitom.ops.symmetry import map_symmetry_rotations, symmetrize_volume
 
 __all__ = [
     "AveragingResult",
@@ -286,6 +288,7 @@ def reference_free_average(
     annealing_iterations: int = 0,
     progress: bool = False,
     starts: int = 1,
+    symmetry: str = "C1",
 ) -> AveragingResult:
     """Iterative reference-free averaging: align everything to the current average, re-average, repeat.
 
@@ -327,9 +330,16 @@ def reference_free_average(
             does in a 0.45 cycles/voxel band (the loop from the STAR poses scores 0.211, ten random starts
             0.191–0.200), not in a 0.3 band (0.267 against up to 0.266).
 
+        symmetry: point group of the particle (``"C1"``: none; ``"C7"``, ``"D7"``, ``"O"``...). After every
+            iteration the average's symmetry axes are found from the average itself
+            (:func:`aitom.ops.symmetry.map_symmetry_rotations`) and the average and its Fourier coverage
+            are symmetrised (:func:`aitom.ops.symmetry.symmetrize_volume`); the orientations are then
+            defined up to the symmetry. The half-set FSC in ``history`` is of the unsymmetrised half sets.
+
     Returns:
         :class:`AveragingResult` of the kept start, with every start's score.
     """
+    point_group_order(symmetry)  # an unknown point group fails here, before any work
     if starts < 1:
         raise ValueError(f"starts must be >= 1, got {starts}")
     if starts > 1:
@@ -411,6 +421,11 @@ def reference_free_average(
         reference, coverage = wedge_compensated_average(
             volumes, alignment.rotation, alignment.shift_xyz, mask, weights=weights, wiener_floor=wiener_floor
         )
+        if point_group_order(symmetry) > 1:
+            masked = reference if reference_mask_real is None else reference * reference_mask_real
+            symmetry_rotations, _ = map_symmetry_rotations(masked, symmetry)
+            reference = symmetrize_volume(reference, symmetry_rotations)
+            coverage = symmetrize_volume(coverage, symmetry_rotations)
         frequency, fsc = half_set_fsc(
             volumes, alignment.rotation, alignment.shift_xyz, mask, weights=weights, wiener_floor=wiener_floor
         )

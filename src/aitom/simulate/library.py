@@ -30,12 +30,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 from scipy.spatial import ConvexHull, cKDTree
 from scipy.spatial.transform import Rotation
 
 from aitom.errors import InputError
-from aitom.geometry.symmetry import point_group_generators, point_group_rotations
+from aitom.geometry.symmetry import find_symmetry_frame, point_group_rotations
 from aitom.simulate.structures import atomic_masses_da, atoms_to_potential, load_atoms
 
 __all__ = [
@@ -335,44 +334,18 @@ def class_radius_a(name: str, *, kind: Literal["max", "gyration"] = "max") -> fl
 
 #: Largest nearest-atom distance counted by the symmetry misfit, Å (an atom with no partner costs this much).
 _SYMMETRY_MISFIT_CAP_A = 3.0
-#: Candidate directions of the highest-order axis (half sphere) and atoms in the coarse misfit.
-_AXIS_CANDIDATES, _MISFIT_ATOMS = 2000, 800
-
-
-def _half_sphere(count: int) -> np.ndarray:
-    """``(count, 3)`` near-uniform unit vectors with z > 0 (Fibonacci lattice)."""
-    index = np.arange(count) + 0.5
-    z = index / count
-    azimuth = math.pi * (1 + math.sqrt(5)) * index
-    radial = np.sqrt(1 - z**2)
-    return np.stack((radial * np.cos(azimuth), radial * np.sin(azimuth), z), axis=1)
-
-
-def _polar_unit(angles: np.ndarray) -> np.ndarray:
-    polar, azimuth = angles
-    return np.array([np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)])
-
-
-def _rotation_taking(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The smallest rotation taking unit vector ``source`` to unit vector ``target``."""
-    axis = np.cross(source, target)
-    sine, cosine = np.linalg.norm(axis), float(source @ target)
-    if sine < 1e-9:
-        if cosine > 0:
-            return np.eye(3)
-        perpendicular = np.cross(source, [1.0, 0.0, 0.0] if abs(source[0]) < 0.9 else [0.0, 1.0, 0.0])
-        return Rotation.from_rotvec(perpendicular / np.linalg.norm(perpendicular) * math.pi).as_matrix()
-    return Rotation.from_rotvec(axis / sine * math.atan2(sine, cosine)).as_matrix()
+#: Atoms in the symmetry misfit.
+_MISFIT_ATOMS = 800
 
 
 def symmetry_frame(coordinates_a: np.ndarray, symbol: str) -> tuple[np.ndarray, float]:
     """Rotation ``Q`` that takes the standard frame of point group ``symbol`` to the frame of a structure.
 
     The structure's symmetry rotations are then ``Q G Q^T`` with ``G`` =
-    :func:`aitom.geometry.symmetry.point_group_rotations`. Found from the atoms: the misfit of a rotation
-    ``S`` is the mean distance from each rotated atom ``S x`` to its nearest atom (capped at 3 Å). The
-    highest-order axis is searched over 2,000 directions and refined (Nelder–Mead); for groups with a second
-    generator, the turn about that axis is searched in 1° steps and refined.
+    :func:`aitom.geometry.symmetry.point_group_rotations`. Found by
+    :func:`aitom.geometry.symmetry.find_symmetry_frame` from the atoms: the misfit of a rotation ``S`` is
+    the mean distance from each rotated atom ``S x`` (800 atoms drawn with a fixed seed) to its nearest atom,
+    capped at 3 Å.
 
     Args:
         coordinates_a: ``(N, 3)`` atom positions ``(x, y, z)`` in Å, about the centre of the symmetry.
@@ -383,54 +356,15 @@ def symmetry_frame(coordinates_a: np.ndarray, symbol: str) -> tuple[np.ndarray, 
         exactly symmetric model, below 1.5 Å for the library's approximately symmetric ones; about 2 Å for a
         rotation that is no symmetry).
     """
-    generators = point_group_generators(symbol).numpy()
     tree = cKDTree(coordinates_a)
-    picked = np.random.default_rng(0).choice(
-        len(coordinates_a), min(_MISFIT_ATOMS, len(coordinates_a)), False
-    )
-    sample = coordinates_a[picked]
+    count = min(_MISFIT_ATOMS, len(coordinates_a))
+    sample = coordinates_a[np.random.default_rng(0).choice(len(coordinates_a), count, False)]
 
-    def misfit(rotation: np.ndarray) -> float:
-        distances = tree.query(sample @ rotation.T)[0]
-        return float(np.minimum(distances, _SYMMETRY_MISFIT_CAP_A).mean())
+    def misfit(rotations: np.ndarray) -> np.ndarray:
+        distances = [tree.query(sample @ rotation.T)[0] for rotation in rotations]
+        return np.minimum(np.stack(distances), _SYMMETRY_MISFIT_CAP_A).mean(1)
 
-    if np.allclose(generators[0], np.eye(3)):
-        return np.eye(3), 0.0
-    turn = Rotation.from_matrix(generators[0]).as_rotvec()
-    angle, standard_axis = float(np.linalg.norm(turn)), turn / np.linalg.norm(turn)
-
-    def axis_misfit(polar_azimuth: np.ndarray) -> float:
-        return misfit(Rotation.from_rotvec(_polar_unit(polar_azimuth) * angle).as_matrix())
-
-    candidates = _half_sphere(_AXIS_CANDIDATES)
-    coarse = np.array([misfit(Rotation.from_rotvec(axis * angle).as_matrix()) for axis in candidates])
-    starts = [
-        np.array([math.acos(axis[2]), math.atan2(axis[1], axis[0])])
-        for axis in candidates[coarse.argsort()[:5]]
-    ]
-    best = min(
-        (
-            minimize(axis_misfit, start, method="Nelder-Mead", options={"xatol": 1e-5, "fatol": 1e-6})
-            for start in starts
-        ),
-        key=lambda result: result.fun,
-    )
-    axis = _polar_unit(best.x)
-    frame = _rotation_taking(standard_axis, axis)
-    if len(generators) == 1:
-        return frame, float(best.fun)
-
-    def turned(about_axis: float) -> np.ndarray:
-        return Rotation.from_rotvec(axis * about_axis).as_matrix() @ frame
-
-    def second_misfit(about_axis: np.ndarray) -> float:
-        rotated = turned(float(about_axis[0]))
-        return misfit(rotated @ generators[1] @ rotated.T)
-
-    turns = np.deg2rad(np.arange(0.0, 360.0, 1.0))
-    start = turns[np.argmin([second_misfit(np.array([value])) for value in turns])]
-    second = minimize(second_misfit, np.array([start]), method="Nelder-Mead", options={"xatol": 1e-6})
-    return turned(float(second.x[0])), max(float(best.fun), float(second.fun))
+    return find_symmetry_frame(misfit, symbol)
 
 
 @functools.cache
