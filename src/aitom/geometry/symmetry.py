@@ -71,11 +71,17 @@ def point_group_generators(symbol: str, *, dtype: torch.dtype = torch.float64) -
     return torch.stack((turn((0.0, 1.0, _GOLDEN), 5), turn((0.0, 0.0, 1.0), 2)))
 
 
-def point_group_rotations(symbol: str, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """All ``(K, 3, 3)`` rotations of a point group in its standard frame, the identity first
-    (``scipy.spatial.transform.Rotation.create_group``, whose frames are the ones above)."""
+def point_group_rotations(
+    symbol: str, *, frame: np.ndarray | torch.Tensor | None = None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """All ``(K, 3, 3)`` rotations of a point group, the identity first: in its standard frame
+    (``scipy.spatial.transform.Rotation.create_group``, whose frames are the ones above), or ``Q G Q^T`` in
+    the frame ``Q`` (``(3, 3)``, e.g. from :func:`find_symmetry_frame`)."""
     family, n = _parse(symbol)
     group = Rotation.create_group(family if family in "TOI" else f"{family}{n}").as_matrix()
+    if frame is not None:
+        frame = np.asarray(frame, dtype=np.float64)
+        group = frame @ group @ frame.T
     identity_first = np.argsort(-np.trace(group, axis1=1, axis2=2), kind="stable")
     return torch.as_tensor(group[identity_first], dtype=dtype)
 

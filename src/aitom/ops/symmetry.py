@@ -66,5 +66,4 @@ def map_symmetry_rotations(
         return np.concatenate(values)
 
     frame, worst = find_symmetry_frame(misfit, symbol)
-    frame_t = torch.from_numpy(frame)
-    return frame_t @ point_group_rotations(symbol) @ frame_t.T, 1.0 - worst
+    return point_group_rotations(symbol, frame=frame), 1.0 - worst

@@ -374,8 +374,7 @@ def _class_symmetry_rotations(name: str) -> torch.Tensor:
         return torch.eye(3, dtype=torch.float64)[None]
     coordinates, atomic_numbers = class_atoms(name)
     frame, _ = symmetry_frame(coordinates - _centre_of_mass(coordinates, atomic_numbers), symbol)
-    frame_t = torch.from_numpy(frame)
-    return frame_t @ point_group_rotations(symbol) @ frame_t.T
+    return point_group_rotations(symbol, frame=frame)
 
 
 def class_symmetry_rotations(name: str) -> torch.Tensor:
