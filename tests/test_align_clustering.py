@@ -14,6 +14,7 @@ from aitom.geometry import soft_sphere_mask
 from aitom.ops.clustering import (
     adjusted_rand_index,
     classify_and_average,
+    describe_merge,
     kmeans,
     silhouette_score,
     structural_correlations,
@@ -127,6 +128,22 @@ def test_structural_correlations_match_the_noise_free_maps():
     assert truth < 0.8
     assert estimates[0, 2] == pytest.approx(truth, abs=0.1)
     assert estimates[1, 2] == pytest.approx(truth, abs=0.1)
+
+
+def test_a_class_of_one_particle_has_no_estimate_and_says_why():
+    # One member: no half sets, so no reproducibility; its pairs are +inf (always merged) and the merge is
+    # described without a number.
+    volumes, rotations, shifts = posed_subtomograms(blob_volume(16, "a"), 5, seed=2, snr=0.5)
+    estimates = structural_correlations(
+        volumes, torch.tensor([0, 0, 0, 0, 1]), rotations, shifts, max_frequency=0.3
+    )
+    assert estimates[0, 1] == float("inf") and estimates[1, 0] == float("inf")
+    assert describe_merge({"classes": [0, 1], "structural_correlation": None}) == (
+        "a class of one particle or with irreproducible halves"
+    )
+    assert (
+        describe_merge({"classes": [0, 1], "structural_correlation": 0.934}) == "structural correlation 0.93"
+    )
 
 
 def test_classify_and_average_merges_one_structure_split_by_the_silhouette():

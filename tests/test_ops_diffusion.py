@@ -7,12 +7,15 @@ scripts/bench_filters.py times it too.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import torch
 
 from aitom.errors import InputError
+from aitom.io import read_volume
 from aitom.modules import AnisotropicDiffusion3d
 from aitom.ops import (
     anisotropic_diffusion,
@@ -135,6 +138,33 @@ def test_closed_form_eigenvalues_match_numpy():
     expected = np.linalg.eigvalsh(matrices)[..., ::-1]
     mu = torch.stack(symmetric_eigen3(torch.from_numpy(components)), -1).numpy()
     np.testing.assert_allclose(mu, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e-30, 1e30])
+def test_closed_form_eigenvalues_of_tiny_and_huge_float32_matrices(scale):
+    # Structure tensors of the flat solvent of real maps reach 1e-20 and below: the squares in p underflow
+    # in float32 unless each matrix is scaled first.
+    rng = np.random.default_rng(5)
+    components = rng.standard_normal((6, 4, 4, 4))
+    components[:3] = np.abs(components[:3]) * 3
+    xx, yy, zz, xy, xz, yz = components
+    matrices = np.stack(
+        [np.stack([xx, xy, xz], -1), np.stack([xy, yy, yz], -1), np.stack([xz, yz, zz], -1)], -1
+    )
+    expected = np.linalg.eigvalsh(matrices)[..., ::-1] * scale
+    mu = torch.stack(symmetric_eigen3(torch.from_numpy(components * scale).float()), -1).double().numpy()
+    np.testing.assert_allclose(mu, expected, rtol=1e-4, atol=1e-4 * scale * np.abs(components).max())
+
+
+@pytest.mark.parametrize("name", ["beta-tubulin.mrc", "emd_1832.map.gz"])
+@pytest.mark.parametrize("mode", ["edge", "coherence"])
+def test_real_maps_with_flat_solvent_stay_finite(name, mode):
+    # Real EMDB maps whose solvent is flat (zero up to float32 residues): the default 10 steps used to turn
+    # every voxel into NaN.
+    volume, _ = read_volume(Path(__file__).parent / "data" / "maps" / name)
+    result = anisotropic_diffusion(volume, mode=mode, n_iterations=10)
+    assert torch.isfinite(result).all()
+    assert float(result.mean()) == pytest.approx(float(volume.mean()), rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["edge", "coherence"])

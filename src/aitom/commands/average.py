@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     from aitom.geometry import point_group_order
     from aitom.io import write_particles, write_volume
     from aitom.ops.averaging import reference_free_average
-    from aitom.ops.clustering import classify_and_average
+    from aitom.ops.clustering import classify_and_average, describe_merge
     from aitom.ops.faml import faml_average
 
     if args.iterations < 1:
@@ -314,10 +314,7 @@ def run(args: argparse.Namespace) -> int:
         )
         for merge in result.merges:
             first, second = (k + 1 for k in merge["classes"])
-            print(
-                f"merged classes {first} and {second}: estimated structural correlation "
-                f"{merge['structural_correlation']:.3f}"
-            )
+            print(f"merged classes {first} and {second}: {describe_merge(merge)}")
         if result.structural_correlations is not None:
             merges_report = {
                 "merges": result.merges,

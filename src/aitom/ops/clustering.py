@@ -33,6 +33,7 @@ __all__ = [
     "ClassificationResult",
     "adjusted_rand_index",
     "classify_and_average",
+    "describe_merge",
     "kmeans",
     "pca_features",
     "silhouette_score",
@@ -242,7 +243,7 @@ class ClassificationResult:
         fsc: ``(K, n)`` half-set FSC of each class.
         history: per round: ``round``, ``n_classes``, ``silhouette``, ``mean_score``.
         merges: per merge after the last round: ``classes`` (the two merged, numbered as in that round),
-            ``structural_correlation``.
+            ``structural_correlation`` (None where it cannot be estimated: :func:`describe_merge`).
         structural_correlations: ``(K, K)`` :func:`structural_correlations` of the final classes when
             merging ran (ones on the diagonal), else None.
     """
@@ -255,6 +256,16 @@ class ClassificationResult:
     history: list[dict]
     merges: list[dict] = dataclasses.field(default_factory=list)
     structural_correlations: torch.Tensor | None = None
+
+
+def describe_merge(merge: dict) -> str:
+    """One merge of :attr:`ClassificationResult.merges` in words: its estimated structural correlation, or why
+    there is none (a class of one particle, or one whose half-set averages do not correlate, is merged into
+    the nearest class without an estimate)."""
+    value = merge["structural_correlation"]
+    if value is None:
+        return "a class of one particle or with irreproducible halves"
+    return f"structural correlation {value:.2f}"
 
 
 def _choose_clusters(
@@ -309,8 +320,12 @@ def _merge_similar_classes(
         realigned = align(averages[kept], volumes[members])
         rotation[members], shift[members] = realigned.rotation, realigned.shift_xyz
         score[members] = realigned.score
+        estimate = float(estimates[first, second])
         merges.append(
-            {"classes": sorted((kept, moved)), "structural_correlation": float(estimates[first, second])}
+            {
+                "classes": sorted((kept, moved)),
+                "structural_correlation": estimate if math.isfinite(estimate) else None,
+            }
         )
         labels = torch.where(labels == moved, kept, labels)
         labels = labels - (labels > moved).long()

@@ -132,9 +132,15 @@ def symmetric_eigen3(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     Args:
         tensor: ``(..., 6, Z, Y, X)`` components ``(Axx, Ayy, Azz, Axy, Axz, Ayz)``.
 
+    Each matrix is first divided by its largest absolute component (and the eigenvalues multiplied back), so
+    that the squares and the determinant neither underflow nor overflow: structure tensors of flat regions
+    of real maps reach 1e-20 and below, where ``p`` would underflow in float32.
+
     Returns:
         ``(μ1, μ2, μ3)``, each ``(..., Z, Y, X)``, ``μ1 >= μ2 >= μ3``.
     """
+    magnitude = tensor.abs().amax(dim=-4)
+    tensor = tensor / magnitude.clamp_min(torch.finfo(tensor.dtype).tiny).unsqueeze(-4)
     axx, ayy, azz, axy, axz, ayz = tensor.unbind(-4)
     q = (axx + ayy + azz) / 3
     bxx, byy, bzz = axx - q, ayy - q, azz - q
@@ -154,7 +160,7 @@ def symmetric_eigen3(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     phi = torch.acos((0.5 * determinant).clamp(-1.0, 1.0)) / 3
     mu1 = q + 2 * p * torch.cos(phi)
     mu3 = q + 2 * p * torch.cos(phi + 2 * math.pi / 3)
-    return mu1, 3 * q - mu1 - mu3, mu3
+    return mu1 * magnitude, (3 * q - mu1 - mu3) * magnitude, mu3 * magnitude
 
 
 def _eigenvector(tensor: torch.Tensor, eigenvalue: torch.Tensor) -> torch.Tensor:

@@ -316,10 +316,12 @@ def _predict_with_checkpoint(volumes: torch.Tensor, config: PipelineConfig) -> t
 
 def _auto_description(result: ClassificationResult) -> str:
     """The silhouette's K, the merges after it, the closest pair kept."""
+    from aitom.ops.clustering import describe_merge
+
     parts = [f"K = {result.averages.shape[0] + len(result.merges)} by silhouette"]
     if result.merges:
-        merged = ", ".join(f"{m['structural_correlation']:.2f}" for m in result.merges)
-        parts.append(f"{len(result.merges)} merged (structural correlation {merged})")
+        merged = ", ".join(describe_merge(merge) for merge in result.merges)
+        parts.append(f"{len(result.merges)} merged ({merged})")
     estimates = result.structural_correlations
     if estimates is not None and estimates.shape[0] > 1:
         closest = float(estimates.clone().fill_diagonal_(-math.inf).max())
