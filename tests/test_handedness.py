@@ -152,5 +152,49 @@ def test_hand_command_says_mirrored_and_writes_the_matching_reference(
     assert float(masked_correlation(read_volume(out)[0], helix)) > 0.95
     assert main(argv) == 2  # exists without --overwrite
     assert "exists" in capsys.readouterr().err
-    small = write_volume(tmp_path / "small.mrc", helix[:8, :8, :8], VOXEL_SIZE_A)
-    assert main(["hand", str(average), str(small)]) == 2
+    flat = write_volume(tmp_path / "flat.mrc", helix[:8], VOXEL_SIZE_A)
+    assert main(["hand", str(flat), str(reference)]) == 2
+    assert "the average must be a cube" in capsys.readouterr().err
+
+
+def test_hand_command_resamples_a_reference_of_another_voxel_size_and_box(
+    helix: torch.Tensor, tmp_path, capsys
+) -> None:
+    # The mirrored helix drawn directly at 5 Å voxels in a 40³ box (twice the coordinates and widths): the
+    # command brings it to the average's 16³ box of 10 Å voxels and still finds the mirrored hand.
+    import json
+
+    from aitom.cli import main
+    from aitom.io import read_volume, write_volume
+
+    turns = torch.linspace(0, 3 * math.pi, 14).tolist()
+    fine = _blobs(
+        40,
+        [(7.0 * math.cos(t), 7.0 * math.sin(t), -(-9.0 + 18 * t / (3 * math.pi))) for t in turns],
+        sigma=2.2,
+    )
+    average = write_volume(tmp_path / "average.mrc", helix, VOXEL_SIZE_A)
+    reference = write_volume(tmp_path / "fine.mrc", fine, VOXEL_SIZE_A / 2)
+    out = tmp_path / "right_hand.mrc"
+    argv = [
+        "hand",
+        str(average),
+        str(reference),
+        "--lowpass",
+        "25",
+        "--step",
+        "20",
+        "--mirrored-out",
+        str(out),
+    ]
+    from aitom.commands.hand import ReferenceResampledWarning
+
+    message = "reference resampled from 40×40×40 voxels of 5 Å to the average's 16³ of 10 Å"
+    with pytest.warns(ReferenceResampledWarning, match=message):
+        assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["better"] == "mirrored" and result["margin"] > 0.25
+    assert float(masked_correlation(read_volume(out)[0], helix)) > 0.95
+    unset = write_volume(tmp_path / "unset.mrc", fine, 1.0)
+    assert main(["hand", str(average), str(unset)]) == 2
+    assert "looks unset" in capsys.readouterr().err

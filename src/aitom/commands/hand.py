@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aitom.commands.shared import add_voxel_size_option
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,10 +28,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("average", type=Path, help="the average (MRC)")
     parser.add_argument(
-        "reference", type=Path, help="the reference map to test (MRC, same box and voxel size)"
+        "reference",
+        type=Path,
+        help="the reference map to test (MRC); another voxel size or box is resampled to the average's "
+        "(Fourier-safe trilinear, padded with the reference's edge mean), with a warning",
     )
     parser.add_argument(
-        "--lowpass", type=float, default=40.0, help="low-pass before correlating, Å (default 40)"
+        "--lowpass",
+        type=float,
+        help="low-pass before correlating, Å (default 40, or 2.5 voxels where voxels are larger than 16 Å)",
     )
     parser.add_argument("--axis", choices=("z", "y", "x"), default="z", help="mirror axis (default z)")
     parser.add_argument(
@@ -43,6 +52,55 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_voxel_size_option(parser, "both maps")
 
 
+class ReferenceResampledWarning(UserWarning):
+    """The reference was resampled to the average's voxel size and box."""
+
+
+def _on_the_average_grid(
+    reference: torch.Tensor, reference_voxel_a: float, voxel_size_a: float, box: int, path: Path
+) -> torch.Tensor:
+    """The reference on the average's grid: resampled to ``voxel_size_a`` Å and the ``box``³ box about its
+    centre (:func:`aitom.geometry.rescale_volume`), padded with its edge mean; unchanged when both agree.
+
+    Raises:
+        InputError: the reference's header voxel size looks unset (0 or 1 Å) and differs from the average's.
+    """
+    import warnings
+
+    import torch
+
+    from aitom.errors import InputError
+    from aitom.geometry import rescale_volume
+
+    same_voxel = abs(reference_voxel_a - voxel_size_a) <= 1e-3 * voxel_size_a
+    if same_voxel and reference.shape == (box,) * 3:
+        return reference
+    if not same_voxel and reference_voxel_a in (0.0, 1.0):
+        raise InputError(
+            f"voxel size {reference_voxel_a:g} Å in the header looks unset, and the average's is "
+            f"{voxel_size_a:g} Å: write the reference's into its header "
+            "(aitom convert R.mrc R_fixed.mrc --voxel-size Å)",
+            path,
+        )
+    edge = torch.ones_like(reference, dtype=torch.bool)
+    edge[1:-1, 1:-1, 1:-1] = False
+    resampled = rescale_volume(
+        reference,
+        reference_voxel_a,
+        voxel_size_a,
+        shape=(box,) * 3,
+        padding_value=float(reference[edge].mean()),
+    )
+    warnings.warn(
+        ReferenceResampledWarning(
+            f"{path}: reference resampled from {'×'.join(map(str, reference.shape))} voxels of "
+            f"{reference_voxel_a:g} Å to the average's {box}³ of {voxel_size_a:g} Å"
+        ),
+        stacklevel=2,
+    )
+    return resampled
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -56,20 +114,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
     average, header = read_volume(args.average, voxel_size_a=args.voxel_size)
     reference, reference_header = read_volume(args.reference, voxel_size_a=args.voxel_size)
-    if average.shape != reference.shape or len(set(average.shape)) != 1:
-        raise InputError(
-            f"need cubic maps of one size, got {tuple(average.shape)} and {tuple(reference.shape)}",
-            args.reference,
-        )
+    if len(set(average.shape)) != 1:
+        raise InputError(f"the average must be a cube, got {tuple(average.shape)} voxels", args.average)
     voxel_size_a = header.voxel_size_a[0]
-    if abs(reference_header.voxel_size_a[0] - voxel_size_a) > 1e-3 * voxel_size_a:
-        raise InputError(
-            f"voxel size {reference_header.voxel_size_a[0]:g} Å differs from the average's "
-            f"{voxel_size_a:g} Å",
-            args.reference,
-        )
-    if not 2 * voxel_size_a <= args.lowpass:
-        raise InputError(f"--lowpass {args.lowpass} Å is finer than Nyquist ({2 * voxel_size_a:g} Å)")
+    reference = _on_the_average_grid(
+        reference, reference_header.voxel_size_a[0], voxel_size_a, average.shape[0], args.reference
+    )
+    lowpass_a = max(40.0, 2.5 * voxel_size_a) if args.lowpass is None else args.lowpass
+    if not 2 * voxel_size_a <= lowpass_a:
+        raise InputError(f"--lowpass {lowpass_a:g} Å is finer than Nyquist ({2 * voxel_size_a:g} Å)")
     mask = None
     if args.mask is not None:
         mask, _ = read_volume(args.mask, voxel_size_a=header.voxel_size_a)
@@ -80,15 +133,15 @@ def run(args: argparse.Namespace) -> int:
         reference,
         mask,
         voxel_size_a=voxel_size_a,
-        lowpass_a=args.lowpass,
+        lowpass_a=lowpass_a,
         axis=args.axis,
         angular_step_deg=args.step,
     )
     if args.mirrored_out is not None:
         matching = mirror_volume(reference, args.axis) if result["better"] == "mirrored" else reference
         aligned, _ = superpose_map(
-            matching, average, voxel_size_a=voxel_size_a, lowpass_a=args.lowpass, angular_step_deg=args.step
+            matching, average, voxel_size_a=voxel_size_a, lowpass_a=lowpass_a, angular_step_deg=args.step
         )
         write_volume(args.mirrored_out, aligned, voxel_size_a, overwrite=args.overwrite)
-    print(json.dumps({**result, "voxel_size_a": voxel_size_a, "lowpass_a": args.lowpass}, indent=2))
+    print(json.dumps({**result, "voxel_size_a": voxel_size_a, "lowpass_a": lowpass_a}, indent=2))
     return 0
