@@ -39,9 +39,10 @@ def files(tmp_path_factory):
         tomogram[cz - 6 : cz + 6, cy - 6 : cy + 6, cx - 6 : cx + 6] += rotate_volume(
             template, grid[3 * index]
         )
-    names = ("tomogram", "template", "small_voxels", "coarse", "tiny", "unset", "big", "flat")
+    names = ("tomogram", "dark", "template", "small_voxels", "coarse", "tiny", "unset", "big", "flat")
     paths = {name: folder / f"{name}.mrc" for name in names}
     write_volume(paths["tomogram"], tomogram, 10.0)
+    write_volume(paths["dark"], -tomogram, 10.0)  # raw cryo-ET contrast: protein black
     write_volume(paths["template"], template, 10.0)
     # the same template sampled at 5 Å (box 24): picking resamples it to the tomogram's 10 Å
     z, y, x = torch.meshgrid(*[(torch.arange(24.0) - 12) / 2] * 3, indexing="ij")
@@ -90,6 +91,36 @@ def test_template_end_to_end(files, tmp_path, capsys):
     assert (tmp_path / "picks_tomogram_scores.mrc").is_file()
     assert (tmp_path / "picks_rotations.star").is_file()
     assert run_pick(argv) == 2  # the output exists: refused without --overwrite
+
+
+@pytest.mark.parametrize(
+    "method_options",
+    [
+        ["template", "--angular-step", "90", "--no-wedge"],
+        ["dog", "--sigma-voxels", "2"],
+        ["saliency", "--radius-voxels", "4", "--num-peaks", "4"],
+    ],
+)
+def test_dark_polarity_picks_a_protein_dark_tomogram_like_the_bright_one(
+    files, tmp_path, capsys, method_options
+):
+    method, *options = method_options
+    if method == "template":
+        options += ["--template", str(files["template"])]
+    tables = {}
+    for name, polarity in (("tomogram", "bright"), ("dark", "dark"), ("dark", "bright")):
+        out = tmp_path / f"{name}_{polarity}.star"
+        argv = [method, "--tomogram", str(files[name]), "--out", str(out), "--polarity", polarity, *options]
+        assert run_pick([*argv, "--truth", str(files["truth"])]) == 0
+        scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        tables[name, polarity] = (read_particles(out), scores["recall"])
+    bright, recall_bright = tables["tomogram", "bright"]
+    dark, recall_dark = tables["dark", "dark"]
+    assert recall_bright == recall_dark >= 0.75
+    columns = ["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnAutopickFigureOfMerit"]
+    assert bright[columns].to_numpy() == pytest.approx(dark[columns].to_numpy(), abs=1e-4)
+    if method != "saliency":  # saliency marks what stands out either way; the others need the contrast right
+        assert tables["dark", "bright"][1] < 0.5
 
 
 def test_dog_tiles_merge_like_whole(files, tmp_path, capsys):

@@ -102,9 +102,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sigma.add_argument("--sigma-a", type=float, help="sigma1 in Å (default 70 Å, AITom's 7 nm)")
     sigma.add_argument("--sigma-voxels", type=float, help="sigma1 in voxels")
     dog.add_argument("--sigma2-ratio", type=float, default=1.1, help="sigma2 / sigma1 (default 1.1)")
-    dog.add_argument(
-        "--polarity", choices=("bright", "dark"), default="bright", help="particle contrast (default bright)"
-    )
     dog.add_argument("--false-alarm-rate", type=float, default=1e-3, help=_FAR_HELP + " (default 1e-3)")
 
     saliency = methods.add_parser(
@@ -125,7 +122,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tomogram", type=Path, required=True, help="tomogram (MRC), protein bright")
+    parser.add_argument(
+        "--tomogram", type=Path, required=True, help="tomogram (MRC), protein bright unless --polarity dark"
+    )
+    parser.add_argument(
+        "--polarity",
+        choices=("bright", "dark"),
+        default="bright",
+        help="particle contrast in the tomogram: bright (protein white: aitom's simulations, inverted data) "
+        "or dark (raw cryo-ET contrast, protein black); default bright",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output STAR table of picks")
     parser.add_argument("--truth", type=Path, help="ground-truth STAR: print precision/recall/F1 as JSON")
     parser.add_argument(
@@ -232,6 +238,7 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
         "false_alarm_rate": args.false_alarm_rate,
         "threshold_abs": args.threshold,
         "num_peaks": args.num_peaks,
+        "polarity": args.polarity,
     }
     if args.method == "template":
         from aitom.tasks.pick import TemplateMatchingPicker, check_template
@@ -274,7 +281,7 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
         sigma = _voxels(args.sigma_a, args.sigma_voxels, voxel_size, default_a=70.0, name="sigma")
         if not args.sigma2_ratio > 1:
             raise InputError(f"--sigma2-ratio must be > 1, got {args.sigma2_ratio}")
-        picker = DoGPicker(sigma, args.sigma2_ratio * sigma, polarity=args.polarity, **common)
+        picker = DoGPicker(sigma, args.sigma2_ratio * sigma, **common)
         scale = max(1, round(sigma * 3**0.5))
         return picker, (scale, scale)
     from aitom.tasks.pick import SaliencyPicker

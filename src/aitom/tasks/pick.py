@@ -67,14 +67,23 @@ def tile_core_mask(
     return ((coordinates_zyx >= low) & (coordinates_zyx < high)).all(dim=-1)
 
 
+POLARITIES = ("bright", "dark")
+"""Particle contrast in a tomogram: ``bright`` (protein white: aitom's simulations, inverted data) or ``dark``
+(raw cryo-ET contrast, protein black)."""
+
+
 class _Picker(LightningModule, ABC):
     """Shared ``predict_step``: pick in every tile of the batch, return the picks in tomogram voxels."""
 
-    def __init__(self, min_distance: int) -> None:
+    def __init__(self, min_distance: int, polarity: str = "bright") -> None:
         super().__init__()
         if min_distance < 1:
             raise InputError(f"min distance must be >= 1 voxel, got {min_distance}")
+        if polarity not in POLARITIES:
+            raise InputError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
         self.min_distance = min_distance
+        #: +1 for protein-bright tomograms; -1 for protein-dark ones, whose tiles are negated before picking.
+        self.contrast_sign = 1.0 if polarity == "bright" else -1.0
 
     @abstractmethod
     def pick_tile(self, tile: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -83,7 +92,7 @@ class _Picker(LightningModule, ABC):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         results = []
         for volume, origin, tomogram in zip(batch["volume"], batch["origin_zyx"], batch["tomogram"]):
-            tile = volume[0]
+            tile = volume[0] if self.contrast_sign > 0 else -volume[0]
             picks = self.pick_tile(tile)
             picks["coordinates_zyx"] = picks["coordinates_zyx"] + origin.to(tile.device)
             result = {key: value.detach().cpu() for key, value in picks.items()}
@@ -213,6 +222,7 @@ class TemplateMatchingPicker(_Picker):
             whereas the bulk of the peaks are noise peaks and the particles stand out above them.
         class_number: ``rlnClassNumber`` of the picks (1-based), one per template; default 1, 2, ...
         keep_maps: return the score and rotation-index maps of every tile (for :class:`PickWriter` maps).
+        polarity: the tomograms' particle contrast, :data:`POLARITIES` (the templates are protein bright).
     """
 
     def __init__(
@@ -235,6 +245,7 @@ class TemplateMatchingPicker(_Picker):
         class_number: int | list[int] | None = None,
         keep_maps: bool = False,
         voxel_size_a: float | None = None,
+        polarity: str = "bright",
     ) -> None:
         paths = [template] if isinstance(template, str) else list(template)
         if not paths:
@@ -247,7 +258,7 @@ class TemplateMatchingPicker(_Picker):
             for (reference, header), path in zip(references, paths)
         ]
         sizes = [int(reference.shape[0]) for reference, _ in references]
-        super().__init__(max(1, min(sizes) // 2) if min_distance is None else min_distance)
+        super().__init__(max(1, min(sizes) // 2) if min_distance is None else min_distance, polarity)
         self.save_hyperparameters()
         if class_number is None:
             class_number = list(range(1, len(paths) + 1))
@@ -364,7 +375,7 @@ class DoGPicker(_Picker):
     Args:
         sigma1_voxels: smaller Gaussian, voxels (AITom: about 7 nm / voxel size).
         sigma2_voxels: larger Gaussian; default ``1.1 σ1``.
-        polarity: ``"bright"`` (protein bright) or ``"dark"``.
+        polarity: the tomograms' particle contrast, :data:`POLARITIES`.
         min_distance: minimal distance between picks, voxels; default ``round(2 σ1)``.
         false_alarm_rate, threshold_abs, num_peaks: as :class:`TemplateMatchingPicker`.
     """
@@ -379,7 +390,7 @@ class DoGPicker(_Picker):
         threshold_abs: float | None = None,
         num_peaks: int | None = None,
     ) -> None:
-        super().__init__(max(1, round(2 * sigma1_voxels)) if min_distance is None else min_distance)
+        super().__init__(max(1, round(2 * sigma1_voxels)) if min_distance is None else min_distance, polarity)
         self.save_hyperparameters()
 
     def pick_tile(self, tile: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -388,7 +399,6 @@ class DoGPicker(_Picker):
             tile,
             hp.sigma1_voxels,
             hp.sigma2_voxels,
-            polarity=hp.polarity,
             min_distance=self.min_distance,
             threshold_abs=hp.threshold_abs,
             false_alarm_rate=hp.false_alarm_rate,
@@ -406,6 +416,7 @@ class SaliencyPicker(_Picker):
         false_alarm_rate, threshold_abs, num_peaks: as :class:`TemplateMatchingPicker` (on the smoothed
             saliency map).
         iterations: SLIC iterations.
+        polarity: the tomograms' particle contrast, :data:`POLARITIES`.
     """
 
     def __init__(
@@ -416,9 +427,10 @@ class SaliencyPicker(_Picker):
         threshold_abs: float | None = None,
         num_peaks: int | None = None,
         iterations: int = 5,
+        polarity: str = "bright",
     ) -> None:
         default_distance = max(1, round(particle_radius_voxels))
-        super().__init__(default_distance if min_distance is None else min_distance)
+        super().__init__(default_distance if min_distance is None else min_distance, polarity)
         self.save_hyperparameters()
 
     def pick_tile(self, tile: torch.Tensor) -> dict[str, torch.Tensor]:
