@@ -62,6 +62,7 @@ def wedge_compensated_average(
     weights: torch.Tensor | None = None,
     wiener_floor: float = 0.05,
     batch_size: int = 64,
+    symmetry_rotations: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted average of aligned subtomograms, each Fourier coefficient divided by its coverage.
 
@@ -71,6 +72,10 @@ def wedge_compensated_average(
         weights: ``(P,)`` non-negative weights (class memberships); None: all 1.
         wiener_floor: the coverage is floored at this fraction of ``Σ weights`` before dividing.
         batch_size: subtomograms transformed at once (memory).
+        symmetry_rotations: ``(K, 3, 3)`` point-group rotations about the box centre (identity included), or
+            None. The weighted sum of the particles (in real space) and their coverage (in Fourier space) are
+            each symmetrised (:func:`aitom.ops.symmetry.symmetrize_volume`) before dividing, so every
+            particle counts K times and the symmetric copies fill each other's missing wedges.
 
     Returns:
         ``(average (S, S, S), coverage (S, S, S))``: the real average and the centred Fourier coverage
@@ -108,6 +113,9 @@ def wedge_compensated_average(
             part_mask = rotate_volume(source, inverse).clamp(0.0, 1.0)
         spectrum_sum += (w[:, None, None, None] * part_mask * fftn_centered(aligned)).sum(0)
         coverage += (w[:, None, None, None] * part_mask).sum(0)
+    if symmetry_rotations is not None:
+        spectrum_sum = fftn_centered(symmetrize_volume(ifftn_centered(spectrum_sum).real, symmetry_rotations))
+        coverage = symmetrize_volume(coverage, symmetry_rotations)
     total = weights.sum().clamp(min=torch.finfo(volumes.dtype).tiny)
     denominator = coverage.clamp(min=wiener_floor * total)
     average = ifftn_centered(spectrum_sum / denominator).real
@@ -122,8 +130,12 @@ def half_set_fsc(
     *,
     weights: torch.Tensor | None = None,
     wiener_floor: float = 0.05,
+    symmetry_rotations: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FSC between the wedge-compensated averages of the even- and odd-numbered subtomograms.
+
+    With ``symmetry_rotations`` both half averages are symmetrised with them
+    (:func:`wedge_compensated_average`), as the FSC of a symmetric structure is reported.
 
     Returns:
         ``(frequency (n,) cycles/voxel, fsc (n,))`` as :func:`aitom.fourier.fourier_shell_correlation`; the
@@ -146,6 +158,7 @@ def half_set_fsc(
             half_mask,
             weights=half_weights,
             wiener_floor=wiener_floor,
+            symmetry_rotations=symmetry_rotations,
         )
         halves.append(average)
     return fourier_shell_correlation(halves[0], halves[1])
@@ -333,8 +346,9 @@ def reference_free_average(
         symmetry: point group of the particle (``"C1"``: none; ``"C7"``, ``"D7"``, ``"O"``...). After every
             iteration the average's symmetry axes are found from the average itself
             (:func:`aitom.ops.symmetry.map_symmetry_rotations`) and the average and its Fourier coverage
-            are symmetrised (:func:`aitom.ops.symmetry.symmetrize_volume`); the orientations are then
-            defined up to the symmetry. The half-set FSC in ``history`` is of the unsymmetrised half sets.
+            are recomputed symmetrised (``symmetry_rotations`` of :func:`wedge_compensated_average`); the
+            orientations are then defined up to the symmetry. The half-set FSC in ``history`` is of the
+            half sets symmetrised with the same rotations.
 
     Returns:
         :class:`AveragingResult` of the kept start, with every start's score.
@@ -418,16 +432,18 @@ def reference_free_average(
         rotation_change = torch.rad2deg(rotation_angle_between(alignment.rotation, new.rotation)).median()
         shift_change = (alignment.shift_xyz - new.shift_xyz).norm(dim=1).median()
         alignment = new
+        average_options = {"weights": weights, "wiener_floor": wiener_floor}
         reference, coverage = wedge_compensated_average(
-            volumes, alignment.rotation, alignment.shift_xyz, mask, weights=weights, wiener_floor=wiener_floor
+            volumes, alignment.rotation, alignment.shift_xyz, mask, **average_options
         )
         if point_group_order(symmetry) > 1:
             masked = reference if reference_mask_real is None else reference * reference_mask_real
-            symmetry_rotations, _ = map_symmetry_rotations(masked, symmetry)
-            reference = symmetrize_volume(reference, symmetry_rotations)
-            coverage = symmetrize_volume(coverage, symmetry_rotations)
+            average_options["symmetry_rotations"], _ = map_symmetry_rotations(masked, symmetry)
+            reference, coverage = wedge_compensated_average(
+                volumes, alignment.rotation, alignment.shift_xyz, mask, **average_options
+            )
         frequency, fsc = half_set_fsc(
-            volumes, alignment.rotation, alignment.shift_xyz, mask, weights=weights, wiener_floor=wiener_floor
+            volumes, alignment.rotation, alignment.shift_xyz, mask, **average_options
         )
         history.append(
             {
