@@ -215,6 +215,16 @@ def test_average_command_uses_rlnctfimage_weights(tmp_path, capsys):
     with_wedge, _ = read_volume(tmp_path / "wedge" / "average_class1.mrc")
     assert torch.corrcoef(torch.stack((with_weights.flatten(), with_wedge.flatten())))[0, 1] > 0.999
 
+    # RELION 3/4 and Warp layouts: FFTW's non-centred half (16 × 16 × 9), the same with RELION 4's
+    # multiplicity stacked after it along Z, and a signed CTF (negative values: squared).
+    half = torch.fft.ifftshift(wedge)[..., :9]
+    for index, weight in enumerate((half, torch.cat((half, 5.0 * torch.ones_like(half))), -2.0 * half)):
+        write_volume(folder / weights[index], weight, 10.0, overwrite=True)
+    assert _main(average_command, [*common, "--out", str(tmp_path / "relion")]) == 0
+    capsys.readouterr()
+    with_relion_layouts, _ = read_volume(tmp_path / "relion" / "average_class1.mrc")
+    assert torch.corrcoef(torch.stack((with_relion_layouts.flatten(), with_wedge.flatten())))[0, 1] > 0.999
+
     write_volume(folder / weights[2], torch.ones(12, 12, 12), 10.0, overwrite=True)
     assert _main(average_command, [*common, "--out", str(tmp_path / "bad")]) == 2
     error = capsys.readouterr().err

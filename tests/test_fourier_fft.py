@@ -9,6 +9,7 @@ import torch
 from aitom.fourier import (
     fftn_centered,
     frequency_grid,
+    hermitian_half_to_centered,
     ifftn_centered,
     irfftn_centered,
     nyquist_samples,
@@ -148,3 +149,14 @@ def test_nyquist_samples_are_the_half_cycle_frequencies_of_even_axes(device, rff
     nyquist = nyquist_samples(shape, rfft=rfft, centered=centered, device=device)
     assert nyquist.dtype == torch.bool and nyquist.device.type == device.type
     torch.testing.assert_close(nyquist.cpu(), expected)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 8), (9, 9, 9), (6, 7, 10), (5, 6, 7)])
+def test_hermitian_half_to_centered_matches_the_full_numpy_power_spectrum(shape):
+    # |F|² of a real volume is real and centrosymmetric: its rfft half, completed, is numpy's full one.
+    volume = np.random.default_rng(0).standard_normal(shape)
+    expected = np.fft.fftshift(np.abs(np.fft.fftn(volume)) ** 2)
+    half = torch.from_numpy(np.abs(np.fft.rfftn(volume)) ** 2)
+    np.testing.assert_allclose(hermitian_half_to_centered(half, shape[-1]).numpy(), expected, rtol=1e-10)
+    with pytest.raises(ValueError, match="size_x // 2 \\+ 1"):
+        hermitian_half_to_centered(half, shape[-1] + 2)

@@ -62,9 +62,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--fourier-weights",
         choices=("auto", "wedge"),
         default="auto",
-        help="auto: when the table has rlnCtfImage (the 3-D CTF²·dose weights `aitom reconstruct` writes), "
-        "weight each particle's Fourier coefficients by √(weight / its maximum) in alignment and averaging "
-        "(real wedge and CTF); wedge: the --wedge mask for all (default auto)",
+        help="auto: when the table has rlnCtfImage (the 3-D CTF²·dose weights `aitom reconstruct` writes, or "
+        "RELION 3/4 and Warp 3-D CTF volumes in FFTW's half layout; a signed CTF is squared), weight each "
+        "particle's Fourier coefficients by √(weight / its maximum) in alignment and averaging (real wedge "
+        "and CTF); wedge: the --wedge mask for all (default auto)",
     )
     parser.add_argument(
         "--particle-diameter",
@@ -155,24 +156,39 @@ def _read_subtomograms(star: Path, voxel_size_override: float | None):
 
 
 def _fourier_weights(table, star: Path, volumes):
-    """Per-particle masks √(w / max w) from the rlnCtfImage 3-D weights, same shape as ``volumes``."""
+    """Per-particle masks √(w / max w) from the rlnCtfImage 3-D weights, same shape as ``volumes``.
+
+    Accepted layouts, as RELION reads them: a centred cube (what ``aitom reconstruct`` writes: CTF²·dose),
+    FFTW's half layout ``S × S × (S/2 + 1)`` (RELION 3/4 and Warp 3-D CTF volumes), and that half layout with
+    RELION 4's multiplicity stacked after it along Z (``2S × S × (S/2 + 1)``; the multiplicity is not used).
+    A weight with negative values is a signed CTF (subtomograms not CTF-premultiplied) and is squared.
+    """
     import torch
 
     from aitom.errors import InputError
+    from aitom.fourier import hermitian_half_to_centered
     from aitom.io import read_volume
 
+    size = volumes.shape[-1]
+    half_x = size // 2 + 1
     masks = []
     for name in table["rlnCtfImage"]:
         path = Path(str(name))
         path = path if path.is_absolute() else star.parent / path
         weight, _ = read_volume(path, voxel_size_a=1.0)  # a weight's voxel size is not used
-        if weight.shape != volumes.shape[-3:]:
+        if tuple(weight.shape) in ((size, size, half_x), (2 * size, size, half_x)):
+            weight = hermitian_half_to_centered(weight[:size], size)
+        elif weight.shape != volumes.shape[-3:]:
             raise InputError(
-                f"3-D weight of size {tuple(weight.shape)} for subtomograms of {tuple(volumes.shape[-3:])}",
+                f"3-D weight of size {tuple(weight.shape)} (Z, Y, X) for subtomograms of "
+                f"{tuple(volumes.shape[-3:])}: expected a centred {size}³ cube or FFTW's half layout "
+                f"({size}, {size}, {half_x})",
                 path,
             )
-        if not bool(torch.isfinite(weight).all()) or float(weight.min()) < 0 or float(weight.max()) <= 0:
-            raise InputError("3-D weight must be finite, non-negative and not all zero", path)
+        if not bool(torch.isfinite(weight).all()) or float(weight.abs().max()) <= 0:
+            raise InputError("3-D weight must be finite and not all zero", path)
+        if float(weight.min()) < 0:
+            weight = weight.square()
         masks.append((weight / weight.max()).sqrt())
     return torch.stack(masks)
 

@@ -21,6 +21,7 @@ from aitom.fourier.ctf import (
 from aitom.fourier.fft import (
     fftn_centered,
     frequency_grid,
+    hermitian_half_to_centered,
     ifftn_centered,
     irfftn_centered,
     nyquist_samples,
@@ -48,6 +49,7 @@ __all__ = [
     "fourier_shell_correlation",
     "frequency_grid",
     "fsc_resolutions",
+    "hermitian_half_to_centered",
     "ifftn_centered",
     "irfftn_centered",
     "lowpass",

@@ -21,6 +21,7 @@ import torch
 __all__ = [
     "fftn_centered",
     "frequency_grid",
+    "hermitian_half_to_centered",
     "ifftn_centered",
     "irfftn_centered",
     "nyquist_samples",
@@ -94,6 +95,31 @@ def irfftn_centered(
     dim = tuple(dim)
     unshifted = torch.fft.ifftshift(spectrum, dim=dim[:-1])
     return torch.fft.fftshift(torch.fft.irfftn(unshifted, s=tuple(s), dim=dim), dim=dim)
+
+
+def hermitian_half_to_centered(half: torch.Tensor, size_x: int) -> torch.Tensor:
+    """A real, centrosymmetric Fourier quantity in FFTW's half layout, as a full centred volume.
+
+    RELION's and Warp's 3-D CTF volumes (``rlnCtfImage``) are stored as the non-negative x frequencies of a
+    non-centred spectrum (zero frequency at index 0, negative frequencies wrapped), the layout of
+    ``torch.fft.rfftn``. The missing half follows from ``w(-k) = w(k)``.
+
+    Args:
+        half: real tensor ``(..., Z, Y, size_x // 2 + 1)``, non-centred half layout.
+        size_x: the full length of the last axis.
+
+    Returns:
+        ``(..., Z, Y, size_x)`` with the zero frequency at index ``N // 2`` on every axis (the project's
+        centred layout), same dtype and device.
+    """
+    n_half = size_x // 2 + 1
+    if half.shape[-1] != n_half:
+        raise ValueError(f"the last axis must have size_x // 2 + 1 = {n_half} samples, got {half.shape[-1]}")
+    # w(-k): index (-z) mod Z and (-y) mod Y, from a flip followed by a roll by one sample
+    mirrored = torch.roll(torch.flip(half, dims=(-3, -2)), shifts=(1, 1), dims=(-3, -2))
+    negative_x = size_x - torch.arange(n_half, size_x, device=half.device)
+    full = torch.cat((half, mirrored[..., negative_x]), dim=-1)
+    return torch.fft.fftshift(full, dim=(-3, -2, -1))
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
