@@ -4,6 +4,7 @@ known-pose weighted average."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,11 +25,39 @@ def _blobs(size: int, centres: list[tuple[float, float, float]], sigma: float = 
     return volume.float()
 
 
+def _helix(size: int, scale: float = 1.0, z_sign: float = 1.0) -> torch.Tensor:
+    """A helix of 14 Gaussian blobs (1.5 turns, radius 3.5, height 9, width 1.1, all times ``scale``
+    voxels); ``z_sign`` -1 draws its mirror image."""
+    turns = torch.linspace(0, 3 * math.pi, 14).tolist()
+    centres = [
+        (
+            3.5 * scale * math.cos(t),
+            3.5 * scale * math.sin(t),
+            z_sign * scale * (-4.5 + 9 * t / (3 * math.pi)),
+        )
+        for t in turns
+    ]
+    return _blobs(size, centres, sigma=1.1 * scale)
+
+
+def _hand_argv(average: Path, reference: Path, out: Path) -> list[str]:
+    return [
+        "hand",
+        str(average),
+        str(reference),
+        "--lowpass",
+        "25",
+        "--step",
+        "20",
+        "--mirrored-out",
+        str(out),
+    ]
+
+
 @pytest.fixture(scope="module")
 def helix() -> torch.Tensor:
     """A right-handed helix of 14 Gaussian blobs (1.5 turns, radius 3.5, height 9 voxels): chiral."""
-    turns = torch.linspace(0, 3 * math.pi, 14).tolist()
-    return _blobs(SIZE, [(3.5 * math.cos(t), 3.5 * math.sin(t), -4.5 + 9 * t / (3 * math.pi)) for t in turns])
+    return _helix(SIZE)
 
 
 @pytest.mark.parametrize("size", [8, 9])
@@ -135,17 +164,7 @@ def test_hand_command_says_mirrored_and_writes_the_matching_reference(
     average = write_volume(tmp_path / "average.mrc", helix, VOXEL_SIZE_A)
     reference = write_volume(tmp_path / "reference.mrc", mirror_volume(helix), VOXEL_SIZE_A)
     out = tmp_path / "right_hand.mrc"
-    argv = [
-        "hand",
-        str(average),
-        str(reference),
-        "--lowpass",
-        "25",
-        "--step",
-        "20",
-        "--mirrored-out",
-        str(out),
-    ]
+    argv = _hand_argv(average, reference, out)
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["better"] == "mirrored" and result["margin"] > 0.25
@@ -165,29 +184,14 @@ def test_hand_command_resamples_a_reference_of_another_voxel_size_and_box(
     import json
 
     from aitom.cli import main
+    from aitom.commands.hand import ReferenceResampledWarning
     from aitom.io import read_volume, write_volume
 
-    turns = torch.linspace(0, 3 * math.pi, 14).tolist()
-    fine = _blobs(
-        40,
-        [(7.0 * math.cos(t), 7.0 * math.sin(t), -(-9.0 + 18 * t / (3 * math.pi))) for t in turns],
-        sigma=2.2,
-    )
+    fine = _helix(40, scale=2.0, z_sign=-1.0)
     average = write_volume(tmp_path / "average.mrc", helix, VOXEL_SIZE_A)
     reference = write_volume(tmp_path / "fine.mrc", fine, VOXEL_SIZE_A / 2)
     out = tmp_path / "right_hand.mrc"
-    argv = [
-        "hand",
-        str(average),
-        str(reference),
-        "--lowpass",
-        "25",
-        "--step",
-        "20",
-        "--mirrored-out",
-        str(out),
-    ]
-    from aitom.commands.hand import ReferenceResampledWarning
+    argv = _hand_argv(average, reference, out)
 
     message = "reference resampled from 40×40×40 voxels of 5 Å to the average's 16³ of 10 Å"
     with pytest.warns(ReferenceResampledWarning, match=message):
