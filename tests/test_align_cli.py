@@ -150,6 +150,10 @@ def test_average_command_auto_classes_merges_one_structure(tmp_path, capsys):
     estimates = [m["structural_correlation"] for m in report["merges"]]
     assert estimates and all(estimate is None or estimate >= 0.9 for estimate in estimates)
     assert printed.count("merged classes") == len(report["merges"])
+    # each merge names the number of classes before it and after it, down to the one class written
+    merge_lines = [line for line in printed.splitlines() if line.startswith("merged classes")]
+    assert f"of {len(merge_lines) + 1} ({len(merge_lines)} left)" in merge_lines[0]
+    assert "of 2 (1 left)" in merge_lines[-1]
     assert report["structural_correlations"] == [[1.0]]
     table = read_particles(tmp_path / "o" / "particles.star", require=("rlnClassNumber",))
     assert set(table["rlnClassNumber"]) == {1}

@@ -41,6 +41,24 @@ def test_every_command_has_help(path, capsys):
     assert "usage" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("path", subcommand_paths(), ids=" ".join)
+def test_every_option_with_a_default_says_it_in_its_help(path):
+    """A user reading --help must see what an option does when left out (and, in its text, its unit)."""
+    import argparse
+
+    parser = build_parser()
+    for name in path:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    silent = [
+        action.option_strings[-1]
+        for action in parser._actions
+        if action.option_strings
+        and action.default not in (None, False, argparse.SUPPRESS)
+        and "default" not in (action.help or "")
+    ]
+    assert not silent, f"options whose help hides their default: {silent}"
+
+
 def test_registered_commands_cover_the_design():
     assert "show" in TOOL_COMMANDS
     assert set(LIGHTNING_COMMANDS) == {"fit", "validate", "test", "predict"}

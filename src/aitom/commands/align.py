@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--step",
         type=float,
         default=10.0,
-        help="angular step (covering radius) of the rotation grid, degrees",
+        help="angular step (covering radius) of the rotation grid, degrees (default 10)",
     )
     parser.add_argument(
         "--max-shift", type=float, default=None, help="largest shift length searched, voxels (default: any)"
@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-frequency",
         type=float,
         default=0.4,
-        help="highest frequency used, cycles/voxel (0.5 = Nyquist); lower it for noisy data",
+        help="highest frequency used, cycles/voxel (0.5 = Nyquist); lower it for noisy data (default 0.4)",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument(

@@ -50,7 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--classes", type=_classes, default=1, help="number of classes, or 'auto' to choose it (default 1)"
     )
     parser.add_argument(
-        "--method", choices=("align", "faml"), default="align", help="alignment-based averaging or FAML"
+        "--method",
+        choices=("align", "faml"),
+        default="align",
+        help="alignment-based averaging or FAML (default align)",
     )
     parser.add_argument(
         "--wedge",
@@ -90,7 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "costs a full run: use 3 or more for few, noisy particles; one class or FAML (default 1)",
     )
     parser.add_argument(
-        "--step", type=float, default=15.0, help="angular step of the rotation search, degrees"
+        "--step", type=float, default=15.0, help="angular step of the rotation search, degrees (default 15)"
     )
     parser.add_argument(
         "--max-shift",
@@ -100,10 +103,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "more or unset: translation-invariant amplitude search)",
     )
     parser.add_argument(
-        "--max-frequency", type=float, default=0.35, help="highest frequency used in alignment, cycles/voxel"
+        "--max-frequency",
+        type=float,
+        default=0.35,
+        help="highest frequency used in alignment, cycles/voxel (0.5 = Nyquist; default 0.35)",
     )
     parser.add_argument(
-        "--max-classes", type=int, default=6, help="largest number of classes tried by 'auto'"
+        "--max-classes", type=int, default=6, help="largest number of classes tried by 'auto' (default 6)"
     )
     parser.add_argument(
         "--merge-threshold",
@@ -328,9 +334,14 @@ def run(args: argparse.Namespace) -> int:
             progress=True,
             **alignment_options,
         )
+        classes_before = result.averages.shape[0] + len(result.merges)
         for merge in result.merges:
             first, second = (k + 1 for k in merge["classes"])
-            print(f"merged classes {first} and {second}: {describe_merge(merge)}")
+            print(
+                f"merged classes {first} and {second} of {classes_before} "
+                f"({classes_before - 1} left): {describe_merge(merge)}"
+            )
+            classes_before -= 1
         if result.structural_correlations is not None:
             merges_report = {
                 "merges": result.merges,

@@ -42,7 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mask", type=Path, help="real-space mask (MRC); default a soft sphere of radius 0.4 box"
     )
-    parser.add_argument("--step", type=float, default=10.0, help="angular step of the superposition, degrees")
+    parser.add_argument(
+        "--step", type=float, default=10.0, help="angular step of the superposition, degrees (default 10)"
+    )
     parser.add_argument(
         "--mirrored-out",
         type=Path,
