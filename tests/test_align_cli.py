@@ -78,6 +78,17 @@ def test_align_command_bad_inputs(tmp_path, capsys):
     assert _main(align_command, arguments) == 2
     error = capsys.readouterr().err
     assert "mask" in error and len(error.strip().splitlines()) == 1
+    write_volume(tmp_path / "c.mrc", blob_volume(16), 12.0)
+    assert _main(align_command, ["align", str(tmp_path / "a.mrc"), str(tmp_path / "c.mrc")]) == 2
+    error = capsys.readouterr().err
+    assert "c.mrc: voxel size 12 Å differs" in error and len(error.strip().splitlines()) == 1
+    # a wrong header is overridden for both
+    assert (
+        _main(
+            align_command, ["align", str(tmp_path / "a.mrc"), str(tmp_path / "c.mrc"), "--voxel-size", "10"]
+        )
+        == 0
+    )
 
 
 def _write_particle_set(folder, volumes) -> None:
@@ -188,6 +199,13 @@ def test_average_command_bad_inputs(tmp_path, capsys):
     )
     error = capsys.readouterr().err
     assert "differs" in error and len(error.strip().splitlines()) == 1
+    write_volume(folder / "c.mrc", blob_volume(16), 12.0)
+    write_particles(folder / "voxels.star", pd.DataFrame({"rlnImageName": ["a.mrc", "c.mrc"]}))
+    arguments = ["average", "--particles", str(folder / "voxels.star"), "--out", str(tmp_path / "o")]
+    assert _main(average_command, arguments) == 2
+    error = capsys.readouterr().err
+    assert "c.mrc: voxel size 12 Å differs from the first particle's 10 Å" in error
+    assert len(error.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 

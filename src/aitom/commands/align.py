@@ -115,7 +115,14 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     device = torch_device(args.device)
     volume_a, header_a = read_volume(args.volume_a, voxel_size_a=args.voxel_size)
-    volume_b, _ = read_volume(args.volume_b, voxel_size_a=args.voxel_size)
+    volume_b, header_b = read_volume(args.volume_b, voxel_size_a=args.voxel_size)
+    voxel_a, voxel_b = header_a.voxel_size_a[0], header_b.voxel_size_a[0]
+    if abs(voxel_a - voxel_b) > 1e-3 * voxel_a:
+        raise InputError(
+            f"voxel size {voxel_b:g} Å differs from {args.volume_a}'s {voxel_a:g} Å "
+            "(rescale one, or give --voxel-size if a header is wrong)",
+            args.volume_b,
+        )
     if len(set(volume_a.shape)) != 1:
         raise InputError(f"subtomogram must be cubic, got {tuple(volume_a.shape)}", args.volume_a)
     if volume_a.shape != volume_b.shape:
