@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -201,6 +202,26 @@ def test_class_count_mismatches_are_refused():
     model = Classifier(DSRF3Dv2(num_classes=4), num_classes=4)
     with pytest.raises(InputError, match="the data has 3 classes"):
         quiet_trainer(max_steps=1).fit(model, TinyBlobDataModule(box_size_voxels=8))
+
+
+def test_star_labels_beyond_the_model_classes_are_refused(tmp_path):
+    """A STAR table with rlnClassNumber 3 cannot train a 2-class model (it would fail inside the loss)."""
+    from aitom.data import StarSubtomogramDataModule
+    from aitom.io import write_particles, write_volume
+
+    names = [f"p{index}.mrc" for index in range(4)]
+    for name in names:
+        write_volume(tmp_path / name, torch.randn(8, 8, 8), 10.0)
+    write_particles(
+        tmp_path / "p.star", pd.DataFrame({"rlnImageName": names, "rlnClassNumber": [1, 2, 3, 1]})
+    )
+    data = StarSubtomogramDataModule(train_star=str(tmp_path / "p.star"), batch_size=2, augment=False)
+    model = Classifier(LinearNet(torch.zeros(512, 2)), num_classes=2)
+    with pytest.raises(InputError, match=r"class number 3 .* num_classes 2"):
+        quiet_trainer(max_steps=1).fit(model, data)
+    model = Classifier(LinearNet(torch.zeros(512, 3)), num_classes=3)
+    quiet_trainer(max_steps=1, limit_val_batches=0).fit(model, data)
+    assert model.trainer.global_step == 1
 
 
 def test_checkpoint_of_another_network_is_refused(tmp_path):

@@ -158,8 +158,8 @@ def _read_subtomograms(star: Path, voxel_size_override: float | None):
             raise InputError(f"subtomogram must be cubic, got {tuple(volume.shape)}", path)
         if voxel_size_a is not None and abs(header.voxel_size_a[0] - voxel_size_a) > 1e-3 * voxel_size_a:
             raise InputError(
-                f"voxel size {header.voxel_size_a[0]:g} Å differs from the first particle's {voxel_size_a:g} Å "
-                "(rescale the subtomograms to one voxel size)",
+                f"voxel size {header.voxel_size_a[0]:g} Å differs from the first particle's "
+                f"{voxel_size_a:g} Å (rescale the subtomograms to one voxel size)",
                 path,
             )
         volumes.append(volume)

@@ -137,3 +137,12 @@ class StarSubtomogramDataModule(SplitDataModule):
                 self.datasets[split] = StarSubtomogramDataset(
                     path, transform=transform if split == "train" else None
                 )
+
+    @property
+    def largest_label(self) -> int | None:
+        """The largest 0-based label (``rlnClassNumber - 1``) of the splits set up (None when none is
+        labelled): a model needs more classes than this."""
+        labels = [
+            int(dataset.labels.max()) for dataset in self.datasets.values() if dataset.labels is not None
+        ]
+        return max(labels) if labels else None

@@ -179,6 +179,13 @@ class Classifier(LightningModule):
             raise InputError(
                 f"the data has {data_classes} classes but the model has num_classes {self.num_classes}"
             )
+        largest_label = getattr(datamodule, "largest_label", None)
+        if largest_label is not None and largest_label >= self.num_classes:
+            raise InputError(
+                f"the data have class number {largest_label + 1} (rlnClassNumber) but the model has "
+                f"num_classes {self.num_classes}; set model.num_classes and the network's num_classes to "
+                f"at least {largest_label + 1}"
+            )
         data_names = getattr(datamodule, "class_names", None)
         if data_names is not None:
             if self.class_names is not None and list(data_names) != self.class_names:
