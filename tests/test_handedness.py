@@ -166,8 +166,11 @@ def test_hand_command_says_mirrored_and_writes_the_matching_reference(
     out = tmp_path / "right_hand.mrc"
     argv = _hand_argv(average, reference, out)
     assert main(argv) == 0
-    result = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    result = json.loads(printed.out)
     assert result["better"] == "mirrored" and result["margin"] > 0.25
+    assert result["verdict"].startswith("the reference matches MIRRORED along z")
+    assert f"aitom: hand: {result['verdict']}" in printed.err
     assert float(masked_correlation(read_volume(out)[0], helix)) > 0.95
     assert main(argv) == 2  # exists without --overwrite
     assert "exists" in capsys.readouterr().err
@@ -202,3 +205,38 @@ def test_hand_command_resamples_a_reference_of_another_voxel_size_and_box(
     unset = write_volume(tmp_path / "unset.mrc", fine, 1.0)
     assert main(["hand", str(average), str(unset)]) == 2
     assert "looks unset" in capsys.readouterr().err
+    tiny = write_volume(
+        tmp_path / "tiny.mrc", fine, 0.5
+    )  # 20 Å across: a quarter of the average's box is 40 Å
+    assert main(["hand", str(average), str(tiny)]) == 2
+    error = capsys.readouterr().err
+    assert "tiny.mrc: the reference's box spans 20 Å" in error and len(error.strip().splitlines()) == 1
+
+
+def _hand_result(as_is: float, mirrored: float, fsc_as_is: float, fsc_mirrored: float) -> dict:
+    return {
+        "correlation_as_is": as_is,
+        "correlation_mirrored": mirrored,
+        "margin": abs(as_is - mirrored),
+        "fsc_0.5_a_as_is": fsc_as_is,
+        "fsc_0.5_a_mirrored": fsc_mirrored,
+    }
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (_hand_result(0.785, 0.896, 86.5, 36.3), "the reference matches MIRRORED along z"),
+        (
+            _hand_result(0.90, 0.70, 40.0, 40.0),
+            "the reference matches AS IT IS",
+        ),  # FSC tie: correlation decides
+        (_hand_result(0.80, 0.795, 40.0, 60.0), "undecided"),  # margin under 0.01
+        (_hand_result(0.80, 0.85, 40.0, 60.0), "undecided"),  # correlation and FSC disagree
+        (_hand_result(0.01, 0.01, 500.0, 500.0), "the reference matches the average in neither hand"),
+    ],
+)
+def test_hand_verdict_calls_a_hand_only_when_both_criteria_agree(result: dict, expected: str) -> None:
+    from aitom.commands.hand import hand_verdict
+
+    assert hand_verdict(result, "z").startswith(expected)

@@ -9,6 +9,7 @@ JSON; ``--mirrored-out`` writes the reference in the hand that matches, superpos
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,13 @@ def _on_the_average_grid(
             "(aitom convert R.mrc R_fixed.mrc --voxel-size Å)",
             path,
         )
+    if max(reference.shape) * reference_voxel_a < box * voxel_size_a / 4:
+        raise InputError(
+            f"the reference's box spans {max(reference.shape) * reference_voxel_a:.0f} Å, less than a "
+            f"quarter of the average's {box * voxel_size_a:.0f} Å: not a map of the same structure at "
+            "this scale (check both voxel sizes)",
+            path,
+        )
     edge = torch.ones_like(reference, dtype=torch.bool)
     edge[1:-1, 1:-1, 1:-1] = False
     resampled = rescale_volume(
@@ -145,5 +153,30 @@ def run(args: argparse.Namespace) -> int:
             matching, average, voxel_size_a=voxel_size_a, lowpass_a=lowpass_a, angular_step_deg=args.step
         )
         write_volume(args.mirrored_out, aligned, voxel_size_a, overwrite=args.overwrite)
-    print(json.dumps({**result, "voxel_size_a": voxel_size_a, "lowpass_a": lowpass_a}, indent=2))
+    verdict = hand_verdict(result, args.axis)
+    print(f"aitom: hand: {verdict}", file=sys.stderr)
+    print(
+        json.dumps(
+            {**result, "verdict": verdict, "voxel_size_a": voxel_size_a, "lowpass_a": lowpass_a}, indent=2
+        )
+    )
     return 0
+
+
+def hand_verdict(result: dict, axis: str) -> str:
+    """One sentence on a :func:`aitom.ops.handedness.hand_check` result. The hand is called only when the
+    masked correlation and the FSC-0.5 resolution both favour it and the correlations differ by at least
+    0.01; a reference that correlates below 0.3 in both hands is said not to match."""
+    as_is, mirrored = result["correlation_as_is"], result["correlation_mirrored"]
+    numbers = f"correlation {as_is:.3f} as it is, {mirrored:.3f} mirrored along {axis}"
+    fsc = f"FSC-0.5 {result['fsc_0.5_a_as_is']:.1f} Å as it is, {result['fsc_0.5_a_mirrored']:.1f} Å mirrored"
+    if max(as_is, mirrored) < 0.3:
+        return f"the reference matches the average in neither hand ({numbers}): is it the same structure?"
+    correlation_prefers_mirrored = mirrored > as_is
+    fsc_better, fsc_worse = result["fsc_0.5_a_as_is"], result["fsc_0.5_a_mirrored"]  # Å: smaller is better
+    if correlation_prefers_mirrored:
+        fsc_better, fsc_worse = fsc_worse, fsc_better
+    if result["margin"] < 0.01 or fsc_better > fsc_worse:
+        return f"undecided: both hands fit alike ({numbers}; {fsc})"
+    hand = f"MIRRORED along {axis}" if correlation_prefers_mirrored else "AS IT IS"
+    return f"the reference matches {hand} ({numbers}, margin {result['margin']:.3f}; {fsc})"
