@@ -293,7 +293,9 @@ def _write_blocks(blocks: dict, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("problem", ["unknown_tomogram", "short_stack", "pixel_size", "missing_column"])
+@pytest.mark.parametrize(
+    "problem", ["unknown_tomogram", "short_stack", "pixel_size", "stack_pixel_size", "missing_column"]
+)
 def test_cli_bad_input_exits_2_and_writes_nothing(real_subset, tmp_path, problem, capsys):
     blocks = {name: block.copy() for name, block in real_subset["blocks"].items()}
     particles = blocks["particles"]
@@ -303,6 +305,10 @@ def test_cli_bad_input_exits_2_and_writes_nothing(real_subset, tmp_path, problem
         stack, _ = read_volume(Path(particles["rlnImageName"].iloc[0]), allow_2d=True)
         short = write_volume(tmp_path / "short.mrcs", stack[:20], 12.0)
         particles.loc[particles.index[0], "rlnImageName"] = str(short)
+    elif problem == "stack_pixel_size":  # the stack's header disagrees with rlnImagePixelSize (12 Å)
+        stack, _ = read_volume(Path(particles["rlnImageName"].iloc[0]), allow_2d=True)
+        other = write_volume(tmp_path / "other.mrcs", stack, 10.0)
+        particles.loc[particles.index[0], "rlnImageName"] = str(other)
     elif problem == "pixel_size":
         blocks["optics"] = blocks["optics"].assign(rlnTomoTiltSeriesPixelSize=1.5)
     else:
@@ -312,6 +318,8 @@ def test_cli_bad_input_exits_2_and_writes_nothing(real_subset, tmp_path, problem
     assert _reconstruct(paths, out) == 2
     message = capsys.readouterr().err.strip().splitlines()
     assert len(message) == 1 and message[0].startswith("aitom: error:")
+    if problem == "stack_pixel_size":
+        assert message[0].endswith("other.mrcs: pixel size 10 Å in the header, rlnImagePixelSize 12 Å")
     assert not out.exists()
 
 

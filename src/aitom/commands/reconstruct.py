@@ -107,7 +107,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--coordinate-pixel-size",
         type=float,
         default=None,
-        help="pixel size (A) of rlnCoordinateX/Y/Z when the file has no rlnCenteredCoordinate*Angst "
+        help="pixel size (Å) of rlnCoordinateX/Y/Z when the file has no rlnCenteredCoordinate*Angst "
         "(default: the tilt-series pixel size, RELION's convention; WarpTools 2-D stack exports may use the "
         "particles' pixel size)",
     )
@@ -155,7 +155,7 @@ def _check_particle_stack(path: Path, row, series, image_size: int, pixel_size_a
     header_pixel = header.voxel_size_a[0]
     if abs(header_pixel - pixel_size_a) > PIXEL_SIZE_TOLERANCE * pixel_size_a:
         raise InputError(
-            f"pixel size {header_pixel} A in the header, rlnImagePixelSize {pixel_size_a} A", path
+            f"pixel size {header_pixel:g} Å in the header, rlnImagePixelSize {pixel_size_a:g} Å", path
         )
     visible = _visible_frames(row, series.n_tilts)
     if shape[0] != series.n_tilts and not (shape[0] == int(visible.sum()) < series.n_tilts):
@@ -489,5 +489,5 @@ def run(args: argparse.Namespace) -> int:
             write_volume(folder / "average.mrc", hand(average.cpu()) * sign, inputs.pixel_size_a)
             write_volume(folder / "average_weight.mrc", hand(average_weight.cpu()), inputs.pixel_size_a)
     size, pixel = inputs.image_size, inputs.pixel_size_a
-    print(f"aitom reconstruct: {n} subtomograms of {size}^3 at {pixel} A in {args.out}")
+    print(f"aitom reconstruct: {n} subtomograms of {size}³ at {pixel:g} Å in {args.out}")
     return 0
