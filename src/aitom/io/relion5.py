@@ -408,16 +408,17 @@ def check_particles_against_tomograms(
             float(row["rlnTomoTiltSeriesPixelSize"]), series.pixel_size_a
         ):
             raise InputError(
-                f"tilt-series pixel size {float(row['rlnTomoTiltSeriesPixelSize'])} A in data_optics but "
-                f"{series.pixel_size_a} A for {name} in the tomogram set",
+                f"tilt-series pixel size {float(row['rlnTomoTiltSeriesPixelSize']):g} Å in data_optics but "
+                f"{series.pixel_size_a:g} Å for {name} in the tomogram set",
                 particles_path,
             )
         if "rlnTomoSubtomogramBinning" in row and "rlnImagePixelSize" in row:
             expected = series.pixel_size_a * float(row["rlnTomoSubtomogramBinning"])
             if not _close(float(row["rlnImagePixelSize"]), expected):
                 raise InputError(
-                    f"rlnImagePixelSize {float(row['rlnImagePixelSize'])} A is not the tilt-series pixel "
-                    f"{series.pixel_size_a} A x binning {float(row['rlnTomoSubtomogramBinning'])} of {name}",
+                    f"rlnImagePixelSize {float(row['rlnImagePixelSize']):g} Å is not the tilt-series "
+                    f"pixel {series.pixel_size_a:g} Å × binning {float(row['rlnTomoSubtomogramBinning']):g} "
+                    f"of {name}",
                     particles_path,
                 )
         if "rlnTomoVisibleFrames" in particles.columns:
