@@ -246,14 +246,22 @@ def test_average_command_uses_rlnctfimage_weights(tmp_path, capsys):
     capsys.readouterr()
     with_relion_layouts, _ = read_volume(tmp_path / "relion" / "average_class1.mrc")
     assert torch.corrcoef(torch.stack((with_relion_layouts.flatten(), with_wedge.flatten())))[0, 1] > 0.999
+    # classification and FAML use the per-particle weights as well
+    for method in ("align", "faml"):
+        classes = [*common, "--classes", "2", "--method", method]
+        assert _main(average_command, [*classes, "--out", str(tmp_path / f"{method}_weights")]) == 0
+        assert _main(average_command, [*classes, *wedge_args[:-1], str(tmp_path / f"{method}_wedge")]) == 0
+        capsys.readouterr()
+        for k in (1, 2):
+            by_weights, _ = read_volume(tmp_path / f"{method}_weights" / f"average_class{k}.mrc")
+            by_wedge, _ = read_volume(tmp_path / f"{method}_wedge" / f"average_class{k}.mrc")
+            assert torch.corrcoef(torch.stack((by_weights.flatten(), by_wedge.flatten())))[0, 1] > 0.999
 
     write_volume(folder / weights[2], torch.ones(12, 12, 12), 10.0, overwrite=True)
     assert _main(average_command, [*common, "--out", str(tmp_path / "bad")]) == 2
     error = capsys.readouterr().err
     assert "3-D weight" in error and weights[2] in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
-    assert _main(average_command, [*common, "--classes", "2", "--out", str(tmp_path / "bad")]) == 2
-    assert "single-class" in capsys.readouterr().err
     assert (
         _main(average_command, [*common, "--annealing-iterations", "1", "--out", str(tmp_path / "bad")]) == 2
     )

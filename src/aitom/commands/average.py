@@ -67,8 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: when the table has rlnCtfImage (the 3-D CTF²·dose weights `aitom reconstruct` writes, or "
         "RELION 3/4 and Warp 3-D CTF volumes in FFTW's half layout; a signed CTF is squared), weight each "
-        "particle's Fourier coefficients by √(weight / its maximum) in alignment and averaging (real wedge "
-        "and CTF); wedge: the --wedge mask for all (default auto)",
+        "particle's Fourier coefficients by √(weight / its maximum) in alignment, classification, FAML and "
+        "averaging (real wedge and CTF); wedge: the --wedge mask for all (default auto)",
     )
     parser.add_argument(
         "--particle-diameter",
@@ -247,12 +247,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--symmetry: {error}") from None
     use_ctf_weights = args.fourier_weights == "auto" and "rlnCtfImage" in table.columns
     if args.method == "faml" or args.classes != 1:
-        if use_ctf_weights:
-            raise InputError(
-                "per-particle Fourier weights (rlnCtfImage) work with single-class averaging only; "
-                "pass --fourier-weights wedge for classification or FAML",
-                args.particles,
-            )
         if args.particle_diameter is not None:
             raise InputError("--particle-diameter works with single-class averaging only")
         if args.annealing_iterations:

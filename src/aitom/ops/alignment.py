@@ -40,6 +40,7 @@ __all__ = [
     "align_subtomograms",
     "constrained_correlation",
     "constrained_correlation_map",
+    "particle_masks",
     "phase_rotational_search",
     "refine_alignment",
     "rotational_search",
@@ -50,6 +51,12 @@ __all__ = [
 
 PHASE_SEARCH_MAX_SHIFT = 4.0
 """Largest ``max_shift_voxels`` for which ``rotation_search="auto"`` searches with phases (257 shifts)."""
+
+
+def particle_masks(mask: torch.Tensor | None, index: int | slice | torch.Tensor) -> torch.Tensor | None:
+    """The Fourier masks of the subtomograms ``index``: ``mask`` itself when it is shared (``(S, S, S)``) or
+    None, else ``mask[index]`` of the per-subtomogram masks ``(P, S, S, S)``."""
+    return mask if mask is None or mask.ndim == 3 else mask[index]
 
 
 @dataclasses.dataclass
@@ -726,11 +733,6 @@ def align_subtomograms(
         else rotations.to(subtomograms)
     )
 
-    def per_item(tensor: torch.Tensor | None, index: int | slice) -> torch.Tensor | None:
-        if tensor is None or tensor.ndim == 3:
-            return tensor
-        return tensor[index]
-
     def search(
         reference: torch.Tensor,
         subtomograms: torch.Tensor,
@@ -752,8 +754,8 @@ def align_subtomograms(
                 search(
                     reference[i],
                     subtomograms[i : i + 1],
-                    per_item(mask_reference, i),
-                    per_item(mask_subtomograms, slice(i, i + 1)),
+                    particle_masks(mask_reference, i),
+                    particle_masks(mask_subtomograms, slice(i, i + 1)),
                 )
                 for i in range(n)
             ]
@@ -766,15 +768,12 @@ def align_subtomograms(
     candidate_rotations = grid[best].reshape(-1, 3, 3)
     pair_index = torch.arange(n, device=device).repeat_interleave(n_cand)
 
-    def expand(tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return tensor if tensor is None or tensor.ndim == 3 else tensor[pair_index]
-
     shifts, translation_scores = translation_search(
         reference[pair_index] if per_pair else reference,
         subtomograms[pair_index],
         candidate_rotations,
-        expand(mask_reference),
-        expand(mask_subtomograms),
+        particle_masks(mask_reference, pair_index),
+        particle_masks(mask_subtomograms, pair_index),
         max_shift_voxels=max_shift_voxels,
         max_frequency=max_frequency,
     )
@@ -789,8 +788,8 @@ def align_subtomograms(
             subtomograms[kept_pairs],
             candidate_rotations[flat],
             shifts[flat],
-            per_item(mask_reference, kept_pairs),
-            per_item(mask_subtomograms, kept_pairs),
+            particle_masks(mask_reference, kept_pairs),
+            particle_masks(mask_subtomograms, kept_pairs),
             steps=refine_steps,
             max_frequency=max_frequency,
         )

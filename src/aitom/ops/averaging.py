@@ -25,7 +25,13 @@ from aitom.geometry import (
     so3_grid,
     soft_sphere_mask,
 )
-from aitom.ops.alignment import Alignment, align_subtomograms, phase_rotational_search, shift_lattice
+from aitom.ops.alignment import (
+    Alignment,
+    align_subtomograms,
+    particle_masks,
+    phase_rotational_search,
+    shift_lattice,
+)
 from aitom.ops.symmetry import map_symmetry_rotations, symmetrize_volume
 
 __all__ = [
@@ -149,13 +155,12 @@ def half_set_fsc(
     halves = []
     for parity in (0, 1):
         index = torch.arange(parity, volumes.shape[0], 2, device=volumes.device)
-        half_mask = mask if mask is None or mask.ndim == 3 else mask[index]
         half_weights = None if weights is None else weights[index]
         average, _ = wedge_compensated_average(
             volumes[index],
             rotations[index],
             shifts_xyz[index],
-            half_mask,
+            particle_masks(mask, index),
             weights=half_weights,
             wiener_floor=wiener_floor,
             symmetry_rotations=symmetry_rotations,
@@ -416,7 +421,7 @@ def reference_free_average(
                     reference,
                     volumes[part],
                     reference_mask,
-                    mask if mask is None or mask.ndim == 3 else mask[part],
+                    particle_masks(mask, part),
                     angular_step_deg=angular_step_deg,
                     max_shift_voxels=max_shift_voxels,
                     max_frequency=max_frequency,

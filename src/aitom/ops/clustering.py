@@ -20,7 +20,7 @@ import torch
 
 from aitom.fourier import fftn_centered, ifftn_centered, lowpass
 from aitom.geometry import rotate_volume, soft_sphere_mask
-from aitom.ops.alignment import Alignment, align_subtomograms
+from aitom.ops.alignment import Alignment, align_subtomograms, particle_masks
 from aitom.ops.averaging import (
     align_to_reference_frame,
     half_set_fsc,
@@ -183,7 +183,8 @@ def structural_correlations(
     Args:
         volumes: ``(P, S, S, S)`` subtomograms; labels ``(P,)`` classes ``0 … K−1``.
         rotations, shifts_xyz: ``(P, 3, 3)``, ``(P, 3)`` poses in the frame of each one's class average.
-        mask: centred Fourier mask ``(S, S, S)`` shared by all, or None.
+        mask: centred Fourier mask ``(S, S, S)`` shared by all, per-subtomogram masks ``(P, S, S, S)``, or
+            None.
         max_frequency: band limit of the averages, the superposition and the correlations, cycles/voxel.
         angular_step_deg: rotation grid of the superposition, degrees.
 
@@ -197,7 +198,7 @@ def structural_correlations(
     for k in range(n_classes):
         members = torch.nonzero(labels == k).flatten()
         average, _ = wedge_compensated_average(
-            volumes[members], rotations[members], shifts_xyz[members], mask
+            volumes[members], rotations[members], shifts_xyz[members], particle_masks(mask, members)
         )
         averages.append(lowpass(average, band_a, 1.0))
         if members.numel() < 2:
@@ -205,7 +206,9 @@ def structural_correlations(
             continue
         halves = [
             lowpass(
-                wedge_compensated_average(volumes[half], rotations[half], shifts_xyz[half], mask)[0],
+                wedge_compensated_average(
+                    volumes[half], rotations[half], shifts_xyz[half], particle_masks(mask, half)
+                )[0],
                 band_a,
                 1.0,
             )
@@ -301,6 +304,8 @@ def _merge_similar_classes(
 ) -> tuple[torch.Tensor, Alignment, torch.Tensor, list[dict], torch.Tensor]:
     """Merge the classes of one structure, best pair first, until no pair correlates by ``threshold``.
 
+    ``align(reference, members)`` aligns the subtomograms ``members`` (indices) to ``reference``.
+
     Returns the new labels, poses, averages, the merges and the structural correlations of the final classes.
     """
     rotation, shift, score = alignment.rotation.clone(), alignment.shift_xyz.clone(), alignment.score.clone()
@@ -317,7 +322,7 @@ def _merge_similar_classes(
         sizes = torch.bincount(labels, minlength=averages.shape[0])
         kept, moved = (first, second) if sizes[first] >= sizes[second] else (second, first)
         members = torch.nonzero(labels == moved).flatten()
-        realigned = align(averages[kept], volumes[members])
+        realigned = align(averages[kept], members)
         rotation[members], shift[members] = realigned.rotation, realigned.shift_xyz
         score[members] = realigned.score
         estimate = float(estimates[first, second])
@@ -363,7 +368,8 @@ def classify_and_average(
 
     Args:
         volumes: ``(P, S, S, S)`` subtomograms.
-        mask: centred Fourier mask ``(S, S, S)`` shared by all, or None.
+        mask: centred Fourier mask ``(S, S, S)`` shared by all, per-subtomogram masks ``(P, S, S, S)`` (e.g.
+            the real wedge and CTF of each), or None.
         n_classes: number of classes; None chooses it in ``[2, max_classes]`` by the mean silhouette, then
             merges classes that hold one structure (below).
         merge_threshold: with ``n_classes`` None, after the last round the two classes whose structures
@@ -392,12 +398,14 @@ def classify_and_average(
     )
     seed = 0 if generator is None else int(generator.initial_seed())
 
-    def align_to(reference: torch.Tensor, subtomograms: torch.Tensor) -> Alignment:
+    def align_to(reference: torch.Tensor, members: torch.Tensor | None = None) -> Alignment:
+        """Align the subtomograms ``members`` (all when None) to ``reference``."""
+        index = slice(None) if members is None else members
         return align_subtomograms(
             reference,
-            subtomograms,
+            volumes[index],
             None,
-            mask,
+            particle_masks(mask, index),
             angular_step_deg=angular_step_deg,
             max_shift_voxels=max_shift_voxels,
             max_frequency=max_frequency,
@@ -433,7 +441,7 @@ def classify_and_average(
                 }
             )
             break
-        per_class = [align_to(average, volumes) for average in averages]
+        per_class = [align_to(average) for average in averages]
         scores = torch.stack([result.score for result in per_class])  # (K, P)
         best = scores.argmax(0)
         items = torch.arange(volumes.shape[0], device=volumes.device)
@@ -468,7 +476,10 @@ def classify_and_average(
     for k in range(averages.shape[0]):
         members = labels == k
         frequency, curve = half_set_fsc(
-            volumes[members], alignment.rotation[members], alignment.shift_xyz[members], mask
+            volumes[members],
+            alignment.rotation[members],
+            alignment.shift_xyz[members],
+            particle_masks(mask, members),
         )
         fsc_curves.append(curve)
     return ClassificationResult(

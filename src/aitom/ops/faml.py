@@ -27,6 +27,7 @@ from aitom.ops.alignment import (
     _band_and_friedel_weight,
     _distinct_best,
     _half_spectrum_mask,
+    particle_masks,
     rotational_search,
     translation_search,
 )
@@ -215,7 +216,7 @@ def faml_average(
         coefficients = torch.empty_like(residuals)
         for begin in range(0, n, batch_size):
             part = slice(begin, begin + batch_size)
-            part_mask = mask if mask is None or mask.ndim == 3 else mask[part]
+            part_mask = particle_masks(mask, part)
             for k in range(n_classes):
                 candidate_rotations, candidate_shifts = _candidates(
                     models[k],
@@ -288,7 +289,7 @@ def faml_average(
     curves = []
     for k in range(n_classes):
         members = labels == k
-        class_mask = mask if mask is None or mask.ndim == 3 else mask[members]
+        class_mask = particle_masks(mask, members)
         frequency, curve = half_set_fsc(
             volumes[members], alignment.rotation[members], alignment.shift_xyz[members], class_mask
         )
