@@ -21,6 +21,7 @@ from aitom.io.relion5 import (
     read_tomograms_star,
     relion5_optics_table,
     relion5_particles_table,
+    tomogram_voxel_positions,
     voxels_to_centered_angstrom,
     write_relion5_particles,
 )
@@ -178,6 +179,31 @@ def test_particle_positions_units():
         rlnOriginXAngst=1.0,
     )
     np.testing.assert_allclose(particle_positions_centered_a(centred, tomograms)[0], [9.0, -20.0, 30.0])
+
+
+def test_voxel_positions_subtract_origin_shifts_in_every_layout():
+    """RELION: position = coordinate - origin. A plain voxel table (no optics), a RELION 4/5 table in 5 Å
+    tilt-series pixels and a RELION 5 centred one, each with rlnOriginXAngst 20 Å, on a 10 Å tomogram."""
+    size, voxel = (40, 30, 20), 10.0
+    plain = pd.DataFrame({"rlnCoordinateX": [12.0], "rlnCoordinateY": [7.0], "rlnCoordinateZ": [3.0]})
+    positions, note = tomogram_voxel_positions(plain, pd.DataFrame(), size, voxel)
+    assert note is None and positions.tolist() == [[12.0, 7.0, 3.0]]
+    shifted = plain.assign(rlnOriginXAngst=20.0, rlnOriginZAngst=-10.0)
+    positions, note = tomogram_voxel_positions(shifted, pd.DataFrame(), size, voxel)
+    assert note is not None and positions.tolist() == [[10.0, 7.0, 4.0]]
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnTomoTiltSeriesPixelSize": [5.0]})
+    positions, _ = tomogram_voxel_positions(shifted.assign(rlnOpticsGroup=1), optics, size, voxel)
+    np.testing.assert_allclose(positions, [[12.0 * 5 / 10 - 2, 7.0 * 5 / 10, 3.0 * 5 / 10 + 1]])
+    centred = pd.DataFrame(
+        {
+            "rlnCenteredCoordinateXAngst": [0.0],
+            "rlnCenteredCoordinateYAngst": [0.0],
+            "rlnCenteredCoordinateZAngst": [0.0],
+            "rlnOriginXAngst": [20.0],
+        }
+    )
+    positions, _ = tomogram_voxel_positions(centred, pd.DataFrame(), size, voxel)
+    np.testing.assert_allclose(positions, [[20.0 - 2, 15.0, 10.0]])  # centre of 40 × 30 × 20 is (20, 15, 10)
 
 
 def test_write_read_round_trip(tmp_path):

@@ -510,7 +510,7 @@ def tomogram_voxel_positions(
       converted with :func:`centered_angstrom_to_voxels` (``size_voxels_xyz``, ``voxel_size_a``).
     * ``rlnCoordinate*`` with ``rlnTomoTiltSeriesPixelSize`` in ``optics`` (RELION 4/5): tilt-series pixels
       from the corner, minus ``rlnOrigin*Angst``, scaled to ``voxel_size_a``.
-    * ``rlnCoordinate*`` otherwise: voxels of this tomogram, used as they are.
+    * ``rlnCoordinate*`` otherwise: voxels of this tomogram, minus ``rlnOrigin*Angst`` / ``voxel_size_a``.
 
     Returns:
         The positions and a one-line account of the conversion (None when the coordinates are used as is).
@@ -533,7 +533,9 @@ def tomogram_voxel_positions(
         )
     pixels = particles[list(PIXEL_COLUMNS)].to_numpy(dtype=np.float64)
     if len(optics) == 0 or "rlnTomoTiltSeriesPixelSize" not in optics.columns:
-        return pixels, None
+        if not origins.any():
+            return pixels, None
+        return pixels - origins / voxel_size_a, f"rlnOrigin*Angst subtracted in {voxel_size_a:g} Å voxels"
     pixel_a = particle_optics(particles, optics)["rlnTomoTiltSeriesPixelSize"].to_numpy(dtype=np.float64)
     if np.allclose(pixel_a, voxel_size_a, rtol=1e-3) and not origins.any():
         return pixels, None
