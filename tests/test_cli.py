@@ -148,3 +148,21 @@ def test_library_chatter_is_dropped_but_other_messages_pass(caplog):
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
         warnings.warn("a warning about the data", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a warning about the data"]
+
+
+def test_show_draws_relion5_centred_picks_at_their_voxels(tmp_path, volume_file, monkeypatch, capsys):
+    """RELION 5 tables (centred Å, several tomograms) were refused; now converted as `aitom extract` does."""
+    import aitom.io
+    from aitom.io.relion5 import relion5_particles_table, voxels_to_centered_angstrom
+
+    voxels = np.array([[10.0, 12.0, 8.0], [30.0, 20.0, 16.0]])  # (x, y, z) in the 40 × 32 × 24 volume
+    centred = voxels_to_centered_angstrom(voxels, (40, 32, 24), 10.0)
+    table = relion5_particles_table(np.vstack([centred, [[0.0, 0.0, 0.0]]]), ["vol", "vol", "other"])
+    picks = write_particles(tmp_path / "relion5.star", table)
+    drawn = {}
+    monkeypatch.setattr(aitom.io, "save_montage", lambda volume, path, **options: drawn.update(options))
+    argv = ["show", str(volume_file), "--out", str(tmp_path / "vol.png"), "--picks", str(picks)]
+    assert main(argv) == 2  # two tomograms in the table: which one?
+    assert "--tomo-name" in capsys.readouterr().err
+    assert main([*argv, "--tomo-name", "vol"]) == 0
+    np.testing.assert_allclose(drawn["picks_xyz"], voxels)

@@ -123,3 +123,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, volume, case, capsys) -> Non
     else:
         assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_mrc_to_mrc_keeps_the_position_of_a_map_placed_by_nstart(tmp_path) -> None:
+    """The real EMDB map emd_1832 (nstart -32, origin 0): its grid stays at -32 voxels × 5.7 Å."""
+    out = tmp_path / "out.mrc"
+    assert main(["convert", str(DATA / "maps" / "emd_1832.map.gz"), str(out)]) == 0
+    with mrcfile.open(out) as mrc:
+        origin = (float(mrc.header.origin.x), float(mrc.header.origin.y), float(mrc.header.origin.z))
+        nstart = (int(mrc.header.nxstart), int(mrc.header.nystart), int(mrc.header.nzstart))
+    assert nstart == (0, 0, 0)
+    assert origin == pytest.approx((-32 * 5.7, -32 * 5.7, -32 * 5.7), rel=1e-5)

@@ -184,3 +184,60 @@ def test_relion5_angstrom_positions_need_a_voxel_size(tmp_path, capsys):
     assert main([*argv, "--voxel-size", "7.5"]) == 0
     table = read_particles(out / "particles.star")
     np.testing.assert_allclose(table[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]], [[20, 15, 10]])
+
+
+def test_half_voxel_coordinates_round_the_same_way_whatever_their_parity(tomogram, tmp_path):
+    """10.5 and 11.5 both round up (np.rint sent 10.5 down to 10 and 11.5 up to 12)."""
+    path, values = tomogram
+    star = _star(tmp_path, [[10.5, 8.5, 6.5], [11.5, 9.5, 7.5]])
+    out = tmp_path / "out"
+    assert main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8", "--out",
+                 str(out)]) == 0  # fmt: skip
+    for index, (x, y, z) in enumerate([(11, 9, 7), (12, 10, 8)]):
+        box = read_volume(out / "subtomograms" / f"{index:06d}.mrc")[0].numpy()
+        np.testing.assert_array_equal(box, values[z - 4 : z + 4, y - 4 : y + 4, x - 4 : x + 4])
+
+
+def test_real_warptools_table_with_visible_frames_and_its_coordinate_pixel_size(tmp_path, capsys):
+    """The tomodrgn 70S RELION 5 set: rlnTomoVisibleFrames is written back as text (it crashed the STAR
+    writer), and --coordinate-pixel-size 12 reads its rlnCoordinate* as 12 Å pixels."""
+    from pathlib import Path
+
+    name = "warptools_test_4-tomos_10-ptcls_box-32_angpix-12.star"
+    star = Path(__file__).parent / "data" / "relion5" / name
+    original = read_particles(star)
+    original = original[original["rlnTomoName"] == "Unt_050.tomostar"].reset_index(drop=True)
+    values = np.random.default_rng(1).normal(size=(20, 84, 62)).astype(np.float32)
+    path = write_volume(tmp_path / "tomogram.mrc", values, 120.0)
+    out = tmp_path / "out"
+    argv = ["extract", "--tomogram", str(path), "--particles", str(star), "--size", "6", "--out", str(out)]
+    assert main([*argv, "--tomo-name", "Unt_050.tomostar", "--coordinate-pixel-size", "12"]) == 0
+    table = read_particles(out / "particles.star")
+    assert list(table["rlnTomoVisibleFrames"]) == list(original["rlnTomoVisibleFrames"])
+    expected = original[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy() * 12.0 / 120.0
+    np.testing.assert_allclose(table[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]], expected)
+    x, y, z = np.floor(expected[0] + 0.5).astype(int)
+    box = read_volume(out / table["rlnImageName"][0])[0].numpy()
+    np.testing.assert_array_equal(box, values[z - 3 : z + 3, y - 3 : y + 3, x - 3 : x + 3])
+
+
+def test_relion5_origin_shifts_are_applied_once_and_reset(tomogram, tmp_path):
+    """rlnOriginXAngst moves the box centre (RELION: position = coordinate - origin); the output's particles
+    sit at their box centres, so its shifts are 0 (a reader must not apply them a second time)."""
+    from aitom.io.relion5 import relion5_particles_table, voxels_to_centered_angstrom
+
+    path, values = tomogram
+    centred = voxels_to_centered_angstrom(np.array([[20.0, 15.0, 10.0]]), SHAPE_ZYX[::-1], VOXEL_SIZE_A)
+    particles = relion5_particles_table(centred, ["tomo1"])
+    particles["rlnOriginXAngst"] = [2 * VOXEL_SIZE_A]  # the particle is 2 voxels to the left: x = 18
+    particles["rlnOriginYAngst"] = [0.0]
+    particles["rlnOriginZAngst"] = [-VOXEL_SIZE_A]  # and 1 voxel up: z = 11
+    star = _relion5_star(tmp_path, particles)
+    out = tmp_path / "out"
+    assert main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8", "--out",
+                 str(out)]) == 0  # fmt: skip
+    table = read_particles(out / "particles.star")
+    np.testing.assert_allclose(table[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]], [[18, 15, 11]])
+    assert table[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy().tolist() == [[0, 0, 0]]
+    box = read_volume(out / "subtomograms" / "000000.mrc")[0].numpy()
+    np.testing.assert_array_equal(box, values[7:15, 11:19, 14:22])

@@ -200,3 +200,62 @@ def test_estimate_wedge_prints_json(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert abs(result["tilt_min_deg"] + 50) <= 3 and abs(result["tilt_max_deg"] - 65) <= 3
     assert result["axis"] == "y" and result["voxel_size_a"] == pytest.approx(10.0)
+
+
+def _grid_positions_a(path: Path) -> np.ndarray:
+    """Position (x, y, z), Å, of the first voxel as viewers place it: origin, or if 0 nstart × voxel."""
+    with mrcfile.open(path) as mrc:
+        header, voxel = mrc.header, mrc.voxel_size
+        origin = np.array([header.origin.x, header.origin.y, header.origin.z], dtype=np.float64)
+        nstart = np.array([header.nxstart, header.nystart, header.nzstart], dtype=np.float64)
+        size = np.array([voxel.x, voxel.y, voxel.z], dtype=np.float64)
+    return origin if origin.any() else nstart * size
+
+
+def test_filter_keeps_the_position_of_a_map_placed_by_nstart(tmp_path):
+    """EMDB maps place the grid by nstart (origin 0): the filtered map must stay where the input was."""
+    source = tmp_path / "nstart.mrc"
+    with mrcfile.new(source) as mrc:
+        mrc.set_data(np.random.default_rng(0).standard_normal((10, 12, 14)).astype(np.float32))
+        mrc.voxel_size = 5.0
+        mrc.header.nxstart, mrc.header.nystart, mrc.header.nzstart = -7, 3, -5
+    out = tmp_path / "out.mrc"
+    assert run_cli(["filter", "gaussian", str(source), str(out), "--sigma-voxels", "1"]) == 0
+    np.testing.assert_allclose(_grid_positions_a(out), [-35.0, 15.0, -25.0])
+    np.testing.assert_allclose(_grid_positions_a(out), _grid_positions_a(source))
+
+
+@pytest.mark.filterwarnings("ignore::aitom.io.HeaderWarning")
+def test_estimate_snr_with_unset_voxel_size_gives_the_snr_and_no_frequencies_in_angstrom(tmp_path, capsys):
+    """Headers with voxel size 0 (warned): the SNR needs no voxel size; frequencies in 1/Å are null."""
+    generator = torch.Generator().manual_seed(3)
+    signal = torch.randn(24, 24, 24, generator=generator)
+    files = []
+    for name in ("a.mrc", "b.mrc"):
+        noisy = (signal + 2**0.5 * torch.randn(signal.shape, generator=generator)).numpy()
+        files.append(_write_raw(tmp_path / name, noisy.astype(np.float32), voxel_size_a=0.0))
+    assert run_cli(["estimate", "snr", "--pairs-a", str(files[0]), "--pairs-b", str(files[1])]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["snr"] == pytest.approx(0.5, rel=0.2)
+    assert result["shell_frequency_per_a"] is None and result["voxel_size_a"] is None
+    assert result["shell_frequency_per_voxel"][-1] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["estimate", "snr", "--pairs-a", "{noise}", "--pairs-b", "{flat}"], "{flat}: is constant"),
+        (["estimate", "wedge", "{flat}"], "{flat}: volume is constant"),
+        (["estimate", "wedge", "{noise}", "--min-angle-deg", "90"], "full ±90°"),
+    ],
+)
+def test_estimates_without_a_defined_answer_are_exit_2_not_nan_json(tmp_path, capsys, argv, message):
+    """A constant volume gave SNR 0 and a wedge score of -Infinity (invalid JSON); only ±90° the same."""
+    files = {
+        "noise": write_volume(tmp_path / "noise.mrc", np.random.default_rng(0).normal(size=(24,) * 3), 5.0),
+        "flat": write_volume(tmp_path / "flat.mrc", np.ones((24, 24, 24), np.float32), 5.0),
+    }
+    assert run_cli([a.format(**files) for a in argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert message.format(**files) in captured.err

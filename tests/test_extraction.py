@@ -17,6 +17,7 @@ CENTRES_XYZ = [
     (27.0, 23.0, 19.0),
     (-3.0, -2.0, -1.0),
     (13.4, 11.6, 9.5),
+    (10.5, 11.5, 4.5),  # half-way: every axis rounds up, whatever the parity
     (100.0, 5.0, 5.0),
 ]
 
@@ -25,7 +26,7 @@ def numpy_reference(volume: np.ndarray, centres_xyz, size: int, padding: str) ->
     """Fancy-index every box voxel by voxel (clipped indices), then blank those outside the volume."""
     boxes = []
     for centre in centres_xyz:
-        indices = [int(np.rint(c)) - size // 2 + np.arange(size) for c in centre[::-1]]  # z, y, x
+        indices = [int(np.floor(c + 0.5)) - size // 2 + np.arange(size) for c in centre[::-1]]  # z, y, x
         valid = [(i >= 0) & (i < n) for i, n in zip(indices, volume.shape)]
         clipped = [np.clip(i, 0, n - 1) for i, n in zip(indices, volume.shape)]
         box = volume[np.ix_(*clipped)].astype(np.float64)

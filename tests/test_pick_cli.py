@@ -221,3 +221,84 @@ def test_symmetric_template_orientations_up_to_its_symmetry(tmp_path, capsys):
     assert scores["orientation_fraction"] >= 0.75 and scores["median_orientation_error_deg"] < 10.0
     plain = evaluate_picks(picks, truth, 2.0)
     assert plain["median_orientation_error_deg"] > 30.0
+
+
+def _unset_voxel_size_copy(source, path):
+    """A copy of an MRC file whose header voxel size is 0 (unset), as some real tomograms have."""
+    import mrcfile
+
+    with mrcfile.open(source) as original, mrcfile.new(path) as mrc:
+        mrc.set_data(original.data.copy())
+        mrc.voxel_size = 0.0
+    return path
+
+
+@pytest.mark.parametrize(
+    ("method_options", "message"),
+    [
+        (["dog"], "a sigma in Å needs it; pass --voxel-size or --sigma-voxels"),
+        (["saliency", "--radius-a", "40"], "a radius in Å needs it; pass --voxel-size or --radius-voxels"),
+        (["template", "--template", "{template}"], "template matching needs the tomogram's voxel size"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::aitom.io.HeaderWarning")
+def test_unset_tomogram_voxel_size_with_lengths_in_angstrom_is_exit_2(
+    files, tmp_path, method_options, message
+):
+    tomogram = _unset_voxel_size_copy(files["tomogram"], tmp_path / "unset_tomogram.mrc")
+    out = tmp_path / "picks.star"
+    options = [option.format(template=files["template"]) for option in method_options]
+    parser = argparse.ArgumentParser(prog="aitom")
+    pick.add_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(InputError, match=message) as error:  # was ZeroDivisionError: a traceback
+        pick.run(parser.parse_args(["pick", *options, "--tomogram", str(tomogram), "--out", str(out)]))
+    assert error.value.path == tomogram
+    assert not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore::aitom.io.HeaderWarning")
+def test_unset_tomogram_voxel_size_is_fine_with_lengths_in_voxels(files, tmp_path, capsys):
+    tomogram = _unset_voxel_size_copy(files["tomogram"], tmp_path / "unset_tomogram.mrc")
+    out = tmp_path / "picks.star"
+    argv = ["dog", "--tomogram", str(tomogram), "--out", str(out), "--sigma-voxels", "2"]
+    assert run_pick([*argv, "--truth", str(files["truth"])]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["recall"] == 1.0
+
+
+def test_existing_map_output_is_refused_before_the_table_is_written(files, tmp_path):
+    out = tmp_path / "picks.star"
+    (tmp_path / "picks_rotations.star").write_text("keep me\n")
+    argv = ["template", "--tomogram", str(files["tomogram"]), "--template", str(files["template"])]
+    argv += ["--out", str(out), "--angular-step", "90", "--no-wedge", "--maps"]
+    assert run_pick(argv) == 2
+    # nothing else written
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["picks_rotations.star"]
+    assert (tmp_path / "picks_rotations.star").read_text() == "keep me\n"
+
+
+def test_score_maps_lie_on_the_tomogram_grid_placed_by_nstart(files, tmp_path):
+    import mrcfile
+
+    tomogram = tmp_path / "placed.mrc"
+    with mrcfile.open(files["tomogram"]) as original, mrcfile.new(tomogram) as mrc:
+        mrc.set_data(original.data.copy())
+        mrc.voxel_size = 10.0
+        mrc.header.nxstart, mrc.header.nystart, mrc.header.nzstart = -20, 5, -3
+    out = tmp_path / "picks.star"
+    argv = ["template", "--tomogram", str(tomogram), "--template", str(files["template"]), "--out", str(out)]
+    assert run_pick([*argv, "--angular-step", "90", "--no-wedge", "--maps"]) == 0
+    with mrcfile.open(tmp_path / "picks_placed_scores.mrc") as scores:
+        origin = (float(scores.header.origin.x), float(scores.header.origin.y), float(scores.header.origin.z))
+        assert scores.voxel_size.x == pytest.approx(10.0)
+    assert origin == pytest.approx((-200.0, 50.0, -30.0))
+
+
+def test_a_particle_scale_larger_than_the_tiles_names_the_particle_size(files, tmp_path):
+    """A radius typed in the wrong unit asked to fix an --overlap-voxels the user never gave."""
+    out = tmp_path / "picks.star"
+    argv = ["saliency", "--tomogram", str(files["tomogram"]), "--out", str(out), "--radius-voxels", "500"]
+    parser = argparse.ArgumentParser(prog="aitom")
+    pick.add_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(InputError, match=r"particle size scale \(500 voxels\).*--tile-voxels 256"):
+        pick.run(parser.parse_args(["pick", *argv]))
+    assert not out.exists()

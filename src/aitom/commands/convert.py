@@ -116,6 +116,7 @@ def read_tiff_volume(path: Path) -> tuple[object, tuple[float, float, float] | N
 
 def run(args: argparse.Namespace) -> int:
     import warnings
+    from dataclasses import replace
 
     import numpy as np
 
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.voxel_size is not None and not args.voxel_size > 0:
         raise InputError(f"--voxel-size must be positive (Å), got {args.voxel_size}")
     check_output_path(args.output, args.overwrite)
+    header = None
     if args.input.suffix.lower() in _TIFF_SUFFIXES:
         array, carried, description = read_tiff_volume(args.input)
         source = f"TIFF metadata: {description}"
@@ -148,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"contains {int((~np.isfinite(data)).sum())} NaN/Inf values", args.input)
     if args.invert:
         data = -data
-    write_volume(args.output, data, voxel_size, overwrite=args.overwrite)
+    # the map stays where it was (nstart counts voxels of the voxel size written)
+    origin = None if header is None else replace(header, voxel_size_a=voxel_size).grid_origin_a
+    write_volume(args.output, data, voxel_size, overwrite=args.overwrite, origin_a=origin)
     used = tuple(round(float(v), 4) for v in voxel_size)
     print(
         f"{args.output}: {data.shape[0]}x{data.shape[1]}x{data.shape[2]} (Z, Y, X) float32, voxel size "

@@ -110,6 +110,9 @@ def _run_snr(args: argparse.Namespace) -> dict:
         b, _ = read_volume(file_b, voxel_size_a=args.voxel_size)
         if a.shape != b.shape or (volumes_a and a.shape != volumes_a[0].shape):
             raise InputError(f"shape {tuple(b.shape)} differs from its pair or the first volume", file_b)
+        for volume, file in ((a, file_a), (b, file_b)):
+            if float(volume.std()) == 0.0:  # its correlation with the pair is undefined (not an SNR of 0)
+                raise InputError("is constant: no correlation with its pair, no SNR", file)
         volumes_a.append(a)
         volumes_b.append(b)
         voxel_size = header.voxel_size_a[0]
@@ -124,9 +127,12 @@ def _run_snr(args: argparse.Namespace) -> dict:
     result = snr_from_pairs(a, b, mask, n_bootstrap=args.bootstrap, seed=args.seed)
     frequency, ssnr = ssnr_from_pairs(a, b, mask)
     result["shell_frequency_per_voxel"] = [round(float(f), 6) for f in frequency]
-    result["shell_frequency_per_a"] = [round(float(f) / voxel_size, 6) for f in frequency]
+    # a header voxel size of 0 (unset, warned) gives no frequencies in 1/Å: null, not a division by zero
+    result["shell_frequency_per_a"] = (
+        [round(float(f) / voxel_size, 6) for f in frequency] if voxel_size > 0 else None
+    )
     result["ssnr"] = [float(s) for s in ssnr]
-    result["voxel_size_a"] = voxel_size
+    result["voxel_size_a"] = voxel_size if voxel_size > 0 else None
     return result
 
 

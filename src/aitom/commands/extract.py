@@ -61,43 +61,57 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the tomogram's voxel size, Å, replacing its header's: used to convert positions in Å and "
         "written to the subtomograms (default: the header's)",
     )
+    parser.add_argument(
+        "--coordinate-pixel-size",
+        type=float,
+        metavar="Å",
+        help="pixel size of the table's rlnCoordinateX/Y/Z, Å, when they are not in voxels of this tomogram "
+        "(default: the table's rlnTomoTiltSeriesPixelSize for RELION 4/5 tables, else the tomogram's voxel "
+        "size); e.g. 12 for WarpTools exports whose coordinates count 12 Å particle pixels",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
-def _select_tomogram(table, name: str | None, star: Path):
-    from aitom.errors import InputError
-
-    columns = [column for column in ("rlnTomoName", "rlnMicrographName") if column in table.columns]
-    if name is None:
-        for column in columns:
-            names = sorted(set(map(str, table[column])))
-            if len(names) > 1:
-                raise InputError(
-                    f"the table lists {len(names)} tomograms in {column} ({', '.join(names[:4])}"
-                    f"{', ...' if len(names) > 4 else ''}); choose one with --tomo-name",
-                    star,
-                )
-        return table
-    if not columns:
-        raise InputError("--tomo-name given but the table has no rlnTomoName or rlnMicrographName", star)
-    selected = table[table[columns[0]].astype(str) == name]
-    if len(selected) == 0:
-        raise InputError(f"no particle has {columns[0]} {name!r}", star)
-    return selected.reset_index(drop=True)
-
-
-def _read_table(star: Path):
-    """The particle table (any positions) and its ``data_optics`` (empty when absent or not RELION's)."""
+def _with_coordinate_pixel_size(table, optics, pixel_size_a: float, star: Path):
+    """``optics`` whose ``rlnTomoTiltSeriesPixelSize`` (unit of ``rlnCoordinate*``) is ``pixel_size_a``."""
     import pandas as pd
 
-    from aitom.io import read_particles
-    from aitom.io.relion5 import read_relion5_particles
+    from aitom.errors import InputError
+    from aitom.io.relion5 import CENTERED_COLUMNS
 
-    table = read_particles(star, require=())
-    if "rlnTomoName" not in table.columns:
-        return table, pd.DataFrame()
-    particles, optics, _ = read_relion5_particles(star)
-    return particles, optics
+    if set(CENTERED_COLUMNS) <= set(table.columns):
+        raise InputError(
+            "--coordinate-pixel-size given, but the positions are rlnCenteredCoordinate*Angst (in Å)", star
+        )
+    optics = pd.DataFrame({"rlnOpticsGroup": [1]}) if len(optics) == 0 else optics.copy()
+    optics["rlnTomoTiltSeriesPixelSize"] = float(pixel_size_a)
+    return optics
+
+
+def _output_table(table, names: list[str], coordinates_xyz, conversion: str | None):
+    """The input table with ``rlnImageName`` and the positions in voxels of the tomogram.
+
+    ``rlnCoordinateX/Y/Z`` become the box centres (voxels, the DESIGN convention). When the positions were
+    converted (RELION 5 / RELION 4 tables), the ``rlnOriginX/Y/ZAngst`` shifts were applied to them, so the
+    particles sit at the box centres: the shifts are reset to 0 (kept, a reader would apply them twice).
+    ``rlnTomoVisibleFrames`` is written back as RELION's ``[1,0,...]`` text.
+    """
+    from aitom.io.relion5 import format_visible_frames
+
+    table = table.copy()
+    table["rlnImageName"] = names
+    for axis, column in enumerate(("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")):
+        table[column] = coordinates_xyz[:, axis]
+    if conversion is not None:
+        for column in ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"):
+            if column in table.columns:
+                table[column] = 0.0
+    if "rlnTomoVisibleFrames" in table.columns:
+        table["rlnTomoVisibleFrames"] = [
+            value if isinstance(value, str) else format_visible_frames(value)
+            for value in table["rlnTomoVisibleFrames"]
+        ]
+    return table
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,21 +120,30 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from aitom.commands.shared import check_output_folder, output_folder
+    from aitom.commands.shared import (
+        check_output_folder,
+        output_folder,
+        read_particle_table,
+        select_tomogram,
+    )
     from aitom.errors import InputError
     from aitom.io import open_volume_mmap, write_particles, write_volume
     from aitom.io.relion5 import tomogram_voxel_positions
-    from aitom.ops.extraction import extract_subvolumes
+    from aitom.ops.extraction import extract_subvolumes, nearest_voxel
 
     if args.size < MIN_BOX_VOXELS:
         raise InputError(f"--size must be at least {MIN_BOX_VOXELS} voxels, got {args.size}")
     if args.voxel_size is not None and args.voxel_size <= 0:
         raise InputError(f"--voxel-size must be positive (Å), got {args.voxel_size}")
+    if args.coordinate_pixel_size is not None and not args.coordinate_pixel_size > 0:
+        raise InputError(f"--coordinate-pixel-size must be positive (Å), got {args.coordinate_pixel_size}")
     check_output_folder(args.out, args.overwrite)
-    table, optics = _read_table(args.particles)
-    table = _select_tomogram(table, args.tomo_name, args.particles)
+    table, optics = read_particle_table(args.particles)
+    table = select_tomogram(table, args.tomo_name, args.particles)
     if len(table) == 0:
         raise InputError("the particle table is empty", args.particles)
+    if args.coordinate_pixel_size is not None:
+        optics = _with_coordinate_pixel_size(table, optics, args.coordinate_pixel_size, args.particles)
     tomogram, header = open_volume_mmap(args.tomogram, voxel_size_a=args.voxel_size)
     shape_zyx = np.array(tomogram.shape)
     if args.size > shape_zyx.min():
@@ -130,7 +153,10 @@ def run(args: argparse.Namespace) -> int:
         )
     voxel_size_a = float(header.voxel_size_a[0])
     try:
-        coordinates_xyz, conversion = tomogram_voxel_positions(table, optics, shape_zyx[::-1], voxel_size_a)
+        with np.errstate(divide="ignore", invalid="ignore"):  # an unset voxel size is refused just below
+            coordinates_xyz, conversion = tomogram_voxel_positions(
+                table, optics, shape_zyx[::-1], voxel_size_a
+            )
     except InputError as error:
         raise InputError(error.problem, args.particles) from None
     if conversion is not None:
@@ -168,15 +194,9 @@ def run(args: argparse.Namespace) -> int:
             if args.normalise:
                 box = (box - box.mean()) / box.std().clamp_min(1e-12)
             write_volume(folder / names[index], box, voxel_size_a)
-        table = table.copy()
-        table["rlnImageName"] = names
-        for axis, column in enumerate(("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")):
-            table[column] = coordinates_xyz[:, axis]  # voxels of this tomogram, the DESIGN convention
-        write_particles(folder / "particles.star", table)
-    touching = (
-        (np.rint(coordinates_xyz) - args.size // 2 < 0)
-        | (np.rint(coordinates_xyz) - args.size // 2 + args.size > shape_zyx[::-1])
-    ).any(axis=1)
+        write_particles(folder / "particles.star", _output_table(table, names, coordinates_xyz, conversion))
+    first = nearest_voxel(coordinates_xyz) - args.size // 2
+    touching = ((first < 0) | (first + args.size > shape_zyx[::-1])).any(axis=1)
     note = f" ({int(touching.sum())} boxes cross the border, {args.padding}-padded)" if touching.any() else ""
     print(f"{args.out}: {len(table)} subtomograms of {args.size}³ voxels at {voxel_size_a:g} Å{note}")
     return 0

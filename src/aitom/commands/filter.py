@@ -1,8 +1,8 @@
 """``aitom filter {gaussian,dog,diffusion,bandpass} IN.mrc OUT.mrc [options]``: filter a volume.
 
-The output keeps the input's voxel size (and origin); it is written atomically and never over an existing
-file without ``--overwrite``. Bad input (not a volume, NaN voxels, a non-positive sigma, ...) is one line on
-stderr and exit code 2, and nothing is written.
+The output keeps the input's voxel size and position (its origin, or its ``nstart`` folded into the origin);
+it is written atomically and never over an existing file without ``--overwrite``. Bad input (not a volume,
+NaN voxels, a non-positive sigma, ...) is one line on stderr and exit code 2, and nothing is written.
 """
 
 from __future__ import annotations
@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         result = bandpass_filter(
             volume.to(device), voxel_size[0], args.highpass_a, args.lowpass_a, args.edge_width_frac
         )
-    write_volume(args.output, result.cpu(), voxel_size, overwrite=args.overwrite, origin_a=header.origin_a)
+    origin = header.grid_origin_a
+    write_volume(args.output, result.cpu(), voxel_size, overwrite=args.overwrite, origin_a=origin)
     print(args.output)
     return 0

@@ -172,6 +172,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out, args.overwrite)
     if args.out.suffix != ".star":
         raise InputError("the pick table must be a .star file", args.out)
+    if getattr(args, "maps", False):  # refuse now, not after the search and the table are written
+        from aitom.tasks.pick import map_paths
+
+        for path in map_paths(args.out, args.tomogram).values():
+            check_output_path(path, args.overwrite)
     tomogram, header = read_volume(args.tomogram, mmap=True, voxel_size_a=args.voxel_size)
     if float(tomogram.std()) == 0.0:
         raise InputError("the tomogram is constant (empty): nothing to pick", args.tomogram)
@@ -188,6 +193,12 @@ def run(args: argparse.Namespace) -> int:
     picker, (scale_voxels, tolerance_scale) = _picker(args, tomogram.shape, voxel_size)
     del tomogram
     overlap = 2 * scale_voxels if args.overlap_voxels is None else args.overlap_voxels
+    if args.overlap_voxels is None and overlap >= args.tile_voxels:
+        raise InputError(
+            f"the particle size scale ({scale_voxels} voxels) needs tiles overlapping by {overlap} voxels, "
+            f"more than --tile-voxels {args.tile_voxels}: is the particle size right (voxel size "
+            f"{voxel_size:g} Å)? Otherwise raise --tile-voxels"
+        )
     if overlap < 0 or overlap >= args.tile_voxels:
         raise InputError(f"--overlap-voxels must be in [0, tile size {args.tile_voxels}), got {overlap}")
     if args.method == "template" and overlap < 2 * scale_voxels:
@@ -251,6 +262,12 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
             raise InputError(
                 f"--class-number gives {len(args.class_number)} numbers for {len(args.template)} templates"
             )
+        if not voxel_size > 0:
+            raise InputError(
+                f"voxel size {voxel_size:g} Å in the header: template matching needs the tomogram's voxel "
+                "size; pass --voxel-size",
+                args.tomogram,
+            )
         sizes = [
             check_template(path, voxel_size, shape, args.tomogram, voxel_size_override=args.voxel_size)
             for path in args.template
@@ -278,7 +295,9 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
     if args.method == "dog":
         from aitom.tasks.pick import DoGPicker
 
-        sigma = _voxels(args.sigma_a, args.sigma_voxels, voxel_size, default_a=70.0, name="sigma")
+        sigma = _voxels(
+            args.sigma_a, args.sigma_voxels, voxel_size, default_a=70.0, name="sigma", tomogram=args.tomogram
+        )
         if not args.sigma2_ratio > 1:
             raise InputError(f"--sigma2-ratio must be > 1, got {args.sigma2_ratio}")
         picker = DoGPicker(sigma, args.sigma2_ratio * sigma, **common)
@@ -286,19 +305,33 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
         return picker, (scale, scale)
     from aitom.tasks.pick import SaliencyPicker
 
-    radius = _voxels(args.radius_a, args.radius_voxels, voxel_size, default_a=None, name="radius")
+    radius = _voxels(
+        args.radius_a, args.radius_voxels, voxel_size, default_a=None, name="radius", tomogram=args.tomogram
+    )
     scale = max(1, round(radius))
     return SaliencyPicker(radius, **common), (scale, scale)
 
 
 def _voxels(
-    value_a: float | None, value_voxels: float | None, voxel_size: float, default_a, name: str
+    value_a: float | None,
+    value_voxels: float | None,
+    voxel_size: float,
+    default_a,
+    name: str,
+    tomogram: Path | None = None,
 ) -> float:
+    """A length in voxels: ``value_voxels``, or ``value_a`` (or ``default_a``) Å over ``voxel_size`` Å."""
     from aitom.errors import InputError
 
     if value_voxels is not None:
         voxels = value_voxels
     else:
+        if not voxel_size > 0:
+            raise InputError(
+                f"voxel size {voxel_size:g} Å in the header: a {name} in Å needs it; pass --voxel-size or "
+                f"--{name}-voxels",
+                tomogram,
+            )
         voxels = (default_a if value_a is None else value_a) / voxel_size
     if not voxels > 0:
         raise InputError(f"the {name} must be positive, got {value_voxels if value_a is None else value_a}")

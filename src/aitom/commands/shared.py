@@ -65,3 +65,41 @@ def output_folder(out: Path) -> Iterator[Path]:
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
+
+
+def select_tomogram(table, name: str | None, star: Path):
+    """The rows of ``table`` whose ``rlnTomoName`` (or ``rlnMicrographName``) is ``name``; with ``name`` None,
+    the whole table, which must then list one tomogram."""
+    from aitom.errors import InputError
+
+    columns = [column for column in ("rlnTomoName", "rlnMicrographName") if column in table.columns]
+    if name is None:
+        for column in columns:
+            names = sorted(set(map(str, table[column])))
+            if len(names) > 1:
+                raise InputError(
+                    f"the table lists {len(names)} tomograms in {column} ({', '.join(names[:4])}"
+                    f"{', ...' if len(names) > 4 else ''}); choose one with --tomo-name",
+                    star,
+                )
+        return table
+    if not columns:
+        raise InputError("--tomo-name given but the table has no rlnTomoName or rlnMicrographName", star)
+    selected = table[table[columns[0]].astype(str) == name]
+    if len(selected) == 0:
+        raise InputError(f"no particle has {columns[0]} {name!r}", star)
+    return selected.reset_index(drop=True)
+
+
+def read_particle_table(star: Path):
+    """The particle table (any positions) and its ``data_optics`` (empty when absent or not RELION's)."""
+    import pandas as pd
+
+    from aitom.io import read_particles
+    from aitom.io.relion5 import read_relion5_particles
+
+    table = read_particles(star, require=())
+    if "rlnTomoName" not in table.columns:
+        return table, pd.DataFrame()
+    particles, optics, _ = read_relion5_particles(star)
+    return particles, optics

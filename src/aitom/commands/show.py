@@ -15,7 +15,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("volume", type=Path, help="input volume (MRC/.map/.rec, optionally .gz)")
     parser.add_argument("--out", type=Path, required=True, help="output PNG path")
-    parser.add_argument("--picks", type=Path, help="STAR file with rlnCoordinateX/Y/Z (voxels) to overlay")
+    parser.add_argument(
+        "--picks",
+        type=Path,
+        help="STAR table to overlay: rlnCoordinateX/Y/Z in voxels of the volume, or a RELION 4/5 particle "
+        "set (rlnCenteredCoordinateX/Y/ZAngst, or rlnCoordinateX/Y/Z in tilt-series pixels), converted as "
+        "by aitom extract",
+    )
+    parser.add_argument(
+        "--tomo-name",
+        help="draw only the picks whose rlnTomoName (or rlnMicrographName) is this; needed when the table "
+        "lists several tomograms",
+    )
+    parser.add_argument(
+        "--voxel-size",
+        type=float,
+        metavar="Å",
+        help="voxel size of the volume in Å, replacing its header's; used only to convert positions in Å",
+    )
     parser.add_argument(
         "--pick-radius",
         type=float,
@@ -26,9 +43,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
+def _picks_in_voxels(args: argparse.Namespace, shape_zyx: tuple[int, ...]):
+    """The picks table (of ``--tomo-name``) and its positions ``(N, 3)`` (x, y, z) in voxels of the volume.
+
+    Positions are read as :mod:`aitom.commands.extract` reads them: voxels as they are; RELION 5 centred Å
+    and RELION 4/5 tilt-series pixels converted with the volume's size and voxel size (the header's, or
+    ``--voxel-size``).
+    """
+    import warnings
+
+    import numpy as np
+
+    from aitom.commands.shared import read_particle_table, select_tomogram
+    from aitom.errors import InputError
+    from aitom.io import HeaderWarning, open_volume_mmap
+    from aitom.io.relion5 import tomogram_voxel_positions
+
+    table, optics = read_particle_table(args.picks)
+    table = select_tomogram(table, args.tomo_name, args.picks)
+    size_xyz = np.array(shape_zyx[::-1])
+    relion = "rlnTomoName" in table.columns
+    voxel_size_a = 1.0
+    if relion:  # positions may be in Å or tilt-series pixels: the volume's voxel size is needed
+        with warnings.catch_warnings():  # an unset voxel size matters only for a conversion, refused below
+            warnings.simplefilter("ignore", HeaderWarning)
+            header = open_volume_mmap(args.volume, voxel_size_a=args.voxel_size)[1]
+        voxel_size_a = float(header.voxel_size_a[0])
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):  # an unset voxel size is refused just below
+            positions, conversion = tomogram_voxel_positions(table, optics, size_xyz, voxel_size_a)
+    except InputError as error:
+        raise InputError(error.problem, args.picks) from None
+    if conversion is not None and args.voxel_size is None and (voxel_size_a <= 0 or voxel_size_a == 1.0):
+        raise InputError(
+            f"positions in Å need the volume's voxel size, but its header says {voxel_size_a:g} Å: "
+            "pass --voxel-size",
+            args.volume,
+        )
+    return table, positions
+
+
 def run(args: argparse.Namespace) -> int:
     from aitom.errors import InputError
-    from aitom.io import read_particles, read_volume, save_montage, table_coordinates
+    from aitom.io import read_volume, save_montage
 
     if args.slices < 1:
         raise InputError(f"--slices must be at least 1, got {args.slices}")
@@ -36,11 +93,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--pick-radius must be positive (voxels), got {args.pick_radius}")
     if args.out.exists() and not args.overwrite:
         raise InputError("exists; pass --overwrite to replace it", args.out)
+    if args.voxel_size is not None and not args.voxel_size > 0:
+        raise InputError(f"--voxel-size must be positive (Å), got {args.voxel_size}")
     volume, _ = read_volume(args.volume, voxel_size_a=1.0)  # the picture is in voxels: no voxel-size warning
     picks = classes = None
     if args.picks is not None:
-        table = read_particles(args.picks)
-        picks = table_coordinates(table)
+        table, picks = _picks_in_voxels(args, tuple(volume.shape))
         if "rlnClassNumber" in table.columns:
             classes = table["rlnClassNumber"].to_numpy()
     save_montage(

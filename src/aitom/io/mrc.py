@@ -66,6 +66,15 @@ class VolumeHeader:
     mode: int
     shape: tuple[int, ...]
 
+    @property
+    def grid_origin_a(self) -> tuple[float, float, float]:
+        """Position (x, y, z), Å, of the first voxel as viewers (ChimeraX, Mol*) place it: ``origin_a`` when
+        it is non-zero, else ``nstart × voxel_size_a``. An output written with this origin (and ``nstart`` 0,
+        as :func:`write_volume` writes) lies where this volume lies."""
+        if any(value != 0.0 for value in self.origin_a):
+            return tuple(float(value) for value in self.origin_a)
+        return tuple(float(start * size) for start, size in zip(self.nstart, self.voxel_size_a))
+
 
 @dataclass(frozen=True)
 class _Layout:

@@ -1,11 +1,11 @@
 """Subtomogram extraction: cubic boxes cut from a tomogram around particle centres.
 
-The box of edge ``S`` around a centre ``c`` (x, y, z voxels, rounded to the nearest voxel) covers voxels
-``c - S // 2 … c - S // 2 + S - 1`` on each axis, so the centre lands on voxel ``S // 2`` of the box (the
-project's FFT/RELION convention). Voxels outside the tomogram are filled with zeros, or with the mean of the
-box's voxels inside the tomogram (``padding="mean"``, which avoids a step at the border of a zero-mean box).
-The tomogram may be a tensor or a NumPy array such as a memory map (:func:`aitom.io.open_volume_mmap`): only
-the boxes are read, never the whole file.
+The box of edge ``S`` around a centre ``c`` (x, y, z voxels, rounded to the nearest voxel, half-way
+coordinates up) covers voxels ``c - S // 2 … c - S // 2 + S - 1`` on each axis, so the centre lands on voxel
+``S // 2`` of the box (the project's FFT/RELION convention). Voxels outside the tomogram are filled with
+zeros, or with the mean of the box's voxels inside the tomogram (``padding="mean"``, which avoids a step at
+the border of a zero-mean box). The tomogram may be a tensor or a NumPy array such as a memory map
+(:func:`aitom.io.open_volume_mmap`): only the boxes are read, never the whole file.
 """
 
 from __future__ import annotations
@@ -13,20 +13,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["box_bounds", "extract_subvolumes"]
+__all__ = ["box_bounds", "extract_subvolumes", "nearest_voxel"]
 
 PADDINGS = ("zero", "mean")
 
 
+def nearest_voxel(coordinates: np.ndarray) -> np.ndarray:
+    """Index of the nearest voxel, int64: ``floor(c + 0.5)``, so a half-way coordinate always rounds up.
+
+    (``np.rint`` rounds half-way coordinates to the even index: 10.5 -> 10 but 11.5 -> 12, which moves
+    particles at half-voxel positions, e.g. after a change of binning, by -0.5 or +0.5 depending on parity.)
+    """
+    return np.floor(np.asarray(coordinates, dtype=np.float64) + 0.5).astype(np.int64)
+
+
 def box_bounds(centres_xyz: torch.Tensor | np.ndarray, box_size: int) -> np.ndarray:
-    """First voxel of each box, ``(P, 3)`` int64 in (z, y, x) order: ``round(c) - box_size // 2``.
+    """First voxel of each box, ``(P, 3)`` int64 in (z, y, x) order: ``nearest_voxel(c) - box_size // 2``.
 
     Args:
         centres_xyz: ``(P, 3)`` centres (x, y, z), voxels, integer or float.
         box_size: box edge, voxels.
     """
     centres = np.asarray(torch.as_tensor(centres_xyz).detach().cpu(), dtype=np.float64).reshape(-1, 3)
-    return np.rint(centres[:, ::-1]).astype(np.int64) - box_size // 2
+    return nearest_voxel(centres[:, ::-1]) - box_size // 2
 
 
 def extract_subvolumes(
@@ -40,7 +49,8 @@ def extract_subvolumes(
 
     Args:
         volume: ``(Z, Y, X)`` tensor (any device) or NumPy array / memory map (read box by box).
-        centres_xyz: ``(P, 3)`` particle centres (x, y, z) in voxels; floats are rounded to the nearest voxel.
+        centres_xyz: ``(P, 3)`` particle centres (x, y, z) in voxels; floats are rounded to the nearest voxel
+            (half-way up, :func:`nearest_voxel`).
         box_size: box edge ``S``, voxels (>= 1).
         padding: ``"zero"`` or ``"mean"`` (the mean of the box's voxels inside the tomogram) outside it.
 

@@ -153,7 +153,8 @@ def estimate_missing_wedge(
         ±90° has no missing wedge to correlate with and is never reported).
 
     Raises:
-        InputError: not a 3-D volume, smaller than 16 voxels on an axis, bad candidates, band or axes.
+        InputError: not a 3-D volume, smaller than 16 voxels on an axis, constant, bad candidates (or only
+            90°, the full range), band or axes.
     """
     _check_volume(volume, frequency_band)
     candidates = torch.tensor(sorted({float(c) for c in candidate_tilt_max_deg}), dtype=torch.float64)
@@ -163,6 +164,8 @@ def estimate_missing_wedge(
         raise InputError(f"tilt axes must be among 'y' and 'x', got {list(axes)}")
     if not bool(torch.isfinite(volume).all()):
         raise InputError("volume contains NaN or Inf voxels")
+    if float(volume.std()) == 0.0:
+        raise InputError("volume is constant: its spectrum shows no tilt range")
     values, grid = _whitened_band(volume, frequency_band)
     if asymmetric:
         tilt_min, tilt_max = torch.meshgrid(-candidates, candidates, indexing="ij")
@@ -185,4 +188,9 @@ def estimate_missing_wedge(
                 "score": float(scores[i]),
                 "wedge_detected": float(scores[i]) >= DETECTION_SCORE,
             }
+    if not math.isfinite(best["score"]):  # only the full range ±90°: it has no wedge to correlate with
+        raise InputError(
+            "every candidate tilt range is the full ±90° (no missing wedge to compare with): "
+            "include candidates below 90°"
+        )
     return best

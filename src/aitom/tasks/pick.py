@@ -40,6 +40,7 @@ __all__ = [
     "TemplateMatchingPicker",
     "TemplateRescaledWarning",
     "check_template",
+    "map_paths",
     "tile_core_mask",
 ]
 
@@ -447,6 +448,22 @@ class SaliencyPicker(_Picker):
         return {"coordinates_zyx": coordinates, "scores": scores}
 
 
+def map_paths(output_path: str | Path, tomogram: str | Path) -> dict[str, Path]:
+    """Files that template matching's ``--maps`` writes beside the STAR table ``output_path``.
+
+    Returns:
+        ``{"scores": <stem>_<tomo>_scores.mrc, "rotation_index": <stem>_<tomo>_rotation_index.mrc,
+        "rotations": <stem>_rotations.star}`` (``<tomo>`` the tomogram's file name without its last suffix).
+    """
+    output_path = Path(output_path)
+    stem = f"{output_path.stem}_{Path(tomogram).stem}"
+    return {
+        "scores": output_path.with_name(f"{stem}_scores.mrc"),
+        "rotation_index": output_path.with_name(f"{stem}_rotation_index.mrc"),
+        "rotations": output_path.with_name(f"{output_path.stem}_rotations.star"),
+    }
+
+
 class PickWriter(BasePredictionWriter):
     """Merge the tiles' picks of every tomogram and write them to one STAR table.
 
@@ -528,7 +545,7 @@ class PickWriter(BasePredictionWriter):
                     "rlnAnglePsi": angles[:, 2],
                 }
             )
-            path = self.output_path.with_name(f"{self.output_path.stem}_rotations.star")
+            path = map_paths(self.output_path, "")["rotations"]
             write_particles(path, rotations, overwrite=self.overwrite)
 
     def _merge(
@@ -577,8 +594,10 @@ class PickWriter(BasePredictionWriter):
             region = tuple(slice(int(o), int(o) + int(n)) for o, n in zip(origin, size))
             score[region][core] = tile["score_map"].numpy()[core]
             index[region][core] = tile["rotation_index_map"].numpy()[core]
-        voxel_size = open_volume_mmap(tomogram, voxel_size_a=self.voxel_size_a)[1].voxel_size_a
-        stem = f"{self.output_path.stem}_{Path(tomogram).stem}"
+        header = open_volume_mmap(tomogram, voxel_size_a=self.voxel_size_a)[1]
+        origin = header.grid_origin_a  # the maps lie on the tomogram's grid
+        paths = map_paths(self.output_path, tomogram)
         for suffix, volume in (("scores", score), ("rotation_index", index)):
-            path = self.output_path.with_name(f"{stem}_{suffix}.mrc")
-            write_volume(path, volume, voxel_size, overwrite=self.overwrite)
+            write_volume(
+                paths[suffix], volume, header.voxel_size_a, overwrite=self.overwrite, origin_a=origin
+            )
