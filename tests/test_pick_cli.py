@@ -137,6 +137,34 @@ def test_dog_tiles_merge_like_whole(files, tmp_path, capsys):
     assert recalls == [1.0, 1.0]
 
 
+def test_exclude_border_drops_picks_near_the_tomogram_faces(files, tmp_path, capsys):
+    """On noise (48³) the DoG picks crowd the faces; --exclude-border 4 drops exactly those within 4 voxels of
+    a face (the inner picks of the plain run are all kept); a negative value is one line and exit 2."""
+    tables = {}
+    for border in ("0", "4"):
+        out = tmp_path / f"noise_{border}.star"
+        argv = ["dog", "--tomogram", str(files["big"]), "--out", str(out), "--sigma-voxels", "1.5"]
+        assert run_pick([*argv, "--exclude-border", border]) == 0
+        positions = read_particles(out)[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy()
+        tables[border] = {tuple(row) for row in positions.round(3)}
+    capsys.readouterr()
+    distance_to_face = {row: min(min(row), min(47 - value for value in row)) for row in tables["0"]}
+    near = {row for row, distance in distance_to_face.items() if distance < 4}
+    assert near and all(min(min(row), min(47 - value for value in row)) >= 4 for row in tables["4"])
+    assert tables["0"] - near <= tables["4"]
+    argv = [
+        "dog",
+        "--tomogram",
+        str(files["big"]),
+        "--out",
+        str(tmp_path / "bad.star"),
+        "--exclude-border",
+        "-1",
+    ]
+    assert run_pick(argv) == 2
+    assert not (tmp_path / "bad.star").exists()
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

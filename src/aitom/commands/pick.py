@@ -145,6 +145,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--threshold", type=float, help="absolute score threshold (overrides the false-alarm rate)"
     )
     parser.add_argument("--num-peaks", type=int, help="at most this many picks per tile")
+    parser.add_argument(
+        "--exclude-border",
+        type=float,
+        default=0.0,
+        metavar="VOXELS",
+        help="drop picks closer than this to a face of the tomogram, voxels: they are partial particles at "
+        "best, and the filters' boundary response makes false ones there; e.g. half the particle radius "
+        "(default 0: keep all)",
+    )
     parser.add_argument("--tile-voxels", type=int, default=256, help="tile edge, voxels (default 256)")
     parser.add_argument(
         "--overlap-voxels", type=int, help="tile overlap, voxels (default: twice the particle size scale)"
@@ -170,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     from aitom.io import check_output_path, read_particles, read_volume
 
     check_output_path(args.out, args.overwrite)
+    if not args.exclude_border >= 0:
+        raise InputError(f"--exclude-border must be >= 0 voxels, got {args.exclude_border}")
     if args.out.suffix != ".star":
         raise InputError("the pick table must be a .star file", args.out)
     if getattr(args, "maps", False):  # refuse now, not after the search and the table are written
@@ -355,6 +366,7 @@ def _predict(args: argparse.Namespace, picker, overlap: int):
         overwrite=args.overwrite,
         write_maps=getattr(args, "maps", False),
         voxel_size_a=args.voxel_size,
+        exclude_border_voxels=args.exclude_border,
     )
     trainer = Trainer(
         accelerator=args.accelerator,

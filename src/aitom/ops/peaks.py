@@ -18,11 +18,24 @@ from aitom.errors import InputError
 
 __all__ = [
     "false_alarm_threshold",
+    "inside_faces",
     "non_maximum_suppression",
     "otsu_threshold",
     "peak_local_max",
     "robust_mean_std",
 ]
+
+
+def inside_faces(coordinates: torch.Tensor, size: torch.Tensor, border_voxels: float) -> torch.Tensor:
+    """Which positions lie at least ``border_voxels`` from every face of a volume, ``(N,)`` bool.
+
+    Args:
+        coordinates: ``(N, 3)`` positions, voxels, in the same axis order as ``size``.
+        size: ``(3,)`` the volume's size along those axes, voxels (valid positions ``0 … size − 1``).
+        border_voxels: distance to keep from the faces, voxels (0 keeps every position inside).
+    """
+    size = size.to(coordinates)
+    return ((coordinates >= border_voxels) & (coordinates <= size - 1 - border_voxels)).all(dim=-1)
 
 
 def non_maximum_suppression(

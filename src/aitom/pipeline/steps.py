@@ -188,7 +188,7 @@ def pick_particles(
         ``rlnClassNumber`` and ``rlnAngleRot/Tilt/Psi``).
     """
     from aitom.commands.pick import _predict
-    from aitom.ops.peaks import non_maximum_suppression
+    from aitom.ops.peaks import inside_faces, non_maximum_suppression
     from aitom.tasks.pick import DoGPicker, SaliencyPicker, TemplateMatchingPicker
 
     pick = config.pick
@@ -234,6 +234,7 @@ def pick_particles(
             tomogram=tomogram_path,
             tile_voxels=pick.tile_voxels,
             voxel_size=voxel_size_a,
+            exclude_border=0.0,  # the faces are excluded below, once the pickers' tables are merged
         )
         table, _ = _predict(arguments, picker, overlap)  # (picks, is_global_zero)
         tables.append(table)
@@ -246,7 +247,7 @@ def pick_particles(
     # Picks at a face are half particles at best; on pure noise the DoG's border response makes them up.
     border = radius / 2 if pick.exclude_border_voxels is None else pick.exclude_border_voxels
     size_xyz = torch.tensor(read_volume_shape(tomogram_path)[::-1], dtype=coordinates.dtype)
-    inside = ((coordinates >= border) & (coordinates <= size_xyz - 1 - border)).all(dim=1)
+    inside = inside_faces(coordinates, size_xyz, border)
     table, coordinates = table[inside.numpy()].reset_index(drop=True), coordinates[inside]
     if len(table) == 0:
         return table

@@ -28,7 +28,7 @@ from aitom.errors import InputError
 from aitom.geometry import matrix_to_relion_angles, rescale_volume, so3_grid, sphere_mask
 from aitom.io import open_volume_mmap, particles_table, read_volume, write_particles, write_volume
 from aitom.ops.dog_picking import dog_pick
-from aitom.ops.peaks import false_alarm_threshold, non_maximum_suppression, peak_local_max
+from aitom.ops.peaks import false_alarm_threshold, inside_faces, non_maximum_suppression, peak_local_max
 from aitom.ops.saliency import saliency_pick
 from aitom.ops.template_matching import TemplateFilter, match_template, match_templates
 from aitom.tasks.classify import DATASET_ORDER_KEY, gather_from_ranks
@@ -478,6 +478,9 @@ class PickWriter(BasePredictionWriter):
         overwrite: replace existing files.
         write_maps: write the stitched score and rotation-index maps (template matching).
         voxel_size_a: voxel size of the maps, Å; None takes the tomogram header's.
+        exclude_border_voxels: drop picks closer than this to a face of the tomogram, voxels (0: keep all).
+            Picks at a face are partial particles at best, and the filters' boundary response makes
+            false ones there.
     """
 
     def __init__(
@@ -487,9 +490,13 @@ class PickWriter(BasePredictionWriter):
         overwrite: bool = False,
         write_maps: bool = False,
         voxel_size_a: float | None = None,
+        exclude_border_voxels: float = 0.0,
     ) -> None:
         super().__init__(write_interval="batch")
+        if not exclude_border_voxels >= 0:
+            raise InputError(f"exclude_border_voxels must be >= 0, got {exclude_border_voxels}")
         self.output_path = Path(output_path)
+        self.exclude_border_voxels = exclude_border_voxels
         self.overlap_voxels = overlap_voxels
         self.overwrite = overwrite
         self.write_maps = write_maps
@@ -564,6 +571,8 @@ class PickWriter(BasePredictionWriter):
             for key in keys:
                 kept[key].append(tile[key][core])
         merged = {key: torch.cat(values) for key, values in kept.items()}
+        inside = inside_faces(merged["coordinates_zyx"], torch.tensor(shape), self.exclude_border_voxels)
+        merged = {key: value[inside] for key, value in merged.items()}
         order = non_maximum_suppression(
             merged["coordinates_zyx"].double(), merged["scores"], float(getattr(pl_module, "min_distance", 1))
         )
