@@ -166,3 +166,8 @@ def test_show_draws_relion5_centred_picks_at_their_voxels(tmp_path, volume_file,
     assert "--tomo-name" in capsys.readouterr().err
     assert main([*argv, "--tomo-name", "vol"]) == 0
     np.testing.assert_allclose(drawn["picks_xyz"], voxels)
+    # a plain voxel table with RELION's origin shifts in Å: position = coordinate - origin / 10 Å
+    plain = particles_table(voxels + np.array([2.0, 0.0, 0.0])).assign(rlnOriginXAngst=20.0)
+    argv[-1] = str(write_particles(tmp_path / "shifted.star", plain))
+    assert main([*argv, "--overwrite"]) == 0
+    np.testing.assert_allclose(drawn["picks_xyz"], voxels)

@@ -62,13 +62,11 @@ def _picks_in_voxels(args: argparse.Namespace, shape_zyx: tuple[int, ...]):
     table, optics = read_particle_table(args.picks)
     table = select_tomogram(table, args.tomo_name, args.picks)
     size_xyz = np.array(shape_zyx[::-1])
-    relion = "rlnTomoName" in table.columns
-    voxel_size_a = 1.0
-    if relion:  # positions may be in Å or tilt-series pixels: the volume's voxel size is needed
-        with warnings.catch_warnings():  # an unset voxel size matters only for a conversion, refused below
-            warnings.simplefilter("ignore", HeaderWarning)
-            header = open_volume_mmap(args.volume, voxel_size_a=args.voxel_size)[1]
-        voxel_size_a = float(header.voxel_size_a[0])
+    # positions in Å, tilt-series pixels or with rlnOrigin*Angst shifts need the volume's voxel size
+    with warnings.catch_warnings():  # an unset voxel size matters only for a conversion, refused below
+        warnings.simplefilter("ignore", HeaderWarning)
+        header = open_volume_mmap(args.volume, voxel_size_a=args.voxel_size)[1]
+    voxel_size_a = float(header.voxel_size_a[0])
     try:
         with np.errstate(divide="ignore", invalid="ignore"):  # an unset voxel size is refused just below
             positions, conversion = tomogram_voxel_positions(table, optics, size_xyz, voxel_size_a)
