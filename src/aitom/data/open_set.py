@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from aitom.data.simulated import SPLIT_OFFSETS, library_maps, split_datasets
 from aitom.data.splits import SplitDataModule
 from aitom.errors import InputError
-from aitom.simulate import available_classes
+from aitom.simulate import get_class
 
 #: splits whose items come from known and unknown classes; the others see known classes only
 OPEN_SPLITS = ("test", "predict")
@@ -32,8 +32,9 @@ class OpenSetDataModule(SplitDataModule):
         num_known_classes, num_unknown_classes: how many of each.
 
     Args:
-        known_classes: structure-library class names seen in training (at least two).
-        unknown_classes: library class names met only at test / predict time (at least one, none known).
+        known_classes: structure-library class names (or atomic model files, see
+            :func:`aitom.simulate.get_class`) seen in training (at least two).
+        unknown_classes: classes met only at test / predict time (at least one, none known).
         box_size_voxels: subtomogram edge, voxels.
         voxel_size_a: voxel size, Å.
         snr: ``var(signal) / var(noise)`` of each subtomogram.
@@ -66,15 +67,14 @@ class OpenSetDataModule(SplitDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        library = available_classes()
-        missing = [name for name in [*known_classes, *unknown_classes] if name not in library]
-        if missing:
-            raise InputError(f"unknown structure class(es) {missing}; available: {', '.join(library)}")
-        if len(set(known_classes)) < 2 or len(set(known_classes)) != len(known_classes):
-            raise InputError(f"known_classes must be two or more distinct classes, got {known_classes}")
-        if not unknown_classes or len(set(unknown_classes)) != len(unknown_classes):
-            raise InputError(f"unknown_classes must be one or more distinct classes, got {unknown_classes}")
-        overlap = sorted(set(known_classes) & set(unknown_classes))
+        # An unknown class fails here; a model file's class is named by its file name.
+        known_names = [get_class(name).name for name in known_classes]
+        unknown_names = [get_class(name).name for name in unknown_classes]
+        if len(set(known_names)) < 2 or len(set(known_names)) != len(known_names):
+            raise InputError(f"known_classes must be two or more distinct classes, got {known_names}")
+        if not unknown_names or len(set(unknown_names)) != len(unknown_names):
+            raise InputError(f"unknown_classes must be one or more distinct classes, got {unknown_names}")
+        overlap = sorted(set(known_names) & set(unknown_names))
         if overlap:
             raise InputError(f"class(es) {overlap} are in both known_classes and unknown_classes")
         if snr <= 0:
@@ -82,15 +82,16 @@ class OpenSetDataModule(SplitDataModule):
         if box_size_voxels < 8:
             raise InputError(f"box_size_voxels must be at least 8, got {box_size_voxels}")
         self.save_hyperparameters()
-        self.known_class_names = list(known_classes)
-        self.unknown_class_names = list(unknown_classes)
+        self.known_class_names = known_names
+        self.unknown_class_names = unknown_names
         self.class_names = self.known_class_names + self.unknown_class_names
         self.num_known_classes = len(known_classes)
         self.num_unknown_classes = len(unknown_classes)
 
     def class_maps(self) -> torch.Tensor:
         """``(K + U, S, S, S)`` potentials of the known then the unknown classes."""
-        return library_maps(self.class_names, self.hparams.voxel_size_a, self.hparams.box_size_voxels)
+        sources = [*self.hparams.known_classes, *self.hparams.unknown_classes]
+        return library_maps(sources, self.hparams.voxel_size_a, self.hparams.box_size_voxels)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

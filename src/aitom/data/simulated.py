@@ -21,8 +21,8 @@ from aitom.errors import InputError
 from aitom.geometry import matrix_to_euler_zyz, random_rotations
 from aitom.simulate import (
     CtfConfig,
-    available_classes,
     class_potential,
+    get_class,
     random_shifts,
     simulate_subtomogram_batch,
 )
@@ -202,7 +202,8 @@ class SimulatedSubtomogramDataset(Dataset):
 
 
 def library_maps(class_names: list[str], voxel_size_a: float, box_size_voxels: int) -> torch.Tensor:
-    """``(C, S, S, S)`` potentials of structure-library classes at a voxel size (Å) and box size (voxels)."""
+    """``(C, S, S, S)`` potentials of structure-library classes (or atomic model files) at a voxel size (Å)
+    and box size (voxels)."""
     return torch.stack(
         [class_potential(name, voxel_size_a, box_size=box_size_voxels) for name in class_names]
     )
@@ -241,7 +242,8 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
     """Simulated subtomograms of library classes, generated on the fly for every split.
 
     Args:
-        classes: structure-library class names (``aitom.simulate.available_classes()``).
+        classes: structure-library class names (``aitom.simulate.available_classes()``) or paths to atomic
+            models (``.pdb``/``.cif``, optionally ``.gz``; a model's class is named by its file name).
         box_size_voxels: subtomogram edge, voxels.
         voxel_size_a: voxel size, Å.
         snr: ``var(signal) / var(noise)`` of each subtomogram.
@@ -282,11 +284,9 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
         labelled_batch_fraction: float | None = None,
     ) -> None:
         super().__init__()
-        unknown = [name for name in classes if name not in available_classes()]
-        if unknown:
-            raise InputError(
-                f"unknown structure class(es) {unknown}; available: {', '.join(available_classes())}"
-            )
+        class_names = [get_class(name).name for name in classes]  # an unknown class fails here
+        if len(set(class_names)) != len(class_names):
+            raise InputError(f"classes are listed more than once (by name): {class_names}")
         if len(classes) < 2:
             raise InputError(f"need at least two classes to classify, got {classes}")
         if snr <= 0:
@@ -298,12 +298,12 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
         if labelled_batch_fraction is not None and not 0.0 < labelled_batch_fraction <= 1.0:
             raise InputError(f"labelled_batch_fraction must be in (0, 1], got {labelled_batch_fraction}")
         self.save_hyperparameters()
-        self.class_names = list(classes)
+        self.class_names = class_names
         self.num_classes = len(classes)
 
     def class_maps(self) -> torch.Tensor:
         """``(C, S, S, S)`` potentials of the classes at the module's voxel and box size."""
-        return library_maps(self.class_names, self.hparams.voxel_size_a, self.hparams.box_size_voxels)
+        return library_maps(self.hparams.classes, self.hparams.voxel_size_a, self.hparams.box_size_voxels)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -3,6 +3,9 @@
 Every class is made of atoms from a deposited model shipped in ``aitom/data/structures/`` (see the README
 there for sources and trimming): ten complexes as deposited or as their biological assembly, plus two
 symmetric assemblies of a real chain, a ring and a helical filament, for shapes that no shipped complex has.
+A class may also be the user's own atomic model: wherever a class name is taken, a path to a ``.pdb``,
+``.ent``, ``.cif`` or ``.mmcif`` file (optionally ``.gz``) names the deposited model in it (first model,
+no hydrogens or waters, no symmetry assumed), called by its file name without the endings.
 Maps are electrostatic potentials (volts, voxel averages; see
 :func:`aitom.simulate.structures.atoms_to_potential`) in a cubic box with the centre of mass at voxel
 ``N // 2``.
@@ -49,6 +52,7 @@ __all__ = [
     "describe_classes",
     "get_class",
     "helical_filament",
+    "is_atomic_model_path",
     "ring_of_subunits",
     "symmetry_frame",
 ]
@@ -68,7 +72,8 @@ class StructureClass:
     Attributes:
         name: registry key, e.g. ``"proteasome_20s"``.
         description: what the structure is and how it is built.
-        source_files: file names in ``aitom/data/structures/`` that the builder reads.
+        source_files: file names in ``aitom/data/structures/`` that the builder reads (an absolute path for
+            a user's model).
         builder: returns ``(coordinates_a (N, 3) float64 (x, y, z), atomic_numbers (N,) int64)``.
         symmetry: point-group (Schoenflies) or helical symmetry of the built structure.
     """
@@ -289,11 +294,51 @@ def available_classes() -> list[str]:
     return list(_REGISTRY)
 
 
+#: File name endings of atomic models accepted as a class (each also with ``.gz``).
+ATOMIC_MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
+
+
+def is_atomic_model_path(name: str) -> bool:
+    """Whether a class name is a path to an atomic model file (by its ending: ``ATOMIC_MODEL_SUFFIXES``)."""
+    return name.lower().removesuffix(".gz").endswith(ATOMIC_MODEL_SUFFIXES)
+
+
+def _model_stem(path: Path) -> str:
+    name = path.name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    return name[: name.rindex(".")]
+
+
+@functools.cache
+def _user_class(path_text: str) -> StructureClass:
+    path = Path(path_text).resolve()
+    coordinates, atomic_numbers, _ = load_atoms(path)  # a missing or unreadable model fails here
+    return StructureClass(
+        _model_stem(path),
+        f"atomic model {path.name} ({len(atomic_numbers)} atoms; deposited model, no hydrogens or waters)",
+        (str(path),),
+        lambda: (coordinates, atomic_numbers),
+    )
+
+
 def get_class(name: str) -> StructureClass:
-    """The :class:`StructureClass` called ``name``; unknown names raise :class:`InputError`."""
-    if name not in _REGISTRY:
-        raise InputError(f"unknown structure class {name!r}; available: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    """The :class:`StructureClass` called ``name``: a library class or a path to an atomic model file.
+
+    A path (see :func:`is_atomic_model_path`; relative to the working directory) gives a C1 class named by
+    its file name without the endings (``"models/7k00.cif.gz"`` → ``"7k00"``), built from its first model.
+
+    Raises:
+        InputError: an unknown name, or a model file that is missing or unreadable.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if is_atomic_model_path(name):
+        return _user_class(str(Path(name).resolve()))
+    raise InputError(
+        f"unknown structure class {name!r}; available: {', '.join(_REGISTRY)}, "
+        f"or a path to an atomic model ({', '.join(ATOMIC_MODEL_SUFFIXES)}, optionally .gz)"
+    )
 
 
 @functools.cache
@@ -401,8 +446,9 @@ def _cache_file(name: str, voxel_size_a: float, box_size: int, b_factor_a2: floa
     item = get_class(name)
     digest = hashlib.sha256(f"{_MAP_FORMAT_VERSION}|{item.description}|{item.symmetry}".encode())
     for file_name in item.source_files:
-        digest.update(_structure_path(file_name).read_bytes())
-    key = f"{name}_{voxel_size_a:.6g}A_{box_size}_B{b_factor_a2:.6g}_{digest.hexdigest()[:16]}.npy"
+        source = Path(file_name) if Path(file_name).is_absolute() else _structure_path(file_name)
+        digest.update(source.read_bytes())
+    key = f"{item.name}_{voxel_size_a:.6g}A_{box_size}_B{b_factor_a2:.6g}_{digest.hexdigest()[:16]}.npy"
     return cache_dir / "structures" / key
 
 

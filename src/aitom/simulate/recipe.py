@@ -116,7 +116,8 @@ class TomogramRecipe:
     voxel_size_a: float = 10.0
     #: tomogram size (Z, Y, X), voxels
     shape_zyx_voxels: list[int] = dataclasses.field(default_factory=lambda: [100, 200, 200])
-    #: library classes (see `aitom.simulate.available_classes()`), equal numbers of each
+    #: library classes (see `aitom.simulate.available_classes()`) or paths to atomic models (.pdb/.cif[.gz]),
+    #: equal numbers of each
     classes: list[str] = dataclasses.field(default_factory=lambda: list(_TOMOGRAM_CLASSES))
     #: total number of particles (set crowding_fraction to null to use it)
     number_of_particles: int | None = None
@@ -142,7 +143,7 @@ class SubtomogramRecipe:
     voxel_size_a: float = 10.0
     #: cubic box edge, voxels
     box_size_voxels: int = 32
-    #: library classes (see `aitom.simulate.available_classes()`)
+    #: library classes (see `aitom.simulate.available_classes()`) or paths to atomic models (.pdb/.cif[.gz])
     classes: list[str] = dataclasses.field(default_factory=lambda: list(_SUBTOMOGRAM_CLASSES))
     particles_per_class: int = 100
     #: largest random shift of a particle from the box centre, voxels (uniform in a ball)
@@ -236,8 +237,22 @@ def load_recipe(
     except OmegaConfBaseException as error:
         raise InputError(f"{_error_key(error)}{_first_line(error)}", source) from None
     overridden = {override.split("=", 1)[0].strip(): f"override {override!r}" for override in overrides}
+    recipe_folder = source.parent if isinstance(source, Path) and "classes" not in overridden else None
+    recipe.classes = [_absolute_model_path(key, recipe_folder) for key in recipe.classes]
     _validate(recipe, lambda key: overridden.get(key, source))
     return recipe
+
+
+def _absolute_model_path(class_name: str, recipe_folder: Path | None) -> str:
+    """An atomic-model class made an absolute path (relative to the working directory, or else to the recipe
+    file's folder when the file is there); a library class name is returned as it is."""
+    from aitom.simulate.library import is_atomic_model_path
+
+    if not is_atomic_model_path(class_name) or Path(class_name).is_absolute():
+        return class_name
+    if recipe_folder is not None and not Path(class_name).exists() and (recipe_folder / class_name).exists():
+        return str((recipe_folder / class_name).resolve())
+    return str(Path(class_name).resolve())
 
 
 def recipe_to_yaml(recipe: TomogramRecipe | SubtomogramRecipe) -> str:
@@ -263,17 +278,19 @@ def _validate(recipe: TomogramRecipe | SubtomogramRecipe, source_of: Callable[[s
         if value not in choices:
             fail(key, f"unknown value {value!r}; choose one of {', '.join(choices)}")
 
-    from aitom.simulate.library import available_classes, class_radius_a
+    from aitom.simulate.library import class_radius_a, get_class
 
     positive("voxel_size_a", recipe.voxel_size_a)
     if not recipe.classes:
         fail("classes", "list at least one structure class")
-    known = available_classes()
-    for name in recipe.classes:
-        if name not in known:
-            fail("classes", f"unknown structure class {name!r}; available: {', '.join(known)}")
-    if len(set(recipe.classes)) != len(recipe.classes):
-        fail("classes", f"classes are listed more than once: {recipe.classes}")
+    names = []
+    for key in recipe.classes:
+        try:
+            names.append(get_class(key).name)
+        except InputError as error:
+            fail("classes", str(error))
+    if len(set(names)) != len(names):
+        fail("classes", f"classes are listed more than once (by name): {names}")
 
     tilt = recipe.tilt
     positive("tilt.tilt_step_deg", tilt.tilt_step_deg)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from aitom.fourier import ctf_3d, missing_wedge_mask
 from aitom.geometry import matrix_to_euler_zyz, random_rotations, rotate_volume
-from aitom.simulate.library import class_potential
+from aitom.simulate.library import class_potential, get_class
 from aitom.simulate.noise import form_tilt_images, noise_scale_for_snr, tilt_transfer
 from aitom.simulate.recipe import CtfConfig, SubtomogramRecipe, TiltSeriesConfig
 from aitom.simulate.tiltseries import (
@@ -358,7 +358,8 @@ def simulate_subtomograms(
     size = recipe.box_size_voxels
     if class_maps is None:
         class_maps = [class_potential(name, recipe.voxel_size_a, box_size=size) for name in recipe.classes]
-    templates = dict(zip(recipe.classes, (m.cpu() for m in class_maps)))
+    names = [get_class(name).name for name in recipe.classes]  # a model file's class is named by its stem
+    templates = dict(zip(names, (m.cpu() for m in class_maps)))
     maps = torch.stack([torch.as_tensor(m, dtype=torch.float32) for m in class_maps]).to(device)
     if maps.shape[1:] != (size, size, size):
         raise ValueError(f"class maps must be {size}³ like box_size_voxels, got {tuple(maps.shape[1:])}")
@@ -407,7 +408,7 @@ def simulate_subtomograms(
     truth = pd.DataFrame(
         {
             "rlnClassNumber": (class_ids + 1).numpy(),
-            CLASS_NAME_COLUMN: np.array([recipe.classes[i] for i in class_ids.tolist()], dtype=object),
+            CLASS_NAME_COLUMN: np.array([names[i] for i in class_ids.tolist()], dtype=object),
             "rlnAngleRot": angles_deg[:, 0],
             "rlnAngleTilt": angles_deg[:, 1],
             "rlnAnglePsi": angles_deg[:, 2],

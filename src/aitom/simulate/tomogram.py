@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from aitom.fourier import lowpass
 from aitom.geometry import rotate_volume
 from aitom.io import particles_table
-from aitom.simulate.library import class_atoms, class_potential, class_radius_a
+from aitom.simulate.library import class_atoms, class_potential, class_radius_a, get_class
 from aitom.simulate.noise import (
     electrons_per_pixel,
     form_tilt_images,
@@ -226,13 +226,15 @@ def simulate_tomogram(
     ice = recipe.ice
     ice_potential = ice.potential_v if ice.enabled else 0.0
 
-    templates = {name: class_potential(name, voxel) for name in recipe.classes}
+    maps = [class_potential(name, voxel) for name in recipe.classes]
     contrasts = [
-        displaced_solvent_contrast(templates[name], protein_potential_v(name), ice_potential)
+        displaced_solvent_contrast(potential, protein_potential_v(name), ice_potential)
         if ice.enabled and ice.solvent_displacement
-        else templates[name]
-        for name in recipe.classes
+        else potential
+        for name, potential in zip(recipe.classes, maps)
     ]
+    names = [get_class(name).name for name in recipe.classes]  # a model file's class is named by its stem
+    templates = dict(zip(names, maps))
     slab_start, slab_thickness = _ice_slab(recipe)
     packing = pack_particles(
         (slab_thickness, size_y, size_x),
@@ -293,7 +295,7 @@ def simulate_tomogram(
     return SimulatedTomogram(
         tomogram=tomogram.cpu(),
         voxel_size_a=voxel,
-        truth=_truth_table(packing, recipe.classes),
+        truth=_truth_table(packing, names),
         templates=templates,
         tilt_series=(contrast + scale * noise).cpu(),
         tilt_angles_deg=angles.to(torch.float32),
