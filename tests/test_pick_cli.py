@@ -330,3 +330,45 @@ def test_a_particle_scale_larger_than_the_tiles_names_the_particle_size(files, t
     with pytest.raises(InputError, match=r"particle size scale \(500 voxels\).*--tile-voxels 256"):
         pick.run(parser.parse_args(["pick", *argv]))
     assert not out.exists()
+
+
+def test_unset_template_voxel_size_confirmed_by_voxel_size_finds_the_particles(files, tmp_path, capsys):
+    """A template whose header voxel size is unset (1 Å), with --voxel-size 10 for it and the tomogram: it is
+    taken at 10 Å, not resampled from 1 Å to 10 Å (a 1³ template that found nothing)."""
+    out = tmp_path / "picks.star"
+    argv = ["template", "--tomogram", str(files["tomogram"]), "--template", str(files["unset"])]
+    argv += ["--out", str(out), "--voxel-size", "10", "--angular-step", "90", "--no-wedge"]
+    argv += ["--truth", str(files["truth"])]
+    assert run_pick(argv) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["recall"] >= 0.9 and scores["precision"] >= 0.9
+
+
+def test_atomic_model_template_equals_its_map(tmp_path, capsys, monkeypatch):
+    """--template model.pdb.gz builds the model's potential at the tomogram's voxel size: the picks equal
+    those of the same potential written as an MRC template, and carry the model's name."""
+    import shutil
+    from importlib.resources import files as package_files
+
+    from aitom.simulate import class_potential
+
+    monkeypatch.setenv("AITOM_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "my_atpase.pdb.gz"
+    shutil.copy(str(package_files("aitom") / "data" / "structures" / "1s3x.pdb.gz"), model)
+    template = class_potential(str(model), 10.0)  # 14³
+    tomogram = 0.05 * torch.randn(32, 32, 32, generator=torch.Generator().manual_seed(1))
+    tomogram[5:19, 9:23, 12:26] += template / template.std()
+    write_volume(tmp_path / "tomogram.mrc", tomogram, 10.0)
+    write_volume(tmp_path / "template.mrc", template, 10.0)
+    tables = []
+    for source in (model, tmp_path / "template.mrc"):
+        out = tmp_path / f"{source.name}.star"
+        argv = ["template", "--tomogram", str(tmp_path / "tomogram.mrc"), "--template", str(source)]
+        assert run_pick([*argv, "--out", str(out), "--angular-step", "60", "--no-wedge"]) == 0
+        tables.append(read_particles(out))
+    from_model, from_map = tables
+    assert len(from_model) >= 1 and set(from_model["aitomClassName"]) == {"my_atpase"}
+    best = from_model.iloc[0]
+    assert (best["rlnCoordinateZ"], best["rlnCoordinateY"], best["rlnCoordinateX"]) == (12, 16, 19)
+    columns = ["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnAutopickFigureOfMerit"]
+    assert from_model[columns].to_numpy() == pytest.approx(from_map[columns].to_numpy(), abs=1e-5)

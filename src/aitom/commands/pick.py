@@ -45,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         nargs="+",
         required=True,
-        help="template volume(s) (MRC), cubic boxes, one per class",
+        help="template(s), one per class: MRC volumes (cubic, protein bright) or atomic models "
+        "(.pdb/.ent/.cif/.mmcif, optionally .gz), whose potential is computed at the tomogram's voxel size",
     )
     template.add_argument(
         "--angular-step", type=float, default=30.0, help="rotation grid covering radius, degrees (default 30)"

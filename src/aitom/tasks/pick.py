@@ -26,7 +26,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from aitom.errors import InputError
 from aitom.geometry import matrix_to_relion_angles, rescale_volume, so3_grid, sphere_mask
-from aitom.io import open_volume_mmap, particles_table, read_volume, write_particles, write_volume
+from aitom.io import (
+    HeaderWarning,
+    open_volume_mmap,
+    particles_table,
+    read_volume,
+    write_particles,
+    write_volume,
+)
 from aitom.ops.dog_picking import dog_pick
 from aitom.ops.peaks import false_alarm_threshold, inside_faces, non_maximum_suppression, peak_local_max
 from aitom.ops.saliency import saliency_pick
@@ -41,6 +48,7 @@ __all__ = [
     "TemplateRescaledWarning",
     "check_template",
     "map_paths",
+    "read_template",
     "tile_core_mask",
 ]
 
@@ -134,10 +142,9 @@ def check_template(
         InputError: unreadable, not a cube, a header voxel size that looks unset (0 or 1 Å) and differs from
             the tomogram's, a box outside those limits at the tomogram's voxel size, or constant.
     """
-    template, header = read_volume(path, voxel_size_a=voxel_size_override)
+    template, template_voxel_a = read_template(path, voxel_size_a, voxel_size_override=voxel_size_override)
     if len(set(template.shape)) != 1:
         raise InputError(f"the template must be a cube, got {tuple(template.shape)} voxels", path)
-    template_voxel_a = header.voxel_size_a[0]
     if template_voxel_a in (0.0, 1.0) and abs(template_voxel_a - voxel_size_a) > 1e-3 * voxel_size_a:
         raise InputError(
             f"voxel size {template_voxel_a:g} Å in the header looks unset, and the tomogram's is "
@@ -163,8 +170,33 @@ def check_template(
     return box
 
 
+def read_template(
+    path: str | Path, voxel_size_a: float | None, *, voxel_size_override: float | None = None
+) -> tuple[torch.Tensor, float]:
+    """A template and its voxel size, Å: an MRC volume as it is, or an atomic model (``.pdb``/``.cif``,
+    :func:`aitom.simulate.get_class`) turned into its potential map at ``voxel_size_a`` (protein bright,
+    centre of mass at the box centre, the library's default box).
+
+    Raises:
+        InputError: an unreadable file, or an atomic model without a voxel size to build it at.
+    """
+    from aitom.simulate.library import class_potential, is_atomic_model_path
+
+    if is_atomic_model_path(str(path)):
+        if voxel_size_a is None or not voxel_size_a > 0:
+            raise InputError("an atomic-model template needs the tomogram's voxel size (--voxel-size)", path)
+        return class_potential(str(path), voxel_size_a), voxel_size_a
+    template, header = read_volume(path, voxel_size_a=voxel_size_override)
+    return template, header.voxel_size_a[0]
+
+
 def _template_name(path: str | Path) -> str:
-    """Class name of a template: its file name without the volume suffixes (``p97.map.gz`` -> ``p97``)."""
+    """Class name of a template: its file name without the volume suffixes (``p97.map.gz`` -> ``p97``), or
+    an atomic model's class name (``7k00.cif.gz`` -> ``7k00``)."""
+    from aitom.simulate.library import get_class, is_atomic_model_path
+
+    if is_atomic_model_path(str(path)):
+        return get_class(str(path)).name
     name = Path(path).name
     for suffix in (".gz", ".bz2", ".mrc", ".mrcs", ".map", ".rec", ".st"):
         name = name.removesuffix(suffix)
@@ -201,7 +233,8 @@ class TemplateMatchingPicker(_Picker):
 
     Args:
         template: path of the template, or a list of paths, one per class (MRC, protein bright, cubic; boxes
-            may differ).
+            may differ), or of an atomic model (``.pdb``/``.cif``, optionally ``.gz``) built at
+            ``voxel_size_a`` (:func:`read_template`).
         voxel_size_a: the tomograms' voxel size, Å: a template with another voxel size is resampled to it
             (:func:`aitom.geometry.rescale_volume`, same extent, low-passed first when coarsened) with a
             :class:`TemplateRescaledWarning`. None: the templates' own voxel size (the first one's) is used.
@@ -251,14 +284,26 @@ class TemplateMatchingPicker(_Picker):
         paths = [template] if isinstance(template, str) else list(template)
         if not paths:
             raise InputError("no template given")
-        references = [read_volume(path) for path in paths]
+        with warnings.catch_warnings():  # an unset header voxel size is dealt with (and said) below
+            warnings.simplefilter("ignore", HeaderWarning)
+            references = [read_template(path, voxel_size_a) for path in paths]
         if voxel_size_a is None:
-            voxel_size_a = references[0][1].voxel_size_a[0]
+            voxel_size_a = references[0][1]
+        for index, ((reference, reference_voxel_a), path) in enumerate(zip(references, paths)):
+            if reference_voxel_a in (0.0, 1.0) and reference_voxel_a != voxel_size_a:
+                # `aitom pick` refuses such a template unless --voxel-size says so (check_template).
+                warnings.warn(
+                    f"{path}: voxel size {reference_voxel_a:g} Å in the header looks unset; the template is "
+                    f"taken at the tomogram's {voxel_size_a:g} Å",
+                    HeaderWarning,
+                    stacklevel=2,
+                )
+                references[index] = (reference, voxel_size_a)
         references = [
-            (_at_voxel_size(reference, header.voxel_size_a[0], voxel_size_a, path), header)
-            for (reference, header), path in zip(references, paths)
+            _at_voxel_size(reference, reference_voxel_a, voxel_size_a, path)
+            for (reference, reference_voxel_a), path in zip(references, paths)
         ]
-        sizes = [int(reference.shape[0]) for reference, _ in references]
+        sizes = [int(reference.shape[0]) for reference in references]
         super().__init__(max(1, min(sizes) // 2) if min_distance is None else min_distance, polarity)
         self.save_hyperparameters()
         if class_number is None:
@@ -280,7 +325,7 @@ class TemplateMatchingPicker(_Picker):
             cs_mm=cs_mm,
             amplitude_contrast=amplitude_contrast,
         )
-        for number, ((reference, _), size) in enumerate(zip(references, sizes)):
+        for number, (reference, size) in enumerate(zip(references, sizes)):
             self.register_buffer(f"template_{number}", reference)
             radius = size / 2 if mask_radius_voxels is None else mask_radius_voxels
             self.register_buffer(f"mask_{number}", sphere_mask((size,) * 3, radius_voxels=radius))
