@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from aitom.fourier import fftn_centered, ifftn_centered, lowpass
 from aitom.geometry import rotate_volume, soft_sphere_mask
@@ -416,7 +417,7 @@ def classify_and_average(
     alignment = start.alignment
     fill = start.average.expand_as(volumes)
     history = []
-    for round_index in range(1, rounds + 1):
+    for round_index in tqdm(range(1, rounds + 1), desc="classify rounds", disable=not progress, leave=False):
         features = pca_features(
             volumes, alignment.rotation, alignment.shift_xyz, fill, mask, n_components=n_components
         )

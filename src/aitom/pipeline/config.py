@@ -56,7 +56,8 @@ class PickConfig:
 
     #: dog | saliency | template (needs `templates`)
     method: str = "dog"
-    #: template MRC files for method template (one class per template, same voxel size as the tomogram)
+    #: method template: one class per template, MRC maps (resampled to the tomogram's voxel size) or atomic
+    #: models (.pdb/.cif, optionally .gz) built at the tomogram's voxel size
     templates: list[str] = dataclasses.field(default_factory=list)
     #: expected particle diameter, Å (DoG sigma1 = radius / sqrt(3); saliency radius; box size)
     particle_diameter_a: float = 200.0

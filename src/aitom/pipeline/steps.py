@@ -371,6 +371,7 @@ def classify_subtomograms(
             n_components=config.classify.n_components,
             voxel_size_a=voxel_size_a,
             generator=generator,
+            progress=True,
             **options,
         )
         alignment = result.alignment
@@ -404,6 +405,7 @@ def classify_subtomograms(
             iterations=config.average.iterations + config.average.initial_iterations,
             voxel_size_a=voxel_size_a,
             generator=generator,
+            progress=True,
             **options,
         )
         rotations[members] = result.alignment.rotation
