@@ -241,3 +241,25 @@ def test_relion5_origin_shifts_are_applied_once_and_reset(tomogram, tmp_path):
     assert table[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy().tolist() == [[0, 0, 0]]
     box = read_volume(out / "subtomograms" / "000000.mrc")[0].numpy()
     np.testing.assert_array_equal(box, values[7:15, 11:19, 14:22])
+
+
+def test_overwrite_refuses_the_folder_that_holds_the_inputs(tomogram, tmp_path, capsys):
+    path, _ = tomogram  # in tmp_path
+    star = _star(tmp_path, [[20, 15, 10]])
+    code = main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8",
+                 "--out", str(tmp_path), "--overwrite"])  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 2 and "holds the input" in error and error.count("\n") == 1
+    assert path.is_file() and star.is_file()
+
+
+def test_the_working_directory_is_refused_as_output(tomogram, tmp_path, capsys, monkeypatch):
+    path, _ = tomogram
+    star = _star(tmp_path, [[20, 15, 10]])
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code = main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", "8", "--out", "."])
+    error = capsys.readouterr().err
+    assert code == 2 and "working directory" in error and error.count("\n") == 1
+    assert list(work.iterdir()) == []

@@ -115,9 +115,12 @@ def test_estimate_wedge_and_hand_take_the_voxel_size(tomograms, tmp_path, capsys
     assert "finer than Nyquist (50 Å)" in capsys.readouterr().err
 
 
-def test_impossible_voxel_size_is_one_line_and_exit_2(tomograms, tmp_path, capsys):
-    unset, _ = tomograms
-    out = tmp_path / "p.star"
-    assert main(["pick", "dog", "--tomogram", str(unset), "--out", str(out), "--voxel-size", "-3"]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
+@pytest.mark.parametrize("value", ["0", "-3", "nan"])
+def test_impossible_voxel_size_option_is_refused_naming_the_option(tmp_path, capsys, value):
+    path = write_volume(tmp_path / "tomogram.mrc", blob_tomogram(24), 10.0)
+    out = tmp_path / "picks.star"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pick", "dog", "--tomogram", str(path), "--out", str(out), "--voxel-size", value])
+    assert exit_info.value.code == 2
+    assert f"--voxel-size: must be a positive number of Å, got {value}" in capsys.readouterr().err
     assert not out.exists()

@@ -234,6 +234,13 @@ def _hand_result(as_is: float, mirrored: float, fsc_as_is: float, fsc_mirrored: 
         (_hand_result(0.80, 0.795, 40.0, 60.0), "undecided"),  # margin under 0.01
         (_hand_result(0.80, 0.85, 40.0, 60.0), "undecided"),  # correlation and FSC disagree
         (_hand_result(0.01, 0.01, 500.0, 500.0), "the reference matches the average in neither hand"),
+        # the FSC never reaches 0.5 in either hand (noise-only maps): it favours neither
+        (_hand_result(0.39, 0.45, math.inf, math.inf), "undecided"),
+        # NaN correlations (no voxel inside the mask) must not read as a call for the reference as it is
+        (
+            _hand_result(math.nan, math.nan, math.inf, math.inf),
+            "the reference matches the average in neither",
+        ),
     ],
 )
 def test_hand_verdict_calls_a_hand_only_when_both_criteria_agree(result: dict, expected: str) -> None:

@@ -53,7 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="angular step (covering radius) of the rotation grid, degrees (default 10)",
     )
     parser.add_argument(
-        "--max-shift", type=float, default=None, help="largest shift length searched, voxels (default: any)"
+        "--max-shift",
+        type=float,
+        default=None,
+        help="largest shift length searched, voxels, >= 0 (default: any)",
     )
     parser.add_argument(
         "--max-frequency",
@@ -63,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed (the search itself is deterministic)"
+        "--seed", type=int, default=0, help="random seed (the search itself is deterministic; default 0)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_voxel_size_option(parser, "both subtomograms")
@@ -93,6 +96,8 @@ def load_fourier_mask(path: Path | None, tilt_range_deg: tuple[float, float], sh
             raise InputError(f"mask is {tuple(mask.shape)} but the subtomogram is {tuple(shape)}", path)
         if float(mask.min()) < 0:
             raise InputError("mask has negative weights", path)
+        if float(mask.max()) <= 0:
+            raise InputError("mask is zero everywhere: no Fourier coefficient is observed", path)
         return mask.to(device)
     if tilt_range_deg == (-90.0, 90.0):
         return None
@@ -112,10 +117,21 @@ def run(args: argparse.Namespace) -> int:
     from aitom.io import read_volume
     from aitom.ops.alignment import align_subtomograms
 
+    if not 0.0 < args.max_frequency <= 0.5:
+        raise InputError(f"--max-frequency must be in (0, 0.5] cycles/voxel, got {args.max_frequency}")
+    if not 0.0 < args.step <= 180.0:
+        raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
+    if args.max_shift is not None and not args.max_shift >= 0:
+        raise InputError(f"--max-shift must be >= 0 voxels, got {args.max_shift}")
     torch.manual_seed(args.seed)
     device = torch_device(args.device)
     volume_a, header_a = read_volume(args.volume_a, voxel_size_a=args.voxel_size)
     volume_b, header_b = read_volume(args.volume_b, voxel_size_a=args.voxel_size)
+    for volume, path in ((volume_a, args.volume_a), (volume_b, args.volume_b)):
+        if float(volume.max()) == float(volume.min()):
+            raise InputError(
+                f"subtomogram is constant ({float(volume.flatten()[0]):g} everywhere): nothing to align", path
+            )
     voxel_a, voxel_b = header_a.voxel_size_a[0], header_b.voxel_size_a[0]
     if abs(voxel_a - voxel_b) > 1e-3 * voxel_a:
         raise InputError(
@@ -132,10 +148,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if volume_a.shape[0] < 8:
         raise InputError(f"subtomogram too small to align: {tuple(volume_a.shape)}", args.volume_a)
-    if not 0.0 < args.max_frequency <= 0.5:
-        raise InputError(f"--max-frequency must be in (0, 0.5] cycles/voxel, got {args.max_frequency}")
-    if not 0.0 < args.step <= 180.0:
-        raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
+    size = volume_a.shape[0]
+    if args.max_frequency * size < 1:
+        raise InputError(
+            f"--max-frequency {args.max_frequency:g} cycles/voxel is below the first Fourier shell of a "
+            f"{size}³ box (1/{size} = {1 / size:.3g}): nothing to align"
+        )
     shape = tuple(volume_a.shape)
     mask_a = load_fourier_mask(args.mask_a, args.wedge_a, shape, device)
     mask_b = load_fourier_mask(args.mask_b, args.wedge_b, shape, device)
@@ -146,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         mask_b,
         angular_step_deg=args.step,
         max_shift_voxels=args.max_shift,
-        search_band=(0.05, min(0.25, args.max_frequency)),
+        # the amplitude search band: 0.05 to 0.25 cycles/voxel, inside (0, --max-frequency]
+        search_band=(min(0.05, args.max_frequency / 2), min(0.25, args.max_frequency)),
         max_frequency=args.max_frequency,
     )
     angles = [math.degrees(value) for value in result.angles_rad[0].tolist()]

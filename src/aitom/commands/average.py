@@ -1,18 +1,33 @@
 """``aitom average --particles P.star --out DIR [--iterations N] [--classes K|auto] [--method align|faml]``.
 
-Reads the subtomograms named in the table's ``rlnImageName`` column (paths relative to the STAR file), runs
+Reads the subtomograms named in the table's ``rlnImageName`` column (an MRC volume, or ``N@STACK`` for volume
+N, 1-based, of an MRC stack of volumes; relative paths are resolved beside the STAR file when the file is
+there, else against the working directory, as :func:`aitom.io.relion5.resolve_relative` does), runs
 reference-free iterative averaging (one class), simultaneous classification and averaging (``--classes K`` or
 ``auto``) or FAML maximum likelihood (``--method faml``), and writes DIR/average_classN.mrc (N from 1),
-DIR/particles.star (the input table with the found rlnAngleRot/Tilt/Psi, rlnOriginX/Y/Z = −shift in voxels,
-rlnClassNumber and aitomAlignmentScore), DIR/fsc.json and DIR/fsc.png (half-set FSC per class).
+DIR/particles.star, DIR/fsc.json and DIR/fsc.png (half-set FSC per class).
+
+DIR/particles.star is the input table with the found rlnAngleRot/Tilt/Psi, rlnOriginX/Y/Z = −shift in voxels
+(and rlnOriginX/Y/ZAngst in Å when the input has them), rlnClassNumber and aitomAlignmentScore; its
+rlnImageName and rlnCtfImage are rewritten relative to DIR, and the input's data_optics is kept. fsc.json is
+strict JSON: a resolution the FSC never reaches (below the threshold from the first shell on) is ``null``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aitom.commands.shared import add_voxel_size_option
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+#: the rotational search band starts here (cycles/voxel): --max-frequency must lie above it
+_SEARCH_BAND_START = 0.05
 
 
 def _classes(text: str) -> int | str:
@@ -42,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--particles",
         type=Path,
         required=True,
-        help="STAR table whose rlnImageName column names MRC subtomograms",
+        help="STAR table whose rlnImageName column names the MRC subtomograms (a file, or N@STACK for volume "
+        "N, 1-based, of a stack of volumes), relative to the STAR file's folder or the working directory",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--iterations", type=int, default=5, help="align/average rounds (default 5)")
@@ -99,17 +115,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-shift",
         type=float,
         default=None,
-        help="largest shift searched, voxels (up to 4: rotations scored with phases over the integer shifts; "
-        "more or unset: translation-invariant amplitude search)",
+        help="largest shift searched, voxels, >= 0 (up to 4: rotations scored with phases over the integer "
+        "shifts; more or unset: translation-invariant amplitude search; default: unset)",
     )
     parser.add_argument(
         "--max-frequency",
         type=float,
         default=0.35,
-        help="highest frequency used in alignment, cycles/voxel (0.5 = Nyquist; default 0.35)",
+        help="highest frequency used in alignment, cycles/voxel, in (0.05, 0.5] (the rotational search band "
+        "starts at 0.05; 0.5 = Nyquist; default 0.35)",
     )
     parser.add_argument(
-        "--max-classes", type=int, default=6, help="largest number of classes tried by 'auto' (default 6)"
+        "--max-classes",
+        type=int,
+        default=6,
+        help="largest number of classes tried by 'auto', at least 2 (default 6)",
     )
     parser.add_argument(
         "--merge-threshold",
@@ -125,50 +145,124 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="point group of the particle, imposed on the average after every iteration with its axes "
         "found from the average: C1 (none, default), Cn, Dn, T, O or I (single-class averaging)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (initial rotations, k-means)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed (initial rotations, k-means; default 0)"
+    )
     add_voxel_size_option(parser, "the subtomograms")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing non-empty output folder"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing non-empty output folder (never one that holds the inputs)",
     )
 
 
-def _read_subtomograms(star: Path, voxel_size_override: float | None):
+def image_reference(name: object, star: Path) -> tuple[Path, int | None, str]:
+    """Where a table's ``rlnImageName`` (or ``rlnCtfImage``) points: ``(path, index, label)``.
+
+    ``N@FILE`` names volume ``N`` (1-based) of a stack of volumes: ``index = N − 1``; a plain name gives
+    ``index = None``. Relative paths are resolved with :func:`aitom.io.relion5.resolve_relative` (beside the
+    STAR file when the file is there, else against the working directory). ``label`` is the name to quote
+    in messages (``N@path`` or ``path``).
+
+    Raises:
+        InputError: ``0@FILE`` (RELION's stack numbers start at 1).
+    """
+    from aitom.errors import InputError
+    from aitom.io.relion5 import resolve_relative
+
+    text = str(name).strip()
+    number, at, rest = text.partition("@")
+    index = None
+    if at and number.strip().isdigit():
+        index, text = int(number) - 1, rest.strip()
+        if index < 0:
+            raise InputError(f"{name!r}: stack positions N@FILE start at 1", star)
+    path = resolve_relative(text, star)
+    return path, index, str(path) if index is None else f"{index + 1}@{path}"
+
+
+def read_table_volume(
+    name: object, star: Path, voxel_size_a: float | None, stacks: dict[Path, tuple]
+) -> tuple[torch.Tensor, tuple[float, float, float], str]:
+    """The 3-D volume ``(Z, Y, X)`` named by ``name`` (see :func:`image_reference`), its voxel size (Å) and
+    its label; ``stacks`` caches the stacks of volumes already read (path -> (volumes, header)).
+
+    Raises:
+        InputError: a missing or unreadable file, ``N@FILE`` where FILE is not a stack of volumes (for example
+            a stack of 2-D tilt images, which ``aitom reconstruct`` turns into subtomograms) or has fewer
+            than N volumes.
+    """
+    from aitom.errors import InputError
+    from aitom.io import read_volume
+
+    path, index, label = image_reference(name, star)
+    if index is None:
+        volume, header = read_volume(path, voxel_size_a=voxel_size_a)
+        return volume, header.voxel_size_a, label
+    if path not in stacks:
+        stacks[path] = read_volume(path, voxel_size_a=voxel_size_a, allow_2d=True)
+    volumes, header = stacks[path]
+    if volumes.ndim != 4:
+        raise InputError(
+            f"N@FILE names volume N of a stack of 3-D volumes, but this file reads as "
+            f"{'×'.join(map(str, volumes.shape))} (2-D images or one volume): 2-D tilt stacks need "
+            "`aitom reconstruct` first",
+            label,
+        )
+    if index >= volumes.shape[0]:
+        raise InputError(f"the stack holds only {volumes.shape[0]} volumes", label)
+    return volumes[index], header.voxel_size_a, label
+
+
+def _read_subtomograms(
+    star: Path, voxel_size_override: float | None
+) -> tuple[pd.DataFrame, torch.Tensor, float]:
+    """The particle table, its subtomograms ``(N, S, S, S)`` and their voxel size (Å).
+
+    Raises:
+        InputError: fewer than 2 particles, a volume that is missing, unreadable, not cubic, constant (nothing
+            to align) or of another size or voxel size than the first.
+    """
     import torch
 
     from aitom.errors import InputError
-    from aitom.io import read_particles, read_volume
+    from aitom.io import read_particles
 
     table = read_particles(star, require=("rlnImageName",))
     if len(table) == 0:
         raise InputError("the particle table is empty", star)
     if len(table) < 2:
         raise InputError("need at least 2 particles to average", star)
-    volumes, voxel_size_a = [], None
+    volumes, voxel_size_a, stacks = [], None, {}
     for name in table["rlnImageName"]:
-        path = Path(str(name))
-        path = path if path.is_absolute() else star.parent / path
-        volume, header = read_volume(path, voxel_size_a=voxel_size_override)
+        volume, voxel, label = read_table_volume(name, star, voxel_size_override, stacks)
         if volumes and volume.shape != volumes[0].shape:
             raise InputError(
                 f"size {tuple(volume.shape)} differs from the first particle's {tuple(volumes[0].shape)}",
-                path,
+                label,
             )
         if len(set(volume.shape)) != 1:
-            raise InputError(f"subtomogram must be cubic, got {tuple(volume.shape)}", path)
-        if voxel_size_a is not None and abs(header.voxel_size_a[0] - voxel_size_a) > 1e-3 * voxel_size_a:
+            raise InputError(f"subtomogram must be cubic, got {tuple(volume.shape)}", label)
+        if float(volume.max()) == float(volume.min()):
             raise InputError(
-                f"voxel size {header.voxel_size_a[0]:g} Å differs from the first particle's "
+                f"subtomogram is constant ({float(volume[0, 0, 0]):g} everywhere): nothing to align", label
+            )
+        if voxel_size_a is not None and abs(voxel[0] - voxel_size_a) > 1e-3 * voxel_size_a:
+            raise InputError(
+                f"voxel size {voxel[0]:g} Å differs from the first particle's "
                 f"{voxel_size_a:g} Å (rescale the subtomograms to one voxel size)",
-                path,
+                label,
             )
         volumes.append(volume)
-        voxel_size_a = voxel_size_a or header.voxel_size_a[0]
+        voxel_size_a = voxel_size_a or voxel[0]
     return table, torch.stack(volumes), float(voxel_size_a)
 
 
-def _fourier_weights(table, star: Path, volumes):
+def _fourier_weights(table: pd.DataFrame, star: Path, volumes: torch.Tensor) -> torch.Tensor:
     """Per-particle masks √(w / max w) from the rlnCtfImage 3-D weights, same shape as ``volumes``.
+
+    rlnCtfImage names a file or ``N@STACK``, resolved as rlnImageName (:func:`read_table_volume`).
 
     Accepted layouts, as RELION reads them: a centred cube (what ``aitom reconstruct`` writes: CTF²·dose),
     FFTW's half layout ``S × S × (S/2 + 1)`` (RELION 3/4 and Warp 3-D CTF volumes), and that half layout with
@@ -179,15 +273,13 @@ def _fourier_weights(table, star: Path, volumes):
 
     from aitom.errors import InputError
     from aitom.fourier import hermitian_half_to_centered
-    from aitom.io import read_volume
 
     size = volumes.shape[-1]
     half_x = size // 2 + 1
-    masks = []
+    masks, stacks = [], {}
     for name in table["rlnCtfImage"]:
-        path = Path(str(name))
-        path = path if path.is_absolute() else star.parent / path
-        weight, _ = read_volume(path, voxel_size_a=1.0)  # a weight's voxel size is not used
+        # a weight's voxel size is not used
+        weight, _, path = read_table_volume(name, star, 1.0, stacks)
         if tuple(weight.shape) in ((size, size, half_x), (2 * size, size, half_x)):
             weight = hermitian_half_to_centered(weight[:size], size)
         elif weight.shape != volumes.shape[-3:]:
@@ -210,43 +302,50 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from aitom.commands.shared import check_output_folder, output_folder, torch_device
+    from aitom.commands.shared import (
+        check_output_folder,
+        json_ready,
+        output_folder,
+        refuse_inputs_inside,
+        torch_device,
+    )
     from aitom.errors import InputError
     from aitom.fourier import missing_wedge_mask
     from aitom.geometry import point_group_order
     from aitom.io import write_particles, write_volume
+    from aitom.io.star import read_optics
     from aitom.ops.averaging import reference_free_average
     from aitom.ops.clustering import classify_and_average, describe_merge
     from aitom.ops.faml import faml_average
 
     if args.iterations < 1:
         raise InputError(f"--iterations must be >= 1, got {args.iterations}")
-    if not 0.0 < args.max_frequency <= 0.5:
-        raise InputError(f"--max-frequency must be in (0, 0.5] cycles/voxel, got {args.max_frequency}")
+    if not _SEARCH_BAND_START < args.max_frequency <= 0.5:
+        raise InputError(
+            f"--max-frequency must be in ({_SEARCH_BAND_START:g}, 0.5] cycles/voxel (the rotational search "
+            f"band starts at {_SEARCH_BAND_START:g}), got {args.max_frequency}"
+        )
     if not 0.0 < args.step <= 180.0:
         raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
-    check_output_folder(args.out, args.overwrite)
-    device = torch_device(args.device)
-    table, volumes, voxel_size_a = _read_subtomograms(args.particles, args.voxel_size)
-    volumes = volumes.to(device)
-    n = volumes.shape[0]
-    if args.classes != "auto" and args.classes > n:
-        raise InputError(f"--classes {args.classes} is more than the {n} particles")
-    shape = tuple(volumes.shape[-3:])
+    if args.max_shift is not None and not args.max_shift >= 0:
+        raise InputError(f"--max-shift must be >= 0 voxels, got {args.max_shift}")
     if args.annealing_iterations < 0 or args.annealing_iterations == 1:
         raise InputError(f"--annealing-iterations must be 0 or at least 2, got {args.annealing_iterations}")
     if args.starts < 1:
         raise InputError(f"--starts must be >= 1, got {args.starts}")
     if not 0.0 <= args.merge_threshold <= 1.0:
         raise InputError(f"--merge-threshold must be in [0, 1] (0: no merging), got {args.merge_threshold}")
+    if args.classes == "auto" and args.max_classes < 2:
+        raise InputError(f"--max-classes must be >= 2 with --classes auto, got {args.max_classes}")
     if args.particle_diameter is not None and not args.particle_diameter > 0:
         raise InputError(f"--particle-diameter must be > 0 Å, got {args.particle_diameter}")
     try:
         point_group_order(args.symmetry)
     except InputError as error:
         raise InputError(f"--symmetry: {error}") from None
-    use_ctf_weights = args.fourier_weights == "auto" and "rlnCtfImage" in table.columns
     if args.method == "faml" or args.classes != 1:
+        if args.method == "faml" and args.classes == "auto":
+            raise InputError("--classes auto works with --method align only: give FAML a number of classes")
         if args.particle_diameter is not None:
             raise InputError("--particle-diameter works with single-class averaging only")
         if args.annealing_iterations:
@@ -255,6 +354,26 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--symmetry works with single-class averaging only")
         if args.starts != 1 and args.method != "faml":
             raise InputError("--starts works with single-class averaging or --method faml only")
+    check_output_folder(args.out, args.overwrite)
+    device = torch_device(args.device)
+    table, volumes, voxel_size_a = _read_subtomograms(args.particles, args.voxel_size)
+    if args.overwrite:
+        columns = [column for column in ("rlnImageName", "rlnCtfImage") if column in table.columns]
+        named = [image_reference(name, args.particles)[0] for c in columns for name in table[c]]
+        refuse_inputs_inside(args.out, [args.particles, *named])
+    volumes = volumes.to(device)
+    n = volumes.shape[0]
+    if args.classes != "auto" and args.classes > n:
+        raise InputError(f"--classes {args.classes} is more than the {n} particles")
+    shape = tuple(volumes.shape[-3:])
+    if shape[0] < 8:
+        raise InputError(f"subtomograms too small to align: {shape} (at least 8³)", args.particles)
+    if args.max_frequency * shape[0] < 1:
+        raise InputError(
+            f"--max-frequency {args.max_frequency:g} cycles/voxel is below the first Fourier shell of the "
+            f"{shape[0]}³ subtomograms (1/{shape[0]} = {1 / shape[0]:.3g}): nothing to align"
+        )
+    use_ctf_weights = args.fourier_weights == "auto" and "rlnCtfImage" in table.columns
     if use_ctf_weights:
         mask = _fourier_weights(table, args.particles, volumes).to(device)
         print(f"Fourier weights: rlnCtfImage (per-particle 3-D weights) for {n} particles; --wedge not used")
@@ -271,11 +390,10 @@ def run(args: argparse.Namespace) -> int:
         "max_frequency": args.max_frequency,
     }
     if args.method == "faml":
-        n_classes = 1 if args.classes == "auto" else args.classes
         result = faml_average(
             volumes,
             mask,
-            n_classes=n_classes,
+            n_classes=args.classes,
             iterations=args.iterations,
             voxel_size_a=voxel_size_a,
             starts=args.starts,
@@ -355,13 +473,15 @@ def run(args: argparse.Namespace) -> int:
             result.frequency,
         )
 
-    out_table = table.copy()
+    out_table = _relocated_names(table, args.particles, args.out)
     angles = torch.rad2deg(alignment.angles_rad).cpu().double().numpy()
     shifts = alignment.shift_xyz.cpu().double().numpy()
     for column, values in zip(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), angles.T):
         out_table[column] = values
-    for column, values in zip(("rlnOriginX", "rlnOriginY", "rlnOriginZ"), shifts.T):
-        out_table[column] = -values
+    for axis, values in zip("XYZ", shifts.T):
+        out_table[f"rlnOrigin{axis}"] = -values
+        if f"rlnOrigin{axis}Angst" in out_table.columns:  # RELION 3.1+: keep the Å origins consistent
+            out_table[f"rlnOrigin{axis}Angst"] = -values * voxel_size_a
     out_table["rlnClassNumber"] = labels.cpu().numpy() + 1
     out_table["aitomAlignmentScore"] = alignment.score.cpu().double().numpy()
     from aitom.fourier import resolution_at
@@ -386,15 +506,36 @@ def run(args: argparse.Namespace) -> int:
     with output_folder(args.out) as folder:
         for index, average in enumerate(averages.cpu()):
             write_volume(folder / f"average_class{index + 1}.mrc", average, voxel_size_a)
-        write_particles(folder / "particles.star", out_table)
-        (folder / "fsc.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_particles(folder / "particles.star", out_table, optics=read_optics(args.particles))
+        (folder / "fsc.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
         _plot_fsc(report, folder / "fsc.png")
     summary = ", ".join(
-        f"class {c['class']}: {c['particles']} particles, FSC 0.143 {c['fsc_0.143_a']:.1f} Å"
+        f"class {c['class']}: {c['particles']} particles, FSC 0.143 "
+        + (f"{c['fsc_0.143_a']:.1f} Å" if math.isfinite(c["fsc_0.143_a"]) else "not reached")
         for c in report["classes"]
     )
     print(f"{args.out}: {summary}")
     return 0
+
+
+def _relocated_names(table: pd.DataFrame, star: Path, out: Path) -> pd.DataFrame:
+    """A copy of ``table`` whose ``rlnImageName`` and ``rlnCtfImage`` name the same files from the output
+    folder ``out`` (where the new particles.star goes) as they did from the input ``star``: relative to
+    ``out``, keeping an ``N@`` stack prefix."""
+    import os
+
+    table = table.copy()
+    folder = out.resolve()
+    for column in ("rlnImageName", "rlnCtfImage"):
+        if column not in table.columns:
+            continue
+        names = []
+        for name in table[column]:
+            path, index, _ = image_reference(name, star)
+            relative = os.path.relpath(path.resolve(), folder)
+            names.append(relative if index is None else f"{index + 1}@{relative}")
+        table[column] = names
+    return table
 
 
 def _plot_fsc(report: dict, path: Path) -> None:

@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_folder,
         output_folder,
         read_particle_table,
+        refuse_inputs_inside,
         select_tomogram,
     )
     from aitom.errors import InputError
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if args.coordinate_pixel_size is not None and not args.coordinate_pixel_size > 0:
         raise InputError(f"--coordinate-pixel-size must be positive (Å), got {args.coordinate_pixel_size}")
     check_output_folder(args.out, args.overwrite)
+    refuse_inputs_inside(args.out, [args.tomogram, args.particles])
     table, optics = read_particle_table(args.particles)
     table = select_tomogram(table, args.tomo_name, args.particles)
     if len(table) == 0:

@@ -114,6 +114,7 @@ def _on_the_average_grid(
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from aitom.commands.shared import json_ready
     from aitom.errors import InputError
     from aitom.io import check_output_path, read_volume, write_volume
     from aitom.ops.handedness import hand_check, mirror_volume, superpose_map
@@ -131,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         reference, reference_header.voxel_size_a[0], voxel_size_a, average.shape[0], args.reference
     )
     lowpass_a = max(40.0, 2.5 * voxel_size_a) if args.lowpass is None else args.lowpass
+    if not 0 < lowpass_a < float("inf"):
+        raise InputError(f"--lowpass must be a positive, finite resolution in Å, got {lowpass_a:g}")
     if not 2 * voxel_size_a <= lowpass_a:
         raise InputError(f"--lowpass {lowpass_a:g} Å is finer than Nyquist ({2 * voxel_size_a:g} Å)")
     mask = None
@@ -138,6 +141,12 @@ def run(args: argparse.Namespace) -> int:
         mask, _ = read_volume(args.mask, voxel_size_a=header.voxel_size_a)
         if mask.shape != average.shape:
             raise InputError(f"mask size {tuple(mask.shape)} differs from {tuple(average.shape)}", args.mask)
+        if float(mask.min()) < 0 or float(mask.max()) <= 0:
+            raise InputError(
+                f"mask weights must be >= 0 and not all zero, got {float(mask.min()):g} to "
+                f"{float(mask.max()):g}",
+                args.mask,
+            )
     result = hand_check(
         average,
         reference,
@@ -155,28 +164,29 @@ def run(args: argparse.Namespace) -> int:
         write_volume(args.mirrored_out, aligned, voxel_size_a, overwrite=args.overwrite)
     verdict = hand_verdict(result, args.axis)
     print(f"aitom: hand: {verdict}", file=sys.stderr)
-    print(
-        json.dumps(
-            {**result, "verdict": verdict, "voxel_size_a": voxel_size_a, "lowpass_a": lowpass_a}, indent=2
-        )
-    )
+    report = {**result, "verdict": verdict, "voxel_size_a": voxel_size_a, "lowpass_a": lowpass_a}
+    print(json.dumps(json_ready(report), indent=2, allow_nan=False))
     return 0
 
 
 def hand_verdict(result: dict, axis: str) -> str:
     """One sentence on a :func:`aitom.ops.handedness.hand_check` result. The hand is called only when the
     masked correlation and the FSC-0.5 resolution both favour it and the correlations differ by at least
-    0.01; a reference that correlates below 0.3 in both hands is said not to match."""
+    0.01; a reference that correlates below 0.3 in both hands (or not at all: NaN) is said not to match, and
+    FSC-0.5 resolutions that are not finite in the favoured hand (the FSC is below 0.5 from the first shell)
+    leave the hand undecided."""
+    import math
+
     as_is, mirrored = result["correlation_as_is"], result["correlation_mirrored"]
     numbers = f"correlation {as_is:.3f} as it is, {mirrored:.3f} mirrored along {axis}"
     fsc = f"FSC-0.5 {result['fsc_0.5_a_as_is']:.1f} Å as it is, {result['fsc_0.5_a_mirrored']:.1f} Å mirrored"
-    if max(as_is, mirrored) < 0.3:
+    if not (math.isfinite(as_is) and math.isfinite(mirrored)) or max(as_is, mirrored) < 0.3:
         return f"the reference matches the average in neither hand ({numbers}): is it the same structure?"
     correlation_prefers_mirrored = mirrored > as_is
     fsc_better, fsc_worse = result["fsc_0.5_a_as_is"], result["fsc_0.5_a_mirrored"]  # Å: smaller is better
     if correlation_prefers_mirrored:
         fsc_better, fsc_worse = fsc_worse, fsc_better
-    if result["margin"] < 0.01 or fsc_better > fsc_worse:
+    if result["margin"] < 0.01 or fsc_better > fsc_worse or not math.isfinite(fsc_better):
         return f"undecided: both hands fit alike ({numbers}; {fsc})"
     hand = f"MIRRORED along {axis}" if correlation_prefers_mirrored else "AS IT IS"
     return f"the reference matches {hand} ({numbers}, margin {result['margin']:.3f}; {fsc})"

@@ -277,7 +277,7 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
     if (args.in_particle_frame or args.average) and not set(ANGLE_COLUMNS) <= set(particles.columns):
         raise InputError("--in-particle-frame and --average need rlnAngleRot/Tilt/Psi", particles_path)
     check_particles_against_tomograms(particles, optics, tomograms, particles_path=particles_path)
-    rows = particle_optics(particles, optics)
+    rows = particle_optics(particles, optics, particles_path)
     missing = [column for column in ("rlnImagePixelSize", "rlnImageSize") if column not in rows.columns]
     if missing:
         raise InputError(f"data_optics lacks column(s) {', '.join(missing)}", particles_path)
@@ -293,12 +293,29 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
     angles_deg = np.zeros((len(particles), 3))
     if set(ANGLE_COLUMNS) <= set(particles.columns):
         angles_deg = particles[list(ANGLE_COLUMNS)].to_numpy(dtype=np.float64)
+    if not (image_sizes[0] > 0 and pixel_sizes[0] > 0):
+        raise InputError(
+            f"rlnImageSize {image_sizes[0]} and rlnImagePixelSize {pixel_sizes[0]:g} Å must be positive",
+            particles_path,
+        )
     image_paths = [resolve_relative(str(name), particles_path) for name in particles["rlnImageName"]]
-    for path, (_, row) in zip(image_paths, particles.iterrows()):
+    for number, (path, (_, row)) in enumerate(zip(image_paths, particles.iterrows()), start=1):
         if not path.is_file():
             raise InputError(f"particle stack {path} (rlnImageName) not found", particles_path)
         series = tomograms[str(row["rlnTomoName"])]
+        if not _visible_frames(row, series.n_tilts).any():
+            raise InputError(
+                f"particle {number} ({path.name}) has no visible frame in rlnTomoVisibleFrames: nothing to "
+                "reconstruct (remove it from the table)",
+                particles_path,
+            )
         _check_particle_stack(path, row, series, int(image_sizes[0]), float(pixel_sizes[0]))
+    centered_a = particle_positions_centered_a(
+        particles, tomograms, coordinate_pixel_size_a=args.coordinate_pixel_size
+    )
+    _check_inside_tomograms(
+        centered_a, particles, tomograms, int(image_sizes[0]) * float(pixel_sizes[0]), particles_path
+    )
     return _Inputs(
         particles=particles,
         tomograms=tomograms,
@@ -307,10 +324,31 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
         pixel_size_a=float(pixel_sizes[0]),
         ctf_premultiplied=bool(premultiplied[0]),
         angles_deg=angles_deg,
-        centered_a=particle_positions_centered_a(
-            particles, tomograms, coordinate_pixel_size_a=args.coordinate_pixel_size
-        ),
+        centered_a=centered_a,
     )
+
+
+def _check_inside_tomograms(
+    centered_a: np.ndarray, particles: pd.DataFrame, tomograms: dict, box_a: float, path: Path
+) -> None:
+    """Every particle centre (``centered_a (N, 3)``, Å from its tomogram's centre) must lie inside its
+    tomogram, give or take one particle box (``box_a`` Å): a centre further out means coordinates in other
+    units (``--coordinate-pixel-size``) or another tomogram, and a meaningless depth-dependent defocus."""
+    import numpy as np
+
+    from aitom.errors import InputError
+
+    for number, (position, name) in enumerate(zip(centered_a, particles["rlnTomoName"]), start=1):
+        series = tomograms[str(name)]
+        half_a = np.asarray(series.size_xyz, dtype=np.float64) * series.pixel_size_a / 2
+        if (np.abs(position) > half_a + box_a).any():
+            where, span = (", ".join(f"{value:.0f}" for value in values) for values in (position, half_a))
+            raise InputError(
+                f"particle {number} lies outside tomogram {name}: ({where}) Å from its centre, the tomogram "
+                f"spans ±({span}) Å "
+                "(check the coordinates' pixel size, --coordinate-pixel-size)",
+                path,
+            )
 
 
 def _reconstructions(
@@ -428,14 +466,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from aitom.commands.shared import check_output_folder, output_folder, torch_device
+    from aitom.commands.shared import check_output_folder, output_folder, refuse_inputs_inside, torch_device
     from aitom.errors import InputError
     from aitom.io import write_particles, write_volume
     from aitom.ops.handedness import mirror_volume
     from aitom.ops.reconstruction import FourierSums, finish_reconstruction
 
-    if not args.wiener_constant > 0:
-        raise InputError(f"--wiener-constant must be positive, got {args.wiener_constant}")
+    if not 0 < args.wiener_constant < float("inf"):
+        raise InputError(f"--wiener-constant must be positive and finite, got {args.wiener_constant}")
     if args.padding < 1 or args.batch_size < 1:
         raise InputError("--padding and --batch-size must be >= 1")
     if args.coordinate_pixel_size is not None and not args.coordinate_pixel_size > 0:
@@ -443,6 +481,9 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, args.overwrite)
     device = torch_device(args.device)
     inputs = _load_inputs(args)
+    if args.overwrite:
+        named = [path for path in (args.optimisation_set, *_input_paths(args)) if path is not None]
+        refuse_inputs_inside(args.out, [*named, *inputs.image_paths])
     n = len(inputs.particles)
     names = [f"{index + 1:06d}.mrc" for index in range(n)]
     sign = {"yes": -1.0, "no": 1.0}.get(args.invert)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 import shutil
@@ -27,11 +28,22 @@ def torch_device(name: str):
     return device
 
 
+def _positive_angstrom(text: str) -> float:
+    """``--voxel-size`` value: a positive number of Å."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of Å, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of Å, got {text}")
+    return value
+
+
 def add_voxel_size_option(parser: argparse.ArgumentParser, what: str = "the input volumes") -> None:
     """``--voxel-size Å``: replaces the header's voxel size of ``what`` (for headers that leave it unset)."""
     parser.add_argument(
         "--voxel-size",
-        type=float,
+        type=_positive_angstrom,
         metavar="Å",
         help=f"voxel size of {what} in Å, replacing the header's; needed when a header leaves it unset "
         "(0 or 1 Å), which is warned about",
@@ -44,6 +56,9 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
 
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", out)
+    working = Path.cwd().resolve()
+    if out.resolve() == working or out.resolve() in working.parents:
+        raise InputError("is the working directory or holds it: name a new folder for the output", out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError("exists and is not empty; pass --overwrite to replace it", out)
 
@@ -51,6 +66,7 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
 @contextmanager
 def output_folder(out: Path) -> Iterator[Path]:
     """Yield a hidden temporary folder beside ``out``: replaces ``out`` on success, removed on failure."""
+    out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
     try:
@@ -65,6 +81,40 @@ def output_folder(out: Path) -> Iterator[Path]:
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
+
+
+def json_ready(value: object) -> object:
+    """``value`` (nested dicts, lists, numbers) with every NaN or ±inf float replaced by None: strict JSON.
+
+    >>> json_ready({"fsc_0.5_a": float("inf"), "fsc": [1.0, float("nan")]})
+    {'fsc_0.5_a': None, 'fsc': [1.0, None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def refuse_inputs_inside(out: Path, inputs: list[Path]) -> None:
+    """Refuse an output folder that holds one of the inputs: ``--overwrite`` replaces the whole folder.
+
+    Raises:
+        InputError: naming ``out`` and the first input found in it.
+    """
+    from aitom.errors import InputError
+
+    if not out.exists():
+        return
+    root = out.resolve()
+    for path in inputs:
+        resolved = Path(path).resolve()
+        if resolved == root or root in resolved.parents:
+            raise InputError(
+                f"holds the input {path}: --overwrite would delete it (choose another --out)", out
+            )
 
 
 def select_tomogram(table, name: str | None, star: Path):

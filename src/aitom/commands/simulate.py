@@ -68,7 +68,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _common_options(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--config", type=Path, help=_RECIPE_HELP.format(name=kind))
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    parser.add_argument("--seed", type=int, help="random seed (overrides the recipe's seed)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="random seed, overriding the recipe's (default: the recipe's seed, 0 in the built-in defaults)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing non-empty output folder"
     )

@@ -71,6 +71,42 @@ _GLOBAL_COLUMNS = (
 )
 _TILT_COLUMNS = (*_PROJECTION_COLUMNS, "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
 _ANGLE_TILT_COLUMNS = ("rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot")
+#: numeric columns of data_global and of the per-tilt tables (checked to be finite numbers when present)
+_GLOBAL_NUMBERS = (
+    *_GLOBAL_COLUMNS[1:],
+    "rlnTomoHand",
+    "rlnTomoDefocusSlope",
+    "rlnTomoFrameCount",
+)
+_TILT_NUMBERS = (
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnCtfScalefactor",
+    "rlnMicrographPreExposure",
+    *_ANGLE_TILT_COLUMNS,
+    "rlnTomoXShiftAngst",
+    "rlnTomoYShiftAngst",
+)
+#: numeric columns of data_particles and data_optics (checked to be finite numbers when present)
+_PARTICLE_NUMBERS = (
+    *("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"),
+    *("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"),
+    *("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"),
+    *("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"),
+)
+_OPTICS_NUMBERS = (
+    "rlnImagePixelSize",
+    "rlnImageSize",
+    "rlnTomoTiltSeriesPixelSize",
+    "rlnTomoSubtomogramBinning",
+    "rlnCtfDataAreCtfPremultiplied",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+)
+#: largest deviation of a projection matrix's 3×3 part from a rotation (|R Rᵀ − I|, text rounding)
+_ROTATION_TOLERANCE = 1e-3
 #: relative tolerance when comparing pixel sizes written by different programs
 PIXEL_SIZE_TOLERANCE = 1e-3
 
@@ -160,6 +196,29 @@ def _require(table: pd.DataFrame, columns: Sequence[str], path: Path, what: str)
         raise InputError(f"{what} lacks column(s) {', '.join(missing)}", path)
 
 
+def _numeric(table: pd.DataFrame, columns: Sequence[str], path: Path, what: str) -> pd.DataFrame:
+    """``table`` with ``columns`` (those present) checked to be finite numbers; text columns become float64.
+
+    Raises:
+        InputError: naming ``path``, ``what`` (the block), the column and the first value that is not a
+            finite number (text, NaN, inf).
+    """
+    table = table.copy()
+    for column in columns:
+        if column not in table.columns:
+            continue
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.argmax(bad))
+            value = table[column].iloc[row]
+            shown = repr(value) if isinstance(value, str) else str(value)
+            raise InputError(f"{what} {column}: {shown} (row {row + 1}) is not a finite number", path)
+        if not pd.api.types.is_numeric_dtype(table[column].dtype):
+            table[column] = values
+    return table
+
+
 def _vector_column(values: pd.Series, path: Path, column: str) -> np.ndarray:
     """Rows of ``[a,b,c,d]`` text as an ``(n, 4)`` float64 array."""
     rows = []
@@ -168,8 +227,8 @@ def _vector_column(values: pd.Series, path: Path, column: str) -> np.ndarray:
             row = [float(item) for item in str(text).strip().strip("[]").split(",")]
         except ValueError:
             raise InputError(f"{column}: cannot read {text!r} as [a,b,c,d]", path) from None
-        if len(row) != 4:
-            raise InputError(f"{column}: expected 4 numbers, got {text!r}", path)
+        if len(row) != 4 or not all(math.isfinite(value) for value in row):
+            raise InputError(f"{column}: expected 4 finite numbers, got {text!r}", path)
         rows.append(row)
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
 
@@ -194,6 +253,8 @@ def read_tomograms_star(path: str | Path) -> dict[str, TiltSeriesGeometry]:
         raise InputError("no data_global block: not a RELION tomogram set", path)
     global_table = _as_table(blocks["global"])
     _require(global_table, _GLOBAL_COLUMNS, path, "data_global")
+    global_table = _numeric(global_table, _GLOBAL_NUMBERS, path, "data_global")
+    _check_global(global_table, path)
     tilt_series = {}
     for _, row in global_table.iterrows():
         name = str(row["rlnTomoName"])
@@ -201,6 +262,7 @@ def read_tomograms_star(path: str | Path) -> dict[str, TiltSeriesGeometry]:
         if name in blocks:
             tilts_path, tilts = path, _as_table(blocks[name])
             _require(tilts, _TILT_COLUMNS, path, f"data_{name}")
+            tilts = _numeric(tilts, _TILT_NUMBERS, path, f"data_{name}")
             matrices = np.stack(
                 [_vector_column(tilts[column], path, column) for column in _PROJECTION_COLUMNS], axis=1
             )
@@ -212,6 +274,9 @@ def read_tomograms_star(path: str | Path) -> dict[str, TiltSeriesGeometry]:
             raise InputError(
                 f"no data_{name} block (nor rlnTomoTiltSeriesStarFile) for tilt series {name}", path
             )
+        _check_projections(matrices, name, tilts_path)
+        if "rlnMicrographPreExposure" in tilts.columns and (tilts["rlnMicrographPreExposure"] < 0).any():
+            raise InputError(f"data_{name} rlnMicrographPreExposure: negative dose (e⁻/Å²)", tilts_path)
         if "rlnTomoFrameCount" in global_table.columns and int(row["rlnTomoFrameCount"]) != len(tilts):
             raise InputError(
                 f"tilt series {name}: rlnTomoFrameCount {int(row['rlnTomoFrameCount'])} but data_{name} "
@@ -249,7 +314,7 @@ def _tilt_series_table(path: Path, name: str) -> pd.DataFrame:
     _require(
         table, (*_ANGLE_TILT_COLUMNS, "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"), path, "tilt table"
     )
-    return table
+    return _numeric(table, _TILT_NUMBERS, path, f"data_{name}")
 
 
 def _matrices_from_angles(tilts: pd.DataFrame, size_xyz: tuple[float, float, float], pixel_size_a: float):
@@ -274,6 +339,52 @@ def _matrices_from_angles(tilts: pd.DataFrame, size_xyz: tuple[float, float, flo
     matrices[:, :3, 3] = shifts - rotations @ centre
     matrices[:, 3, 3] = 1.0
     return matrices
+
+
+def _check_global(table: pd.DataFrame, path: Path) -> None:
+    """Unique tilt-series names; positive sizes, pixel size and voltage; Cs >= 0; amplitude contrast in
+    [0, 1); ``rlnTomoHand`` ±1."""
+    names = [str(name) for name in table["rlnTomoName"]]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InputError(f"data_global lists tilt series {', '.join(repeated)} more than once", path)
+    rules = {
+        "rlnTomoSizeX": ("positive (tilt-series pixels)", lambda v: v > 0),
+        "rlnTomoSizeY": ("positive (tilt-series pixels)", lambda v: v > 0),
+        "rlnTomoSizeZ": ("positive (tilt-series pixels)", lambda v: v > 0),
+        "rlnTomoTiltSeriesPixelSize": ("positive (Å)", lambda v: v > 0),
+        "rlnVoltage": ("positive (kV)", lambda v: v > 0),
+        "rlnSphericalAberration": (">= 0 (mm)", lambda v: v >= 0),
+        "rlnAmplitudeContrast": ("in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+        "rlnTomoHand": ("+1 or -1", lambda v: np.abs(v) == 1),
+    }
+    for column, (rule, ok) in rules.items():
+        if column not in table.columns:
+            continue
+        values = table[column].to_numpy(dtype=np.float64)
+        bad = ~ok(values)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(
+                f"data_global {column} must be {rule}, got {values[row]:g} for {names[row]}", path
+            )
+
+
+def _check_projections(matrices: np.ndarray, name: str, path: Path) -> None:
+    """Each ``(4, 4)`` projection matrix must be a rotation (orthonormal, determinant +1) plus a shift, with
+    last row ``[0, 0, 0, 1]``."""
+    rotations = matrices[:, :3, :3]
+    deviation = np.abs(rotations @ rotations.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
+    improper = np.linalg.det(rotations) < 0
+    last_row = np.abs(matrices[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])).max(axis=1)
+    bad = (deviation > _ROTATION_TOLERANCE) | improper | (last_row > _ROTATION_TOLERANCE)
+    if bad.any():
+        frame = int(np.argmax(bad))
+        raise InputError(
+            f"tilt series {name}, frame {frame + 1}: rlnTomoProjX/Y/Z/W is not a rotation plus a shift "
+            f"(|R Rᵀ − I| = {deviation[frame]:.3g}, det R = {np.linalg.det(rotations[frame]):.3g})",
+            path,
+        )
 
 
 def _per_tilt(tilts: pd.DataFrame, column: str, default: float) -> np.ndarray:
@@ -336,11 +447,13 @@ def read_relion5_particles(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame
         raise InputError(
             "data_particles lacks positions: need rlnCenteredCoordinateX/Y/ZAngst or rlnCoordinateX/Y/Z", path
         )
+    particles = _numeric(particles, _PARTICLE_NUMBERS, path, "data_particles")
     general_block = blocks.get("general", {})
     general = dict(general_block) if isinstance(general_block, dict) else {}
     optics = _as_table(blocks["optics"]).copy() if "optics" in blocks else pd.DataFrame()
     if len(optics):
         _require(optics, ("rlnOpticsGroup",), path, "data_optics")
+        optics = _numeric(optics, _OPTICS_NUMBERS, path, "data_optics")
         if "rlnOpticsGroup" in particles.columns:
             unknown = sorted(set(particles["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"]))
             if unknown:
@@ -355,8 +468,14 @@ def read_relion5_particles(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame
     return particles, optics, general
 
 
-def particle_optics(particles: pd.DataFrame, optics: pd.DataFrame) -> pd.DataFrame:
+def particle_optics(
+    particles: pd.DataFrame, optics: pd.DataFrame, path: str | Path | None = None
+) -> pd.DataFrame:
     """The optics row of every particle (joined on ``rlnOpticsGroup``; the only row when there is one group).
+
+    Args:
+        particles, optics: the tables of :func:`read_relion5_particles`.
+        path: the particles file, named in error messages.
 
     Returns:
         DataFrame with one row per particle (index of ``particles``), the columns of ``optics``.
@@ -365,14 +484,14 @@ def particle_optics(particles: pd.DataFrame, optics: pd.DataFrame) -> pd.DataFra
         InputError: no optics table, or several groups and no ``rlnOpticsGroup`` column.
     """
     if len(optics) == 0:
-        raise InputError("the particle set has no data_optics table (pixel size unknown)")
+        raise InputError("the particle set has no data_optics table (pixel size unknown)", path)
     if "rlnOpticsGroup" in particles.columns:
         by_group = optics.set_index("rlnOpticsGroup", drop=False)
         rows = by_group.loc[particles["rlnOpticsGroup"].to_numpy()]
     elif len(optics) == 1:
         rows = pd.concat([optics] * len(particles))
     else:
-        raise InputError("several optics groups but the particles have no rlnOpticsGroup column")
+        raise InputError("several optics groups but the particles have no rlnOpticsGroup column", path)
     return rows.set_axis(particles.index)
 
 
@@ -400,7 +519,7 @@ def check_particles_against_tomograms(
             f"({', '.join(list(tomograms)[:4])})",
             particles_path,
         )
-    rows = particle_optics(particles, optics)
+    rows = particle_optics(particles, optics, particles_path)
     for index, name in particles["rlnTomoName"].items():
         series = tomograms[str(name)]
         row = rows.loc[index]

@@ -57,6 +57,23 @@ def read_particles(path: str | Path, *, require: Sequence[str] = COORDINATE_COLU
     return table
 
 
+def read_optics(path: str | Path) -> pd.DataFrame | None:
+    """The ``data_optics`` table of a RELION 3.1+ STAR file, or None when it has none (or is not readable:
+    :func:`read_particles` reports that).
+
+    Commands that write a particle table derived from an input table pass it on to :func:`write_particles`,
+    so that the optics groups named in ``rlnOpticsGroup`` stay defined.
+    """
+    try:
+        blocks = starfile.read(Path(path), always_dict=True)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    block = blocks.get("optics")
+    if isinstance(block, dict):
+        return pd.DataFrame([block])
+    return block if isinstance(block, pd.DataFrame) and len(block) else None
+
+
 def write_particles(
     path: str | Path, table: pd.DataFrame, *, overwrite: bool = False, optics: pd.DataFrame | None = None
 ) -> Path:

@@ -111,7 +111,7 @@ def _run_pipeline(
     log: Callable[[str], None],
 ) -> PipelineResult:
     from aitom.commands.average import _plot_fsc
-    from aitom.commands.shared import check_output_folder, output_folder, torch_device
+    from aitom.commands.shared import check_output_folder, output_folder, refuse_inputs_inside, torch_device
     from aitom.data.tomogram import tile_origins
     from aitom.errors import InputError
     from aitom.fourier import missing_wedge_mask, resolution_at
@@ -132,6 +132,7 @@ def _run_pipeline(
     config = PipelineConfig() if config is None else config
     validate_config(config)
     check_output_folder(out_dir, overwrite)
+    refuse_inputs_inside(out_dir, [tomogram_path, *config.pick.templates])
     device = torch_device(config.device)
     array, header = open_volume_mmap(tomogram_path)
     voxel_size = _voxel_size(header.voxel_size_a, config.voxel_size_a, tomogram_path)
