@@ -269,3 +269,18 @@ def test_align_batched_pairs_with_their_own_masks():
     error_deg = torch.rad2deg(rotation_angle_between(result.rotation, torch.stack(rotations)))
     assert float(error_deg.max()) <= 2.0, error_deg
     assert float((result.shift_xyz - torch.stack(shifts)).norm(dim=1).max()) <= 0.5
+
+
+def test_refinement_keeps_the_shift_inside_max_shift():
+    """The true shift lies 2 voxels away; refined with max_shift_voxels 0.5, the shift stays on the 0.5 ball
+    (the unconstrained refinement goes to the true shift)."""
+    reference = blob_volume(24)
+    volumes, rotations, _ = posed_subtomograms(reference, 1, seed=4)
+    shift = torch.tensor([[1.2, -1.2, 1.0]])
+    volumes = fourier_shift(rotate_volume(reference, rotations[0]), shift[0])[None]
+    start = torch.zeros(1, 3)
+    free = refine_alignment(reference, volumes, rotations, start, steps=40)
+    bounded = refine_alignment(reference, volumes, rotations, start, steps=40, max_shift_voxels=0.5)
+    assert (free.shift_xyz - shift).norm() < 0.2
+    assert bounded.shift_xyz.norm() <= 0.5 + 1e-5
+    assert bounded.score < free.score

@@ -112,3 +112,19 @@ def test_kind_must_match(tmp_path):
         load_recipe(path, kind="tomogram")
     with pytest.raises(InputError, match="recipe file not found"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_a_shift_that_moves_the_particle_out_of_its_box_is_refused():
+    """apoferritin's radius of gyration at 20 Å is 2.7 voxels: in a 16³ box it may move 5.3 voxels."""
+    load_recipe(None, ["classes=[apoferritin]", "voxel_size_a=20", "box_size_voxels=16",
+                       "max_shift_voxels=5"], kind="subtomograms")  # fmt: skip
+    message = r"max_shift_voxels: .* would leave the 16³ box .* at most 5\.3 voxels"
+    with pytest.raises(InputError, match=message):
+        load_recipe(None, ["classes=[apoferritin]", "voxel_size_a=20",
+                           "box_size_voxels=16", "max_shift_voxels=100"], kind="subtomograms")  # fmt: skip
+
+
+def test_a_slab_too_thin_for_a_class_blames_the_shape():
+    message = r"override 'shape_zyx_voxels=\[5,40,40\]': shape_zyx_voxels: .* slab"
+    with pytest.raises(InputError, match=message):
+        load_recipe(None, ["classes=[apoferritin]", "shape_zyx_voxels=[5,40,40]"])

@@ -585,6 +585,7 @@ def refine_alignment(
     shift_step_voxels: float = 0.2,
     min_frequency: float = 0.0,
     max_frequency: float = 0.4,
+    max_shift_voxels: float | None = None,
 ) -> Alignment:
     """Local refinement of rotations and shifts by Adam on the constrained correlation (torch autograd).
 
@@ -602,11 +603,15 @@ def refine_alignment(
         steps: Adam iterations.
         rotation_step_rad, shift_step_voxels: initial learning rates (about the size of the first steps).
         min_frequency, max_frequency: band, cycles/voxel (capped one sample below Nyquist).
+        max_shift_voxels: largest shift length, voxels: after every step the shift is projected back onto
+            the ball of this radius (None: unbounded).
 
     Returns:
         :class:`Alignment` of the ``B`` pairs.
     """
     _check_volumes(reference, subtomograms)
+    if max_shift_voxels is not None and not max_shift_voxels >= 0:
+        raise ValueError(f"max_shift_voxels must be >= 0, got {max_shift_voxels}")
     _check_band(min_frequency, max_frequency)
     size = subtomograms.shape[-1]
     if subtomograms.ndim != 4 or len(set(subtomograms.shape[-3:])) != 1:
@@ -656,6 +661,10 @@ def refine_alignment(
         (-score.sum()).backward()
         optimiser.step()
         schedule.step()
+        if max_shift_voxels is not None:
+            with torch.no_grad():
+                length = torch.linalg.vector_norm(shift, dim=-1, keepdim=True)
+                shift.mul_((max_shift_voxels / length.clamp(min=1e-12)).clamp(max=1.0))
     return Alignment(rotation=best_rotation, shift_xyz=best_shift, score=best_score)
 
 
@@ -792,6 +801,7 @@ def align_subtomograms(
             particle_masks(mask_subtomograms, kept_pairs),
             steps=refine_steps,
             max_frequency=max_frequency,
+            max_shift_voxels=max_shift_voxels,
         )
         rotation, shift, score = result.rotation, result.shift_xyz, result.score
     else:

@@ -425,7 +425,7 @@ def reference_free_average(
                     angular_step_deg=angular_step_deg,
                     max_shift_voxels=max_shift_voxels,
                     max_frequency=max_frequency,
-                    search_band=(0.05, max_frequency),
+                    search_band=(min(0.05, max_frequency / 2), max_frequency),
                     refine_steps=refine_steps,
                 )
             )

@@ -410,7 +410,7 @@ def classify_and_average(
             angular_step_deg=angular_step_deg,
             max_shift_voxels=max_shift_voxels,
             max_frequency=max_frequency,
-            search_band=(0.05, min(0.25, max_frequency)),
+            search_band=(min(0.05, max_frequency / 2), min(0.25, max_frequency)),
             refine_steps=refine_steps,
         )
 

@@ -354,7 +354,7 @@ def _validate(recipe: TomogramRecipe | SubtomogramRecipe, source_of: Callable[[s
             diameter = 2 * class_radius_a(name) / recipe.voxel_size_a
             if diameter > room:
                 fail(
-                    "classes",
+                    "shape_zyx_voxels",
                     f"{name!r} ({diameter:.1f} voxels across) does not fit in a slab of "
                     f"{thickness} × {shape[1]} × {shape[2]} voxels",
                 )
@@ -375,4 +375,12 @@ def _validate(recipe: TomogramRecipe | SubtomogramRecipe, source_of: Callable[[s
                     "box_size_voxels",
                     f"class {name!r} (radius {radius:.1f} voxels of {recipe.voxel_size_a:g} Å) needs a box "
                     f"of at least {2 * int(radius + 1) + 2} voxels, got {size}",
+                )
+            gyration = class_radius_a(name, kind="gyration") / recipe.voxel_size_a
+            if gyration + recipe.max_shift_voxels > size / 2:
+                fail(
+                    "max_shift_voxels",
+                    f"class {name!r} (radius of gyration {gyration:.1f} voxels) shifted by up to "
+                    f"{recipe.max_shift_voxels:g} voxels would leave the {size}³ box (and wrap around): "
+                    f"at most {max(0.0, size / 2 - gyration):.1f} voxels",
                 )
