@@ -187,7 +187,7 @@ def test_hand_command_resamples_a_reference_of_another_voxel_size_and_box(
     import json
 
     from aitom.cli import main
-    from aitom.commands.hand import ReferenceResampledWarning
+    from aitom.commands.shared import ReferenceResampledWarning
     from aitom.io import read_volume, write_volume
 
     fine = _helix(40, scale=2.0, z_sign=-1.0)
@@ -196,7 +196,7 @@ def test_hand_command_resamples_a_reference_of_another_voxel_size_and_box(
     out = tmp_path / "right_hand.mrc"
     argv = _hand_argv(average, reference, out)
 
-    message = "reference resampled from 40×40×40 voxels of 5 Å to the average's 16³ of 10 Å"
+    message = "reference resampled from 40×40×40 voxels of 5 Å to the data's 16³ of 10 Å"
     with pytest.warns(ReferenceResampledWarning, match=message):
         assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)

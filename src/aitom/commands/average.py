@@ -3,7 +3,8 @@
 Reads the subtomograms named in the table's ``rlnImageName`` column (an MRC volume, or ``N@STACK`` for volume
 N, 1-based, of an MRC stack of volumes; relative paths are resolved beside the STAR file when the file is
 there, else against the working directory, as :func:`aitom.io.relion5.resolve_relative` does), runs
-reference-free iterative averaging (one class), simultaneous classification and averaging (``--classes K`` or
+reference-free iterative averaging (one class; or, with ``--reference``, averaging refined from a given map or
+atomic model), simultaneous classification and averaging (``--classes K`` or
 ``auto``) or FAML maximum likelihood (``--method faml``), and writes DIR/average_classN.mrc (N from 1),
 DIR/particles.star, DIR/fsc.json and DIR/fsc.png (half-set FSC per class).
 
@@ -91,6 +92,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="diameter of a soft spherical mask on the reference during alignment, Å (default: no mask)",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="start from this reference instead of a random start: a map (MRC; another voxel size or box "
+        "is resampled to the subtomograms') or an atomic model (.pdb/.cif, optionally .gz; its potential "
+        "built at the subtomograms' voxel size), low-passed to --lowpass. The orientations found are "
+        "relative to it; both half sets align to it, so the half-set FSC is not independent of it. "
+        "Single-class averaging (--method align) only (default: no reference)",
+    )
+    parser.add_argument(
+        "--lowpass",
+        type=float,
+        help="low-pass of --reference, Å (default 40, or 2.5 voxels where voxels are larger than 16 Å): "
+        "coarse enough that the data, not the reference, decide the details",
+    )
+    parser.add_argument(
+        "--invert-reference",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="multiply --reference by -1? auto: when its centre-minus-surroundings contrast has the "
+        "opposite sign from the mean subtomogram's (protein dark in one, bright in the other); yes/no force "
+        "it (default auto)",
     )
     parser.add_argument(
         "--annealing-iterations",
@@ -343,6 +367,26 @@ def run(args: argparse.Namespace) -> int:
         point_group_order(args.symmetry)
     except InputError as error:
         raise InputError(f"--symmetry: {error}") from None
+    if args.reference is not None:
+        other = (
+            "--method faml"
+            if args.method == "faml"
+            else "--classes"
+            if args.classes != 1
+            else "--starts"
+            if args.starts != 1
+            else "--annealing-iterations"
+            if args.annealing_iterations
+            else None
+        )
+        if other is not None:
+            raise InputError(
+                f"--reference starts one single-class refinement: it does not combine with {other}"
+            )
+        if not args.reference.is_file():
+            raise InputError("reference not found", args.reference)
+    elif args.lowpass is not None:
+        raise InputError("--lowpass is the low-pass of --reference: give a --reference")
     if args.method == "faml" or args.classes != 1:
         if args.method == "faml" and args.classes == "auto":
             raise InputError("--classes auto works with --method align only: give FAML a number of classes")
@@ -360,7 +404,8 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         columns = [column for column in ("rlnImageName", "rlnCtfImage") if column in table.columns]
         named = [image_reference(name, args.particles)[0] for c in columns for name in table[c]]
-        refuse_inputs_inside(args.out, [args.particles, *named])
+        references = [] if args.reference is None else [args.reference]
+        refuse_inputs_inside(args.out, [args.particles, *named, *references])
     volumes = volumes.to(device)
     n = volumes.shape[0]
     if args.classes != "auto" and args.classes > n:
@@ -381,6 +426,9 @@ def run(args: argparse.Namespace) -> int:
         mask = missing_wedge_mask(
             shape, tilt_min_deg=args.wedge[0], tilt_max_deg=args.wedge[1], device=device
         )
+    initial_reference, reference_report = None, {}
+    if args.reference is not None:
+        initial_reference, reference_report = _initial_reference(args, volumes, voxel_size_a)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     starts_report: dict = {}
     merges_report: dict = {}
@@ -430,6 +478,7 @@ def run(args: argparse.Namespace) -> int:
             progress=True,
             starts=args.starts,
             symmetry=args.symmetry,
+            initial_reference=initial_reference,
             **alignment_options,
         )
         if args.starts > 1:
@@ -489,6 +538,7 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "voxel_size_a": voxel_size_a,
         "frequency_per_a": (frequency.cpu() / voxel_size_a).tolist(),
+        **reference_report,
         **starts_report,
         **merges_report,
         "classes": [],
@@ -516,6 +566,54 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{args.out}: {summary}")
     return 0
+
+
+def _initial_reference(
+    args: argparse.Namespace, volumes: torch.Tensor, voxel_size_a: float
+) -> tuple[torch.Tensor, dict]:
+    """``--reference`` on the subtomograms' grid, low-passed and in their contrast, and what was done to it
+    (for fsc.json); prints one line saying so.
+
+    Raises:
+        InputError: an unreadable reference, one that is constant or not finite, or an impossible --lowpass.
+    """
+    import torch
+
+    from aitom.commands.shared import read_reference
+    from aitom.errors import InputError
+    from aitom.fourier import lowpass
+    from aitom.ops.reconstruction import centre_contrast
+
+    lowpass_a = max(40.0, 2.5 * voxel_size_a) if args.lowpass is None else args.lowpass
+    if not 0 < lowpass_a < float("inf"):
+        raise InputError(f"--lowpass must be a positive, finite resolution in Å, got {lowpass_a:g}")
+    if lowpass_a < 2 * voxel_size_a:
+        raise InputError(f"--lowpass {lowpass_a:g} Å is finer than Nyquist ({2 * voxel_size_a:g} Å)")
+    reference = read_reference(args.reference, voxel_size_a, volumes.shape[-1]).to(volumes)
+    if not bool(torch.isfinite(reference).all()):
+        raise InputError("the reference holds NaN or infinite values", args.reference)
+    reference = lowpass(reference, lowpass_a, voxel_size_a)
+    if float(reference.std()) <= 1e-6 * float(reference.abs().max().clamp(min=1e-30)):
+        raise InputError(f"the reference is constant after the {lowpass_a:g} Å low-pass", args.reference)
+    reference_contrast = float(centre_contrast(reference))
+    data_contrast = float(centre_contrast(volumes.mean(dim=0)))
+    if args.invert_reference == "auto":
+        invert = reference_contrast * data_contrast < 0
+    else:
+        invert = args.invert_reference == "yes"
+    if invert:
+        reference = -reference
+    contrast = "bright" if data_contrast > 0 else "dark"
+    print(
+        f"reference {args.reference}: low-passed to {lowpass_a:g} Å, "
+        + ("contrast inverted" if invert else "contrast as it is")
+        + f" (the mean subtomogram's centre is {contrast}er than its surroundings)"
+    )
+    return reference, {
+        "reference": str(args.reference),
+        "reference_lowpass_a": lowpass_a,
+        "reference_inverted": invert,
+    }
 
 
 def _relocated_names(table: pd.DataFrame, star: Path, out: Path) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""``aitom hand AVERAGE.mrc REFERENCE.mrc [--lowpass 40] [--axis z] [--mask M.mrc] [--mirrored-out R.mrc]``.
+"""``aitom hand AVERAGE.mrc REFERENCE [--lowpass 40] [--axis z] [--mask M.mrc] [--mirrored-out R.mrc]``.
 
 Decides whether REFERENCE has the same handedness as AVERAGE or is its mirror image: each hand of the
 reference is superposed on the average (best rotation and shift), low-passed and correlated inside a mask,
@@ -11,12 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aitom.commands.shared import add_voxel_size_option
-
-if TYPE_CHECKING:
-    import torch
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,8 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "reference",
         type=Path,
-        help="the reference map to test (MRC); another voxel size or box is resampled to the average's "
-        "(Fourier-safe trilinear, padded with the reference's edge mean), with a warning",
+        help="the reference to test: a map (MRC; another voxel size or box is resampled to the average's, "
+        "with a warning) or an atomic model (.pdb/.cif, optionally .gz; its potential is built at the "
+        "average's voxel size)",
     )
     parser.add_argument(
         "--lowpass",
@@ -55,66 +52,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_voxel_size_option(parser, "both maps")
 
 
-class ReferenceResampledWarning(UserWarning):
-    """The reference was resampled to the average's voxel size and box."""
-
-
-def _on_the_average_grid(
-    reference: torch.Tensor, reference_voxel_a: float, voxel_size_a: float, box: int, path: Path
-) -> torch.Tensor:
-    """The reference on the average's grid: resampled to ``voxel_size_a`` Å and the ``box``³ box about its
-    centre (:func:`aitom.geometry.rescale_volume`), padded with its edge mean; unchanged when both agree.
-
-    Raises:
-        InputError: the reference's header voxel size looks unset (0 or 1 Å) and differs from the average's.
-    """
-    import warnings
-
-    import torch
-
-    from aitom.errors import InputError
-    from aitom.geometry import rescale_volume
-
-    same_voxel = abs(reference_voxel_a - voxel_size_a) <= 1e-3 * voxel_size_a
-    if same_voxel and reference.shape == (box,) * 3:
-        return reference
-    if not same_voxel and reference_voxel_a in (0.0, 1.0):
-        raise InputError(
-            f"voxel size {reference_voxel_a:g} Å in the header looks unset, and the average's is "
-            f"{voxel_size_a:g} Å: write the reference's into its header "
-            "(aitom convert R.mrc R_fixed.mrc --voxel-size Å)",
-            path,
-        )
-    if max(reference.shape) * reference_voxel_a < box * voxel_size_a / 4:
-        raise InputError(
-            f"the reference's box spans {max(reference.shape) * reference_voxel_a:.0f} Å, less than a "
-            f"quarter of the average's {box * voxel_size_a:.0f} Å: not a map of the same structure at "
-            "this scale (check both voxel sizes)",
-            path,
-        )
-    edge = torch.ones_like(reference, dtype=torch.bool)
-    edge[1:-1, 1:-1, 1:-1] = False
-    resampled = rescale_volume(
-        reference,
-        reference_voxel_a,
-        voxel_size_a,
-        shape=(box,) * 3,
-        padding_value=float(reference[edge].mean()),
-    )
-    warnings.warn(
-        ReferenceResampledWarning(
-            f"{path}: reference resampled from {'×'.join(map(str, reference.shape))} voxels of "
-            f"{reference_voxel_a:g} Å to the average's {box}³ of {voxel_size_a:g} Å"
-        ),
-        stacklevel=2,
-    )
-    return resampled
-
-
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from aitom.commands.shared import json_ready
+    from aitom.commands.shared import json_ready, read_reference
     from aitom.errors import InputError
     from aitom.io import check_output_path, read_volume, write_volume
     from aitom.ops.handedness import hand_check, mirror_volume, superpose_map
@@ -124,12 +65,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.step <= 180.0:
         raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
     average, header = read_volume(args.average, voxel_size_a=args.voxel_size)
-    reference, reference_header = read_volume(args.reference, voxel_size_a=args.voxel_size)
     if len(set(average.shape)) != 1:
         raise InputError(f"the average must be a cube, got {tuple(average.shape)} voxels", args.average)
     voxel_size_a = header.voxel_size_a[0]
-    reference = _on_the_average_grid(
-        reference, reference_header.voxel_size_a[0], voxel_size_a, average.shape[0], args.reference
+    reference = read_reference(
+        args.reference, voxel_size_a, average.shape[0], voxel_size_override=args.voxel_size
     )
     lowpass_a = max(40.0, 2.5 * voxel_size_a) if args.lowpass is None else args.lowpass
     if not 0 < lowpass_a < float("inf"):

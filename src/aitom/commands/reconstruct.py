@@ -224,16 +224,6 @@ def _particle_ctfs(series, centered_a: np.ndarray, image_size: int, pixel_size_a
     return (ctf * torch.tensor(series.ctf_scale_factor)[:, None, None]).float()
 
 
-def _centre_contrast(volumes):
-    """Mean of the central sphere (radius S/4) minus the mean of the shell S/4..S/2, per volume ``(B,)``."""
-    from aitom.fourier.fft import radial_frequency
-
-    size = volumes.shape[-1]
-    radius = radial_frequency(volumes.shape[-3:], device=volumes.device) * size  # voxels from the centre
-    core, shell = radius <= size / 4, (radius > size / 4) & (radius <= size / 2)
-    return volumes[..., core].mean(dim=-1) - volumes[..., shell].mean(dim=-1)
-
-
 @dataclass
 class _Inputs:
     """The validated particle set: table, tilt series, stack paths and the particles' image geometry."""
@@ -470,7 +460,7 @@ def run(args: argparse.Namespace) -> int:
     from aitom.errors import InputError
     from aitom.io import write_particles, write_volume
     from aitom.ops.handedness import mirror_volume
-    from aitom.ops.reconstruction import FourierSums, finish_reconstruction
+    from aitom.ops.reconstruction import FourierSums, centre_contrast, finish_reconstruction
 
     if not 0 < args.wiener_constant < float("inf"):
         raise InputError(f"--wiener-constant must be positive and finite, got {args.wiener_constant}")
@@ -506,7 +496,7 @@ def run(args: argparse.Namespace) -> int:
         ):
             pending.append((index, volume, weight))
             if sign is None:
-                contrast.append(float(_centre_contrast(volume)))
+                contrast.append(float(centre_contrast(volume)))
                 if len(contrast) < min(_SIGN_SAMPLE, n):
                     continue
                 sign = -1.0 if float(np.median(contrast)) < 0 else 1.0

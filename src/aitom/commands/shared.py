@@ -1,4 +1,5 @@
-"""Helpers shared by the commands: the ``--device`` option and output folders written atomically."""
+"""Helpers shared by the commands: the ``--device`` option, output folders written atomically and reference
+maps brought onto the grid of the data they are compared with."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def torch_device(name: str):
@@ -153,3 +158,90 @@ def read_particle_table(star: Path):
         return table, pd.DataFrame()
     particles, optics, _ = read_relion5_particles(star)
     return particles, optics
+
+
+class ReferenceResampledWarning(UserWarning):
+    """A reference map was resampled to the voxel size and box of the data it is compared with."""
+
+
+def read_reference(
+    path: Path, voxel_size_a: float, box: int, *, voxel_size_override: float | None = None
+) -> torch.Tensor:
+    """A reference on a ``box``³ grid of ``voxel_size_a`` Å voxels (an average's, or the subtomograms').
+
+    A map (MRC) is read with ``voxel_size_override`` replacing its header's voxel size when given and brought
+    onto the grid by :func:`reference_on_grid`. An atomic model (``.pdb``/``.cif``, optionally ``.gz``;
+    :func:`aitom.simulate.library.is_atomic_model_path`) becomes its potential map at ``voxel_size_a`` in
+    the ``box``³ box (protein bright, centre of mass at voxel ``box // 2``).
+
+    Raises:
+        InputError: an unreadable file, a model without atoms or too large for the box, or a map that
+            :func:`reference_on_grid` refuses.
+    """
+    from aitom.errors import InputError
+    from aitom.io import read_volume
+    from aitom.simulate.library import class_potential, is_atomic_model_path
+
+    if is_atomic_model_path(str(path)):
+        try:
+            return class_potential(str(path), voxel_size_a, box_size=box)
+        except InputError as error:
+            if error.path is not None:
+                raise
+            raise InputError(error.problem, path) from None
+    reference, header = read_volume(path, voxel_size_a=voxel_size_override)
+    return reference_on_grid(reference, header.voxel_size_a[0], voxel_size_a, box, path)
+
+
+def reference_on_grid(
+    reference: torch.Tensor, reference_voxel_a: float, voxel_size_a: float, box: int, path: Path
+) -> torch.Tensor:
+    """``reference`` ``(Z, Y, X)`` resampled to ``voxel_size_a`` Å and the ``box``³ box about its centre
+    (:func:`aitom.geometry.rescale_volume`), padded with its edge mean; unchanged when both agree. A
+    :class:`ReferenceResampledWarning` says when it was resampled.
+
+    Raises:
+        InputError: the reference's header voxel size looks unset (0 or 1 Å) and differs from
+            ``voxel_size_a``, or its box spans less than a quarter of the target's (another scale).
+    """
+    import warnings
+
+    import torch
+
+    from aitom.errors import InputError
+    from aitom.geometry import rescale_volume
+
+    same_voxel = abs(reference_voxel_a - voxel_size_a) <= 1e-3 * voxel_size_a
+    if same_voxel and reference.shape == (box,) * 3:
+        return reference
+    if not same_voxel and reference_voxel_a in (0.0, 1.0):
+        raise InputError(
+            f"voxel size {reference_voxel_a:g} Å in the header looks unset, and the data's is "
+            f"{voxel_size_a:g} Å: write the reference's into its header "
+            "(aitom convert R.mrc R_fixed.mrc --voxel-size Å)",
+            path,
+        )
+    if max(reference.shape) * reference_voxel_a < box * voxel_size_a / 4:
+        raise InputError(
+            f"the reference's box spans {max(reference.shape) * reference_voxel_a:.0f} Å, less than a "
+            f"quarter of the data's {box * voxel_size_a:.0f} Å: not a map of the same structure at "
+            "this scale (check both voxel sizes)",
+            path,
+        )
+    edge = torch.ones_like(reference, dtype=torch.bool)
+    edge[1:-1, 1:-1, 1:-1] = False
+    resampled = rescale_volume(
+        reference,
+        reference_voxel_a,
+        voxel_size_a,
+        shape=(box,) * 3,
+        padding_value=float(reference[edge].mean()),
+    )
+    warnings.warn(
+        ReferenceResampledWarning(
+            f"{path}: reference resampled from {'×'.join(map(str, reference.shape))} voxels of "
+            f"{reference_voxel_a:g} Å to the data's {box}³ of {voxel_size_a:g} Å"
+        ),
+        stacklevel=2,
+    )
+    return resampled

@@ -68,6 +68,7 @@ from aitom.ops.pose_normalisation import pose_normalise
 from aitom.ops.reconstruction import (
     RECONSTRUCTION_MODES,
     FourierSums,
+    centre_contrast,
     finish_reconstruction,
     insert_for_reconstruction,
     insert_tilt_images,
@@ -111,6 +112,7 @@ __all__ = [
     "box_bounds",
     "calibrate_scores",
     "centralization_loss",
+    "centre_contrast",
     "classify_and_average",
     "cluster_purity",
     "constrained_correlation",

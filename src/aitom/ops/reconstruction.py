@@ -25,11 +25,12 @@ from typing import NamedTuple
 
 import torch
 
-from aitom.fourier.fft import fftn_centered, frequency_grid, ifftn_centered
+from aitom.fourier.fft import fftn_centered, frequency_grid, ifftn_centered, radial_frequency
 
 __all__ = [
     "RECONSTRUCTION_MODES",
     "FourierSums",
+    "centre_contrast",
     "finish_reconstruction",
     "insert_for_reconstruction",
     "insert_tilt_images",
@@ -351,3 +352,21 @@ def reconstruct_subtomogram(
         padding_factor=padding_factor,
         interpolation=interpolation,
     )
+
+
+def centre_contrast(volumes: torch.Tensor) -> torch.Tensor:
+    """Mean of the central sphere (radius S/4 voxels) minus the mean of the shell from S/4 to S/2 voxels.
+
+    Positive for a particle brighter than its surroundings (protein positive), negative for a dark one;
+    sign-aware and offset-free, so it tells the contrast of centred particles or maps whatever their mean.
+
+    Args:
+        volumes: ``(..., S, S, S)`` cubes, centre at voxel ``S // 2``.
+
+    Returns:
+        ``(...)`` tensor of the volumes' dtype.
+    """
+    size = volumes.shape[-1]
+    radius = radial_frequency(volumes.shape[-3:], device=volumes.device) * size  # voxels from the centre
+    core, shell = radius <= size / 4, (radius > size / 4) & (radius <= size / 2)
+    return volumes[..., core].mean(dim=-1) - volumes[..., shell].mean(dim=-1)
