@@ -354,3 +354,18 @@ def test_reconstruct_infinite_wiener_constant_exits_2(relion5_set, tmp_path, cap
     assert _reconstruct(*arguments) == 2
     assert "--wiener-constant must be positive and finite" in _one_error_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--padding", "0"], "--padding must be 1 to 4"),
+        (["--padding", "50"], "--padding must be 1 to 4"),  # (50 · 32)³ samples per particle
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ],
+)
+def test_reconstruct_impossible_padding_or_batch_exits_2(relion5_set, tmp_path, capsys, options, message):
+    out = tmp_path / "out"
+    assert _reconstruct(relion5_set["particles"], relion5_set["tomograms"], out, *options) == 2
+    assert message in _one_error_line(capsys)
+    assert not out.exists()

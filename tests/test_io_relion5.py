@@ -272,3 +272,18 @@ def test_particles_against_tomograms_errors(tmp_path):
     short["rlnTomoVisibleFrames"] = [mask[:30] for mask in short["rlnTomoVisibleFrames"]]
     with pytest.raises(InputError, match="30 rlnTomoVisibleFrames"):
         check_particles_against_tomograms(short, optics, tomograms, particles_path=PARTICLES)
+
+
+def test_ragged_tomograms_star_names_the_block_and_row(tmp_path):
+    # a tilt-series block whose third row lost its last value
+    lines = TOMOGRAMS.read_text().splitlines()
+    start = lines.index("data_Unt_050.tomostar")
+    rows = [i for i in range(start, len(lines)) if lines[i].lstrip()[:1] == "["]
+    broken = lines.copy()
+    broken[rows[2]] = broken[rows[2]].rsplit(maxsplit=1)[0]
+    path = tmp_path / "tomograms.star"
+    path.write_text("\n".join(broken) + "\n")
+    with pytest.raises(
+        InputError, match=r"row 3 of the data_Unt_050.tomostar table has \d+ values for its \d+"
+    ):
+        read_tomograms_star(path)

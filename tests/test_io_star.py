@@ -218,3 +218,36 @@ def test_particles_table_validates_shapes_and_classes():
         particles_table(np.zeros((2, 3)), class_number=[0, 1])
     with pytest.raises(ValueError, match="score"):
         particles_table(np.zeros((2, 3)), score=[0.5])
+
+
+RAGGED_HEADER = (
+    "data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n_rlnImageName #4\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            '10 20 30 a.mrc\n11 21 31\n12 22 32 "c d.mrc"\n',
+            "row 2 of the data_particles table has 3 values for its 4",
+        ),
+        ("10 20 30 a.mrc\n11 21 31 b.mrc 7\n", "row 2 of the data_particles table has 5 values for its 4"),
+    ],
+    ids=["short row", "long row"],
+)
+def test_ragged_rows_are_refused_not_read_as_nan(tmp_path, rows, message):
+    # pandas would fill a short row's missing values with NaN (a particle at z = NaN, or with no image)
+    path = tmp_path / "ragged.star"
+    path.write_text(RAGGED_HEADER + rows)
+    with pytest.raises(InputError, match=message) as error:
+        read_particles(path, require=())
+    assert str(path) in str(error.value)
+
+
+def test_quoted_values_with_spaces_count_once(tmp_path):
+    path = tmp_path / "quoted.star"
+    path.write_text(RAGGED_HEADER + '10 20 30 "my data/a b.mrc"\n11 21 31 \'c d.mrc\'\n12 22 32 ""\n')
+    table = read_particles(path)
+    assert list(table["rlnCoordinateZ"]) == [30, 31, 32]
+    assert list(table["rlnImageName"])[:2] == ["my data/a b.mrc", "c d.mrc"]

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 #: particles reconstructed at once (they are batched on the device)
 _DEFAULT_BATCH = 8
+#: largest --padding: each particle's padded Fourier volumes hold (padding · box)³ samples
+_MAX_PADDING = 4
 #: particles whose reconstructions decide the contrast sign with --invert auto
 _SIGN_SAMPLE = 32
 
@@ -112,7 +114,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "particles' pixel size)",
     )
     parser.add_argument(
-        "--padding", type=int, default=2, help="Fourier oversampling factor of the insertion (default 2)"
+        "--padding",
+        type=int,
+        default=2,
+        help=f"Fourier oversampling factor of the insertion, 1 to {_MAX_PADDING} (default 2)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=_DEFAULT_BATCH, help="particles reconstructed at once (default 8)"
@@ -464,8 +469,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.wiener_constant < float("inf"):
         raise InputError(f"--wiener-constant must be positive and finite, got {args.wiener_constant}")
-    if args.padding < 1 or args.batch_size < 1:
-        raise InputError("--padding and --batch-size must be >= 1")
+    if not 1 <= args.padding <= _MAX_PADDING:
+        raise InputError(
+            f"--padding must be 1 to {_MAX_PADDING} (2 is RELION's; the Fourier volumes grow with its cube), "
+            f"got {args.padding}"
+        )
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.coordinate_pixel_size is not None and not args.coordinate_pixel_size > 0:
         raise InputError(f"--coordinate-pixel-size must be positive, got {args.coordinate_pixel_size}")
     check_output_folder(args.out, args.overwrite)

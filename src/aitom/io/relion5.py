@@ -49,7 +49,7 @@ import starfile
 
 from aitom.errors import InputError
 from aitom.io.atomic import atomic_output
-from aitom.io.star import _exact_floats
+from aitom.io.star import _exact_floats, read_star_blocks
 
 CENTERED_COLUMNS = (
     "rlnCenteredCoordinateXAngst",
@@ -175,15 +175,7 @@ class TiltSeriesGeometry:
 
 def _read_blocks(path: str | Path) -> tuple[Path, dict[str, object]]:
     path = Path(path)
-    if not path.is_file():
-        raise InputError("is a folder, not a STAR file" if path.is_dir() else "file not found", path)
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except (ValueError, KeyError, IndexError, TypeError) as error:
-        raise InputError(f"not a readable STAR file ({type(error).__name__}: {error})", path) from error
-    if not blocks:
-        raise InputError("not a STAR file (no data_ blocks found)", path)
-    return path, blocks
+    return path, read_star_blocks(path)
 
 
 def _as_table(block: object) -> pd.DataFrame:

@@ -37,17 +37,11 @@ def read_particles(path: str | Path, *, require: Sequence[str] = COORDINATE_COLU
         require: columns that must be present (default: the coordinates; ``()`` accepts any table).
 
     Raises:
-        InputError: missing file, not a STAR file, no particles table, or required columns missing
-            (named in the message).
+        InputError: missing file, not a STAR file, a row with more or fewer values than its table has
+            columns, no particles table, or required columns missing (named in the message).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError("is a folder, not a STAR file" if path.is_dir() else "file not found", path)
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except (ValueError, KeyError, IndexError, TypeError) as error:
-        raise InputError(f"not a readable STAR file ({type(error).__name__}: {error})", path) from error
-    table = _particles_block(blocks, path)
+    table = _particles_block(read_star_blocks(path), path)
     missing = [column for column in require if column not in table.columns]
     if missing:
         hint = ""
@@ -168,9 +162,61 @@ def table_angles_deg(table: pd.DataFrame) -> np.ndarray:
     return angles
 
 
-def _particles_block(blocks: dict[str, object], path: Path) -> pd.DataFrame:
+def read_star_blocks(path: Path) -> dict[str, object]:
+    """Every ``data_`` block of a STAR file (``starfile.read``: loops as DataFrames, key-value pairs as dict).
+
+    Raises:
+        InputError: missing file or folder, not a STAR file (no ``data_`` block or unparsable), or a loop row
+            whose number of values differs from its table's number of columns (named by block and row; such a
+            row would otherwise be read with NaN for its missing values).
+    """
+    if not path.is_file():
+        raise InputError("is a folder, not a STAR file" if path.is_dir() else "file not found", path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"not a readable STAR file ({type(error).__name__}: {error})", path) from error
+    _check_loop_rows(text, path)
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise InputError(f"not a readable STAR file ({type(error).__name__}: {error})", path) from error
     if not blocks:
         raise InputError("not a STAR file (no data_ blocks found)", path)
+    return blocks
+
+
+def _check_loop_rows(text: str, path: Path) -> None:
+    """Refuse a loop row with another number of values than its loop has column labels (a quoted value,
+    "..." or '...', counts as one)."""
+    import re
+
+    value = re.compile(r"\"[^\"]*\"|'[^']*'|\S+")
+    block, columns, in_loop, row = "", 0, False, 0
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("data_"):
+            block, in_loop = stripped, False
+        elif stripped == "loop_":
+            columns, in_loop, row = 0, True, 0
+        elif in_loop and stripped.startswith("_"):
+            columns += 1
+        elif in_loop and columns:
+            row += 1
+            values = (
+                len(value.findall(stripped)) if '"' in stripped or "'" in stripped else len(stripped.split())
+            )
+            if values != columns:
+                raise InputError(
+                    f"row {row} of the {block} table has {values} values for its {columns} columns "
+                    "(a truncated or hand-edited table?)",
+                    path,
+                )
+
+
+def _particles_block(blocks: dict[str, object], path: Path) -> pd.DataFrame:
     block = blocks.get("particles")
     if isinstance(block, dict):  # a one-particle table written as key-value pairs
         return pd.DataFrame([block])
