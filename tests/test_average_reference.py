@@ -137,3 +137,42 @@ def test_reference_bad_inputs_are_refused_in_one_line(particle_set: Path, tmp_pa
         error = capsys.readouterr().err
         assert message in error and len(error.strip().splitlines()) == 1, (options, error)
         assert not out.exists()
+
+
+def test_class_number_averages_one_class_of_a_classified_table(tmp_path, capsys) -> None:
+    # Two structures (test objects "a" and "c"), 8 particles each, labelled 1 and 2 in rlnClassNumber as a
+    # classification would leave them. --class-number 2 refines class 2 only, from its own map: the output
+    # table holds exactly class 2's particles, each within 5° of its true orientation.
+    first, _, _ = posed_subtomograms(blob_volume(20, "a"), 8, seed=1, max_shift=1.0, snr=1.0)
+    second, rotations, _ = posed_subtomograms(blob_volume(20, "c"), 8, seed=2, max_shift=1.0, snr=1.0)
+    star = _write_particle_set(tmp_path / "data", torch.cat([first, second]))
+    table = read_particles(star, require=())
+    table["rlnClassNumber"] = [1] * 8 + [2] * 8
+    write_particles(star, table, overwrite=True)
+    reference = write_volume(tmp_path / "class2.mrc", blob_volume(20, "c"), VOXEL_A)
+    arguments = ["average", "--particles", str(star), *OPTIONS, "--lowpass", "25"]
+    out = tmp_path / "class2"
+    assert main([*arguments, "--class-number", "2", "--reference", str(reference), "--out", str(out)]) == 0
+    written = read_particles(out / "particles.star", require=("rlnImageName",))
+    assert [Path(name).name for name in written["rlnImageName"]] == [f"{i:06d}.mrc" for i in range(8, 16)]
+    errors = _errors_deg(out, rotations)
+    assert float(errors.max()) < 5.0, errors
+
+    capsys.readouterr()
+    unlabelled = _write_particle_set(tmp_path / "plain", first)
+    for bad_star, options, message in (
+        (
+            star,
+            ["--class-number", "3"],
+            "0 particle(s) in class(es) 3: need at least 2 (the table's classes: 1, 2)",
+        ),
+        (unlabelled, ["--class-number", "1"], "--class-number needs an rlnClassNumber column"),
+    ):
+        argv = ["average", "--particles", str(bad_star), *OPTIONS, *options, "--out", str(tmp_path / "bad")]
+        assert main(argv) == 2
+        error = capsys.readouterr().err
+        assert message in error and len(error.strip().splitlines()) == 1, error
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it, exit 2
+        main([*arguments, "--class-number", "0", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "class numbers start at 1" in capsys.readouterr().err

@@ -43,6 +43,17 @@ def _classes(text: str) -> int | str:
     return value
 
 
+def _class_numbers(text: str) -> list[int]:
+    """``--class-number`` value: comma-separated class numbers, each >= 1."""
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class numbers such as 2 or 1,3, got {text!r}") from None
+    if min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"class numbers start at 1, got {text}")
+    return numbers
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from aitom.commands.align import _tilt_range
 
@@ -60,6 +71,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="STAR table whose rlnImageName column names the MRC subtomograms (a file, or N@STACK for volume "
         "N, 1-based, of a stack of volumes), relative to the STAR file's folder or the working directory",
+    )
+    parser.add_argument(
+        "--class-number",
+        type=_class_numbers,
+        metavar="N[,M...]",
+        help="average only the particles whose rlnClassNumber is one of these (1-based; a classified table "
+        "such as this command's or RELION's particles.star); the output table holds only them (default: all)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--iterations", type=int, default=5, help="align/average rounds (default 5)")
@@ -240,14 +258,17 @@ def read_table_volume(
 
 
 def _read_subtomograms(
-    star: Path, voxel_size_override: float | None
+    star: Path, voxel_size_override: float | None, class_numbers: list[int] | None = None
 ) -> tuple[pd.DataFrame, torch.Tensor, float]:
-    """The particle table, its subtomograms ``(N, S, S, S)`` and their voxel size (Å).
+    """The particle table (only the rows of ``class_numbers`` when given), its subtomograms ``(N, S, S, S)``
+    and their voxel size (Å).
 
     Raises:
-        InputError: fewer than 2 particles, a volume that is missing, unreadable, not cubic, constant (nothing
-            to align) or of another size or voxel size than the first.
+        InputError: fewer than 2 particles (in the classes asked for), no rlnClassNumber column to select
+            from, a volume that is missing, unreadable, not cubic, constant (nothing to align) or of another
+            size or voxel size than the first.
     """
+    import pandas as pd
     import torch
 
     from aitom.errors import InputError
@@ -256,6 +277,23 @@ def _read_subtomograms(
     table = read_particles(star, require=("rlnImageName",))
     if len(table) == 0:
         raise InputError("the particle table is empty", star)
+    if class_numbers is not None:
+        if "rlnClassNumber" not in table.columns:
+            raise InputError("--class-number needs an rlnClassNumber column, and the table has none", star)
+        classes = pd.to_numeric(table["rlnClassNumber"], errors="coerce")
+        if bool(classes.isna().any()) or bool((classes != classes.round()).any()):
+            raise InputError("rlnClassNumber holds values that are not whole numbers", star)
+        table = table[classes.isin(class_numbers)].reset_index(drop=True)
+        if len(table) < 2:
+            asked, present = (
+                ", ".join(map(str, class_numbers)),
+                ", ".join(map(str, sorted(set(classes.astype(int))))),
+            )
+            raise InputError(
+                f"{len(table)} particle(s) in class(es) {asked}: need at least 2 "
+                f"(the table's classes: {present})",
+                star,
+            )
     if len(table) < 2:
         raise InputError("need at least 2 particles to average", star)
     volumes, voxel_size_a, stacks = [], None, {}
@@ -400,7 +438,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--starts works with single-class averaging or --method faml only")
     check_output_folder(args.out, args.overwrite)
     device = torch_device(args.device)
-    table, volumes, voxel_size_a = _read_subtomograms(args.particles, args.voxel_size)
+    table, volumes, voxel_size_a = _read_subtomograms(args.particles, args.voxel_size, args.class_number)
     if args.overwrite:
         columns = [column for column in ("rlnImageName", "rlnCtfImage") if column in table.columns]
         named = [image_reference(name, args.particles)[0] for c in columns for name in table[c]]
