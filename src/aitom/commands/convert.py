@@ -115,17 +115,19 @@ def read_tiff_volume(path: Path) -> tuple[object, tuple[float, float, float] | N
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
     import warnings
     from dataclasses import replace
 
     import numpy as np
 
+    from aitom.commands.shared import check_volume_output
     from aitom.errors import InputError
-    from aitom.io import HeaderWarning, check_output_path, read_volume, write_volume
+    from aitom.io import HeaderWarning, read_volume, write_volume
 
-    if args.voxel_size is not None and not args.voxel_size > 0:
-        raise InputError(f"--voxel-size must be positive (Å), got {args.voxel_size}")
-    check_output_path(args.output, args.overwrite)
+    if args.voxel_size is not None and not 0 < args.voxel_size < math.inf:
+        raise InputError(f"--voxel-size must be a positive number of Å, got {args.voxel_size}")
+    check_volume_output(args.output, args.input, args.overwrite)
     header = None
     if args.input.suffix.lower() in _TIFF_SUFFIXES:
         array, carried, description = read_tiff_volume(args.input)
@@ -145,9 +147,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"carries no voxel size ({source}); pass --voxel-size in Å", args.input)
     if voxel_size is carried and np.ptp(carried) > 1e-3 * max(carried):
         print(f"{args.input}: anisotropic voxels {tuple(round(v, 4) for v in carried)} Å kept as read")
-    data = np.asarray(array, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32's range are reported below
+        data = np.asarray(array, dtype=np.float32)
     if not np.isfinite(data).all():
-        raise InputError(f"contains {int((~np.isfinite(data)).sum())} NaN/Inf values", args.input)
+        raise InputError(
+            f"contains {int((~np.isfinite(data)).sum())} NaN/Inf values (or values beyond float32's range, "
+            "±3.4e38)",
+            args.input,
+        )
     if args.invert:
         data = -data
     # the map stays where it was (nstart counts voxels of the voxel size written)

@@ -99,6 +99,8 @@ def _run_snr(args: argparse.Namespace) -> dict:
     from aitom.io import read_volume
     from aitom.ops import snr_from_pairs, ssnr_from_pairs
 
+    if args.bootstrap < 1:
+        raise InputError(f"--bootstrap must be >= 1 resample, got {args.bootstrap}")
     files_a, files_b = _volume_files(args.pairs_a), _volume_files(args.pairs_b)
     if len(files_a) != len(files_b):
         raise InputError(
@@ -107,12 +109,24 @@ def _run_snr(args: argparse.Namespace) -> dict:
     volumes_a, volumes_b, voxel_size = [], [], None
     for file_a, file_b in zip(files_a, files_b):
         a, header = read_volume(file_a, voxel_size_a=args.voxel_size)
-        b, _ = read_volume(file_b, voxel_size_a=args.voxel_size)
+        b, header_b = read_volume(file_b, voxel_size_a=args.voxel_size)
         if a.shape != b.shape or (volumes_a and a.shape != volumes_a[0].shape):
             raise InputError(f"shape {tuple(b.shape)} differs from its pair or the first volume", file_b)
+        first_voxel = header.voxel_size_a[0] if voxel_size is None else voxel_size
+        for size, file in ((header.voxel_size_a[0], file_a), (header_b.voxel_size_a[0], file_b)):
+            if abs(size - first_voxel) > 1e-3 * max(size, first_voxel):
+                raise InputError(
+                    f"voxel size {size:g} Å differs from the first volume's {first_voxel:g} Å: the copies "
+                    "must share one grid (resample, or pass --voxel-size if a header is wrong)",
+                    file,
+                )
         for volume, file in ((a, file_a), (b, file_b)):
             if float(volume.std()) == 0.0:  # its correlation with the pair is undefined (not an SNR of 0)
                 raise InputError("is constant: no correlation with its pair, no SNR", file)
+        if torch.equal(a, b):  # the same noise twice: cc = 1, an infinite SNR
+            raise InputError(
+                f"is identical to its pair {file_a}: the SNR needs two copies with independent noise", file_b
+            )
         volumes_a.append(a)
         volumes_b.append(b)
         voxel_size = header.voxel_size_a[0]
@@ -121,7 +135,14 @@ def _run_snr(args: argparse.Namespace) -> dict:
         mask, _ = read_volume(args.mask, voxel_size_a=1.0)  # a mask's voxel size is not used
         if mask.shape != volumes_a[0].shape:
             raise InputError(
-                f"mask shape {tuple(mask.shape)} differs from the volumes' {tuple(volumes_a[0].shape)}"
+                f"mask shape {tuple(mask.shape)} differs from the volumes' {tuple(volumes_a[0].shape)}",
+                args.mask,
+            )
+        if float(mask.min()) < 0 or not float(mask.max()) > 0:
+            raise InputError(
+                f"mask weights must be >= 0 (1 inside, 0 outside) and select some voxels, got values in "
+                f"[{float(mask.min()):g}, {float(mask.max()):g}]",
+                args.mask,
             )
     a, b = torch.stack(volumes_a), torch.stack(volumes_b)
     result = snr_from_pairs(a, b, mask, n_bootstrap=args.bootstrap, seed=args.seed)

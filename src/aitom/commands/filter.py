@@ -169,8 +169,11 @@ def _sigma_voxels(
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
+
+    from aitom.commands.shared import check_volume_output, torch_device
     from aitom.errors import InputError
-    from aitom.io import check_output_path, read_volume, write_volume
+    from aitom.io import read_volume, write_volume
     from aitom.ops import (
         anisotropic_diffusion,
         anisotropic_diffusion_tiled,
@@ -179,10 +182,9 @@ def run(args: argparse.Namespace) -> int:
         gaussian_filter3d,
     )
 
-    if args.voxel_size is not None and not args.voxel_size > 0:
-        raise InputError(f"--voxel-size must be positive, got {args.voxel_size} Å")
-    check_output_path(args.output, args.overwrite)
-    from aitom.commands.shared import torch_device
+    if args.voxel_size is not None and not 0 < args.voxel_size < math.inf:
+        raise InputError(f"--voxel-size must be a positive number of Å, got {args.voxel_size}")
+    check_volume_output(args.output, args.input, args.overwrite)
 
     device = torch_device(args.device)
     volume, header = read_volume(args.input, voxel_size_a=args.voxel_size)
@@ -224,7 +226,11 @@ def run(args: argparse.Namespace) -> int:
         if args.highpass_a is None and args.lowpass_a is None:
             raise InputError("give --highpass-a and/or --lowpass-a (Å)")
         if len(set(voxel_size)) > 1:
-            raise InputError(f"band-pass needs isotropic voxels, got {voxel_size} Å")
+            raise InputError(
+                f"band-pass needs isotropic voxels, got {voxel_size} Å (x, y, z); resample, or pass "
+                "--voxel-size",
+                args.input,
+            )
         result = bandpass_filter(
             volume.to(device), voxel_size[0], args.highpass_a, args.lowpass_a, args.edge_width_frac
         )

@@ -169,29 +169,43 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    add_voxel_size_option(parser, "the tomogram and templates")
+    add_voxel_size_option(parser, "the tomogram (and of templates whose header leaves it unset)")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import math
     import sys
 
+    from aitom.commands.shared import refuse_outputs_over_inputs
     from aitom.errors import InputError
     from aitom.io import check_output_path, read_particles, read_volume
 
     check_output_path(args.out, args.overwrite)
     if not args.exclude_border >= 0:
         raise InputError(f"--exclude-border must be >= 0 voxels, got {args.exclude_border}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise InputError(f"--threshold must be a finite score, got {args.threshold}")
     if args.out.suffix != ".star":
         raise InputError("the pick table must be a .star file", args.out)
+    outputs = [args.out]
     if getattr(args, "maps", False):  # refuse now, not after the search and the table are written
         from aitom.tasks.pick import map_paths
 
-        for path in map_paths(args.out, args.tomogram).values():
+        outputs += map_paths(args.out, args.tomogram).values()
+        for path in outputs[1:]:
             check_output_path(path, args.overwrite)
+    refuse_outputs_over_inputs(outputs, [args.tomogram, *getattr(args, "template", []), args.truth])
     tomogram, header = read_volume(args.tomogram, mmap=True, voxel_size_a=args.voxel_size)
     if float(tomogram.std()) == 0.0:
         raise InputError("the tomogram is constant (empty): nothing to pick", args.tomogram)
+    shape = tuple(tomogram.shape)
+    if math.ceil(args.exclude_border) > min(shape) - 1 - args.exclude_border:
+        raise InputError(
+            f"--exclude-border {args.exclude_border:g} voxels leaves no position inside the tomogram "
+            f"({'×'.join(map(str, shape))} voxels, Z×Y×X): use at most {(min(shape) - 1) // 2}",
+            args.tomogram,
+        )
     voxel_size = header.voxel_size_a[0]
     for name in ("min_distance", "num_peaks", "tile_voxels"):
         value = getattr(args, name)
@@ -202,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     if args.false_alarm_rate is not None and not 0 < args.false_alarm_rate < 1:
         raise InputError(f"--false-alarm-rate must be in (0, 1), got {args.false_alarm_rate}")
     truth = None if args.truth is None else read_particles(args.truth)
-    picker, (scale_voxels, tolerance_scale) = _picker(args, tomogram.shape, voxel_size)
+    picker, (scale_voxels, tolerance_scale) = _picker(args, shape, voxel_size)
     del tomogram
     overlap = 2 * scale_voxels if args.overlap_voxels is None else args.overlap_voxels
     if args.overlap_voxels is None and overlap >= args.tile_voxels:
@@ -215,6 +229,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--overlap-voxels must be in [0, tile size {args.tile_voxels}), got {overlap}")
     if args.method == "template" and overlap < 2 * scale_voxels:
         raise InputError(f"--overlap-voxels must be at least the template box ({2 * scale_voxels} voxels)")
+    if args.method != "template" and 2 * scale_voxels > min(shape):
+        # (a template larger than the tomogram is refused by check_template, naming the template)
+        raise InputError(
+            f"the particle size scale (radius {scale_voxels} voxels) makes particles larger than the "
+            f"tomogram ({'×'.join(map(str, shape))} voxels, Z×Y×X): is the particle size right (voxel size "
+            f"{voxel_size:g} Å)?",
+            args.tomogram,
+        )
     picks, is_global_zero = _predict(args, picker, overlap)
     if is_global_zero:
         print(f"{args.out}: {len(picks)} picks ({args.method})", file=sys.stderr)
@@ -273,6 +295,11 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
         if args.class_number is not None and len(args.class_number) != len(args.template):
             raise InputError(
                 f"--class-number gives {len(args.class_number)} numbers for {len(args.template)} templates"
+            )
+        if args.threshold is not None and len(args.template) == 1 and not -1 < args.threshold < 1:
+            raise InputError(
+                f"--threshold {args.threshold:g}: with one template the scores are correlations in [-1, 1] "
+                "(z-scores only with several templates); give a threshold between -1 and 1"
             )
         if not voxel_size > 0:
             raise InputError(
@@ -353,9 +380,11 @@ def _voxels(
 def _predict(args: argparse.Namespace, picker, overlap: int):
     import warnings
 
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch import Trainer, seed_everything
 
     from aitom.data.tomogram import TomogramDataModule
+    from aitom.errors import InputError
     from aitom.io import read_particles
     from aitom.tasks.pick import PickWriter
 
@@ -369,14 +398,17 @@ def _predict(args: argparse.Namespace, picker, overlap: int):
         voxel_size_a=args.voxel_size,
         exclude_border_voxels=args.exclude_border,
     )
-    trainer = Trainer(
-        accelerator=args.accelerator,
-        devices=devices,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=[writer],
-    )
+    try:
+        trainer = Trainer(
+            accelerator=args.accelerator,
+            devices=devices,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=[writer],
+        )
+    except (MisconfigurationException, TypeError, ValueError) as error:
+        raise InputError(f"--accelerator {args.accelerator} --devices {args.devices}: {error}") from None
     data = TomogramDataModule(
         [str(args.tomogram)],
         tile_voxels=args.tile_voxels,

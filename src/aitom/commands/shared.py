@@ -160,6 +160,46 @@ def read_particle_table(star: Path):
     return particles, optics
 
 
+#: suffixes of the MRC volumes the commands write (optionally followed by ``.gz``: gzip-compressed)
+MRC_OUTPUT_SUFFIXES = (".mrc", ".map", ".rec")
+
+
+def refuse_outputs_over_inputs(outputs: list[Path], inputs: list[Path | None]) -> None:
+    """Refuse an output file that is one of the inputs: ``--overwrite`` would replace the input with results.
+
+    Raises:
+        InputError: naming the output and the input it is.
+    """
+    from aitom.errors import InputError
+
+    for output in outputs:
+        for path in inputs:
+            if path is not None and output.exists() and path.exists() and output.samefile(path):
+                raise InputError(f"is also an input ({path}): write the output to another file", output)
+
+
+def check_volume_output(output: Path, source: Path, overwrite: bool) -> None:
+    """Refuse an output volume path before any work: one that exists (without ``overwrite``), a name that
+    is not an MRC file's (``OUT.tif`` would hold MRC data), or the input ``source`` itself (``--overwrite``
+    would replace the data with its filtered or converted copy).
+
+    Raises:
+        InputError: naming ``output`` and the problem.
+    """
+    from aitom.errors import InputError
+    from aitom.io import check_output_path
+
+    check_output_path(output, overwrite)
+    name = output.name.lower().removesuffix(".gz")
+    if not name.endswith(MRC_OUTPUT_SUFFIXES):
+        raise InputError(
+            f"the output is written as an MRC volume: name it {', '.join(MRC_OUTPUT_SUFFIXES)} "
+            "(optionally + .gz)",
+            output,
+        )
+    refuse_outputs_over_inputs([output], [source])
+
+
 class ReferenceResampledWarning(UserWarning):
     """A reference map was resampled to the voxel size and box of the data it is compared with."""
 

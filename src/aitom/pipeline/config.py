@@ -243,6 +243,8 @@ def validate_config(config: PipelineConfig) -> None:
         fail("pick.tile_voxels", f"must be >= 8, got {config.pick.tile_voxels}")
     if config.pick.overlap_voxels is not None and config.pick.overlap_voxels < 0:
         fail("pick.overlap_voxels", f"must be >= 0, got {config.pick.overlap_voxels}")
+    if config.pick.threshold is not None and not math.isfinite(config.pick.threshold):
+        fail("pick.threshold", f"must be a finite score or null, got {config.pick.threshold}")
     if config.pick.false_alarm_rate is not None and not 0 < config.pick.false_alarm_rate < 1:
         fail("pick.false_alarm_rate", f"must be in (0, 1), got {config.pick.false_alarm_rate}")
     if config.pick.method == "template" and not config.pick.templates:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import time
 import warnings
@@ -70,6 +71,34 @@ def _voxel_size(header_voxel_a: tuple[float, float, float], given_a: float | Non
             f"voxel size {header_voxel_a[0]:g} Å in the header looks unset; give it as voxel_size_a=<Å>", path
         )
     return float(header_voxel_a[0])
+
+
+def _check_particle_fits(
+    config: PipelineConfig, shape_zyx: tuple[int, ...], voxel_size_a: float, path: Path
+) -> None:
+    """Refuse a particle diameter larger than the tomogram's smallest dimension, or a border exclusion that
+    leaves no position inside it: either would end in an empty table with exit code 0.
+
+    Raises:
+        InputError: naming the setting, the sizes in voxels and the tomogram.
+    """
+    from aitom.errors import InputError
+
+    shown = f"{'×'.join(map(str, shape_zyx))} voxels (Z×Y×X) at {voxel_size_a:g} Å"
+    diameter = config.pick.particle_diameter_a / voxel_size_a
+    if diameter > min(shape_zyx):
+        raise InputError(
+            f"pick.particle_diameter_a: {config.pick.particle_diameter_a:g} Å is {diameter:.0f} voxels, "
+            f"larger than the tomogram ({shown}): is the diameter in Å, and the voxel size right?",
+            path,
+        )
+    border = config.pick.exclude_border_voxels
+    if border is not None and math.ceil(border) > min(shape_zyx) - 1 - border:
+        raise InputError(
+            f"pick.exclude_border_voxels: {border:g} voxels leaves no position inside the tomogram "
+            f"({shown}): use at most {(min(shape_zyx) - 1) // 2}",
+            path,
+        )
 
 
 def run_pipeline(
@@ -138,6 +167,7 @@ def _run_pipeline(
     voxel_size = _voxel_size(header.voxel_size_a, config.voxel_size_a, tomogram_path)
     shape = tuple(int(n) for n in array.shape)
     box = box_size_voxels(config, voxel_size)
+    _check_particle_fits(config, shape, voxel_size, tomogram_path)
     check_templates(config, shape, voxel_size, tomogram_path)
     tile = config.pick.tile_voxels
     overlap = box if config.pick.overlap_voxels is None else config.pick.overlap_voxels

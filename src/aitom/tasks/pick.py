@@ -136,13 +136,20 @@ def check_template(
     """Validate a template for a tomogram of ``shape_zyx`` at ``voxel_size_a`` Å; its box edge in its voxels.
 
     A template with another voxel size is accepted (:class:`TemplateMatchingPicker` resamples it); the box it
-    will have must fit in the tomogram and keep at least ``MIN_TEMPLATE_BOX`` voxels.
+    will have must fit in the tomogram and keep at least ``MIN_TEMPLATE_BOX`` voxels. ``voxel_size_override``
+    (``--voxel-size``, Å) replaces the template's header voxel size only where that looks unset (0 or 1 Å),
+    as the picker does: a template whose header has a voxel size keeps it and is resampled.
 
     Raises:
         InputError: unreadable, not a cube, a header voxel size that looks unset (0 or 1 Å) and differs from
             the tomogram's, a box outside those limits at the tomogram's voxel size, or constant.
     """
-    template, template_voxel_a = read_template(path, voxel_size_a, voxel_size_override=voxel_size_override)
+    with warnings.catch_warnings():
+        if voxel_size_override is not None:  # an unset header voxel size is replaced just below
+            warnings.filterwarnings("ignore", message=".*looks unset", category=HeaderWarning)
+        template, template_voxel_a = read_template(path, voxel_size_a)
+    if voxel_size_override is not None and template_voxel_a in (0.0, 1.0):
+        template_voxel_a = voxel_size_override
     if len(set(template.shape)) != 1:
         raise InputError(f"the template must be a cube, got {tuple(template.shape)} voxels", path)
     if template_voxel_a in (0.0, 1.0) and abs(template_voxel_a - voxel_size_a) > 1e-3 * voxel_size_a:
@@ -170,9 +177,7 @@ def check_template(
     return box
 
 
-def read_template(
-    path: str | Path, voxel_size_a: float | None, *, voxel_size_override: float | None = None
-) -> tuple[torch.Tensor, float]:
+def read_template(path: str | Path, voxel_size_a: float | None) -> tuple[torch.Tensor, float]:
     """A template and its voxel size, Å: an MRC volume as it is, or an atomic model (``.pdb``/``.cif``,
     :func:`aitom.simulate.get_class`) turned into its potential map at ``voxel_size_a`` (protein bright,
     centre of mass at the box centre, the library's default box).
@@ -186,7 +191,7 @@ def read_template(
         if voxel_size_a is None or not voxel_size_a > 0:
             raise InputError("an atomic-model template needs the tomogram's voxel size (--voxel-size)", path)
         return class_potential(str(path), voxel_size_a), voxel_size_a
-    template, header = read_volume(path, voxel_size_a=voxel_size_override)
+    template, header = read_volume(path)
     return template, header.voxel_size_a[0]
 
 
