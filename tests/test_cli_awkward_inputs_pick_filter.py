@@ -210,3 +210,24 @@ def test_pipeline_settings_that_can_only_find_nothing_exit_2(data, tmp_path, cap
     assert main(["pipeline", "--tomogram", str(data["tomogram"]), "--out", str(out), override]) == 2
     assert expected in _one_error_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("edge", ["5", "-0.1"])
+def test_filter_bandpass_edge_width_outside_0_1_exits_2(data, tmp_path, capsys, edge):
+    """An edge of 5 × Nyquist reached zero frequency and damped the mean, exit 0."""
+    out = tmp_path / "out.mrc"
+    argv = [
+        "filter",
+        "bandpass",
+        str(data["tomogram"]),
+        str(out),
+        "--lowpass-a",
+        "40",
+        "--edge-width-frac",
+        edge,
+    ]
+    assert main(argv) == 2
+    assert f"edge width must be in [0, 1] (a fraction of Nyquist), got {float(edge)}" in _one_error_line(
+        capsys
+    )
+    assert not out.exists()

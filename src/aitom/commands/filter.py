@@ -126,7 +126,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--edge-width-frac",
         type=float,
         default=0.05,
-        help="width of each soft edge, as a fraction of Nyquist (default 0.05)",
+        help="width of each soft edge, as a fraction of Nyquist, in [0, 1] (default 0.05)",
     )
 
 

@@ -82,7 +82,7 @@ def bandpass_filter_kernel(
         highpass_a: remove structure coarser than this (Å); None keeps the low frequencies.
         lowpass_a: remove structure finer than this (Å), at least Nyquist ``2 * voxel_size_a``; None keeps
             the high frequencies.
-        edge_width_frac: width of each soft edge as a fraction of Nyquist.
+        edge_width_frac: width of each soft edge as a fraction of Nyquist, in [0, 1].
         rfft, centered: layout (see :mod:`aitom.fourier.fft`); the default multiplies ``rfftn`` output.
         device, dtype: of the result.
 
@@ -90,13 +90,13 @@ def bandpass_filter_kernel(
         Real kernel in ``[0, 1]`` of shape ``(Z, Y, X // 2 + 1)`` (``rfft``) or ``(Z, Y, X)``.
 
     Raises:
-        InputError: non-positive sizes, ``lowpass_a`` finer than Nyquist, ``highpass_a <= lowpass_a``, or a
-            negative edge width.
+        InputError: non-positive sizes, ``lowpass_a`` finer than Nyquist, ``highpass_a <= lowpass_a``, or an
+            edge width outside [0, 1].
     """
     if not voxel_size_a > 0:
         raise InputError(f"voxel size must be positive, got {voxel_size_a} Å")
-    if edge_width_frac < 0:
-        raise InputError(f"edge width must be >= 0 (fraction of Nyquist), got {edge_width_frac}")
+    if not 0 <= edge_width_frac <= 1:
+        raise InputError(f"edge width must be in [0, 1] (a fraction of Nyquist), got {edge_width_frac}")
     if lowpass_a is not None and lowpass_a < 2 * voxel_size_a:
         raise InputError(
             f"low-pass resolution {lowpass_a} Å is finer than Nyquist (2 x voxel size = {2 * voxel_size_a} Å)"
