@@ -80,6 +80,15 @@ def test_config_file_is_the_defaults():
     assert load_pipeline_config(REPOSITORY / "configs" / "pipeline.yaml") == PipelineConfig()
 
 
+def test_one_template_may_be_given_without_a_list(tmp_path):
+    config_file = tmp_path / "template.yaml"
+    config_file.write_text("pick:\n  method: template\n  templates: ribosome.mrc\n")
+    assert load_pipeline_config(config_file).pick.templates == ["ribosome.mrc"]
+    single = load_pipeline_config(None, ["pick.method=template", "pick.templates=a.mrc"])
+    several = load_pipeline_config(None, ["pick.method=template", "pick.templates=[a.mrc,b.cif]"])
+    assert (single.pick.templates, several.pick.templates) == (["a.mrc"], ["a.mrc", "b.cif"])
+
+
 def test_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         aitom(["pipeline", "--help"])

@@ -56,8 +56,9 @@ class PickConfig:
 
     #: dog | saliency | template (needs `templates`)
     method: str = "dog"
-    #: method template: one class per template, MRC maps (resampled to the tomogram's voxel size) or atomic
-    #: models (.pdb/.cif, optionally .gz) built at the tomogram's voxel size
+    #: method template: one class per template (one file name may be given without a list), MRC maps
+    #: (resampled to the tomogram's voxel size) or atomic models (.pdb/.cif, optionally .gz) built at the
+    #: tomogram's voxel size
     templates: list[str] = dataclasses.field(default_factory=list)
     #: expected particle diameter, Å (DoG sigma1 = radius / sqrt(3); saliency radius; box size)
     particle_diameter_a: float = 200.0
@@ -173,6 +174,14 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
+def _templates_as_list(settings: DictConfig) -> DictConfig:
+    """A single template file name given for ``pick.templates`` becomes a one-element list."""
+    pick = settings.get("pick")
+    if isinstance(pick, DictConfig) and isinstance(pick.get("templates"), str):
+        pick.templates = [pick.templates]
+    return settings
+
+
 def load_pipeline_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
     """Defaults ← YAML file ← ``key=value`` overrides, validated.
 
@@ -192,12 +201,12 @@ def load_pipeline_config(path: str | Path | None = None, overrides: Sequence[str
                 raise InputError(f"not a valid YAML config ({_first_line(error)})", source) from None
             if not isinstance(loaded, DictConfig):
                 raise InputError("a pipeline config must be a mapping of keys to values", source)
-            config = OmegaConf.merge(config, loaded)
+            config = OmegaConf.merge(config, _templates_as_list(loaded))
         for override in overrides:
             if "=" not in override:
                 raise InputError(f"override {override!r} is not of the form key=value")
             source = f"override {override!r}"
-            config = OmegaConf.merge(config, OmegaConf.from_dotlist([override]))
+            config = OmegaConf.merge(config, _templates_as_list(OmegaConf.from_dotlist([override])))
         result = OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
