@@ -290,7 +290,8 @@ def test_average_command_annealed_start(tmp_path):
 
 def test_average_command_symmetry(tmp_path, capsys):
     """--symmetry C2: the written average is C2-symmetric about the axis found in it (self-correlation
-    under the 2-fold 0.99 up to interpolation, 0.77 for C1); unknown groups and classification are refused."""
+    under the 2-fold 0.99 up to interpolation, 0.77 for C1) and fsc.json names the group; unknown groups are
+    refused."""
     from aitom.ops.symmetry import map_symmetry_rotations
 
     volumes, _, _ = posed_subtomograms(blob_volume(16), 8, seed=3, max_shift=1.0, snr=0.5)
@@ -303,11 +304,12 @@ def test_average_command_symmetry(tmp_path, capsys):
         assert _main(average_command, [*arguments, *options, "--symmetry", symbol, "--out", str(out)]) == 0
         average, _ = read_volume(out / "average_class1.mrc")
         self_correlation[symbol] = map_symmetry_rotations(average, "C2")[1]
+        assert json.loads((out / "fsc.json").read_text())["symmetry"] == symbol
     assert self_correlation["C2"] > 0.98 and self_correlation["C1"] < 0.9, self_correlation
     capsys.readouterr()
     for bad, message in (
         (["--symmetry", "X3"], "--symmetry: unknown point group"),
-        (["--symmetry", "D7", "--classes", "2"], "--symmetry"),
+        (["--symmetry", "Q2", "--classes", "2", "--method", "faml"], "--symmetry: unknown point group"),
     ):
         assert _main(average_command, [*arguments, *options, *bad, "--out", str(tmp_path / "bad")]) == 2
         error = capsys.readouterr().err

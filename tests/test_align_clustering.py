@@ -287,3 +287,48 @@ def test_classification_and_faml_take_each_subtomogram_its_own_fourier_mask():
         )
     assert adjusted_rand_index(truth, results["copies"].labels) == 1.0
     torch.testing.assert_close(results["copies"].averages, results["shared"].averages, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("method", "snr"), [("classify", 0.5), ("faml", 2.0)])
+def test_symmetry_imposed_on_every_class_about_its_own_axes(method, snr):
+    """Two structures with a 4-fold axis (10 particles each, ±60° wedge) classified with C4: the labels are
+    right and each class average, superposed on its structure, is unchanged by the structure's own 4-fold
+    rotation (correlation 0.994 / 0.997 for classification / FAML when written), where C1 leaves it at 0.86 /
+    0.89."""
+    from aitom.geometry import rotate_volume
+    from aitom.geometry.symmetry import point_group_rotations
+    from aitom.ops.symmetry import symmetrize_volume
+
+    group = point_group_rotations("C4").float()
+    truths = [symmetrize_volume(blob_volume(20, kind), group) for kind in "ab"]
+    volumes = torch.cat(
+        [posed_subtomograms(t, 10, seed=1 + k, max_shift=1.0, snr=snr)[0] for k, t in enumerate(truths)]
+    )
+    truth_labels = torch.arange(2).repeat_interleave(10)
+    mask = missing_wedge_mask((20,) * 3)
+    self_correlation = {}
+    for symbol in ("C1", "C4"):
+        options = {"max_shift_voxels": 2, "angular_step_deg": 25.0, "symmetry": symbol}
+        if method == "classify":
+            result = classify_and_average(
+                volumes,
+                mask,
+                n_classes=2,
+                rounds=2,
+                initial_iterations=2,
+                refine_steps=8,
+                generator=torch.Generator().manual_seed(5),
+                **options,
+            )
+        else:
+            generator = torch.Generator().manual_seed(3)
+            result = faml_average(volumes, mask, n_classes=2, iterations=3, generator=generator, **options)
+        assert adjusted_rand_index(truth_labels, result.labels) == 1.0
+        values, sphere = [], soft_sphere_mask((20,) * 3, 9.0, 2.0)
+        for k, average in enumerate(result.averages):
+            structure = truths[int(truth_labels[result.labels == k].mode().values)]
+            superposed, _ = superpose_map(average, structure, voxel_size_a=1.0, lowpass_a=3.0)
+            turned = rotate_volume(superposed, group[1])
+            values.append(float(masked_correlation(superposed, turned, sphere)))
+        self_correlation[symbol] = min(values)
+    assert self_correlation["C4"] > 0.97 and self_correlation["C1"] < 0.93, self_correlation

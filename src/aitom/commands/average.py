@@ -184,8 +184,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--symmetry",
         default="C1",
-        help="point group of the particle, imposed on the average after every iteration with its axes "
-        "found from the average: C1 (none, default), Cn, Dn, T, O or I (single-class averaging)",
+        help="point group of the particle, imposed on each average after every iteration with its axes "
+        "found from that average: C1 (none, default), Cn, Dn, T, O or I (with --classes or --method faml: "
+        "one point group for every class)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="random seed (initial rotations, k-means; default 0)"
@@ -432,8 +433,6 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--particle-diameter works with single-class averaging only")
         if args.annealing_iterations:
             raise InputError("--annealing-iterations works with single-class averaging only")
-        if point_group_order(args.symmetry) > 1:
-            raise InputError("--symmetry works with single-class averaging only")
         if args.starts != 1 and args.method != "faml":
             raise InputError("--starts works with single-class averaging or --method faml only")
     check_output_folder(args.out, args.overwrite)
@@ -483,6 +482,7 @@ def run(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             voxel_size_a=voxel_size_a,
             starts=args.starts,
+            symmetry=args.symmetry,
             generator=generator,
             progress=True,
             **alignment_options,
@@ -534,6 +534,7 @@ def run(args: argparse.Namespace) -> int:
             max_classes=args.max_classes,
             merge_threshold=args.merge_threshold or None,
             rounds=args.iterations,
+            symmetry=args.symmetry,
             voxel_size_a=voxel_size_a,
             generator=generator,
             progress=True,
@@ -575,6 +576,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = {
         "voxel_size_a": voxel_size_a,
+        "symmetry": args.symmetry,
         "frequency_per_a": (frequency.cpu() / voxel_size_a).tolist(),
         **reference_report,
         **starts_report,

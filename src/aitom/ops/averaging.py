@@ -40,6 +40,7 @@ __all__ = [
     "annealed_initial_reference",
     "half_set_fsc",
     "reference_free_average",
+    "symmetric_average",
     "wedge_compensated_average",
 ]
 
@@ -126,6 +127,51 @@ def wedge_compensated_average(
     denominator = coverage.clamp(min=wiener_floor * total)
     average = ifftn_centered(spectrum_sum / denominator).real
     return average, coverage / total
+
+
+def symmetric_average(
+    volumes: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts_xyz: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    symmetry: str = "C1",
+    weights: torch.Tensor | None = None,
+    wiener_floor: float = 0.05,
+    axes_mask_real: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`wedge_compensated_average` with point group ``symmetry`` imposed about axes found in the map.
+
+    The plain average is computed first; its symmetry axes are found from it
+    (:func:`aitom.ops.symmetry.map_symmetry_rotations`, after multiplying it by ``axes_mask_real`` when
+    given) and the average is recomputed with those ``symmetry_rotations``.
+
+    Args:
+        volumes, rotations, shifts_xyz, mask, weights, wiener_floor: as in :func:`wedge_compensated_average`.
+        symmetry: point group (``"C1"``: none, one average computed; ``"C7"``, ``"D7"``, ``"O"``...).
+        axes_mask_real: ``(S, S, S)`` real-space mask (the particle) applied before the axes are searched.
+
+    Returns:
+        ``(average (S, S, S), coverage (S, S, S), symmetry rotations (K, 3, 3) or None for C1)``; pass the
+        rotations to :func:`half_set_fsc` for the FSC of the symmetrised half sets.
+    """
+    average, coverage = wedge_compensated_average(
+        volumes, rotations, shifts_xyz, mask, weights=weights, wiener_floor=wiener_floor
+    )
+    if point_group_order(symmetry) == 1:
+        return average, coverage, None
+    masked = average if axes_mask_real is None else average * axes_mask_real
+    symmetry_rotations, _ = map_symmetry_rotations(masked, symmetry)
+    average, coverage = wedge_compensated_average(
+        volumes,
+        rotations,
+        shifts_xyz,
+        mask,
+        weights=weights,
+        wiener_floor=wiener_floor,
+        symmetry_rotations=symmetry_rotations,
+    )
+    return average, coverage, symmetry_rotations
 
 
 def half_set_fsc(
@@ -438,17 +484,22 @@ def reference_free_average(
         shift_change = (alignment.shift_xyz - new.shift_xyz).norm(dim=1).median()
         alignment = new
         average_options = {"weights": weights, "wiener_floor": wiener_floor}
-        reference, coverage = wedge_compensated_average(
-            volumes, alignment.rotation, alignment.shift_xyz, mask, **average_options
+        reference, coverage, symmetry_rotations = symmetric_average(
+            volumes,
+            alignment.rotation,
+            alignment.shift_xyz,
+            mask,
+            symmetry=symmetry,
+            axes_mask_real=reference_mask_real,
+            **average_options,
         )
-        if point_group_order(symmetry) > 1:
-            masked = reference if reference_mask_real is None else reference * reference_mask_real
-            average_options["symmetry_rotations"], _ = map_symmetry_rotations(masked, symmetry)
-            reference, coverage = wedge_compensated_average(
-                volumes, alignment.rotation, alignment.shift_xyz, mask, **average_options
-            )
         frequency, fsc = half_set_fsc(
-            volumes, alignment.rotation, alignment.shift_xyz, mask, **average_options
+            volumes,
+            alignment.rotation,
+            alignment.shift_xyz,
+            mask,
+            symmetry_rotations=symmetry_rotations,
+            **average_options,
         )
         history.append(
             {

@@ -26,6 +26,7 @@ from aitom.ops.averaging import (
     align_to_reference_frame,
     half_set_fsc,
     reference_free_average,
+    symmetric_average,
     wedge_compensated_average,
 )
 from aitom.ops.handedness import masked_correlation, superpose_map
@@ -302,10 +303,13 @@ def _merge_similar_classes(
     threshold: float,
     max_frequency: float,
     align: Callable[[torch.Tensor, torch.Tensor], Alignment],
+    average: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, Alignment, torch.Tensor, list[dict], torch.Tensor]:
     """Merge the classes of one structure, best pair first, until no pair correlates by ``threshold``.
 
-    ``align(reference, members)`` aligns the subtomograms ``members`` (indices) to ``reference``.
+    ``align(reference, members)`` aligns the subtomograms ``members`` (indices) to ``reference``;
+    ``average(rotations, shifts, members)`` is the average of the subtomograms where ``members`` (a boolean
+    ``(P,)`` mask) is true under those poses.
 
     Returns the new labels, poses, averages, the merges and the structural correlations of the final classes.
     """
@@ -336,14 +340,7 @@ def _merge_similar_classes(
         labels = torch.where(labels == moved, kept, labels)
         labels = labels - (labels > moved).long()
         estimates = torch.ones(1, 1, dtype=torch.float64)
-        averages = torch.stack(
-            [
-                wedge_compensated_average(volumes, rotation, shift, mask, weights=(labels == k).to(volumes))[
-                    0
-                ]
-                for k in range(averages.shape[0] - 1)
-            ]
-        )
+        averages = torch.stack([average(rotation, shift, labels == k) for k in range(averages.shape[0] - 1)])
     return labels, Alignment(rotation, shift, score), averages, merges, estimates
 
 
@@ -362,6 +359,7 @@ def classify_and_average(
     max_shift_voxels: float | None = None,
     max_frequency: float = 0.35,
     refine_steps: int = 30,
+    symmetry: str = "C1",
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> ClassificationResult:
@@ -381,6 +379,9 @@ def classify_and_average(
         n_components: PCA dimensions.
         voxel_size_a, angular_step_deg, max_shift_voxels, max_frequency, refine_steps, generator, progress:
             as in :func:`aitom.ops.averaging.reference_free_average`.
+        symmetry: point group shared by every class (``"C1"``: none; ``"D7"``...): each class average is
+            symmetrised about axes found in it (:func:`aitom.ops.averaging.symmetric_average`), in the start,
+            every round, the merges and the half-set FSC.
 
     Returns:
         :class:`ClassificationResult`.
@@ -394,10 +395,20 @@ def classify_and_average(
         max_shift_voxels=max_shift_voxels,
         max_frequency=max_frequency,
         refine_steps=refine_steps,
+        symmetry=symmetry,
         generator=generator,
         progress=progress,
     )
     seed = 0 if generator is None else int(generator.initial_seed())
+
+    def class_average(
+        rotation: torch.Tensor, shift: torch.Tensor, members: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Average of the subtomograms ``members`` (boolean ``(P,)``) and its symmetry rotations."""
+        average, _, symmetry_rotations = symmetric_average(
+            volumes, rotation, shift, mask, symmetry=symmetry, weights=members.to(volumes)
+        )
+        return average, symmetry_rotations
 
     def align_to(reference: torch.Tensor, members: torch.Tensor | None = None) -> Alignment:
         """Align the subtomograms ``members`` (all when None) to ``reference``."""
@@ -426,9 +437,7 @@ def classify_and_average(
         labels = torch.searchsorted(classes, labels)
         averages = torch.stack(
             [
-                wedge_compensated_average(
-                    volumes, alignment.rotation, alignment.shift_xyz, mask, weights=(labels == k).to(volumes)
-                )[0]
+                class_average(alignment.rotation, alignment.shift_xyz, labels == k)[0]
                 for k in range(classes.numel())
             ]
         )
@@ -472,15 +481,18 @@ def classify_and_average(
             threshold=merge_threshold,
             max_frequency=max_frequency,
             align=align_to,
+            average=lambda rotation, shift, members: class_average(rotation, shift, members)[0],
         )
     fsc_curves = []
     for k in range(averages.shape[0]):
         members = labels == k
+        _, symmetry_rotations = class_average(alignment.rotation, alignment.shift_xyz, members)
         frequency, curve = half_set_fsc(
             volumes[members],
             alignment.rotation[members],
             alignment.shift_xyz[members],
             particle_masks(mask, members),
+            symmetry_rotations=symmetry_rotations,
         )
         fsc_curves.append(curve)
     return ClassificationResult(

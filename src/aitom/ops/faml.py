@@ -31,7 +31,7 @@ from aitom.ops.alignment import (
     rotational_search,
     translation_search,
 )
-from aitom.ops.averaging import half_set_fsc, reference_free_average, wedge_compensated_average
+from aitom.ops.averaging import half_set_fsc, reference_free_average, symmetric_average
 
 __all__ = ["FamlResult", "faml_average"]
 
@@ -135,6 +135,7 @@ def faml_average(
     initial_iterations: int = 2,
     batch_size: int = 32,
     starts: int = 1,
+    symmetry: str = "C1",
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> FamlResult:
@@ -157,6 +158,9 @@ def faml_average(
             partitions from different starts: on 90 simulated subtomograms of three complexes (SNR 0.1), four
             seeds gave adjusted Rand indices 0.52, 0.97, 1.00 and 0.42, and the two good ones had the two
             highest final log-likelihoods.
+        symmetry: point group shared by every class model (``"C1"``: none; ``"D7"``...): the start and each
+            M-step's models are symmetrised about axes found in them
+            (:func:`aitom.ops.averaging.symmetric_average`), and so are the half sets of the FSC.
 
     Returns:
         :class:`FamlResult` of the kept start, with every start's final log-likelihood.
@@ -180,6 +184,7 @@ def faml_average(
         angular_step_deg=angular_step_deg,
         max_shift_voxels=max_shift_voxels,
         max_frequency=max_frequency,
+        symmetry=symmetry,
         generator=generator,
         progress=progress,
     )
@@ -194,11 +199,12 @@ def faml_average(
         subset = subset.to(device)
         models = torch.stack(
             [
-                wedge_compensated_average(
+                symmetric_average(
                     volumes,
                     start.alignment.rotation,
                     start.alignment.shift_xyz,
                     mask,
+                    symmetry=symmetry,
                     weights=(subset == k).to(dtype),
                 )[0]
                 for k in range(n_classes)
@@ -252,18 +258,19 @@ def faml_average(
         # M-step.
         flat_volumes = volumes.repeat_interleave(n_candidates, dim=0)
         flat_mask = mask if mask is None or mask.ndim == 3 else mask.repeat_interleave(n_candidates, dim=0)
-        models = torch.stack(
-            [
-                wedge_compensated_average(
-                    flat_volumes,
-                    rotations[:, k].reshape(-1, 3, 3),
-                    shifts[:, k].reshape(-1, 3),
-                    flat_mask,
-                    weights=responsibilities[:, k].reshape(-1),
-                )[0]
-                for k in range(n_classes)
-            ]
-        )
+        averaged = [
+            symmetric_average(
+                flat_volumes,
+                rotations[:, k].reshape(-1, 3, 3),
+                shifts[:, k].reshape(-1, 3),
+                flat_mask,
+                symmetry=symmetry,
+                weights=responsibilities[:, k].reshape(-1),
+            )
+            for k in range(n_classes)
+        ]
+        models = torch.stack([model for model, _, _ in averaged])
+        model_symmetry_rotations = [symmetry_rotations for _, _, symmetry_rotations in averaged]
         finite = torch.isfinite(residuals)
         weighted = torch.where(finite, responsibilities * residuals, 0.0).sum()
         noise_variance = float(weighted / (responsibilities * coefficients).sum())
@@ -291,7 +298,11 @@ def faml_average(
         members = labels == k
         class_mask = particle_masks(mask, members)
         frequency, curve = half_set_fsc(
-            volumes[members], alignment.rotation[members], alignment.shift_xyz[members], class_mask
+            volumes[members],
+            alignment.rotation[members],
+            alignment.shift_xyz[members],
+            class_mask,
+            symmetry_rotations=model_symmetry_rotations[k],
         )
         curves.append(curve)
     return FamlResult(
