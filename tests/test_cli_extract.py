@@ -81,6 +81,8 @@ def test_selects_one_tomogram_by_name(tomogram, tmp_path):
         ("no_columns", "rlnCoordinateX"),
         ("not_mrc", "tomogram.txt"),
         ("tiny_box", "--size"),
+        ("text_coordinate", "particles rlnCoordinateX: 'abc' (row 1) is not a finite number"),
+        ("nan_coordinate", "particles rlnCoordinateY: nan (row 1) is not a finite number"),
     ],
 )
 def test_bad_input_exits_2_without_output(tomogram, tmp_path, capsys, case, message):
@@ -99,6 +101,11 @@ def test_bad_input_exits_2_without_output(tomogram, tmp_path, capsys, case, mess
         path.write_text("not a volume")
     elif case == "tiny_box":
         size = "2"
+    elif case in ("text_coordinate", "nan_coordinate"):
+        loop = "abc 15 10" if case == "text_coordinate" else "20 nan 10"
+        header = "data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n"
+        (tmp_path / "bad.star").write_text(header + loop + "\n")
+        star = tmp_path / "bad.star"
     code = main(["extract", "--tomogram", str(path), "--particles", str(star), "--size", size, "--out",
                  str(tmp_path / "out")])  # fmt: skip
     error = capsys.readouterr().err

@@ -154,6 +154,8 @@ def test_star_items_load_with_labels_from_class_numbers(simulated_on_disk):
     table = read_particles(star, require=("rlnImageName", "rlnClassNumber"))
     module = StarSubtomogramDataModule(train_star=str(star), test_star=str(star), batch_size=4)
     module.setup("fit")
+    assert "test" not in module.datasets  # each stage reads only its own splits
+    module.setup("test")
     dataset = module.datasets["test"]
     assert len(dataset) == len(table) == 2 * len(CLASSES)
     for index in range(len(dataset)):
@@ -176,10 +178,8 @@ def test_star_box_mismatch_raises(simulated_on_disk, tmp_path):
         write_volume(folder / name, torch.randn(size, size, size), VOXEL_SIZE_A)
     (folder / "particles.star").write_text(star.read_text())
     module = StarSubtomogramDataModule(test_star=str(folder / "particles.star"))
-    module.setup("test")
-    module.datasets["test"][1]
-    with pytest.raises(InputError, match="subtomogram 3 has shape"):
-        module.datasets["test"][2]
+    with pytest.raises(InputError, match="subtomogram of row 3 is 20x20x20 voxels, the first"):
+        module.setup("test")  # every header is read before any batch
 
 
 # --- wedge-preserving rotations ---------------------------------------------------------------------------

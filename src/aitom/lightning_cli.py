@@ -1,32 +1,54 @@
 """``aitom fit|validate|test|predict``: LightningCLI with the project's defaults.
 
-* Weights & Biases is the default logger and runs **offline** unless the user sets ``WANDB_MODE=online``;
-  when wandb cannot be imported the CSV logger takes its place, so nothing ever needs the network.
+* Weights & Biases is the default logger and runs **offline** unless the user sets ``WANDB_MODE=online``
+  (``WANDB_MODE=disabled`` turns it off); when wandb cannot be imported the CSV logger takes its place, so
+  nothing ever needs the network.
 * ``--seed N`` is accepted as a short form of LightningCLI's ``--seed_everything N``.
 * Outputs (checkpoints, logs) go under ``outputs/`` unless the config says otherwise.
-* A config or option LightningCLI cannot parse is one line and exit code 2, like every other command.
+* A config or option LightningCLI cannot parse, a value a model or DataModule refuses, Trainer options this
+  machine cannot honour (``--trainer.accelerator gpu`` without a GPU) and a ``--ckpt_path`` that is missing,
+  not a checkpoint or a checkpoint of another model are one line and exit code 2, like every other command.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import warnings
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import torch
+from jsonargparse import ArgumentError, Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from aitom.errors import InputError
+
 OUTPUT_ROOT = "outputs"
+#: ``--ckpt_path`` values that Lightning resolves itself instead of reading a file
+CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
+#: accelerators that need a CUDA device
+CUDA_ACCELERATORS = ("gpu", "cuda")
 
 
 def default_logger_config() -> dict[str, Any]:
-    """W&B in offline mode (online only when ``WANDB_MODE=online``), or a CSV logger without wandb."""
+    """W&B in offline mode (online only when ``WANDB_MODE=online``; off with ``WANDB_MODE=disabled``), or a
+    CSV logger without wandb."""
     if importlib.util.find_spec("wandb") is not None:
+        mode = os.environ.get("WANDB_MODE", "offline")
         return {
             "class_path": "lightning.pytorch.loggers.WandbLogger",
             "init_args": {
                 "project": "aitom",
                 "save_dir": OUTPUT_ROOT,
-                "offline": os.environ.get("WANDB_MODE", "offline") != "online",
+                # offline=True would set WANDB_MODE=dryrun, so "disabled" must reach wandb as it is
+                "offline": mode not in ("online", "disabled"),
             },
         }
     return {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": OUTPUT_ROOT}}
@@ -45,19 +67,167 @@ def translate_seed_flag(argv: Sequence[str]) -> list[str]:
     return translated
 
 
+def input_error_in(error: BaseException) -> InputError | None:
+    """``error`` itself when it is an :class:`InputError`, else the first one among its causes, else None.
+
+    jsonargparse wraps the exception a model's or DataModule's constructor raises in its own ``ValueError``
+    (once per level of nesting); the cause it keeps is the user's problem.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, InputError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def resolve_class(class_path: str) -> object:
+    """The object ``class_path`` (``module.Name``) names, or ``class_path`` itself when it cannot be imported
+    (so that two spellings of one class compare equal, and unknown ones compare as text)."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return class_path
+
+
+def read_checkpoint_file(path: Path) -> dict[str, Any]:
+    """The contents of a Lightning checkpoint file (tensors memory-mapped, not read).
+
+    Raises:
+        InputError: the file is missing, not a PyTorch archive (another kind of file, or truncated), or not a
+            Lightning checkpoint (no ``state_dict``).
+    """
+    if not path.is_file():
+        raise InputError("checkpoint file not found (--ckpt_path)", path)
+    if not zipfile.is_zipfile(path):
+        raise InputError(
+            "not a checkpoint: not a PyTorch archive (another kind of file, or a truncated one)", path
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on a damaged file
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"not a readable checkpoint: {first_line}", path) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise InputError(
+            "not a Lightning checkpoint (no state_dict; a bare torch.save of weights?): use a .ckpt that "
+            "aitom fit wrote",
+            path,
+        )
+    return checkpoint
+
+
+class AitomLightningCLI(LightningCLI):
+    """LightningCLI that turns the user's mistakes into :class:`InputError` before any work or output."""
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` (a file: a Lightning checkpoint of the config's model) before LightningCLI
+        reads the model's hyper-parameters from it; ``best`` is refused (it names a checkpoint of the same
+        process only)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is None:
+            return
+        if ckpt_path == "best":
+            raise InputError(
+                "--ckpt_path best refers to the best checkpoint of a fit in the same run; name the "
+                f"checkpoint file instead{_example_checkpoint(self.config[subcommand])}"
+            )
+        if ckpt_path not in CKPT_PATH_KEYWORDS:
+            path = Path(ckpt_path)
+            saved_class = read_checkpoint_file(path).get("hyper_parameters", {}).get("_class_path")
+            model_class = self.config[subcommand].get("model", {}).get("class_path")
+            if saved_class and model_class and resolve_class(saved_class) != resolve_class(model_class):
+                raise InputError(
+                    f"checkpoint of the model {saved_class}, but the config's model is {model_class}: use "
+                    "the config it was trained with",
+                    path,
+                )
+        try:
+            super()._parse_ckpt_path()
+        except (ArgumentError, SystemExit) as error:
+            raise InputError(
+                f"the model's hyper-parameters saved in the checkpoint do not fit the config: {error}",
+                ckpt_path,
+            ) from None
+
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does, raising the :class:`InputError` of a constructor as it is."""
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            cause = input_error_in(error)
+            if cause is None:
+                raise
+            raise cause from None
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        """The Trainer, or :class:`InputError` for options this machine cannot honour."""
+        accelerator = config.get("accelerator")
+        if (
+            isinstance(accelerator, str)
+            and accelerator in CUDA_ACCELERATORS
+            and not torch.cuda.is_available()
+        ):
+            raise InputError(
+                f"--trainer.accelerator {accelerator}: no GPU is available on this machine (use cpu or auto)"
+            )
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except (MisconfigurationException, ValueError, TypeError) as error:
+            raise InputError(f"trainer options: {' '.join(str(error).split())}") from None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Refuse ``--ckpt_path last`` outside ``fit`` when there is no last checkpoint (Lightning would run
+        the untrained model), then run the subcommand."""
+        if subcommand != "fit" and self.config_init[subcommand].get("ckpt_path") == "last":
+            check_last_checkpoint(self.trainer)
+        super()._run_subcommand(subcommand)
+
+
+def _example_checkpoint(config: Namespace) -> str:
+    """`` (e.g. DIR/best.ckpt)`` for the config's first ModelCheckpoint with a folder, else ``""``."""
+    for callback in config.get("trainer", {}).get("callbacks") or []:
+        init_args = callback.get("init_args") or {}
+        if resolve_class(str(callback.get("class_path"))) is ModelCheckpoint and init_args.get("dirpath"):
+            return f" (e.g. {Path(init_args['dirpath']) / 'best.ckpt'})"
+    return ""
+
+
+def check_last_checkpoint(trainer: Trainer) -> None:
+    """Raise :class:`InputError` unless a ModelCheckpoint folder of ``trainer`` holds a ``last`` checkpoint.
+
+    Only callbacks with a fixed ``dirpath`` are looked at: without one, every run logs to a new folder and
+    ``last`` never finds the previous run's checkpoint.
+    """
+    folders = [
+        Path(callback.dirpath)
+        for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None
+    ]
+    if not folders:
+        raise InputError(
+            "--ckpt_path last: the config has no ModelCheckpoint callback with a dirpath to look in; "
+            "name the checkpoint file"
+        )
+    pattern = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*{ModelCheckpoint.FILE_EXTENSION}"
+    if not any(path.is_file() for folder in folders for path in folder.glob(pattern)):
+        raise InputError(
+            f"--ckpt_path last: no last checkpoint in {', '.join(map(str, folders))}; train first "
+            "(aitom fit with the same config) or name the checkpoint file"
+        )
+
+
 def run_lightning_cli(argv: Sequence[str]) -> int:
     """Run LightningCLI on ``argv`` (``["fit", "--config", ...]``); returns the exit code."""
     os.environ.setdefault("WANDB_MODE", "offline")
-    from jsonargparse import ArgumentError
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
-
-    from aitom.errors import InputError
-
     # `aitom fit ...` passes its own argv on purpose; Lightning warns when args and sys.argv both exist
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
-        LightningCLI(
+        AitomLightningCLI(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,

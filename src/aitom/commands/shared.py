@@ -147,15 +147,18 @@ def select_tomogram(table, name: str | None, star: Path):
 
 
 def read_particle_table(star: Path):
-    """The particle table (any positions) and its ``data_optics`` (empty when absent or not RELION's)."""
+    """The particle table (any positions) and its ``data_optics`` (empty when absent or not RELION's).
+
+    Positions, origins and angles present are checked to be finite numbers (InputError naming the row).
+    """
     import pandas as pd
 
     from aitom.io import read_particles
-    from aitom.io.relion5 import read_relion5_particles
+    from aitom.io.relion5 import PARTICLE_NUMBER_COLUMNS, finite_number_columns, read_relion5_particles
 
     table = read_particles(star, require=())
     if "rlnTomoName" not in table.columns:
-        return table, pd.DataFrame()
+        return finite_number_columns(table, PARTICLE_NUMBER_COLUMNS, star, "particles"), pd.DataFrame()
     particles, optics, _ = read_relion5_particles(star)
     return particles, optics
 

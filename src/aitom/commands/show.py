@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+
+
+class PicksOutsideWarning(UserWarning):
+    """Picks whose centres lie outside the volume shown (not drawn)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,10 +62,18 @@ def _picks_in_voxels(args: argparse.Namespace, shape_zyx: tuple[int, ...]):
     from aitom.commands.shared import read_particle_table, select_tomogram
     from aitom.errors import InputError
     from aitom.io import HeaderWarning, open_volume_mmap
-    from aitom.io.relion5 import tomogram_voxel_positions
+    from aitom.io.relion5 import finite_number_columns, tomogram_voxel_positions
 
     table, optics = read_particle_table(args.picks)
     table = select_tomogram(table, args.tomo_name, args.picks)
+    table = finite_number_columns(table, ("rlnClassNumber",), args.picks, "picks")
+    classes = table["rlnClassNumber"].to_numpy() if "rlnClassNumber" in table.columns else np.zeros(0)
+    fractional = np.flatnonzero(classes % 1 != 0)
+    if len(fractional):
+        raise InputError(
+            f"rlnClassNumber must be whole numbers; row {fractional[0] + 1} has {classes[fractional[0]]:g}",
+            args.picks,
+        )
     size_xyz = np.array(shape_zyx[::-1])
     # positions in Å, tilt-series pixels or with rlnOrigin*Angst shifts need the volume's voxel size
     with warnings.catch_warnings():  # an unset voxel size matters only for a conversion, refused below
@@ -78,21 +91,35 @@ def _picks_in_voxels(args: argparse.Namespace, shape_zyx: tuple[int, ...]):
             "pass --voxel-size",
             args.volume,
         )
+    outside = ((positions < -0.5) | (positions >= size_xyz - 0.5)).any(axis=1)
+    if outside.any():
+        warnings.warn(
+            PicksOutsideWarning(
+                f"{args.picks}: {int(outside.sum())} of {len(positions)} picks lie outside the volume's "
+                f"{'x'.join(map(str, size_xyz))} voxels (x, y, z): positions for another tomogram, binning "
+                "or voxel size?"
+            ),
+            stacklevel=2,
+        )
     return table, positions
 
 
 def run(args: argparse.Namespace) -> int:
+    from aitom.commands.shared import refuse_outputs_over_inputs
     from aitom.errors import InputError
     from aitom.io import read_volume, save_montage
 
     if args.slices < 1:
         raise InputError(f"--slices must be at least 1, got {args.slices}")
-    if args.pick_radius <= 0:
-        raise InputError(f"--pick-radius must be positive (voxels), got {args.pick_radius}")
+    if not 0 < args.pick_radius < math.inf:
+        raise InputError(f"--pick-radius must be a positive number of voxels, got {args.pick_radius}")
+    if args.out.is_dir():
+        raise InputError("is a folder; --out names the image file to write", args.out)
     if args.out.exists() and not args.overwrite:
         raise InputError("exists; pass --overwrite to replace it", args.out)
-    if args.voxel_size is not None and not args.voxel_size > 0:
-        raise InputError(f"--voxel-size must be positive (Å), got {args.voxel_size}")
+    refuse_outputs_over_inputs([args.out], [args.volume, args.picks])
+    if args.voxel_size is not None and not 0 < args.voxel_size < math.inf:
+        raise InputError(f"--voxel-size must be a positive number of Å, got {args.voxel_size}")
     volume, _ = read_volume(args.volume, voxel_size_a=1.0)  # the picture is in voxels: no voxel-size warning
     picks = classes = None
     if args.picks is not None:

@@ -20,7 +20,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
-from aitom.data.splits import SplitDataModule
+from aitom.data.splits import SplitDataModule, check_loader_options, is_validating
 from aitom.errors import InputError
 
 DEFAULT_DOMAIN_CLASS = "aitom.data.simulated.SimulatedSubtomogramDataModule"
@@ -89,8 +89,7 @@ class DomainPairDataModule(LightningDataModule):
                 f"the source and target domains must have the same classes in the same order; source "
                 f"{list(source_names)}, target {list(target_names)}"
             )
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        check_loader_options(batch_size, num_workers)
         self.source = source
         self.target = target
         self.class_names = list(source_names)
@@ -103,6 +102,9 @@ class DomainPairDataModule(LightningDataModule):
     def _loader(self, module: SplitDataModule, split: str, shuffle: bool) -> DataLoader:
         if split not in module.datasets:
             raise InputError(f"no data given for the {split} split of the {type(module).__name__}")
+        if len(module.datasets[split]) == 0 and (split != "val" or is_validating(self)):
+            role = "source" if module is self.source else "target"
+            raise InputError(f"the {split} split of the {role} domain has no items ({split}_size: 0)")
         workers = self.hparams.num_workers
         return DataLoader(
             module.datasets[split],

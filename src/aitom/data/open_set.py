@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from aitom.data.simulated import SPLIT_OFFSETS, library_maps, split_datasets
+from aitom.data.simulated import SPLIT_OFFSETS, check_simulation_options, library_maps, split_datasets
 from aitom.data.splits import SplitDataModule
 from aitom.errors import InputError
 from aitom.simulate import get_class
@@ -77,10 +77,23 @@ class OpenSetDataModule(SplitDataModule):
         overlap = sorted(set(known_names) & set(unknown_names))
         if overlap:
             raise InputError(f"class(es) {overlap} are in both known_classes and unknown_classes")
-        if snr <= 0:
-            raise InputError(f"snr must be positive, got {snr}")
-        if box_size_voxels < 8:
-            raise InputError(f"box_size_voxels must be at least 8, got {box_size_voxels}")
+        check_simulation_options(
+            box_size_voxels,
+            voxel_size_a,
+            snr,
+            tilt_min_deg,
+            tilt_max_deg,
+            defocus_um,
+            max_shift_voxels,
+            {
+                "train_size": train_size,
+                "val_size": val_size,
+                "test_size": test_size,
+                "predict_size": predict_size,
+            },
+            batch_size,
+            num_workers,
+        )
         self.save_hyperparameters()
         self.known_class_names = known_names
         self.unknown_class_names = unknown_names
@@ -106,9 +119,7 @@ class OpenSetDataModule(SplitDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches, all of ``batch_size`` items (the remainder is dropped each epoch)."""
-        if "train" not in self.datasets:
-            raise InputError("no data given for the train split")
-        dataset = self.datasets["train"]
+        dataset = self.split_dataset("train")
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from aitom.data.splits import SplitDataModule
+from aitom.data.splits import SplitDataModule, check_data_tilt_range, check_loader_options
 from aitom.errors import InputError
 from aitom.geometry import matrix_to_euler_zyz, random_rotations
 from aitom.simulate import (
@@ -201,6 +201,42 @@ class SimulatedSubtomogramDataset(Dataset):
         return torch.rad2deg(matrix_to_euler_zyz(self[index]["rotation"].double()))
 
 
+def check_simulation_options(
+    box_size_voxels: int,
+    voxel_size_a: float,
+    snr: float,
+    tilt_min_deg: float,
+    tilt_max_deg: float,
+    defocus_um: float,
+    max_shift_voxels: float,
+    split_sizes: dict[str, int],
+    batch_size: int,
+    num_workers: int,
+) -> None:
+    """Raise :class:`InputError` naming the first impossible option of a simulated DataModule.
+
+    ``split_sizes`` maps option names (``train_size``, ...) to their values.
+    """
+    if box_size_voxels < 8:
+        raise InputError(f"box_size_voxels must be at least 8, got {box_size_voxels}")
+    if not 0.0 < voxel_size_a < math.inf:
+        raise InputError(f"voxel_size_a must be a positive number of Å, got {voxel_size_a}")
+    if not 0.0 < snr < math.inf:
+        raise InputError(f"snr must be positive, got {snr}")
+    check_data_tilt_range(tilt_min_deg, tilt_max_deg)
+    if not 0.0 <= defocus_um < math.inf:
+        raise InputError(f"defocus_um must be 0 (no CTF) or a positive underfocus in µm, got {defocus_um}")
+    if not 0.0 <= max_shift_voxels < box_size_voxels / 2:
+        raise InputError(
+            "max_shift_voxels must be 0 or more and less than half the box "
+            f"({box_size_voxels / 2:g} voxels), got {max_shift_voxels}"
+        )
+    for name, size in split_sizes.items():
+        if size < 0:
+            raise InputError(f"{name} must be 0 or more, got {size}")
+    check_loader_options(batch_size, num_workers)
+
+
 def library_maps(class_names: list[str], voxel_size_a: float, box_size_voxels: int) -> torch.Tensor:
     """``(C, S, S, S)`` potentials of structure-library classes (or atomic model files) at a voxel size (Å)
     and box size (voxels)."""
@@ -289,10 +325,23 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
             raise InputError(f"classes are listed more than once (by name): {class_names}")
         if len(classes) < 2:
             raise InputError(f"need at least two classes to classify, got {classes}")
-        if snr <= 0:
-            raise InputError(f"snr must be positive, got {snr}")
-        if box_size_voxels < 8:
-            raise InputError(f"box_size_voxels must be at least 8, got {box_size_voxels}")
+        check_simulation_options(
+            box_size_voxels,
+            voxel_size_a,
+            snr,
+            tilt_min_deg,
+            tilt_max_deg,
+            defocus_um,
+            max_shift_voxels,
+            {
+                "train_size": train_size,
+                "val_size": val_size,
+                "test_size": test_size,
+                "predict_size": predict_size,
+            },
+            batch_size,
+            num_workers,
+        )
         if not 0.0 < labelled_fraction <= 1.0:
             raise InputError(f"labelled_fraction must be in (0, 1], got {labelled_fraction}")
         if labelled_batch_fraction is not None and not 0.0 < labelled_batch_fraction <= 1.0:
@@ -317,9 +366,7 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
         hp = self.hparams
         if hp.labelled_batch_fraction is None or hp.labelled_fraction >= 1.0:
             return super().train_dataloader()
-        if "train" not in self.datasets:
-            raise InputError("no data given for the train split")
-        size = self.datasets["train"].size
+        size = len(self.split_dataset("train"))
         flags = labelled_flags(hp.seed, list(range(size)), hp.labelled_fraction)
         sampler = LabelledShareBatchSampler(
             torch.nonzero(flags).flatten().tolist(),

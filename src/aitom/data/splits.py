@@ -3,9 +3,42 @@
 from __future__ import annotations
 
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from aitom.errors import InputError
+
+#: the splits each Lightning stage (``setup(stage)``) uses; None: all
+STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("predict",),
+    None: ("train", "val", "test", "predict"),
+}
+
+
+def check_loader_options(batch_size: int, num_workers: int) -> None:
+    """Raise :class:`InputError` unless ``batch_size >= 1`` and ``num_workers >= 0``."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise InputError(f"num_workers must be 0 or more, got {num_workers}")
+
+
+def check_data_tilt_range(tilt_min_deg: float, tilt_max_deg: float) -> None:
+    """Raise :class:`InputError` unless ``-90 <= tilt_min_deg < tilt_max_deg <= 90`` (degrees)."""
+    if not -90.0 <= tilt_min_deg < tilt_max_deg <= 90.0:
+        raise InputError(
+            f"tilt_min_deg and tilt_max_deg must satisfy -90 <= tilt_min_deg < tilt_max_deg <= 90 (degrees), "
+            f"got {tilt_min_deg} and {tilt_max_deg}"
+        )
+
+
+def is_validating(datamodule: LightningDataModule) -> bool:
+    """Whether the Trainer ``datamodule`` is attached to runs ``validate`` (``fit`` may run without
+    validation, on an empty validation split)."""
+    return datamodule.trainer is not None and datamodule.trainer.state.fn == TrainerFn.VALIDATING
 
 
 class SplitDataModule(LightningDataModule):
@@ -19,11 +52,18 @@ class SplitDataModule(LightningDataModule):
         super().__init__()
         self.datasets: dict[str, Dataset] = {}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def split_dataset(self, split: str) -> Dataset:
+        """The dataset of ``split``, or :class:`InputError` when there is none or it is empty (an empty
+        validation split is allowed in ``fit``: no validation)."""
         if split not in self.datasets:
             raise InputError(f"no data given for the {split} split")
+        if len(self.datasets[split]) == 0 and (split != "val" or is_validating(self)):
+            raise InputError(f"the {split} split has no items ({split}_size: 0)")
+        return self.datasets[split]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
-            self.datasets[split],
+            self.split_dataset(split),
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
             num_workers=self.hparams.num_workers,

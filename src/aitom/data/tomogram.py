@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from aitom.data.splits import check_loader_options
 from aitom.errors import InputError
 from aitom.io import open_volume_mmap
 
@@ -105,6 +106,11 @@ class TomogramDataModule(LightningDataModule):
         super().__init__()
         if not tomograms:
             raise InputError("no tomograms given")
+        if tile_voxels is not None and tile_voxels < 1:
+            raise InputError(f"tile_voxels must be at least 1 (or null: whole tomograms), got {tile_voxels}")
+        if overlap_voxels < 0:
+            raise InputError(f"overlap_voxels must be 0 or more, got {overlap_voxels}")
+        check_loader_options(batch_size, num_workers)
         self.save_hyperparameters()
         self.dataset: ConcatDataset | None = None
 

@@ -88,13 +88,14 @@ _TILT_NUMBERS = (
     "rlnTomoXShiftAngst",
     "rlnTomoYShiftAngst",
 )
-#: numeric columns of data_particles and data_optics (checked to be finite numbers when present)
-_PARTICLE_NUMBERS = (
+#: numeric columns of data_particles (checked to be finite numbers when present)
+PARTICLE_NUMBER_COLUMNS = (
     *("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"),
     *("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"),
     *("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"),
     *("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"),
 )
+#: numeric columns of data_optics
 _OPTICS_NUMBERS = (
     "rlnImagePixelSize",
     "rlnImageSize",
@@ -188,7 +189,7 @@ def _require(table: pd.DataFrame, columns: Sequence[str], path: Path, what: str)
         raise InputError(f"{what} lacks column(s) {', '.join(missing)}", path)
 
 
-def _numeric(table: pd.DataFrame, columns: Sequence[str], path: Path, what: str) -> pd.DataFrame:
+def finite_number_columns(table: pd.DataFrame, columns: Sequence[str], path: Path, what: str) -> pd.DataFrame:
     """``table`` with ``columns`` (those present) checked to be finite numbers; text columns become float64.
 
     Raises:
@@ -245,7 +246,7 @@ def read_tomograms_star(path: str | Path) -> dict[str, TiltSeriesGeometry]:
         raise InputError("no data_global block: not a RELION tomogram set", path)
     global_table = _as_table(blocks["global"])
     _require(global_table, _GLOBAL_COLUMNS, path, "data_global")
-    global_table = _numeric(global_table, _GLOBAL_NUMBERS, path, "data_global")
+    global_table = finite_number_columns(global_table, _GLOBAL_NUMBERS, path, "data_global")
     _check_global(global_table, path)
     tilt_series = {}
     for _, row in global_table.iterrows():
@@ -254,7 +255,7 @@ def read_tomograms_star(path: str | Path) -> dict[str, TiltSeriesGeometry]:
         if name in blocks:
             tilts_path, tilts = path, _as_table(blocks[name])
             _require(tilts, _TILT_COLUMNS, path, f"data_{name}")
-            tilts = _numeric(tilts, _TILT_NUMBERS, path, f"data_{name}")
+            tilts = finite_number_columns(tilts, _TILT_NUMBERS, path, f"data_{name}")
             matrices = np.stack(
                 [_vector_column(tilts[column], path, column) for column in _PROJECTION_COLUMNS], axis=1
             )
@@ -306,7 +307,7 @@ def _tilt_series_table(path: Path, name: str) -> pd.DataFrame:
     _require(
         table, (*_ANGLE_TILT_COLUMNS, "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"), path, "tilt table"
     )
-    return _numeric(table, _TILT_NUMBERS, path, f"data_{name}")
+    return finite_number_columns(table, _TILT_NUMBERS, path, f"data_{name}")
 
 
 def _matrices_from_angles(tilts: pd.DataFrame, size_xyz: tuple[float, float, float], pixel_size_a: float):
@@ -439,13 +440,13 @@ def read_relion5_particles(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame
         raise InputError(
             "data_particles lacks positions: need rlnCenteredCoordinateX/Y/ZAngst or rlnCoordinateX/Y/Z", path
         )
-    particles = _numeric(particles, _PARTICLE_NUMBERS, path, "data_particles")
+    particles = finite_number_columns(particles, PARTICLE_NUMBER_COLUMNS, path, "data_particles")
     general_block = blocks.get("general", {})
     general = dict(general_block) if isinstance(general_block, dict) else {}
     optics = _as_table(blocks["optics"]).copy() if "optics" in blocks else pd.DataFrame()
     if len(optics):
         _require(optics, ("rlnOpticsGroup",), path, "data_optics")
-        optics = _numeric(optics, _OPTICS_NUMBERS, path, "data_optics")
+        optics = finite_number_columns(optics, _OPTICS_NUMBERS, path, "data_optics")
         if "rlnOpticsGroup" in particles.columns:
             unknown = sorted(set(particles["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"]))
             if unknown:

@@ -49,7 +49,7 @@ from aitom.ops.clustering import adjusted_rand_index, kmeans
 from aitom.ops.filters import gaussian_filter3d
 from aitom.ops.open_set import cluster_purity
 from aitom.ops.pose_normalisation import pose_normalise
-from aitom.tasks.classify import check_tilt_range, check_views_match_data
+from aitom.tasks.classify import check_optimiser_options, check_tilt_range, check_views_match_data
 
 #: members shown in each cluster's montage
 MONTAGE_MEMBERS = 16
@@ -154,6 +154,7 @@ class AutoencoderClustering(LightningModule):
         if contrastive_temperature <= 0:
             raise InputError(f"contrastive_temperature must be positive, got {contrastive_temperature}")
         check_tilt_range(tilt_range_deg)
+        check_optimiser_options(weight_decay, lr=lr)
         self.net = net
         self.projection: nn.Module | None = None
         if contrastive_weight > 0:

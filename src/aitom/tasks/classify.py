@@ -16,6 +16,7 @@ with the same seed would.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,16 @@ def check_tilt_range(tilt_range_deg: tuple[float, float] | list[float]) -> None:
     """Raise :class:`InputError` unless ``tilt_range_deg`` is ``(lowest, highest)`` within ±90°."""
     if len(tilt_range_deg) != 2 or not -90.0 <= tilt_range_deg[0] < tilt_range_deg[1] <= 90.0:
         raise InputError(f"tilt_range_deg must be (lowest, highest) within ±90°, got {tilt_range_deg}")
+
+
+def check_optimiser_options(weight_decay: float, **learning_rates: float) -> None:
+    """Raise :class:`InputError` unless every learning rate (keyword: its option name) is a positive number
+    and ``weight_decay`` is 0 or more."""
+    for name, rate in learning_rates.items():
+        if not 0.0 < rate < float("inf"):
+            raise InputError(f"{name} (learning rate) must be positive, got {rate}")
+    if not 0.0 <= weight_decay < float("inf"):
+        raise InputError(f"weight_decay must be 0 or more, got {weight_decay}")
 
 
 def check_views_match_data(
@@ -134,6 +145,14 @@ class Classifier(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         check_tilt_range(tilt_range_deg)
+        check_optimiser_options(weight_decay, lr=lr)
+        if not 0.0 <= momentum < 1.0:
+            raise InputError(f"momentum must be in [0, 1), got {momentum}")
+        if step_size_epochs < 1 or not 0.0 < step_gamma <= 1.0:
+            raise InputError(
+                f"step_size_epochs must be at least 1 and step_gamma in (0, 1], got {step_size_epochs} and "
+                f"{step_gamma}"
+            )
         if optimizer not in OPTIMIZERS:
             raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if scheduler not in SCHEDULERS:
@@ -450,14 +469,27 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output_path: str = "outputs/predictions.star", overwrite: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output_path = Path(output_path)
+        if self.output_path.suffix.lower() != ".star":
+            raise InputError(
+                "the PredictionWriter's output_path is written as a STAR table: name it .star",
+                self.output_path,
+            )
         self.overwrite = overwrite
         self._batches: list[dict[str, torch.Tensor]] = []
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.output_path.is_dir():
+            raise InputError("is a folder; the PredictionWriter's output_path names a file", self.output_path)
         if self.output_path.exists() and not self.overwrite:
             raise InputError(
                 "exists; set the PredictionWriter's overwrite: true, or move the file", self.output_path
             )
+        for path in data_input_files(trainer.datamodule):
+            if self.output_path.exists() and self.output_path.samefile(path):
+                raise InputError(
+                    "is also an input of the data: set the PredictionWriter's output_path to another file",
+                    self.output_path,
+                )
         self._batches = []
 
     def write_on_batch_end(
@@ -487,6 +519,26 @@ class PredictionWriter(BasePredictionWriter):
             names = getattr(pl_module, "class_names", None)
             write_particles(self.output_path, prediction_table(merged, names), overwrite=self.overwrite)
         trainer.strategy.barrier("prediction_writer")
+
+
+def data_input_files(datamodule: object) -> list[Path]:
+    """The existing files that a DataModule's hyper-parameters name (STAR tables, tomograms), nested
+    configurations (a domain pair's source and target) included."""
+    found: list[Path] = []
+
+    def visit(value: object) -> None:
+        if isinstance(value, str | Path):
+            if Path(value).is_file():
+                found.append(Path(value))
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item)
+
+    visit(dict(getattr(datamodule, "hparams", {})))
+    return found
 
 
 def gather_from_ranks(trainer: Trainer, part: Any) -> list[Any]:

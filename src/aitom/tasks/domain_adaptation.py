@@ -36,7 +36,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from aitom.errors import InputError
 from aitom.ops.augmentation import random_rotated_views
-from aitom.tasks.classify import check_tilt_range, check_views_match_data
+from aitom.tasks.classify import check_optimiser_options, check_tilt_range, check_views_match_data
 from aitom.tasks.semi_supervised import adopt_data_classes
 
 EVALUATION_STAGES = ("val", "test")
@@ -153,6 +153,9 @@ class AdversarialDomainAdaptation(LightningModule):
         self.save_hyperparameters(ignore=["net"])
         self.automatic_optimization = False
         check_tilt_range(source_tilt_range_deg)
+        check_optimiser_options(
+            weight_decay, lr=lr, adaptation_lr=adaptation_lr, discriminator_lr=discriminator_lr
+        )
         if source_epochs < 1:
             raise InputError(f"source_epochs must be at least 1, got {source_epochs}")
         net_classes = getattr(net, "num_classes", None)

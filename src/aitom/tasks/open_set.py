@@ -40,6 +40,7 @@ from aitom.ops.open_set import (
     open_set_scores,
     soft_margin,
 )
+from aitom.tasks.classify import check_optimiser_options
 
 LOSSES = ("cosine", "softmax")
 #: range of cluster numbers tried by the silhouette when ``unknown_clusters`` is None
@@ -134,6 +135,7 @@ class OpenSetClassifier(LightningModule):
             raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
         if num_known_classes < 2:
             raise InputError(f"num_known_classes must be 2 or more, got {num_known_classes}")
+        check_optimiser_options(weight_decay, lr=lr)
         if not 0.0 < rejection_quantile < 1.0:
             raise InputError(f"rejection_quantile must be in (0, 1), got {rejection_quantile}")
         if not 0.0 <= centre_momentum < 1.0:

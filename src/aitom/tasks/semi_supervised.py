@@ -53,7 +53,7 @@ from aitom.errors import InputError
 from aitom.models.classifiers import conv_bn_relu
 from aitom.ops.augmentation import random_rotated_views
 from aitom.tasks.autoencoder import contrastive_loss
-from aitom.tasks.classify import check_tilt_range, check_views_match_data
+from aitom.tasks.classify import check_optimiser_options, check_tilt_range, check_views_match_data
 
 STAGES = ("train", "val", "test")
 
@@ -293,6 +293,7 @@ class SemiSupervisedClassifier(LightningModule):
         if not 0.0 < confidence_threshold <= 1.0:
             raise InputError(f"confidence_threshold must be in (0, 1], got {confidence_threshold}")
         check_tilt_range(tilt_range_deg)
+        check_optimiser_options(weight_decay, lr=lr)
         if contrastive_weight < 0 or contrastive_temperature <= 0:
             raise InputError(
                 "contrastive_weight must be 0 or more and contrastive_temperature positive, got "
