@@ -395,3 +395,29 @@ def test_show_impossible_options_exit_2(tmp_path, volume, capsys, options, expec
     assert main(["show", str(volume), *argv]) == 2
     assert _one_error_line(capsys).startswith(expected.format(folder=folder))
     assert list(folder.iterdir()) == []
+
+
+def test_test_and_predict_keep_the_config_the_fit_saved(tmp_path, monkeypatch):
+    """The resolved config saved by `aitom fit` stays the fit's after `aitom test` with other options."""
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, _simulated())
+    logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger"]
+    logger += ["--trainer.logger.save_dir", "outputs"]
+    assert main(["fit", "--config", str(config), *logger, "--trainer.limit_train_batches", "1"]) == 0
+    saved = sorted(tmp_path.glob("outputs/**/config.yaml"))
+    assert len(saved) == 1
+    fitted = saved[0].read_text()
+    options = ["--ckpt_path", "last", "--data.init_args.batch_size", "1"]
+    assert main(["test", "--config", str(config), *logger, *options]) == 0
+    assert sorted(tmp_path.glob("outputs/**/config.yaml")) == saved and saved[0].read_text() == fitted
+    assert "batch_size: 2" in fitted
+
+
+def test_fit_without_a_logger_drops_the_learning_rate_monitor(tmp_path, monkeypatch):
+    """configs/classify_rb3d.yaml has a LearningRateMonitor; with logger false fit raised Lightning's
+    MisconfigurationException ("Cannot use LearningRateMonitor callback with Trainer that has no logger")."""
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, _simulated())
+    assert "LearningRateMonitor" in config.read_text() and "logger: false" in config.read_text()
+    assert main(["fit", "--config", str(config), "--trainer.limit_train_batches", "1"]) == 0
+    assert list(tmp_path.glob("outputs/**/last.ckpt"))

@@ -4,7 +4,8 @@
   (``WANDB_MODE=disabled`` turns it off); when wandb cannot be imported the CSV logger takes its place, so
   nothing ever needs the network.
 * ``--seed N`` is accepted as a short form of LightningCLI's ``--seed_everything N``.
-* Outputs (checkpoints, logs) go under ``outputs/`` unless the config says otherwise.
+* Outputs (checkpoints, logs) go under ``outputs/`` unless the config says otherwise; ``fit`` saves the
+  resolved config there as ``config.yaml`` (the other subcommands leave it as the fit wrote it).
 * A config or option LightningCLI cannot parse, a value a model or DataModule refuses, Trainer options this
   machine cannot honour (``--trainer.accelerator gpu`` without a GPU) and a ``--ckpt_path`` that is missing,
   not a checkpoint or a checkpoint of another model are one line and exit code 2, like every other command.
@@ -25,8 +26,8 @@ import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from aitom.errors import InputError
 
@@ -120,6 +121,15 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+class FitConfigCallback(SaveConfigCallback):
+    """Save the resolved config (``config.yaml`` in the log folder) for ``fit`` only, so that the config a
+    checkpoint was trained with is not replaced by a later ``validate``, ``test`` or ``predict``."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
 class AitomLightningCLI(LightningCLI):
     """LightningCLI that turns the user's mistakes into :class:`InputError` before any work or output."""
 
@@ -165,7 +175,8 @@ class AitomLightningCLI(LightningCLI):
             raise cause from None
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        """The Trainer, or :class:`InputError` for options this machine cannot honour."""
+        """The Trainer, or :class:`InputError` for options this machine cannot honour. Without a logger
+        (``--trainer.logger false``) the config's LearningRateMonitor callbacks are left out."""
         accelerator = config.get("accelerator")
         if (
             isinstance(accelerator, str)
@@ -175,6 +186,12 @@ class AitomLightningCLI(LightningCLI):
             raise InputError(
                 f"--trainer.accelerator {accelerator}: no GPU is available on this machine (use cpu or auto)"
             )
+        if config.get("logger") is False:  # --trainer.logger false: no learning-rate log
+            config["callbacks"] = [
+                callback
+                for callback in config.get("callbacks") or []
+                if not isinstance(callback, LearningRateMonitor)
+            ]
         try:
             return super()._instantiate_trainer(config, callbacks)
         except (MisconfigurationException, ValueError, TypeError) as error:
@@ -235,6 +252,7 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
             args=translate_seed_flag(argv),
             trainer_defaults={"logger": default_logger_config(), "default_root_dir": OUTPUT_ROOT},
             seed_everything_default=0,
+            save_config_callback=FitConfigCallback,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"exit_on_error": False},
         )
