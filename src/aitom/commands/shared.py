@@ -56,11 +56,14 @@ def add_voxel_size_option(parser: argparse.ArgumentParser, what: str = "the inpu
 
 
 def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse an output folder that is a file, or not empty without ``--overwrite``."""
+    """Refuse an output folder that is a file, lies under a file, or is not empty without ``--overwrite``."""
     from aitom.errors import InputError
 
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", out)
+    blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise InputError(f"cannot be created: {blocking} is a file, not a folder", out)
     working = Path.cwd().resolve()
     if out.resolve() == working or out.resolve() in working.parents:
         raise InputError("is the working directory or holds it: name a new folder for the output", out)

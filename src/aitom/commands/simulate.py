@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from aitom.commands.shared import check_output_folder, output_folder, torch_device
+from aitom.commands.shared import check_output_folder, output_folder, refuse_inputs_inside, torch_device
 
 _RECIPE_HELP = (
     "YAML recipe (see simulations/*.yaml); keys it leaves out take the built-in defaults, which are "
@@ -83,6 +83,7 @@ def _common_options(parser: argparse.ArgumentParser, kind: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from aitom.simulate.library import is_atomic_model_path
     from aitom.simulate.recipe import load_recipe
 
     overrides = list(args.overrides)
@@ -90,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     recipe = load_recipe(args.config, overrides, kind=args.kind)
     check_output_folder(args.out, args.overwrite)
+    models = [Path(name) for name in recipe.classes if is_atomic_model_path(name)]
+    refuse_inputs_inside(args.out, [path for path in (args.config, *models) if path is not None])
     device = torch_device(args.device)
     if args.kind == "tomogram":
         return _run_tomogram(recipe, args, device)

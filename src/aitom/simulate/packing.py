@@ -123,13 +123,17 @@ def pack_spheres(
             f"particle radius {radii[too_big[0]]:.1f} voxels does not fit in the box (Z, Y, X) = "
             f"{tuple(shape.tolist())}"
         )
-    counts = _counts_per_class(radii, float(np.prod(shape)), number, crowding_fraction)
+    box_volume = float(np.prod(shape))
+    counts = _counts_per_class(radii, box_volume, number, crowding_fraction)
+    # disjoint spheres inside the box fill at most its volume: no more of a class can be placed than this
+    fitting = np.floor(box_volume / (4.0 / 3.0 * math.pi * radii**3))
+    capacity = int(np.minimum(counts, fitting).sum())
 
     cell = 2 * radii.max() + margin_voxels
     grid: defaultdict[tuple[int, int, int], list[int]] = defaultdict(list)
-    positions = np.empty((int(counts.sum()), 3), dtype=np.float64)
-    placed_radii = np.empty(int(counts.sum()), dtype=np.float64)
-    class_ids = np.empty(int(counts.sum()), dtype=np.int64)
+    positions = np.empty((capacity, 3), dtype=np.float64)
+    placed_radii = np.empty(capacity, dtype=np.float64)
+    class_ids = np.empty(capacity, dtype=np.int64)
     n_placed = 0
     shortfall = {}
     for class_id in np.argsort(-radii, kind="stable"):

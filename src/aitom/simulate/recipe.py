@@ -17,7 +17,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -208,6 +210,8 @@ def load_recipe(
     source: str | Path = "recipe defaults"
     if path is not None:
         source = Path(path)
+        if source.is_dir():
+            raise InputError("is a folder, not a recipe file", source)
         if not source.is_file():
             raise InputError("recipe file not found", source)
         try:
@@ -224,6 +228,7 @@ def load_recipe(
     if kind not in _KINDS:
         raise InputError(f"kind: unknown recipe kind {kind!r}; choose one of {', '.join(_KINDS)}", source)
     config = _merge(OmegaConf.structured(_KINDS[kind]), file_config, source)
+    overridden = {override.split("=", 1)[0].strip(): f"override {override!r}" for override in overrides}
     for override in overrides:
         if "=" not in override:
             raise InputError(f"override {override!r} is not of the form key=value")
@@ -235,11 +240,11 @@ def load_recipe(
     try:
         recipe = OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
-        raise InputError(f"{_error_key(error)}{_first_line(error)}", source) from None
-    overridden = {override.split("=", 1)[0].strip(): f"override {override!r}" for override in overrides}
+        key = getattr(error, "full_key", None)
+        raise InputError(f"{_error_key(error)}{_first_line(error)}", overridden.get(key, source)) from None
     recipe_folder = source.parent if isinstance(source, Path) and "classes" not in overridden else None
     recipe.classes = [_absolute_model_path(key, recipe_folder) for key in recipe.classes]
-    _validate(recipe, lambda key: overridden.get(key, source))
+    _validate(recipe, source, overridden)
     return recipe
 
 
@@ -260,11 +265,51 @@ def recipe_to_yaml(recipe: TomogramRecipe | SubtomogramRecipe) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(recipe))
 
 
-def _validate(recipe: TomogramRecipe | SubtomogramRecipe, source_of: Callable[[str], str | Path]) -> None:
-    """Check values; ``source_of(key)`` names where a key's value came from (file or override)."""
+#: Largest seed: the noise of subtomograms is seeded with ``seed + 1``, and torch takes seeds below 2⁶⁴.
+_MAX_SEED = 2**63 - 1
+
+
+def _physical_memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _least_memory_bytes(recipe: TomogramRecipe | SubtomogramRecipe) -> list[tuple[str, int]]:
+    """Lower bounds on the bytes a simulation holds in memory at once, growing, each with the key it grows by.
+
+    A tomogram holds four float32 volumes (the clean potential, the reconstructed signal and noise, the
+    tomogram) and two tilt series (contrast and noise); subtomograms hold the class maps, then every
+    subtomogram too (twice with ``paired``), float32.
+    """
+    tilt = recipe.tilt
+    if isinstance(recipe, TomogramRecipe):
+        size_z, size_y, size_x = recipe.shape_zyx_voxels
+        n_tilts = math.floor((tilt.tilt_max_deg - tilt.tilt_min_deg) / tilt.tilt_step_deg + 1e-6) + 1
+        return [("shape_zyx_voxels", 4 * (4 * size_z * size_y * size_x + 2 * n_tilts * size_y * size_x))]
+    box = recipe.box_size_voxels**3
+    maps = 4 * len(recipe.classes) * box
+    subtomograms = 4 * (2 if recipe.paired else 1) * recipe.particles_per_class * len(recipe.classes) * box
+    return [("box_size_voxels", maps), ("particles_per_class", maps + subtomograms)]
+
+
+def _validate(
+    recipe: TomogramRecipe | SubtomogramRecipe, source: str | Path, overridden: dict[str, str]
+) -> None:
+    """Check values; a key's value came from its override in ``overridden`` (key → override) or ``source``."""
 
     def fail(key: str, problem: str) -> None:
-        raise InputError(f"{key}: {problem}", source_of(key))
+        raise InputError(f"{key}: {problem}", overridden.get(key, source))
+
+    def finite(prefix: str, config: object) -> None:
+        for field in dataclasses.fields(config):
+            value = getattr(config, field.name)
+            if dataclasses.is_dataclass(value):
+                finite(f"{prefix}{field.name}.", value)
+            elif isinstance(value, float) and not math.isfinite(value):
+                fail(f"{prefix}{field.name}", f"must be a finite number, got {value}")
 
     def positive(key: str, value: float) -> None:
         if not value > 0:
@@ -280,6 +325,12 @@ def _validate(recipe: TomogramRecipe | SubtomogramRecipe, source_of: Callable[[s
 
     from aitom.simulate.library import class_radius_a, get_class
 
+    kind = "tomogram" if isinstance(recipe, TomogramRecipe) else "subtomograms"
+    if recipe.kind != kind:
+        fail("kind", f"{recipe.kind!r} in a {kind!r} recipe (aitom simulate {recipe.kind} reads those)")
+    if not 0 <= recipe.seed <= _MAX_SEED:
+        fail("seed", f"must lie in [0, 2^63 - 1], got {recipe.seed}")
+    finite("", recipe)
     positive("voxel_size_a", recipe.voxel_size_a)
     if not recipe.classes:
         fail("classes", "list at least one structure class")
@@ -294,11 +345,16 @@ def _validate(recipe: TomogramRecipe | SubtomogramRecipe, source_of: Callable[[s
 
     tilt = recipe.tilt
     positive("tilt.tilt_step_deg", tilt.tilt_step_deg)
-    if not -90 <= tilt.tilt_min_deg <= tilt.tilt_max_deg <= 90:
-        fail(
-            "tilt.tilt_min_deg",
-            f"need -90 <= tilt_min_deg <= tilt_max_deg <= 90, got ({tilt.tilt_min_deg}, {tilt.tilt_max_deg})",
-        )
+    low, high = tilt.tilt_min_deg, tilt.tilt_max_deg
+    if not -90 <= low <= high <= 90:
+        if not -90 <= low <= 90:
+            wrong = "tilt.tilt_min_deg"
+        elif not -90 <= high <= 90:
+            wrong = "tilt.tilt_max_deg"
+        else:  # inverted: blame the end that was overridden
+            only_max = "tilt.tilt_max_deg" in overridden and "tilt.tilt_min_deg" not in overridden
+            wrong = "tilt.tilt_max_deg" if only_max else "tilt.tilt_min_deg"
+        fail(wrong, f"need -90 <= tilt_min_deg <= tilt_max_deg <= 90, got ({low}, {high})")
     one_of("tilt.tilt_order", tilt.tilt_order, TILT_ORDERS)
     one_of("tilt.wbp_window", tilt.wbp_window, WBP_WINDOWS)
     non_negative("tilt.dose_per_tilt_e_per_a2", tilt.dose_per_tilt_e_per_a2)
@@ -335,6 +391,12 @@ def _validate(recipe: TomogramRecipe | SubtomogramRecipe, source_of: Callable[[s
         if recipe.noise_model == "dose":
             positive("tilt.dose_per_tilt_e_per_a2", tilt.dose_per_tilt_e_per_a2)
         ice = recipe.ice
+        if ice.enabled and max(abs(low), abs(high)) >= 90:
+            fail(
+                "tilt.tilt_min_deg" if abs(low) >= 90 else "tilt.tilt_max_deg",
+                f"a tilt of 90° looks along the ice slab, which is laterally infinite: keep tilts within "
+                f"(-90, 90) or set ice.enabled=false, got ({low}, {high})",
+            )
         if ice.thickness_voxels is not None and not 2 <= ice.thickness_voxels <= shape[0]:
             fail("ice.thickness_voxels", f"must lie in [2, Z = {shape[0]}], got {ice.thickness_voxels}")
         non_negative("ice.potential_v", ice.potential_v)
@@ -349,9 +411,20 @@ def _validate(recipe: TomogramRecipe | SubtomogramRecipe, source_of: Callable[[s
                 f"got {ice.fluctuation_resolution_a}",
             )
         thickness = ice.thickness_voxels if ice.enabled and ice.thickness_voxels is not None else shape[0]
+        extent_a = max(thickness, *shape[1:]) * recipe.voxel_size_a
+        resolution_a = ice.fluctuation_resolution_a or 3 * recipe.voxel_size_a
+        if ice.enabled and ice.fluctuation_v > 0 and resolution_a > extent_a:
+            fail(
+                "ice.fluctuation_resolution_a",
+                f"{resolution_a:g} Å{'' if ice.fluctuation_resolution_a else ' (the default, 3 voxels)'} is "
+                f"coarser than the ice slab's largest extent ({extent_a:g} Å), so the fluctuation would be "
+                "constant: make it finer, or set ice.fluctuation_v=0",
+            )
         room = min(thickness, *shape[1:]) - 1
         for name in recipe.classes:
             diameter = 2 * class_radius_a(name) / recipe.voxel_size_a
+            if not diameter > 0:
+                fail("classes", f"{name}: every atom lies at one point (radius 0 Å): no particle to pack")
             if diameter > room:
                 fail(
                     "shape_zyx_voxels",
@@ -384,3 +457,11 @@ def _validate(recipe: TomogramRecipe | SubtomogramRecipe, source_of: Callable[[s
                     f"{recipe.max_shift_voxels:g} voxels would leave the {size}³ box (and wrap around): "
                     f"at most {max(0.0, size / 2 - gyration):.1f} voxels",
                 )
+    memory = _physical_memory_bytes()
+    for key, needed in _least_memory_bytes(recipe) if memory is not None else ():
+        if needed > memory:
+            fail(
+                key,
+                f"the simulation holds at least {needed / 2**30:.3g} GiB in memory, more than this "
+                f"machine's {memory / 2**30:.3g} GiB",
+            )

@@ -25,7 +25,9 @@ Hydrogens are not in most deposited models and are skipped by default, so maps a
 from __future__ import annotations
 
 import functools
+import gzip
 import math
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -128,16 +130,18 @@ def load_atoms(
         ``(N,)`` int64, ``(N,)`` float64 Å².
 
     Raises:
-        InputError: the file is missing or unreadable, the assembly does not exist, an atom has an unknown
-            element, or no atoms are left.
+        InputError: the file is missing, unreadable or (gzip) truncated, the assembly does not exist, an atom
+            has an unknown element or coordinates that are not finite, or no atoms are left.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("no such atomic model file", path=path)
+    if path.name.lower().endswith(".gz"):
+        _check_gzip(path)
     try:
         structure = gemmi.read_structure(str(path))
     except (RuntimeError, ValueError, OSError) as error:
-        raise InputError(f"cannot read atomic model: {error}", path=path) from error
+        raise InputError(f"cannot read atomic model: {' '.join(str(error).split())}", path=path) from error
     if len(structure) == 0:
         raise InputError("the file contains no atoms", path=path)
     for index in range(len(structure) - 1, 0, -1):
@@ -166,11 +170,32 @@ def load_atoms(
     unknown = (atomic_numbers_array < 1) | (atomic_numbers_array > _MAX_ATOMIC_NUMBER)
     if unknown.any():
         raise InputError(f"{int(unknown.sum())} atoms have an unknown element", path=path)
+    coordinates_array = np.asarray(coordinates, dtype=np.float64)
+    not_finite = ~np.isfinite(coordinates_array).all(axis=1)
+    if not_finite.any():
+        raise InputError(
+            f"{int(not_finite.sum())} atoms have coordinates that are not finite numbers", path=path
+        )
     return (
-        np.asarray(coordinates, dtype=np.float64),
+        coordinates_array,
         atomic_numbers_array,
         np.asarray(b_factors, dtype=np.float64),
     )
+
+
+def _check_gzip(path: Path) -> None:
+    """Read a gzipped model to its end: a truncated or damaged stream raises InputError (a reader that stops
+    at the damage would build the atoms before it as if they were the whole model). A file without the gzip
+    magic number is left to the model reader, which reads it as plain text."""
+    with path.open("rb") as stream:
+        if stream.read(2) != b"\x1f\x8b":
+            return
+    try:
+        with gzip.open(path) as stream:
+            while stream.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as error:
+        raise InputError(f"cannot read atomic model: damaged gzip file ({error})", path=path) from None
 
 
 def _as_tensor(values: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
