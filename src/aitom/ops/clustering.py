@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aitom.fourier import fftn_centered, ifftn_centered, lowpass
-from aitom.geometry import rotate_volume, soft_sphere_mask
+from aitom.geometry import point_group_order, rotate_volume, soft_sphere_mask
 from aitom.ops.alignment import Alignment, align_subtomograms, particle_masks
 from aitom.ops.averaging import (
     align_to_reference_frame,
@@ -30,6 +30,7 @@ from aitom.ops.averaging import (
     wedge_compensated_average,
 )
 from aitom.ops.handedness import masked_correlation, superpose_map
+from aitom.ops.symmetry import map_symmetry_rotations
 
 __all__ = [
     "ClassificationResult",
@@ -401,14 +402,11 @@ def classify_and_average(
     )
     seed = 0 if generator is None else int(generator.initial_seed())
 
-    def class_average(
-        rotation: torch.Tensor, shift: torch.Tensor, members: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Average of the subtomograms ``members`` (boolean ``(P,)``) and its symmetry rotations."""
-        average, _, symmetry_rotations = symmetric_average(
+    def class_average(rotation: torch.Tensor, shift: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        """Average of the subtomograms ``members`` (boolean ``(P,)``), symmetrised with ``symmetry``."""
+        return symmetric_average(
             volumes, rotation, shift, mask, symmetry=symmetry, weights=members.to(volumes)
-        )
-        return average, symmetry_rotations
+        )[0]
 
     def align_to(reference: torch.Tensor, members: torch.Tensor | None = None) -> Alignment:
         """Align the subtomograms ``members`` (all when None) to ``reference``."""
@@ -437,7 +435,7 @@ def classify_and_average(
         labels = torch.searchsorted(classes, labels)
         averages = torch.stack(
             [
-                class_average(alignment.rotation, alignment.shift_xyz, labels == k)[0]
+                class_average(alignment.rotation, alignment.shift_xyz, labels == k)
                 for k in range(classes.numel())
             ]
         )
@@ -481,12 +479,15 @@ def classify_and_average(
             threshold=merge_threshold,
             max_frequency=max_frequency,
             align=align_to,
-            average=lambda rotation, shift, members: class_average(rotation, shift, members)[0],
+            average=class_average,
         )
     fsc_curves = []
     for k in range(averages.shape[0]):
         members = labels == k
-        _, symmetry_rotations = class_average(alignment.rotation, alignment.shift_xyz, members)
+        # the final averages are symmetric already: their axes, not a second average, for the half sets
+        symmetry_rotations = (
+            map_symmetry_rotations(averages[k], symmetry)[0] if point_group_order(symmetry) > 1 else None
+        )
         frequency, curve = half_set_fsc(
             volumes[members],
             alignment.rotation[members],
