@@ -231,3 +231,22 @@ def test_filter_bandpass_edge_width_outside_0_1_exits_2(data, tmp_path, capsys, 
         capsys
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("mps", "--device mps: aitom runs on cpu or cuda (cuda:N)"),
+        ("meta", "--device meta: aitom runs on cpu or cuda (cuda:N)"),
+        ("gpu", "--device: "),
+        ("cuda:7", "--device cuda:7: "),
+    ],
+)
+def test_filter_devices_other_than_cpu_or_a_present_gpu_exit_2(data, tmp_path, capsys, device, expected):
+    """Each was a traceback from inside torch: ``meta`` ("Cannot copy out of meta tensor"), ``mps`` (not
+    linked), a ``cuda:N`` beyond the GPUs present."""
+    out = tmp_path / "out.mrc"
+    argv = ["filter", "gaussian", str(data["tomogram"]), str(out), "--sigma-voxels", "1", "--device", device]
+    assert main(argv) == 2
+    assert _one_error_line(capsys).startswith(expected)
+    assert not out.exists()

@@ -28,8 +28,14 @@ def torch_device(name: str):
         device = torch.device(name)
     except RuntimeError as error:
         raise InputError(f"--device: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"--device {name}: no CUDA device is available")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"--device {name}: there are {count} CUDA device(s), numbered from 0")
+    elif device.type != "cpu":
+        raise InputError(f"--device {name}: aitom runs on cpu or cuda (cuda:N)")
     return device
 
 
