@@ -285,6 +285,21 @@ def test_bad_particle_tables_exit_2(star_data, capsys, names, classes, expected)
     assert not (folder.parent / "outputs" / "classify_rb3d").exists()
 
 
+def test_an_input_error_found_at_data_setup_leaves_no_offline_wandb_run(star_data, monkeypatch, capsys):
+    """Lightning opens the W&B run before it sets up the data, so a STAR table found bad there left
+    outputs/wandb/offline-run-*/ (and its links) behind, though the command exited 2."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = star_data.parent
+    star = _table(folder / "bad.star", ["v0.mrc", "v1.mrc"], [1.5, 2])
+    config = _config(folder.parent, _star(train_star=str(star), val_star=str(star_data)))
+    with_logger = yaml.safe_load(config.read_text())
+    with_logger["trainer"]["logger"] = default_logger_config()
+    config.write_text(yaml.safe_dump(with_logger))
+    assert main(["fit", "--config", str(config)]) == 2
+    assert "rlnClassNumber must be a whole number" in _one_error_line(capsys)
+    assert not (folder.parent / "outputs").exists()
+
+
 def test_a_stage_reads_only_its_own_star_files(star_data, capsys):
     """`aitom validate` with the datamodule's default train_star (absent) stopped on the missing training
     table; it needs only val_star."""

@@ -8,14 +8,18 @@
   resolved config there as ``config.yaml`` (the other subcommands leave it as the fit wrote it).
 * A config or option LightningCLI cannot parse, a value a model or DataModule refuses, Trainer options this
   machine cannot honour (``--trainer.accelerator gpu`` without a GPU) and a ``--ckpt_path`` that is missing,
-  not a checkpoint or a checkpoint of another model are one line and exit code 2, like every other command.
+  not a checkpoint or a checkpoint of another model are one line and exit code 2, like every other command;
+  an input error found once the run has started (a bad STAR table at data setup) leaves no offline W&B run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import os
+import shutil
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -28,6 +32,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 from aitom.errors import InputError
 
@@ -202,7 +207,11 @@ class AitomLightningCLI(LightningCLI):
         the untrained model), then run the subcommand."""
         if subcommand != "fit" and self.config_init[subcommand].get("ckpt_path") == "last":
             check_last_checkpoint(self.trainer)
-        super()._run_subcommand(subcommand)
+        try:
+            super()._run_subcommand(subcommand)
+        except InputError:
+            discard_offline_wandb_runs(self.trainer)
+            raise
 
 
 def _example_checkpoint(config: Namespace) -> str:
@@ -212,6 +221,31 @@ def _example_checkpoint(config: Namespace) -> str:
         if resolve_class(str(callback.get("class_path"))) is ModelCheckpoint and init_args.get("dirpath"):
             return f" (e.g. {Path(init_args['dirpath']) / 'best.ckpt'})"
     return ""
+
+
+def discard_offline_wandb_runs(trainer: Trainer) -> None:
+    """Close and delete the offline W&B runs ``trainer`` opened, with the links and folders W&B made for them.
+
+    Lightning opens the run before it sets up the data, so an input error found there would otherwise leave a
+    run folder of nothing behind. Online runs are left alone: they are already on the server.
+    """
+    for logger in trainer.loggers:
+        run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
+        if run is None or getattr(run.settings, "mode", "offline") == "online":
+            continue
+        run_folder = Path(run.dir).parent
+        with contextlib.redirect_stderr(io.StringIO()):  # no "wandb sync" advice for a run about to go
+            run.finish(exit_code=2)
+        shutil.rmtree(run_folder, ignore_errors=True)
+        folder = run_folder.parent
+        for link in folder.glob("*"):
+            if link.is_symlink() and not link.exists():  # latest-run, debug.log... pointing into the run
+                link.unlink()
+        save_dir = Path(logger.save_dir or OUTPUT_ROOT).resolve()
+        folder = folder.resolve()
+        while (folder == save_dir or save_dir in folder.parents) and not any(folder.iterdir()):
+            folder.rmdir()  # wandb/ and the save folder, when the run was all they held
+            folder = folder.parent
 
 
 def check_last_checkpoint(trainer: Trainer) -> None:
