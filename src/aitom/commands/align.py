@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from aitom.commands.shared import add_voxel_size_option
+from aitom.commands.shared import add_voxel_size_option, seed_number
 
 _WEDGE_HELP = (
     "tilt range of {name}'s missing wedge in degrees: one number D for (-D, D), or MIN,MAX "
@@ -66,7 +66,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed (the search itself is deterministic; default 0)"
+        "--seed",
+        type=seed_number,
+        default=0,
+        help="random seed, 0 to 2^32 - 1 (the search itself is deterministic; default 0)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_voxel_size_option(parser, "both subtomograms")
@@ -81,6 +84,11 @@ def _tilt_range(text: str) -> tuple[float, float]:
         values = [-abs(values[0]), abs(values[0])]
     if len(values) != 2 or not -90.0 <= values[0] <= values[1] <= 90.0:
         raise argparse.ArgumentTypeError(f"need -90 <= MIN <= MAX <= 90 degrees, got {text!r}")
+    if values[0] == values[1]:
+        raise argparse.ArgumentTypeError(
+            f"a tilt range of 0 degrees ({text!r}) observes a single plane of Fourier space: give the tilt "
+            "range (e.g. 60 for -60,60; 90 means fully observed)"
+        )
     return values[0], values[1]
 
 

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aitom.commands.shared import add_voxel_size_option
+from aitom.commands.shared import add_voxel_size_option, seed_number
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -189,7 +189,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "one point group for every class)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed (initial rotations, k-means; default 0)"
+        "--seed",
+        type=seed_number,
+        default=0,
+        help="random seed, 0 to 2^32 - 1 (initial rotations, k-means; default 0)",
     )
     add_voxel_size_option(parser, "the subtomograms")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from aitom.commands.shared import add_voxel_size_option
+from aitom.commands.shared import add_voxel_size_option, seed_number
 
 VOLUME_SUFFIXES = (".mrc", ".map", ".rec", ".mrc.gz", ".map.gz")
 
@@ -40,7 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     snr.add_argument(
         "--bootstrap", type=int, default=2000, help="bootstrap resamples for the interval (default 2000)"
     )
-    snr.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    snr.add_argument(
+        "--seed", type=seed_number, default=0, help="seed of the bootstrap, 0 to 2^32 - 1 (default 0)"
+    )
     add_voxel_size_option(snr, "the volumes (for the frequencies in 1/Å)")
 
     wedge = kinds.add_parser(

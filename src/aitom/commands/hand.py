@@ -11,8 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aitom.commands.shared import add_voxel_size_option
+
+if TYPE_CHECKING:
+    import torch
+
+#: smallest box (voxels along an edge) whose hands can be told apart
+_MIN_BOX = 8
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mirrored-out",
         type=Path,
-        help="write the reference in the matching hand, superposed on the average",
+        help="write the reference in the matching hand, superposed on the average: an MRC file (.mrc, .map "
+        "or .rec) with the average's voxel size (Å)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --mirrored-out file")
     add_voxel_size_option(parser, "both maps")
@@ -55,27 +63,51 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from aitom.commands.shared import json_ready, read_reference
+    from aitom.commands.shared import (
+        check_volume_output,
+        json_ready,
+        read_reference,
+        refuse_outputs_over_inputs,
+    )
     from aitom.errors import InputError
-    from aitom.io import check_output_path, read_volume, write_volume
+    from aitom.io import read_volume, write_volume
     from aitom.ops.handedness import hand_check, mirror_volume, superpose_map
 
     if args.mirrored_out is not None:
-        check_output_path(args.mirrored_out, args.overwrite)
+        check_volume_output(args.mirrored_out, args.average, args.overwrite)
+        refuse_outputs_over_inputs([args.mirrored_out], [args.reference, args.mask])
     if not 0.0 < args.step <= 180.0:
         raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
     average, header = read_volume(args.average, voxel_size_a=args.voxel_size)
     if len(set(average.shape)) != 1:
         raise InputError(f"the average must be a cube, got {tuple(average.shape)} voxels", args.average)
+    if average.shape[0] < _MIN_BOX:
+        raise InputError(
+            f"the average is too small to tell hands apart: {tuple(average.shape)} voxels (at least "
+            f"{_MIN_BOX}³)",
+            args.average,
+        )
     voxel_size_a = header.voxel_size_a[0]
+    if not voxel_size_a > 0:
+        raise InputError(
+            f"voxel size {voxel_size_a:g} Å in the header is not positive; pass --voxel-size", args.average
+        )
+    _refuse_constant(average, args.average)
     reference = read_reference(
         args.reference, voxel_size_a, average.shape[0], voxel_size_override=args.voxel_size
     )
+    _refuse_constant(reference, args.reference)
     lowpass_a = max(40.0, 2.5 * voxel_size_a) if args.lowpass is None else args.lowpass
     if not 0 < lowpass_a < float("inf"):
         raise InputError(f"--lowpass must be a positive, finite resolution in Å, got {lowpass_a:g}")
     if not 2 * voxel_size_a <= lowpass_a:
         raise InputError(f"--lowpass {lowpass_a:g} Å is finer than Nyquist ({2 * voxel_size_a:g} Å)")
+    box_a = average.shape[0] * voxel_size_a
+    if lowpass_a > box_a:
+        raise InputError(
+            f"--lowpass {lowpass_a:g} Å is coarser than the box ({box_a:g} Å): the maps would be compared "
+            "by their mean alone"
+        )
     mask = None
     if args.mask is not None:
         mask, _ = read_volume(args.mask, voxel_size_a=header.voxel_size_a)
@@ -107,6 +139,16 @@ def run(args: argparse.Namespace) -> int:
     report = {**result, "verdict": verdict, "voxel_size_a": voxel_size_a, "lowpass_a": lowpass_a}
     print(json.dumps(json_ready(report), indent=2, allow_nan=False))
     return 0
+
+
+def _refuse_constant(volume: torch.Tensor, path: Path) -> None:
+    """InputError naming ``path`` when ``volume`` holds one value everywhere (no structure to compare)."""
+    from aitom.errors import InputError
+
+    if float(volume.max()) == float(volume.min()):
+        raise InputError(
+            f"map is constant ({float(volume.flatten()[0]):g} everywhere): no structure to compare", path
+        )
 
 
 def hand_verdict(result: dict, axis: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from aitom.commands.shared import add_voxel_size_option
+from aitom.commands.shared import add_voxel_size_option, seed_number
 
 _FAR_HELP = (
     "false-alarm rate per voxel for the score threshold (Gaussian tail of the robust score statistics)"
@@ -167,7 +167,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default="1",
         help="Lightning devices (default 1); more than 1 runs DDP processes that write one table together",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed_number, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_voxel_size_option(parser, "the tomogram (and of templates whose header leaves it unset)")
 

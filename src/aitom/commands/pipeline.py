@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aitom.commands.shared import seed_number
+
 _OVERRIDES_HELP = (
     "settings overrides as dotted KEY=VALUE, e.g. pick.particle_diameter_a=180 classify.n_classes=3 "
     "denoise.method=diffusion (see configs/pipeline.yaml; units in the key names: _a = Å, _deg = degrees, "
@@ -35,7 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--config", type=Path, help="YAML settings (default: the built-in ones, as configs/pipeline.yaml)"
     )
-    parser.add_argument("--seed", type=int, help="random seed (overrides the config's seed)")
+    parser.add_argument(
+        "--seed", type=seed_number, help="random seed, 0 to 2^32 - 1 (overrides the config's seed)"
+    )
     parser.add_argument("--device", help="torch device, cpu or cuda (overrides the config's device)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing non-empty output folder"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,15 @@ _DEFAULT_BATCH = 8
 _MAX_PADDING = 4
 #: particles whose reconstructions decide the contrast sign with --invert auto
 _SIGN_SAMPLE = 32
+#: a tilt series whose defoci are all smaller (Å) was not written in Å, or has no CTF estimate
+_MIN_DEFOCUS_A = 100.0
+#: largest plausible rlnMicrographPreExposure (e⁻/Å²); beyond it dose weighting leaves almost no signal
+_MAX_PRE_EXPOSURE = 1000.0
+
+
+class ReconstructWarning(UserWarning):
+    """Odd but usable input to ``aitom reconstruct``: stacks without a pixel size, overfocus, an option
+    that the table makes moot."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -147,18 +157,30 @@ def _visible_frames(row, n_frames: int) -> np.ndarray:
     return np.ones(n_frames, dtype=bool) if visible is None else np.asarray(visible, dtype=bool)
 
 
-def _check_particle_stack(path: Path, row, series, image_size: int, pixel_size_a: float) -> None:
-    """Check a stack's header (no data read): image size, pixel size, one image per frame or visible frame."""
+def _check_particle_stack(path: Path, row, series, image_size: int, pixel_size_a: float) -> bool:
+    """Check a stack's header (no data read): image size, pixel size, one image per frame or visible frame.
+
+    Returns:
+        True when the header's pixel size looks unset (0 or 1 Å) and differs from ``pixel_size_a``
+        (``rlnImagePixelSize``, which then stands, as in RELION); the header's own warning is dropped.
+    """
     from aitom.errors import InputError
     from aitom.io import open_volume_mmap
     from aitom.io.relion5 import PIXEL_SIZE_TOLERANCE
 
-    stack, header = open_volume_mmap(path, allow_2d=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stack, header = open_volume_mmap(path, allow_2d=True)
     shape = (1, *stack.shape) if stack.ndim == 2 else stack.shape
     if shape[-1] != image_size or shape[-2] != image_size:
         raise InputError(f"images are {tuple(shape[-2:])}, rlnImageSize says {image_size}", path)
     header_pixel = header.voxel_size_a[0]
-    if abs(header_pixel - pixel_size_a) > PIXEL_SIZE_TOLERANCE * pixel_size_a:
+    unset = header_pixel <= 0 or header_pixel == 1.0
+    if abs(header_pixel - pixel_size_a) <= PIXEL_SIZE_TOLERANCE * pixel_size_a:
+        unset = False
+        for warning in caught:  # the header's other quirks
+            warnings.warn(warning.message, stacklevel=2)
+    elif not unset:
         raise InputError(
             f"pixel size {header_pixel:g} Å in the header, rlnImagePixelSize {pixel_size_a:g} Å", path
         )
@@ -169,19 +191,34 @@ def _check_particle_stack(path: Path, row, series, image_size: int, pixel_size_a
             f"({int(visible.sum())} visible)",
             path,
         )
+    return unset
 
 
-def _read_particle_stack(path: Path, row, n_frames: int) -> tuple[torch.Tensor, np.ndarray]:
+def _read_particle_stack(
+    path: Path, row, n_frames: int, pixel_size_a: float
+) -> tuple[torch.Tensor, np.ndarray]:
     """The particle's tilt images ``(T, S, S)`` (all frames; invisible ones zero) and its visible mask.
 
-    The stack holds one image per frame, or one per visible frame (checked by :func:`_check_particle_stack`).
+    The stack holds one image per frame, or one per visible frame (checked by :func:`_check_particle_stack`,
+    which also compared its header's pixel size with ``pixel_size_a``, the one used here).
+
+    Raises:
+        InputError: the visible images hold one value everywhere (a particle cut from outside its images).
     """
     import torch
 
+    from aitom.errors import InputError
     from aitom.io import read_stack
 
-    stack, _ = read_stack(path)
+    stack, _ = read_stack(path, voxel_size_a=pixel_size_a)
     visible = _visible_frames(row, n_frames)
+    shown = stack[torch.tensor(visible)] if stack.shape[0] == n_frames else stack
+    if float(shown.max()) == float(shown.min()):
+        raise InputError(
+            f"the visible tilt images are constant ({float(shown.flatten()[0]):g} everywhere): nothing to "
+            "reconstruct (remove the particle from the table)",
+            path,
+        )
     if stack.shape[0] == n_frames:
         return stack, visible
     images = stack.new_zeros((n_frames, *stack.shape[-2:]))
@@ -241,6 +278,7 @@ class _Inputs:
     ctf_premultiplied: bool
     angles_deg: np.ndarray
     centered_a: np.ndarray
+    dose_filters: dict[str, torch.Tensor]
 
 
 def _load_inputs(args: argparse.Namespace) -> _Inputs:
@@ -249,6 +287,7 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
     from aitom.errors import InputError
     from aitom.io.relion5 import (
         ANGLE_COLUMNS,
+        CENTERED_COLUMNS,
         check_particles_against_tomograms,
         particle_optics,
         particle_positions_centered_a,
@@ -294,17 +333,45 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
             particles_path,
         )
     image_paths = [resolve_relative(str(name), particles_path) for name in particles["rlnImageName"]]
+    unset_pixel = []
     for number, (path, (_, row)) in enumerate(zip(image_paths, particles.iterrows()), start=1):
         if not path.is_file():
             raise InputError(f"particle stack {path} (rlnImageName) not found", particles_path)
         series = tomograms[str(row["rlnTomoName"])]
-        if not _visible_frames(row, series.n_tilts).any():
+        visible = _visible_frames(row, series.n_tilts)
+        if not visible.any():
             raise InputError(
                 f"particle {number} ({path.name}) has no visible frame in rlnTomoVisibleFrames: nothing to "
                 "reconstruct (remove it from the table)",
                 particles_path,
             )
-        _check_particle_stack(path, row, series, int(image_sizes[0]), float(pixel_sizes[0]))
+        if not args.no_ctf and not (series.ctf_scale_factor[visible] != 0).any():
+            raise InputError(
+                f"particle {number} ({path.name}): rlnCtfScalefactor of tilt series {series.name} is 0 in "
+                "every visible frame: nothing to reconstruct (remove it from the table, or pass --no-ctf)",
+                particles_path,
+            )
+        if _check_particle_stack(path, row, series, int(image_sizes[0]), float(pixel_sizes[0])):
+            unset_pixel.append(path)
+    if unset_pixel:
+        warnings.warn(
+            ReconstructWarning(
+                f"{unset_pixel[0]}: the header's pixel size looks unset (0 or 1 Å), as in "
+                f"{len(unset_pixel)} of {len(image_paths)} particle stacks: rlnImagePixelSize "
+                f"{float(pixel_sizes[0]):g} Å is used"
+            ),
+            stacklevel=2,
+        )
+    used = {str(name): tomograms[str(name)] for name in particles["rlnTomoName"]}
+    _check_ctf_and_dose(used, args, tomograms_path)
+    if args.coordinate_pixel_size is not None and set(CENTERED_COLUMNS) <= set(particles.columns):
+        warnings.warn(
+            ReconstructWarning(
+                f"{particles_path}: --coordinate-pixel-size is not used: the positions are "
+                "rlnCenteredCoordinateX/Y/ZAngst (Å from the tomogram centre)"
+            ),
+            stacklevel=2,
+        )
     centered_a = particle_positions_centered_a(
         particles, tomograms, coordinate_pixel_size_a=args.coordinate_pixel_size
     )
@@ -320,7 +387,73 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
         ctf_premultiplied=bool(premultiplied[0]),
         angles_deg=angles_deg,
         centered_a=centered_a,
+        dose_filters=_series_dose_filters(
+            used, int(image_sizes[0]), float(pixel_sizes[0]), args, tomograms_path
+        ),
     )
+
+
+def _check_ctf_and_dose(tomograms: dict, args: argparse.Namespace, path: Path) -> None:
+    """Refuse defoci that cannot be Å (all below :data:`_MIN_DEFOCUS_A`) unless ``--no-ctf``, and doses
+    beyond :data:`_MAX_PRE_EXPOSURE` unless ``--no-dose-weighting``; warn about overfocus (negative defocus).
+
+    Raises:
+        InputError: naming the tomograms file ``path``, the tilt series and the problem.
+    """
+    import numpy as np
+
+    from aitom.errors import InputError
+
+    for name, series in tomograms.items():
+        exposure = float(series.pre_exposure_e_per_a2.max())
+        if not args.no_dose_weighting and exposure > _MAX_PRE_EXPOSURE:
+            raise InputError(
+                f"tilt series {name}: rlnMicrographPreExposure reaches {exposure:g} e⁻/Å², beyond "
+                f"{_MAX_PRE_EXPOSURE:g}: dose weighting would leave no signal (e⁻/nm² instead of e⁻/Å²?); "
+                "pass --no-dose-weighting to ignore the exposure",
+                path,
+            )
+        if args.no_ctf:
+            continue
+        defocus_a = np.concatenate((series.defocus_u_a, series.defocus_v_a))
+        if np.abs(defocus_a).max() < _MIN_DEFOCUS_A:
+            raise InputError(
+                f"tilt series {name}: every rlnDefocusU/V is below {_MIN_DEFOCUS_A:g} Å (largest "
+                f"{np.abs(defocus_a).max():g}): RELION writes defocus in Å (2 µm = 20000 Å); pass --no-ctf "
+                "if the CTF is unknown",
+                path,
+            )
+        overfocus = int((np.minimum(series.defocus_u_a, series.defocus_v_a) < 0).sum())
+        if overfocus:
+            warnings.warn(
+                ReconstructWarning(
+                    f"{path}: tilt series {name}: negative rlnDefocusU/V (overfocus) in {overfocus} of "
+                    f"{series.n_tilts} tilts; RELION's defocus is positive for underfocus: check the sign"
+                ),
+                stacklevel=2,
+            )
+
+
+def _series_dose_filters(
+    tomograms: dict, image_size: int, pixel_size_a: float, args: argparse.Namespace, path: Path
+) -> dict[str, torch.Tensor]:
+    """Per tilt series, its per-frame dose filter (:func:`_dose_filters`).
+
+    Raises:
+        InputError: naming the tomograms file ``path`` and the tilt series whose voltage the dose model
+            does not know.
+    """
+    from aitom.errors import InputError
+
+    filters = {}
+    for name, series in tomograms.items():
+        try:
+            filters[name] = _dose_filters(series, image_size, pixel_size_a, not args.no_dose_weighting)
+        except InputError as error:
+            raise InputError(
+                f"tilt series {name}: {error.problem} (pass --no-dose-weighting)", path
+            ) from None
+    return filters
 
 
 def _check_inside_tomograms(
@@ -359,10 +492,6 @@ def _reconstructions(
     from aitom.ops.reconstruction import finish_reconstruction, insert_for_reconstruction
 
     size, pixel = inputs.image_size, inputs.pixel_size_a
-    dose_filters = {
-        name: _dose_filters(series, size, pixel, not args.no_dose_weighting)
-        for name, series in inputs.tomograms.items()
-    }
     series_of = [inputs.tomograms[str(name)] for name in inputs.particles["rlnTomoName"]]
     for start in range(0, len(series_of), args.batch_size):
         batch = range(start, min(start + args.batch_size, len(series_of)))
@@ -372,7 +501,7 @@ def _reconstructions(
             for index in group:
                 series = series_of[index]
                 stack, visible = _read_particle_stack(
-                    inputs.image_paths[index], inputs.particles.iloc[index], n_tilts
+                    inputs.image_paths[index], inputs.particles.iloc[index], n_tilts, pixel
                 )
                 images.append(stack)
                 # per-tilt projection rotation: R (tomogram frame) or R A (particle frame, A: RELION's)
@@ -381,7 +510,7 @@ def _reconstructions(
                     tomogram_frame[-1] @ relion_angles_to_matrix(torch.tensor(inputs.angles_deg[index]))
                 )
                 # invisible frames get dose weight 0: they add nothing to data or weights
-                doses.append(dose_filters[series.name] * torch.tensor(visible).float()[:, None, None])
+                doses.append(inputs.dose_filters[series.name] * torch.tensor(visible).float()[:, None, None])
                 if not args.no_ctf:
                     ctfs.append(_particle_ctfs(series, inputs.centered_a[index : index + 1], size, pixel)[0])
             images_batch = torch.stack(images).to(device)
@@ -476,8 +605,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.coordinate_pixel_size is not None and not args.coordinate_pixel_size > 0:
-        raise InputError(f"--coordinate-pixel-size must be positive, got {args.coordinate_pixel_size}")
+    if args.coordinate_pixel_size is not None and not 0 < args.coordinate_pixel_size < float("inf"):
+        raise InputError(
+            "--coordinate-pixel-size must be a positive, finite number of Å, got "
+            f"{args.coordinate_pixel_size}"
+        )
     check_output_folder(args.out, args.overwrite)
     device = torch_device(args.device)
     inputs = _load_inputs(args)

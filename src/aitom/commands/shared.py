@@ -50,6 +50,21 @@ def _positive_angstrom(text: str) -> float:
     return value
 
 
+#: largest ``--seed``: numpy's limit, which Lightning's ``seed_everything`` and NumPy generators impose
+MAX_SEED = 2**32 - 1
+
+
+def seed_number(text: str) -> int:
+    """``--seed`` value: a whole number from 0 to :data:`MAX_SEED`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must lie in [0, {MAX_SEED}], got {text}")
+    return value
+
+
 def add_voxel_size_option(parser: argparse.ArgumentParser, what: str = "the input volumes") -> None:
     """``--voxel-size Å``: replaces the header's voxel size of ``what`` (for headers that leave it unset)."""
     parser.add_argument(
@@ -67,14 +82,21 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
 
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", out)
-    blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:
-        raise InputError(f"cannot be created: {blocking} is a file, not a folder", out)
+    refuse_path_under_a_file(out)
     working = Path.cwd().resolve()
     if out.resolve() == working or out.resolve() in working.parents:
         raise InputError("is the working directory or holds it: name a new folder for the output", out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError("exists and is not empty; pass --overwrite to replace it", out)
+
+
+def refuse_path_under_a_file(out: Path) -> None:
+    """Refuse an output path one of whose parent folders is a file (it could never be created)."""
+    from aitom.errors import InputError
+
+    blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise InputError(f"cannot be created: {blocking} is a file, not a folder", out)
 
 
 @contextmanager
@@ -191,9 +213,9 @@ def refuse_outputs_over_inputs(outputs: list[Path], inputs: list[Path | None]) -
 
 
 def check_volume_output(output: Path, source: Path, overwrite: bool) -> None:
-    """Refuse an output volume path before any work: one that exists (without ``overwrite``), a name that
-    is not an MRC file's (``OUT.tif`` would hold MRC data), or the input ``source`` itself (``--overwrite``
-    would replace the data with its filtered or converted copy).
+    """Refuse an output volume path before any work: one that exists (without ``overwrite``), one under a
+    file, a name that is not an MRC file's (``OUT.tif`` would hold MRC data), or the input ``source`` itself
+    (``--overwrite`` would replace the data with its filtered or converted copy).
 
     Raises:
         InputError: naming ``output`` and the problem.
@@ -202,6 +224,7 @@ def check_volume_output(output: Path, source: Path, overwrite: bool) -> None:
     from aitom.io import check_output_path
 
     check_output_path(output, overwrite)
+    refuse_path_under_a_file(output)
     name = output.name.lower().removesuffix(".gz")
     if not name.endswith(MRC_OUTPUT_SUFFIXES):
         raise InputError(

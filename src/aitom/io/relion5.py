@@ -270,6 +270,14 @@ def read_tomograms_star(path: str | Path) -> dict[str, TiltSeriesGeometry]:
         _check_projections(matrices, name, tilts_path)
         if "rlnMicrographPreExposure" in tilts.columns and (tilts["rlnMicrographPreExposure"] < 0).any():
             raise InputError(f"data_{name} rlnMicrographPreExposure: negative dose (e⁻/Å²)", tilts_path)
+        scale = _per_tilt(tilts, "rlnCtfScalefactor", 1.0)
+        if (scale < 0).any():
+            row = int(np.argmax(scale < 0))
+            raise InputError(
+                f"data_{name} rlnCtfScalefactor: {scale[row]:g} (row {row + 1}) is negative: it weights the "
+                "tilt's CTF, 0 to 1",
+                tilts_path,
+            )
         if "rlnTomoFrameCount" in global_table.columns and int(row["rlnTomoFrameCount"]) != len(tilts):
             raise InputError(
                 f"tilt series {name}: rlnTomoFrameCount {int(row['rlnTomoFrameCount'])} but data_{name} "
@@ -284,7 +292,7 @@ def read_tomograms_star(path: str | Path) -> dict[str, TiltSeriesGeometry]:
             defocus_v_a=_per_tilt(tilts, "rlnDefocusV", 0.0),
             defocus_angle_deg=_per_tilt(tilts, "rlnDefocusAngle", 0.0),
             pre_exposure_e_per_a2=_per_tilt(tilts, "rlnMicrographPreExposure", 0.0),
-            ctf_scale_factor=_per_tilt(tilts, "rlnCtfScalefactor", 1.0),
+            ctf_scale_factor=scale,
             voltage_kv=float(row["rlnVoltage"]),
             cs_mm=float(row["rlnSphericalAberration"]),
             amplitude_contrast=float(row["rlnAmplitudeContrast"]),
@@ -392,13 +400,18 @@ def parse_visible_frames(text: object) -> np.ndarray:
     Raises:
         ValueError: not a list of 0 and 1.
     """
-    if isinstance(text, np.ndarray | list | tuple):
-        values = [int(value) for value in text]
-    else:
-        items = str(text).strip().strip("[]").split(",")
-        values = [int(item) for item in items if item.strip()]
+    items = (
+        list(text)
+        if isinstance(text, np.ndarray | list | tuple)
+        else str(text).strip().strip("[]").split(",")
+    )
+    problem = f"visible frames must be 0 or 1, got {text!r}"
+    try:
+        values = [int(item) for item in items if str(item).strip()]
+    except ValueError:
+        raise ValueError(problem) from None
     if any(value not in (0, 1) for value in values):
-        raise ValueError(f"visible frames must be 0 or 1, got {text!r}")
+        raise ValueError(problem)
     return np.asarray(values, dtype=bool)
 
 

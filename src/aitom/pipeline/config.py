@@ -17,6 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from aitom.commands.shared import MAX_SEED
 from aitom.errors import InputError
 
 __all__ = [
@@ -236,6 +237,8 @@ def validate_config(config: PipelineConfig) -> None:
     ):
         if value not in choices:
             fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
+    if not 0 <= config.seed <= MAX_SEED:
+        fail("seed", f"must lie in [0, {MAX_SEED}], got {config.seed}")
     if config.voxel_size_a is not None:
         positive("voxel_size_a", config.voxel_size_a)
     positive("denoise.sigma_voxels", config.denoise.sigma_voxels)
