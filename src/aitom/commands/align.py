@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         # the amplitude search band: 0.05 to 0.25 cycles/voxel, inside (0, --max-frequency]
         search_band=(min(0.05, args.max_frequency / 2), min(0.25, args.max_frequency)),
         max_frequency=args.max_frequency,
+        progress=True,
     )
     angles = [math.degrees(value) for value in result.angles_rad[0].tolist()]
     shift = result.shift_xyz[0].tolist()
