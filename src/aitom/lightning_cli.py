@@ -43,13 +43,31 @@ CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
 CUDA_ACCELERATORS = ("gpu", "cuda")
 
 
+class QuietWandbLogger(WandbLogger):
+    """Lightning's WandbLogger without the two warnings wandb prints on every run it starts: the ``anonymous``
+    argument (always passed, though wandb ignores it) is dropped, and the save folder is made when the run
+    starts (wandb warns "git root ... does not exist" otherwise), not before, so that an input error found
+    earlier leaves nothing behind."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            del self._wandb_init["anonymous"]
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None and self.save_dir:
+            Path(self.save_dir).mkdir(parents=True, exist_ok=True)
+        return super().experiment
+
+
 def default_logger_config() -> dict[str, Any]:
     """W&B in offline mode (online only when ``WANDB_MODE=online``; off with ``WANDB_MODE=disabled``), or a
     CSV logger without wandb."""
     if importlib.util.find_spec("wandb") is not None:
         mode = os.environ.get("WANDB_MODE", "offline")
         return {
-            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "class_path": "aitom.lightning_cli.QuietWandbLogger",
             "init_args": {
                 "project": "aitom",
                 "save_dir": OUTPUT_ROOT,
