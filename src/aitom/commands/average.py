@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aitom.commands.shared import add_voxel_size_option, seed_number
+from aitom.commands.shared import add_voxel_size_option, image_reference, relocated_names, seed_number
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,6 +30,15 @@ if TYPE_CHECKING:
 
 #: the rotational search band starts here (cycles/voxel): --max-frequency must lie above it
 _SEARCH_BAND_START = 0.05
+
+
+#: defaults of --max-classes and --merge-threshold (options of --classes auto only)
+_MAX_CLASSES = 6
+_MERGE_THRESHOLD = 0.9
+
+
+class AverageWarning(UserWarning):
+    """Odd but usable input to ``aitom average``: a particle diameter that makes the mask moot."""
 
 
 def _classes(text: str) -> int | str:
@@ -129,7 +139,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--invert-reference",
         choices=("auto", "yes", "no"),
-        default="auto",
         help="multiply --reference by -1? auto: when its centre-minus-surroundings contrast has the "
         "opposite sign from the mean subtomogram's (protein dark in one, bright in the other); yes/no force "
         "it (default auto)",
@@ -170,16 +179,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-classes",
         type=int,
-        default=6,
-        help="largest number of classes tried by 'auto', at least 2 (default 6)",
+        help=f"with --classes auto: largest number of classes tried, at least 2 (default {_MAX_CLASSES})",
     )
     parser.add_argument(
         "--merge-threshold",
         type=float,
-        default=0.9,
         help="with --classes auto: merge two classes when the estimated correlation of their noise-free "
         "structures (superposed class averages, corrected by each class's half-set reproducibility) is at "
-        "least this, dimensionless in (0, 1]; 0 disables merging (default 0.9)",
+        f"least this, dimensionless in (0, 1]; 0 disables merging (default {_MERGE_THRESHOLD:g})",
     )
     parser.add_argument(
         "--symmetry",
@@ -201,31 +208,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace an existing non-empty output folder (never one that holds the inputs)",
     )
-
-
-def image_reference(name: object, star: Path) -> tuple[Path, int | None, str]:
-    """Where a table's ``rlnImageName`` (or ``rlnCtfImage``) points: ``(path, index, label)``.
-
-    ``N@FILE`` names volume ``N`` (1-based) of a stack of volumes: ``index = N − 1``; a plain name gives
-    ``index = None``. Relative paths are resolved with :func:`aitom.io.relion5.resolve_relative` (beside the
-    STAR file when the file is there, else against the working directory). ``label`` is the name to quote
-    in messages (``N@path`` or ``path``).
-
-    Raises:
-        InputError: ``0@FILE`` (RELION's stack numbers start at 1).
-    """
-    from aitom.errors import InputError
-    from aitom.io.relion5 import resolve_relative
-
-    text = str(name).strip()
-    number, at, rest = text.partition("@")
-    index = None
-    if at and number.strip().isdigit():
-        index, text = int(number) - 1, rest.strip()
-        if index < 0:
-            raise InputError(f"{name!r}: stack positions N@FILE start at 1", star)
-    path = resolve_relative(text, star)
-    return path, index, str(path) if index is None else f"{index + 1}@{path}"
 
 
 def read_table_volume(
@@ -265,18 +247,22 @@ def _read_subtomograms(
     star: Path, voxel_size_override: float | None, class_numbers: list[int] | None = None
 ) -> tuple[pd.DataFrame, torch.Tensor, float]:
     """The particle table (only the rows of ``class_numbers`` when given), its subtomograms ``(N, S, S, S)``
-    and their voxel size (Å).
+    and their voxel size (Å). The subtomograms' header warnings (an unset voxel size...) are collapsed
+    into one line, naming the first file and how many warned.
 
     Raises:
         InputError: fewer than 2 particles (in the classes asked for), no rlnClassNumber column to select
-            from, a volume that is missing, unreadable, not cubic, constant (nothing to align) or of another
-            size or voxel size than the first.
+            from, a volume that is missing, unreadable, not cubic, constant (nothing to align), without a
+            voxel size (0 in its header) or of another size or voxel size than the first, or one listed
+            twice (the same file, or another file with the same voxels).
     """
+    import hashlib
+
     import pandas as pd
     import torch
 
     from aitom.errors import InputError
-    from aitom.io import read_particles
+    from aitom.io import HeaderWarning, read_particles
 
     table = read_particles(star, require=("rlnImageName",))
     if len(table) == 0:
@@ -300,29 +286,77 @@ def _read_subtomograms(
             )
     if len(table) < 2:
         raise InputError("need at least 2 particles to average", star)
-    volumes, voxel_size_a, stacks = [], None, {}
-    for name in table["rlnImageName"]:
-        volume, voxel, label = read_table_volume(name, star, voxel_size_override, stacks)
-        if volumes and volume.shape != volumes[0].shape:
-            raise InputError(
-                f"size {tuple(volume.shape)} differs from the first particle's {tuple(volumes[0].shape)}",
-                label,
-            )
-        if len(set(volume.shape)) != 1:
-            raise InputError(f"subtomogram must be cubic, got {tuple(volume.shape)}", label)
-        if float(volume.max()) == float(volume.min()):
-            raise InputError(
-                f"subtomogram is constant ({float(volume[0, 0, 0]):g} everywhere): nothing to align", label
-            )
-        if voxel_size_a is not None and abs(voxel[0] - voxel_size_a) > 1e-3 * voxel_size_a:
-            raise InputError(
-                f"voxel size {voxel[0]:g} Å differs from the first particle's "
-                f"{voxel_size_a:g} Å (rescale the subtomograms to one voxel size)",
-                label,
-            )
-        volumes.append(volume)
-        voxel_size_a = voxel_size_a or voxel[0]
+    volumes, voxel_size_a, stacks, seen = [], None, {}, {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", HeaderWarning)
+        for row, name in enumerate(table["rlnImageName"], start=1):
+            volume, voxel, label = read_table_volume(name, star, voxel_size_override, stacks)
+            _check_subtomogram(volume, voxel[0], label, volumes[0] if volumes else None, voxel_size_a)
+            digest = hashlib.sha1(volume.numpy().tobytes()).hexdigest()
+            if digest in seen:
+                first_row, first_label = seen[digest]
+                what = (
+                    label
+                    if label == first_label
+                    else f"subtomograms of equal voxels ({first_label}, {label})"
+                )
+                raise InputError(
+                    f"rows {first_row} and {row} name {what}: a particle counted twice inflates the half-set "
+                    "FSC; remove the duplicate",
+                    star,
+                )
+            seen[digest] = (row, label)
+            volumes.append(volume)
+            voxel_size_a = voxel_size_a or voxel[0]
+    header_warnings = [warning for warning in caught if issubclass(warning.category, HeaderWarning)]
+    for warning in caught:
+        if warning not in header_warnings:
+            warnings.warn(warning.message, stacklevel=2)
+    if header_warnings:  # one line, not one per particle
+        also = (
+            f" (as in {len(header_warnings)} of {len(table)} subtomograms)"
+            if len(header_warnings) > 1
+            else ""
+        )
+        warnings.warn(HeaderWarning(f"{header_warnings[0].message}{also}"), stacklevel=2)
     return table, torch.stack(volumes), float(voxel_size_a)
+
+
+def _check_subtomogram(
+    volume: torch.Tensor,
+    voxel_size_a: float,
+    label: str,
+    first: torch.Tensor | None,
+    first_voxel_size_a: float | None,
+) -> None:
+    """Refuse a subtomogram that is not cubic, constant, without a voxel size, or of another size or voxel
+    size than the first particle's (``first``, ``first_voxel_size_a``; None for the first itself).
+
+    Raises:
+        InputError: naming ``label`` (the file, or ``N@STACK``) and the problem.
+    """
+    from aitom.errors import InputError
+
+    if first is not None and volume.shape != first.shape:
+        raise InputError(
+            f"size {tuple(volume.shape)} differs from the first particle's {tuple(first.shape)}", label
+        )
+    if len(set(volume.shape)) != 1:
+        raise InputError(f"subtomogram must be cubic, got {tuple(volume.shape)}", label)
+    if float(volume.max()) == float(volume.min()):
+        raise InputError(
+            f"subtomogram is constant ({float(volume[0, 0, 0]):g} everywhere): nothing to align", label
+        )
+    if not voxel_size_a > 0:
+        raise InputError(
+            f"voxel size {voxel_size_a:g} Å in the header is not positive; pass --voxel-size", label
+        )
+    if first_voxel_size_a is not None and abs(voxel_size_a - first_voxel_size_a) > 1e-3 * first_voxel_size_a:
+        raise InputError(
+            f"voxel size {voxel_size_a:g} Å differs from the first particle's "
+            f"{first_voxel_size_a:g} Å (rescale the subtomograms to one voxel size)",
+            label,
+        )
 
 
 def _fourier_weights(table: pd.DataFrame, star: Path, volumes: torch.Tensor) -> torch.Tensor:
@@ -399,12 +433,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--annealing-iterations must be 0 or at least 2, got {args.annealing_iterations}")
     if args.starts < 1:
         raise InputError(f"--starts must be >= 1, got {args.starts}")
-    if not 0.0 <= args.merge_threshold <= 1.0:
-        raise InputError(f"--merge-threshold must be in [0, 1] (0: no merging), got {args.merge_threshold}")
-    if args.classes == "auto" and args.max_classes < 2:
-        raise InputError(f"--max-classes must be >= 2 with --classes auto, got {args.max_classes}")
-    if args.particle_diameter is not None and not args.particle_diameter > 0:
-        raise InputError(f"--particle-diameter must be > 0 Å, got {args.particle_diameter}")
+    for option, value in (("--max-classes", args.max_classes), ("--merge-threshold", args.merge_threshold)):
+        if value is not None and args.classes != "auto":
+            raise InputError(f"{option} works with --classes auto only (it would be ignored)")
+    max_classes = _MAX_CLASSES if args.max_classes is None else args.max_classes
+    merge_threshold = _MERGE_THRESHOLD if args.merge_threshold is None else args.merge_threshold
+    if not 0.0 <= merge_threshold <= 1.0:
+        raise InputError(f"--merge-threshold must be in [0, 1] (0: no merging), got {merge_threshold}")
+    if max_classes < 2:
+        raise InputError(f"--max-classes must be >= 2 with --classes auto, got {max_classes}")
+    if args.particle_diameter is not None and not 0 < args.particle_diameter < math.inf:
+        raise InputError(
+            f"--particle-diameter must be a positive, finite number of Å, got {args.particle_diameter}"
+        )
     try:
         point_group_order(args.symmetry)
     except InputError as error:
@@ -429,6 +470,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("reference not found", args.reference)
     elif args.lowpass is not None:
         raise InputError("--lowpass is the low-pass of --reference: give a --reference")
+    elif args.invert_reference is not None:
+        raise InputError("--invert-reference inverts --reference: give a --reference")
     if args.method == "faml" or args.classes != 1:
         if args.method == "faml" and args.classes == "auto":
             raise InputError("--classes auto works with --method align only: give FAML a number of classes")
@@ -458,6 +501,8 @@ def run(args: argparse.Namespace) -> int:
             f"--max-frequency {args.max_frequency:g} cycles/voxel is below the first Fourier shell of the "
             f"{shape[0]}³ subtomograms (1/{shape[0]} = {1 / shape[0]:.3g}): nothing to align"
         )
+    if args.particle_diameter is not None:
+        _check_particle_diameter(args.particle_diameter, voxel_size_a, shape[0])
     use_ctf_weights = args.fourier_weights == "auto" and "rlnCtfImage" in table.columns
     if use_ctf_weights:
         mask = _fourier_weights(table, args.particles, volumes).to(device)
@@ -534,8 +579,8 @@ def run(args: argparse.Namespace) -> int:
             volumes,
             mask,
             n_classes=None if args.classes == "auto" else args.classes,
-            max_classes=args.max_classes,
-            merge_threshold=args.merge_threshold or None,
+            max_classes=max_classes,
+            merge_threshold=merge_threshold or None,
             rounds=args.iterations,
             symmetry=args.symmetry,
             voxel_size_a=voxel_size_a,
@@ -564,7 +609,7 @@ def run(args: argparse.Namespace) -> int:
             result.frequency,
         )
 
-    out_table = _relocated_names(table, args.particles, args.out)
+    out_table = relocated_names(table, args.particles, args.out)
     angles = torch.rad2deg(alignment.angles_rad).cpu().double().numpy()
     shifts = alignment.shift_xyz.cpu().double().numpy()
     for column, values in zip(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), angles.T):
@@ -611,6 +656,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_particle_diameter(diameter_a: float, voxel_size_a: float, box: int) -> None:
+    """Warn (one line) when ``--particle-diameter`` makes a mask that masks nothing (wider than the box) or
+    hides the particle (under 2 voxels): a diameter in another unit (nm, voxels)?"""
+    box_a = box * voxel_size_a
+    if diameter_a > box_a:
+        effect = f"wider than the {box}³ box ({box_a:g} Å): the mask leaves the box almost whole"
+    elif diameter_a < 2 * voxel_size_a:
+        effect = f"under 2 voxels ({voxel_size_a:g} Å each): the mask hides almost all of the particle"
+    else:
+        return
+    warnings.warn(
+        AverageWarning(f"--particle-diameter {diameter_a:g} Å is {effect} (is it in Å?)"), stacklevel=3
+    )
+
+
 def _initial_reference(
     args: argparse.Namespace, volumes: torch.Tensor, voxel_size_a: float
 ) -> tuple[torch.Tensor, dict]:
@@ -640,7 +700,7 @@ def _initial_reference(
         raise InputError(f"the reference is constant after the {lowpass_a:g} Å low-pass", args.reference)
     reference_contrast = float(centre_contrast(reference))
     data_contrast = float(centre_contrast(volumes.mean(dim=0)))
-    if args.invert_reference == "auto":
+    if args.invert_reference in (None, "auto"):
         invert = reference_contrast * data_contrast < 0
     else:
         invert = args.invert_reference == "yes"
@@ -657,26 +717,6 @@ def _initial_reference(
         "reference_lowpass_a": lowpass_a,
         "reference_inverted": invert,
     }
-
-
-def _relocated_names(table: pd.DataFrame, star: Path, out: Path) -> pd.DataFrame:
-    """A copy of ``table`` whose ``rlnImageName`` and ``rlnCtfImage`` name the same files from the output
-    folder ``out`` (where the new particles.star goes) as they did from the input ``star``: relative to
-    ``out``, keeping an ``N@`` stack prefix."""
-    import os
-
-    table = table.copy()
-    folder = out.resolve()
-    for column in ("rlnImageName", "rlnCtfImage"):
-        if column not in table.columns:
-            continue
-        names = []
-        for name in table[column]:
-            path, index, _ = image_reference(name, star)
-            relative = os.path.relpath(path.resolve(), folder)
-            names.append(relative if index is None else f"{index + 1}@{relative}")
-        table[column] = names
-    return table
 
 
 def _plot_fsc(report: dict, path: Path) -> None:

@@ -3,17 +3,29 @@
 Boxes of ``--size`` voxels are centred on the table's ``rlnCoordinateX/Y/Z`` (voxels; the centre lands on
 voxel ``size // 2`` of the box) and read from a memory map, so the tomogram is never loaded whole. Writes
 DIR/subtomograms/NNNNNN.mrc (the tomogram's voxel size) and DIR/particles.star: the input table (every
-column kept) with ``rlnImageName`` pointing at the subtomograms, ready for ``aitom average`` or a
-``StarSubtomogramDataModule``.
+column kept; an ``rlnCtfImage`` renamed to find the same files from DIR) with ``rlnImageName`` pointing at the
+subtomograms, ready for ``aitom average`` or a ``StarSubtomogramDataModule``. Particles that share a box
+centre, and boxes of one value (outside the reconstructed region), are warned about in one line each.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 #: smallest box worth extracting, voxels
 MIN_BOX_VOXELS = 4
+
+
+class ExtractWarning(UserWarning):
+    """Odd but usable input to ``aitom extract``: particles sharing a box centre, boxes of one value."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -88,17 +100,47 @@ def _with_coordinate_pixel_size(table, optics, pixel_size_a: float, star: Path):
     return optics
 
 
-def _output_table(table, names: list[str], coordinates_xyz, conversion: str | None):
+def _warn_about_duplicates(coordinates_xyz: np.ndarray, star: Path) -> None:
+    """Warn (one line) when particles round to the same box centre: their subtomograms would be identical,
+    and averaged together they inflate the half-set FSC."""
+    import numpy as np
+
+    from aitom.ops.extraction import nearest_voxel
+
+    centres = nearest_voxel(coordinates_xyz)
+    _, first_of, counts = np.unique(centres, axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        repeated = centres[first_of[counts > 1][0]]
+        warnings.warn(
+            ExtractWarning(
+                f"{star}: {int((counts - 1).sum())} of {len(centres)} particles repeat the box centre of "
+                f"another (first: (x, y, z) {tuple(int(v) for v in repeated)}): their subtomograms are "
+                "identical (a table concatenated twice?)"
+            ),
+            stacklevel=3,
+        )
+
+
+def _output_table(
+    table: pd.DataFrame,
+    names: list[str],
+    coordinates_xyz: np.ndarray,
+    conversion: str | None,
+    star: Path,
+    out: Path,
+) -> pd.DataFrame:
     """The input table with ``rlnImageName`` and the positions in voxels of the tomogram.
 
     ``rlnCoordinateX/Y/Z`` become the box centres (voxels, the DESIGN convention). When the positions were
     converted (RELION 5 / RELION 4 tables), the ``rlnOriginX/Y/ZAngst`` shifts were applied to them, so the
     particles sit at the box centres: the shifts are reset to 0 (kept, a reader would apply them twice).
-    ``rlnTomoVisibleFrames`` is written back as RELION's ``[1,0,...]`` text.
+    ``rlnTomoVisibleFrames`` is written back as RELION's ``[1,0,...]`` text. An ``rlnCtfImage`` column (read
+    beside the input ``star``) is rewritten to name the same files from the output folder ``out``.
     """
+    from aitom.commands.shared import relocated_names
     from aitom.io.relion5 import format_visible_frames
 
-    table = table.copy()
+    table = relocated_names(table, star, out, columns=("rlnCtfImage",))
     table["rlnImageName"] = names
     for axis, column in enumerate(("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")):
         table[column] = coordinates_xyz[:, axis]
@@ -134,10 +176,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.size < MIN_BOX_VOXELS:
         raise InputError(f"--size must be at least {MIN_BOX_VOXELS} voxels, got {args.size}")
-    if args.voxel_size is not None and args.voxel_size <= 0:
-        raise InputError(f"--voxel-size must be positive (Å), got {args.voxel_size}")
-    if args.coordinate_pixel_size is not None and not args.coordinate_pixel_size > 0:
-        raise InputError(f"--coordinate-pixel-size must be positive (Å), got {args.coordinate_pixel_size}")
+    for option, value in (
+        ("--voxel-size", args.voxel_size),
+        ("--coordinate-pixel-size", args.coordinate_pixel_size),
+    ):
+        if value is not None and not 0 < value < math.inf:
+            raise InputError(f"{option} must be a positive, finite number of Å, got {value}")
     check_output_folder(args.out, args.overwrite)
     refuse_inputs_inside(args.out, [args.tomogram, args.particles])
     table, optics = read_particle_table(args.particles)
@@ -150,19 +194,21 @@ def run(args: argparse.Namespace) -> int:
     shape_zyx = np.array(tomogram.shape)
     if args.size > shape_zyx.min():
         raise InputError(
-            f"--size {args.size} is larger than the tomogram's smallest side ({tuple(shape_zyx)} voxels)",
+            f"--size {args.size} is larger than the tomogram's smallest side "
+            f"({' × '.join(map(str, shape_zyx.tolist()))} voxels, z × y × x)",
             args.tomogram,
         )
     voxel_size_a = float(header.voxel_size_a[0])
+    if not voxel_size_a > 0:  # written to every subtomogram: refused before any work
+        raise InputError(
+            f"voxel size {voxel_size_a:g} Å in the header is not positive; pass --voxel-size", args.tomogram
+        )
     try:
-        with np.errstate(divide="ignore", invalid="ignore"):  # an unset voxel size is refused just below
-            coordinates_xyz, conversion = tomogram_voxel_positions(
-                table, optics, shape_zyx[::-1], voxel_size_a
-            )
+        coordinates_xyz, conversion = tomogram_voxel_positions(table, optics, shape_zyx[::-1], voxel_size_a)
     except InputError as error:
         raise InputError(error.problem, args.particles) from None
     if conversion is not None:
-        if args.voxel_size is None and (voxel_size_a <= 0 or voxel_size_a == 1.0):
+        if args.voxel_size is None and voxel_size_a == 1.0:
             raise InputError(
                 f"positions in Å need the tomogram's voxel size, but its header says {voxel_size_a:g} Å: "
                 "pass --voxel-size",
@@ -179,7 +225,10 @@ def run(args: argparse.Namespace) -> int:
             "are the coordinates in voxels of this tomogram?",
             args.particles,
         )
+    _warn_about_duplicates(coordinates_xyz, args.particles)
     names = [f"subtomograms/{index:06d}.mrc" for index in range(len(table))]
+    output = _output_table(table, names, coordinates_xyz, conversion, args.particles, args.out)
+    constant = []
     with output_folder(args.out) as folder:
         for index in tqdm(range(len(table)), desc="extract", unit="particle"):
             box = extract_subvolumes(
@@ -191,12 +240,24 @@ def run(args: argparse.Namespace) -> int:
                     f"{tuple(round(float(v), 1) for v in coordinates_xyz[index])}",
                     args.tomogram,
                 )
+            if float(box.max()) == float(box.min()):
+                constant.append(index)
             if args.invert:
                 box = -box
             if args.normalise:
                 box = (box - box.mean()) / box.std().clamp_min(1e-12)
             write_volume(folder / names[index], box, voxel_size_a)
-        write_particles(folder / "particles.star", _output_table(table, names, coordinates_xyz, conversion))
+        write_particles(folder / "particles.star", output)
+    if constant:
+        centre = tuple(round(float(v), 1) for v in coordinates_xyz[constant[0]])
+        warnings.warn(
+            ExtractWarning(
+                f"{args.tomogram}: {len(constant)} of {len(table)} boxes hold one value only (first: "
+                f"particle {constant[0] + 1} at (x, y, z) {centre}): outside the reconstructed region? "
+                "`aitom average` refuses such subtomograms"
+            ),
+            stacklevel=2,
+        )
     first = nearest_voxel(coordinates_xyz) - args.size // 2
     touching = ((first < 0) | (first + args.size > shape_zyx[::-1])).any(axis=1)
     note = f" ({int(touching.sum())} boxes cross the border, {args.padding}-padded)" if touching.any() else ""

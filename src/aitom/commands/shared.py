@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
 
 
@@ -320,3 +321,50 @@ def reference_on_grid(
         stacklevel=2,
     )
     return resampled
+
+
+def image_reference(name: object, star: Path) -> tuple[Path, int | None, str]:
+    """Where a table's ``rlnImageName`` (or ``rlnCtfImage``) points: ``(path, index, label)``.
+
+    ``N@FILE`` names volume ``N`` (1-based) of a stack of volumes: ``index = N − 1``; a plain name gives
+    ``index = None``. Relative paths are resolved with :func:`aitom.io.relion5.resolve_relative` (beside the
+    STAR file when the file is there, else against the working directory). ``label`` is the name to quote
+    in messages (``N@path`` or ``path``).
+
+    Raises:
+        InputError: ``0@FILE`` (RELION's stack numbers start at 1).
+    """
+    from aitom.errors import InputError
+    from aitom.io.relion5 import resolve_relative
+
+    text = str(name).strip()
+    number, at, rest = text.partition("@")
+    index = None
+    if at and number.strip().isdigit():
+        index, text = int(number) - 1, rest.strip()
+        if index < 0:
+            raise InputError(f"{name!r}: stack positions N@FILE start at 1", star)
+    path = resolve_relative(text, star)
+    return path, index, str(path) if index is None else f"{index + 1}@{path}"
+
+
+def relocated_names(
+    table: pd.DataFrame, star: Path, out: Path, columns: tuple[str, ...] = ("rlnImageName", "rlnCtfImage")
+) -> pd.DataFrame:
+    """A copy of ``table`` whose ``columns`` (file names) name the same files from the output folder ``out``
+    (where the new particles.star goes) as they did from the input ``star``: relative to ``out``, keeping an
+    ``N@`` stack prefix."""
+    import os
+
+    table = table.copy()
+    folder = out.resolve()
+    for column in columns:
+        if column not in table.columns:
+            continue
+        names = []
+        for name in table[column]:
+            path, index, _ = image_reference(name, star)
+            relative = os.path.relpath(path.resolve(), folder)
+            names.append(relative if index is None else f"{index + 1}@{relative}")
+        table[column] = names
+    return table

@@ -76,7 +76,8 @@ def wedge_compensated_average(
     Args:
         volumes: ``(P, S, S, S)`` subtomograms; rotations ``(P, 3, 3)``, shifts_xyz ``(P, 3)``: their poses.
         mask: centred Fourier mask ``(S, S, S)`` shared by all or ``(P, S, S, S)``; None: fully observed.
-        weights: ``(P,)`` non-negative weights (class memberships); None: all 1.
+        weights: ``(P,)`` non-negative weights (class memberships); None: all 1. All zero (an empty class):
+            the average is zero.
         wiener_floor: the coverage is floored at this fraction of ``Σ weights`` before dividing.
         batch_size: subtomograms transformed at once (memory).
         symmetry_rotations: ``(K, 3, 3)`` point-group rotations about the box centre (identity included), or
@@ -123,7 +124,8 @@ def wedge_compensated_average(
     if symmetry_rotations is not None:
         spectrum_sum = fftn_centered(symmetrize_volume(ifftn_centered(spectrum_sum).real, symmetry_rotations))
         coverage = symmetrize_volume(coverage, symmetry_rotations)
-    total = weights.sum().clamp(min=torch.finfo(volumes.dtype).tiny)
+    # all-zero weights (an empty class): a zero average, the floored denominator a normal number (not 0/0)
+    total = weights.sum().clamp(min=torch.finfo(volumes.dtype).tiny / wiener_floor)
     denominator = coverage.clamp(min=wiener_floor * total)
     average = ifftn_centered(spectrum_sum / denominator).real
     return average, coverage / total

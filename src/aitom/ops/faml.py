@@ -142,7 +142,8 @@ def faml_average(
     """FAML expectation-maximisation over per-subtomogram candidate transformations.
 
     Starts from :func:`aitom.ops.averaging.reference_free_average` (``initial_iterations``); with several
-    classes the initial models are averages of random subsets under those poses.
+    classes the initial models are averages of random subsets under those poses (none empty: when a draw
+    leaves a class empty, a random partition into classes of equal size ±1 replaces it).
 
     Args:
         volumes: ``(P, S, S, S)`` subtomograms.
@@ -193,9 +194,12 @@ def faml_average(
     if n_classes == 1:
         models = start.average[None]
     else:
-        subset = torch.randint(
-            n_classes, (n,), generator=generator, device=generator.device if generator else None
-        )
+        draw_device = generator.device if generator else None
+        subset = torch.randint(n_classes, (n,), generator=generator, device=draw_device)
+        if int(torch.bincount(subset, minlength=n_classes).min()) == 0:
+            # a class drawn empty would start as a zero map and never win a particle: a random partition
+            # into classes of equal size (±1) instead
+            subset = torch.randperm(n, generator=generator, device=draw_device) % n_classes
         subset = subset.to(device)
         models = torch.stack(
             [
