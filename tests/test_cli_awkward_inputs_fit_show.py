@@ -4,7 +4,10 @@ and the problem, and no output written or replaced."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mrcfile
@@ -300,6 +303,23 @@ def test_an_input_error_found_at_data_setup_leaves_no_offline_wandb_run(star_dat
     err = capsys.readouterr().err
     assert "aitom: error:" in err and "rlnClassNumber must be a whole number" in err, err
     assert "Run data is saved locally" in err and "wandb: WARNING" not in err, err
+    assert not (folder.parent / "outputs").exists()
+
+
+def test_an_input_error_with_wandb_disabled_leaves_no_output_folder(star_data):
+    """With WANDB_MODE=disabled the same error left an empty outputs/ (in a new process: wandb reads the mode
+    once per process)."""
+    folder = star_data.parent
+    star = _table(folder / "bad.star", ["v0.mrc", "v1.mrc"], [1.5, 2])
+    config = _config(folder.parent, _star(train_star=str(star), val_star=str(star_data)))
+    default_logger = yaml.safe_load(config.read_text())
+    del default_logger["trainer"]["logger"]
+    config.write_text(yaml.safe_dump(default_logger))
+    environment = {**os.environ, "WANDB_MODE": "disabled"}
+    command = [sys.executable, "-m", "aitom", "fit", "--config", str(config)]
+    finished = subprocess.run(command, cwd=folder.parent, env=environment, capture_output=True, text=True)
+    assert finished.returncode == 2, finished.stderr
+    assert "rlnClassNumber must be a whole number" in finished.stderr
     assert not (folder.parent / "outputs").exists()
 
 

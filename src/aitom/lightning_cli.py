@@ -245,23 +245,30 @@ def discard_offline_wandb_runs(trainer: Trainer) -> None:
     """Close and delete the offline W&B runs ``trainer`` opened, with the links and folders W&B made for them.
 
     Lightning opens the run before it sets up the data, so an input error found there would otherwise leave a
-    run folder of nothing behind. Online runs are left alone: they are already on the server.
+    run folder of nothing behind (and, with ``WANDB_MODE=disabled``, an empty save folder). Online runs are
+    left alone: they are on the server already.
     """
     for logger in trainer.loggers:
         run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
-        if run is None or getattr(run.settings, "mode", "offline") == "online":
+        mode = None if run is None else getattr(run.settings, "mode", None)
+        if run is None or mode == "online":
             continue
-        run_folder = Path(run.dir).parent
-        with contextlib.redirect_stderr(io.StringIO()):  # no "wandb sync" advice for a run about to go
-            run.finish(exit_code=2)
-        shutil.rmtree(run_folder, ignore_errors=True)
-        folder = run_folder.parent
-        for link in folder.glob("*"):
-            if link.is_symlink() and not link.exists():  # latest-run, debug.log... pointing into the run
-                link.unlink()
         save_dir = Path(logger.save_dir or OUTPUT_ROOT).resolve()
-        folder = folder.resolve()
-        while (folder == save_dir or save_dir in folder.parents) and not any(folder.iterdir()):
+        folder = save_dir
+        if mode in ("offline", "dryrun"):
+            run_folder = Path(run.dir).parent
+            with contextlib.redirect_stderr(io.StringIO()):  # no "wandb sync" advice for a run about to go
+                run.finish(exit_code=2)
+            shutil.rmtree(run_folder, ignore_errors=True)
+            folder = run_folder.parent.resolve()
+            for link in folder.glob("*"):
+                if link.is_symlink() and not link.exists():  # latest-run, debug.log... pointing into the run
+                    link.unlink()
+        while (
+            folder.is_dir()
+            and (folder == save_dir or save_dir in folder.parents)
+            and not any(folder.iterdir())
+        ):
             folder.rmdir()  # wandb/ and the save folder, when the run was all they held
             folder = folder.parent
 
