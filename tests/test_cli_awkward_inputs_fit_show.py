@@ -288,33 +288,36 @@ def test_bad_particle_tables_exit_2(star_data, capsys, names, classes, expected)
     assert not (folder.parent / "outputs" / "classify_rb3d").exists()
 
 
-def test_an_input_error_found_at_data_setup_leaves_no_offline_wandb_run(star_data, monkeypatch, capsys):
-    """Lightning opens the W&B run before it sets up the data, so a STAR table found bad there left
-    outputs/wandb/offline-run-*/ (and its links) behind, though the command exited 2. The run also started
-    with two wandb warnings (the anonymous argument Lightning passes, a git root that did not exist yet)."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    folder = star_data.parent
-    star = _table(folder / "bad.star", ["v0.mrc", "v1.mrc"], [1.5, 2])
-    config = _config(folder.parent, _star(train_star=str(star), val_star=str(star_data)))
-    with_logger = yaml.safe_load(config.read_text())
-    with_logger["trainer"]["logger"] = default_logger_config()
-    config.write_text(yaml.safe_dump(with_logger))
-    assert main(["fit", "--config", str(config)]) == 2
-    err = capsys.readouterr().err
-    assert "aitom: error:" in err and "rlnClassNumber must be a whole number" in err, err
-    assert "Run data is saved locally" in err and "wandb: WARNING" not in err, err
-    assert not (folder.parent / "outputs").exists()
-
-
-def test_an_input_error_with_wandb_disabled_leaves_no_output_folder(star_data):
-    """With WANDB_MODE=disabled the same error left an empty outputs/ (in a new process: wandb reads the mode
-    once per process)."""
+def _bad_table_config_with_the_default_logger(star_data: Path) -> Path:
+    """A config training on a table with class number 1.5 (found bad at data setup), logging with the CLI's
+    default logger (W&B as ``WANDB_MODE`` says)."""
     folder = star_data.parent
     star = _table(folder / "bad.star", ["v0.mrc", "v1.mrc"], [1.5, 2])
     config = _config(folder.parent, _star(train_star=str(star), val_star=str(star_data)))
     default_logger = yaml.safe_load(config.read_text())
     del default_logger["trainer"]["logger"]
     config.write_text(yaml.safe_dump(default_logger))
+    return config
+
+
+def test_an_input_error_found_at_data_setup_leaves_no_offline_wandb_run(star_data, monkeypatch, capsys):
+    """Lightning opens the W&B run before it sets up the data, so a STAR table found bad there left
+    outputs/wandb/offline-run-*/ (and its links) behind, though the command exited 2. The run also started
+    with two wandb warnings (the anonymous argument Lightning passes, a git root that did not exist yet)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = _bad_table_config_with_the_default_logger(star_data)
+    assert main(["fit", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "aitom: error:" in err and "rlnClassNumber must be a whole number" in err, err
+    assert "Run data is saved locally" in err and "wandb: WARNING" not in err, err
+    assert not (star_data.parent.parent / "outputs").exists()
+
+
+def test_an_input_error_with_wandb_disabled_leaves_no_output_folder(star_data):
+    """With WANDB_MODE=disabled the same error left an empty outputs/ (in a new process: wandb reads the mode
+    once per process)."""
+    folder = star_data.parent
+    config = _bad_table_config_with_the_default_logger(star_data)
     environment = {**os.environ, "WANDB_MODE": "disabled"}
     command = [sys.executable, "-m", "aitom", "fit", "--config", str(config)]
     finished = subprocess.run(command, cwd=folder.parent, env=environment, capture_output=True, text=True)
