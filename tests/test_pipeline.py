@@ -12,10 +12,12 @@ import torch
 from scipy import ndimage
 
 from aitom.cli import main as aitom
+from aitom.fourier import apply_missing_wedge
 from aitom.io import open_volume_mmap, read_particles, write_particles, write_volume
 from aitom.ops.pick_evaluation import evaluate_picks, match_picks
+from aitom.ops.wedge_estimation import TiltAxisWarning
 from aitom.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
-from aitom.pipeline.steps import denoise_tiled, pick_particles
+from aitom.pipeline.steps import denoise_tiled, estimate_tilt_range, pick_particles
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: fast settings for a 48 × 96 × 96 tomogram at 10 Å with 160 Å particles
@@ -375,3 +377,16 @@ def test_report_lists_the_structural_correlations_of_the_classes(tmp_path):
     assert html.count("<tr>") == 8  # steps: header + 1; classes: header + 2; correlations: header + 2
     assert "<td>0.73</td>" in html
     assert (count_of(1, "class"), count_of(2, "particle")) == ("1 class", "2 particles")
+
+
+def test_a_tomogram_tilted_about_x_is_warned_about_naming_the_file():
+    """The pipeline's wedge is about Y; a tomogram tilted about X used to get a Y-axis range silently."""
+    noise = torch.randn(32, 32, 32, generator=torch.Generator().manual_seed(0))
+    tilted_about_x = apply_missing_wedge(noise.transpose(-1, -2), -50, 50).transpose(-1, -2).numpy()
+    with pytest.warns(TiltAxisWarning, match=r"^T\.mrc: the spectrum fits tilt axis X .* about Y"):
+        estimate_tilt_range(tilted_about_x, PipelineConfig(), Path("T.mrc"))
+    tilted_about_y = apply_missing_wedge(noise, -50, 50).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TiltAxisWarning)
+        (low, high), source = estimate_tilt_range(tilted_about_y, PipelineConfig(), Path("T.mrc"))
+    assert source == "estimated" and abs(low + 50) <= 3 and abs(high - 50) <= 3

@@ -1,16 +1,18 @@
 """``aitom convert IN OUT.mrc [--voxel-size Å] [--invert] [--overwrite]``: TIFF or MRC volume -> float32 MRC.
 
-TIFF input (tifffile): a multi-page TIFF or one 3-D page, read as ``(Z, Y, X)``. The voxel size comes from
-``--voxel-size`` when given; otherwise from the TIFF when it carries a complete one: an ImageJ TIFF with a
-length ``unit`` (Å, nm, µm, mm), the ``XResolution`` / ``YResolution`` tags (pixels per unit) and the
-``spacing`` entry (Z step, in the unit). Without ``spacing`` or unit the TIFF carries no Z step and
-``--voxel-size`` is required. MRC input (``.mrc``, ``.map``, ``.rec``, ``.mrcs`` ..., optionally ``.gz``):
-re-written as float32 with the header voxel size, or ``--voxel-size`` to correct it.
+TIFF input (tifffile): a multi-page TIFF (pages of one size) or one 3-D page, read as ``(Z, Y, X)``; colour
+(RGB) TIFFs are refused. The voxel size comes from ``--voxel-size`` when given; otherwise from the TIFF when
+it carries a complete one: an ImageJ TIFF with a length ``unit`` (Å, nm, µm, mm), the ``XResolution`` /
+``YResolution`` tags (pixels per unit) and the ``spacing`` entry (Z step, in the unit). Without ``spacing``
+or unit the TIFF carries no Z step and ``--voxel-size`` is required. MRC input (``.mrc``, ``.map``, ``.rec``,
+``.mrcs`` ..., optionally ``.gz``): re-written as float32 with the header voxel size, or ``--voxel-size`` to
+correct it.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 #: length units ImageJ writes in its ``unit`` entry -> Å
@@ -18,13 +20,17 @@ _UNIT_TO_A = {
     "a": 1.0,
     "å": 1.0,
     "angstrom": 1.0,
+    "ångström": 1.0,
     "nm": 10.0,
     "nanometer": 10.0,
+    "nanometre": 10.0,
     "um": 1e4,
     "µm": 1e4,
     "μm": 1e4,
     "micron": 1e4,
     "microns": 1e4,
+    "micrometer": 1e4,
+    "micrometre": 1e4,
     "mm": 1e7,
 }
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -73,26 +79,42 @@ def read_tiff_volume(path: Path) -> tuple[object, tuple[float, float, float] | N
     try:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
-            array = np.asarray(series.asarray())
-            if array.ndim == 2 and len(tiff.pages) > 1:  # pages written one by one, each its own series
+            axes = series.axes
+            if len(series.shape) == 2 and len(tiff.pages) > 1:  # pages written one by one, each a series
+                _check_page_sizes(tiff, path)
                 array = np.asarray(tiff.asarray(key=range(len(tiff.pages))))
+                axes = "I" + axes
+            else:
+                array = np.asarray(series.asarray())
             metadata = tiff.imagej_metadata or {}
             page = tiff.pages[0]
             resolution = [
                 page.tags[name].value for name in ("XResolution", "YResolution") if name in page.tags
             ]
+    except InputError:
+        raise
     except (tifffile.TiffFileError, OSError, ValueError, IndexError) as error:
         raise InputError(f"not a readable TIFF file ({error})", path) from None
+    samples = array.shape[axes.index("S")] if "S" in axes else 1
+    if samples > 1:
+        raise InputError(
+            f"is a colour image ({samples} samples per pixel, axes {axes}), not a greyscale volume: "
+            "save it as a greyscale stack (e.g. Fiji: Image > Type > 32-bit)",
+            path,
+        )
+    stored_shape = array.shape
     array = np.squeeze(array)
     if array.ndim != 3:
         raise InputError(
-            f"need a 3-D volume (a multi-page TIFF or one 3-D page), got an array of shape {array.shape} "
-            f"(axes {series.axes})",
+            f"need a 3-D volume (a multi-page TIFF or one 3-D page), got an array of shape {stored_shape} "
+            f"(axes {axes})",
             path,
         )
     if not np.issubdtype(array.dtype, np.integer) and not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"unsupported pixel type {array.dtype}", path)
-    unit = str(metadata.get("unit", "")).strip().lower().replace("\\u00b5", "µ")
+    # ImageJ writes non-ASCII units as escapes: "\\u00B5m" (µm), "\\u00C5" (Å)
+    unit = re.sub(r"\\u([0-9a-fA-F]{4})", lambda code: chr(int(code[1], 16)), str(metadata.get("unit", "")))
+    unit = unit.strip().lower()
     spacing = metadata.get("spacing")
     found = []
     if unit:
@@ -105,13 +127,27 @@ def read_tiff_volume(path: Path) -> tuple[object, tuple[float, float, float] | N
     scale = _UNIT_TO_A.get(unit)
     if (
         scale is None
-        or spacing is None
+        or not isinstance(spacing, int | float)
         or len(resolution) != 2
         or any(n <= 0 or d <= 0 for n, d in resolution)
     ):
         return array, None, description
     size_x, size_y = (scale * d / n for n, d in resolution)
     return array, (size_x, size_y, scale * float(spacing)), description
+
+
+def _check_page_sizes(tiff, path: Path) -> None:
+    """Refuse a multi-page TIFF whose pages differ in size or samples per pixel: not one volume."""
+    from aitom.errors import InputError
+
+    first = tiff.pages[0].shape
+    for number, page in enumerate(tiff.pages, start=1):
+        if page.shape != first:
+            raise InputError(
+                f"its pages differ in size (page 1 is {'x'.join(map(str, first))} pixels, page {number} "
+                f"{'x'.join(map(str, page.shape))}): not the sections of one volume",
+                path,
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         source = f"MRC header voxel size {tuple(round(v, 4) for v in header.voxel_size_a)} Å"
     if args.voxel_size is not None:
         voxel_size = (args.voxel_size,) * 3
-    elif carried is not None and all(v > 0 for v in carried):
+    elif carried is not None and all(0 < v < math.inf for v in carried):
         voxel_size = carried
     else:
         raise InputError(f"carries no voxel size ({source}); pass --voxel-size in Å", args.input)

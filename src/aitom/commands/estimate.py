@@ -9,6 +9,8 @@ from pathlib import Path
 from aitom.commands.shared import add_voxel_size_option, seed_number
 
 VOLUME_SUFFIXES = (".mrc", ".map", ".rec", ".mrc.gz", ".map.gz")
+#: most candidate tilt ranges ``estimate wedge`` scores (2000 limits with min and max free: ~0.5 GB)
+MAX_CANDIDATE_RANGES = 4_000_000
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -77,7 +79,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar=("LOW", "HIGH"),
         help="Fourier shells used, cycles/voxel (default 0.05 0.4; Nyquist is 0.5)",
     )
-    wedge.add_argument("--try-x-axis", action="store_true", help="also try X as the tilt axis")
+    wedge.add_argument(
+        "--try-x-axis",
+        action="store_true",
+        help="also try X as the tilt axis (without it, a warning says when X fits the spectrum better)",
+    )
     add_voxel_size_option(wedge, "the volume (reported in the JSON)")
 
 
@@ -94,6 +100,31 @@ def _volume_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _check_pairing_by_name(files_a: list[Path], files_b: list[Path], folder_a: Path, folder_b: Path) -> None:
+    """Refuse two folders that share some file names but not all: paired by sorted name, a file missing
+    on one side and another extra one would pair different particles (an SNR biased towards 0).
+
+    Raises:
+        InputError: naming the folder that lacks a file of the other and that file.
+    """
+    from aitom.errors import InputError
+
+    names_a, names_b = [file.name for file in files_a], [file.name for file in files_b]
+    if names_a == names_b or not set(names_a) & set(names_b):
+        return
+    for names, other_names, folder, other in (
+        (names_a, names_b, folder_b, folder_a),
+        (names_b, names_a, folder_a, folder_b),
+    ):
+        missing = next((name for name in names if name not in other_names), None)
+        if missing is not None:
+            raise InputError(
+                f"has no {missing} to pair with {other / missing}: the folders share some file names but not "
+                "all, so pairing by sorted name would mix particles",
+                folder,
+            )
+
+
 def _run_snr(args: argparse.Namespace) -> dict:
     import torch
 
@@ -108,15 +139,22 @@ def _run_snr(args: argparse.Namespace) -> dict:
         raise InputError(
             f"{args.pairs_a} holds {len(files_a)} volumes but {args.pairs_b} holds {len(files_b)}"
         )
+    _check_pairing_by_name(files_a, files_b, args.pairs_a, args.pairs_b)
     volumes_a, volumes_b, voxel_size = [], [], None
     for file_a, file_b in zip(files_a, files_b):
         a, header = read_volume(file_a, voxel_size_a=args.voxel_size)
         b, header_b = read_volume(file_b, voxel_size_a=args.voxel_size)
-        if a.shape != b.shape or (volumes_a and a.shape != volumes_a[0].shape):
-            raise InputError(f"shape {tuple(b.shape)} differs from its pair or the first volume", file_b)
+        first_shape = volumes_a[0].shape if volumes_a else a.shape
+        for volume, file in ((a, file_a), (b, file_b)):
+            if volume.shape != first_shape:
+                raise InputError(
+                    f"shape {tuple(volume.shape)} (Z, Y, X voxels) differs from {files_a[0]}'s "
+                    f"{tuple(first_shape)}: the copies must share one box",
+                    file,
+                )
         first_voxel = header.voxel_size_a[0] if voxel_size is None else voxel_size
         for size, file in ((header.voxel_size_a[0], file_a), (header_b.voxel_size_a[0], file_b)):
-            if abs(size - first_voxel) > 1e-3 * max(size, first_voxel):
+            if abs(size - first_voxel) > 1e-3 * max(abs(size), abs(first_voxel)):
                 raise InputError(
                     f"voxel size {size:g} Å differs from the first volume's {first_voxel:g} Å: the copies "
                     "must share one grid (resample, or pass --voxel-size if a header is wrong)",
@@ -146,6 +184,15 @@ def _run_snr(args: argparse.Namespace) -> dict:
                 f"[{float(mask.min()):g}, {float(mask.max()):g}]",
                 args.mask,
             )
+        inside = mask > 0
+        for volume, file in zip(volumes_a + volumes_b, files_a + files_b):
+            values = volume[inside]
+            if float(values.max()) == float(values.min()):  # no correlation inside the mask: not an SNR of 0
+                raise InputError(
+                    f"is constant inside the mask {args.mask} ({int(inside.sum())} voxels): no correlation "
+                    "with its pair, no SNR",
+                    file,
+                )
     a, b = torch.stack(volumes_a), torch.stack(volumes_b)
     result = snr_from_pairs(a, b, mask, n_bootstrap=args.bootstrap, seed=args.seed)
     frequency, ssnr = ssnr_from_pairs(a, b, mask)
@@ -159,31 +206,67 @@ def _run_snr(args: argparse.Namespace) -> dict:
     return result
 
 
+def _candidate_tilts_deg(args: argparse.Namespace) -> list[float]:
+    """``--min-angle-deg``, then steps of ``--step-deg`` up to ``--max-angle-deg`` (degrees), without the
+    rounding drift of repeated float steps (0.1° steps must end at 90, not 90.00000000000085).
+
+    Raises:
+        InputError: impossible limits or step, or so many candidate ranges that the search would not fit
+            in memory.
+    """
+    import math
+
+    from aitom.errors import InputError
+
+    low, high, step = args.min_angle_deg, args.max_angle_deg, args.step_deg
+    if not (0 < low <= high <= 90 and 0 < step < math.inf):
+        raise InputError(
+            "need 0 < --min-angle-deg <= --max-angle-deg <= 90 and a finite --step-deg > 0 (degrees), got "
+            f"{low}, {high}, {step}"
+        )
+    count = math.floor((high - low) / step + 1e-9) + 1
+    ranges = count if args.symmetric else count**2
+    if ranges > MAX_CANDIDATE_RANGES:
+        most_limits = MAX_CANDIDATE_RANGES if args.symmetric else math.isqrt(MAX_CANDIDATE_RANGES)
+        finest = (high - low) / (most_limits - 1)
+        raise InputError(
+            f"--step-deg {step:g} gives {count} candidate tilt limits between {low:g} and {high:g}° "
+            f"({ranges} ranges to score, at most {MAX_CANDIDATE_RANGES}): use a step of at least "
+            f"{math.ceil(finest * 1000) / 1000:g}°"
+        )
+    return [min(round(low + k * step, 9), high) for k in range(count)]
+
+
 def _run_wedge(args: argparse.Namespace) -> dict:
-    import numpy as np
+    import warnings
 
     from aitom.errors import InputError
     from aitom.io import read_volume
     from aitom.ops import estimate_missing_wedge
+    from aitom.ops.wedge_estimation import TiltAxisWarning
 
-    if not (0 < args.min_angle_deg <= args.max_angle_deg <= 90 and args.step_deg > 0):
-        raise InputError(
-            "need 0 < --min-angle-deg <= --max-angle-deg <= 90 and --step-deg > 0 (degrees), got "
-            f"{args.min_angle_deg}, {args.max_angle_deg}, {args.step_deg}"
-        )
+    candidates = _candidate_tilts_deg(args)
     volume, header = read_volume(args.volume, voxel_size_a=args.voxel_size)
-    candidates = np.arange(args.min_angle_deg, args.max_angle_deg + 1e-9, args.step_deg)
     try:
-        result = estimate_missing_wedge(
-            volume,
-            candidate_tilt_max_deg=candidates.tolist(),
-            asymmetric=not args.symmetric,
-            frequency_band=tuple(args.band),
-            axes=("y", "x") if args.try_x_axis else ("y",),
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TiltAxisWarning)
+            result = estimate_missing_wedge(
+                volume,
+                candidate_tilt_max_deg=candidates,
+                asymmetric=not args.symmetric,
+                frequency_band=tuple(args.band),
+                axes=("y", "x") if args.try_x_axis else ("y",),
+            )
     except InputError as error:
         raise InputError(error.problem, args.volume) from None
-    result["voxel_size_a"] = header.voxel_size_a[0]
+    for warning in caught:  # told again with the file and the option that searches the other axis
+        message = warning.message
+        if isinstance(message, TiltAxisWarning):
+            message = TiltAxisWarning(f"{args.volume}: {message}; pass --try-x-axis")
+        warnings.warn_explicit(message, warning.category, warning.filename, warning.lineno)
+    # a header voxel size of 0 or below (unset, warned) is not a voxel size: null, as for estimate snr
+    voxel_size = header.voxel_size_a[0]
+    result["voxel_size_a"] = voxel_size if voxel_size > 0 else None
     return result
 
 

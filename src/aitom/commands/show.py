@@ -105,7 +105,7 @@ def _picks_in_voxels(args: argparse.Namespace, shape_zyx: tuple[int, ...]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from aitom.commands.shared import refuse_outputs_over_inputs
+    from aitom.commands.shared import refuse_outputs_over_inputs, refuse_path_under_a_file
     from aitom.errors import InputError
     from aitom.io import read_volume, save_montage
 
@@ -117,7 +117,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("is a folder; --out names the image file to write", args.out)
     if args.out.exists() and not args.overwrite:
         raise InputError("exists; pass --overwrite to replace it", args.out)
+    refuse_path_under_a_file(args.out)
     refuse_outputs_over_inputs([args.out], [args.volume, args.picks])
+    if args.tomo_name is not None and args.picks is None:
+        raise InputError("--tomo-name selects picks to draw: it needs --picks")
     if args.voxel_size is not None and not 0 < args.voxel_size < math.inf:
         raise InputError(f"--voxel-size must be a positive number of Å, got {args.voxel_size}")
     volume, _ = read_volume(args.volume, voxel_size_a=1.0)  # the picture is in voxels: no voxel-size warning

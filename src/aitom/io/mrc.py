@@ -4,9 +4,10 @@ Volumes come back as float32 tensors ``(Z, Y, X)`` whatever the file's axis orde
 the stored array is transposed so that the last axis is X, and the header's ``nstart`` is reported in
 ``(x, y, z)`` order too. Voxel sizes are in Å, ``(x, y, z)``.
 
-Anything wrong with a file (missing, not an MRC, truncated, unsupported mode, NaN/Inf voxels, a 2-D image
-where a volume is needed) raises :class:`aitom.errors.InputError` with one line naming the file. Harmless
-header quirks of real files (voxel size left at 0 or 1 Å, anisotropic voxels) give a :class:`HeaderWarning`.
+Anything wrong with a file (missing, not an MRC (a TIFF is told so), truncated, unsupported mode, NaN/Inf
+voxels, a 2-D image where a volume is needed) raises :class:`aitom.errors.InputError` with one line naming
+the file. Harmless header quirks of real files (voxel size left at 0 or 1 Å, anisotropic voxels) give a
+:class:`HeaderWarning`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ STACK_SUFFIXES = (".mrcs",)
 HEADER_BYTES = 1024
 _KNOWN_MODES = {0, 1, 2, 3, 4, 6, 12, 101}
 _IMOD_STAMP = 1146047817  # "IMOD" in header word 39; word 40 holds flags, bit 0 = bytes are signed
+#: first four bytes of a TIFF (little- and big-endian) or BigTIFF file
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _WRITE_DTYPES = {
     "float32": np.float32,
     "float16": np.float16,
@@ -248,6 +251,11 @@ def _inspect(path: str | Path, voxel_size_a: float | None) -> _Layout:
         raise InputError("is a folder, not an MRC file", path)
     with path.open("rb") as stream:
         start = stream.read(212)
+    if start[:4] in _TIFF_MAGIC:
+        raise InputError(
+            "is a TIFF file, not an MRC file: convert it first (aitom convert IN.tif OUT.mrc --voxel-size Å)",
+            path,
+        )
     compression = None
     if start[208:212] != b"MAP ":
         compression = {b"\x1f\x8b": "gzip", b"BZ": "bzip2"}.get(start[:2])

@@ -14,6 +14,7 @@ candidate wins. With ``axes=("y", "x")`` the tilt axis X (``θ = atan(kz / ky)``
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -21,7 +22,7 @@ import torch
 from aitom.errors import InputError
 from aitom.fourier import frequency_grid, shell_index
 
-__all__ = ["estimate_missing_wedge", "wedge_angle_profile"]
+__all__ = ["TiltAxisWarning", "estimate_missing_wedge", "wedge_angle_profile"]
 
 #: Smallest size, per axis, that a wedge estimate needs (voxels).
 MIN_SIZE = 16
@@ -30,6 +31,13 @@ MIN_SIZE = 16
 DETECTION_SCORE = 0.2
 #: Amplitudes are floored at this fraction of the band's median before the logarithm.
 _AMPLITUDE_FLOOR = 1e-3
+#: Fewest Fourier samples in the band that a wedge estimate accepts.
+MIN_BAND_SAMPLES = 100
+_AXES = ("y", "x")
+
+
+class TiltAxisWarning(UserWarning):
+    """The spectrum fits a tilt axis that was not searched better than the axes searched."""
 
 
 def _whitened_band(
@@ -44,6 +52,13 @@ def _whitened_band(
     low, high = frequency_band
     # Exclude the k_x = k_z = 0 line (seen by every tilt, whatever the range).
     inside = (radius >= low) & (radius <= high) & ((grid[..., 0] != 0) | (grid[..., 2] != 0))
+    n_samples = int(inside.sum())
+    if n_samples < MIN_BAND_SAMPLES:
+        raise InputError(
+            f"the frequency band {low:g}-{high:g} cycles/voxel holds {n_samples} Fourier samples of a "
+            f"{'x'.join(map(str, shape))} volume, fewer than {MIN_BAND_SAMPLES}: widen it (the shells are "
+            f"1/{min(shape)} cycles/voxel apart)"
+        )
     shells = shell_index(shape, rfft=True, centered=False, device=volume.device)[inside]
     amplitude = amplitude[inside].to(torch.float64)
     log_amplitude = torch.log(amplitude.clamp_min(_AMPLITUDE_FLOOR * float(amplitude.median())))
@@ -154,13 +169,18 @@ def estimate_missing_wedge(
 
     Raises:
         InputError: not a 3-D volume, smaller than 16 voxels on an axis, constant, bad candidates (or only
-            90°, the full range), band or axes.
+            90°, the full range), band (or one holding fewer than :data:`MIN_BAND_SAMPLES` Fourier samples)
+            or axes.
+
+    Warns:
+        TiltAxisWarning: an axis not in ``axes`` fits better and reaches :data:`DETECTION_SCORE`: the
+            range reported, for an axis searched, is then not the tomogram's.
     """
     _check_volume(volume, frequency_band)
     candidates = torch.tensor(sorted({float(c) for c in candidate_tilt_max_deg}), dtype=torch.float64)
     if candidates.numel() == 0 or not bool(((candidates > 0) & (candidates <= 90)).all()):
         raise InputError("candidate tilt angles must be a non-empty set of values in (0, 90] degrees")
-    if not axes or any(axis not in ("y", "x") for axis in axes):
+    if not axes or any(axis not in _AXES for axis in axes):
         raise InputError(f"tilt axes must be among 'y' and 'x', got {list(axes)}")
     if not bool(torch.isfinite(volume).all()):
         raise InputError("volume contains NaN or Inf voxels")
@@ -172,25 +192,38 @@ def estimate_missing_wedge(
         tilt_min, tilt_max = tilt_min.reshape(-1), tilt_max.reshape(-1)
     else:
         tilt_min, tilt_max = -candidates, candidates
-    best: dict[str, float | str] = {}
-    for axis in axes:
+    # every axis is scored (the spectrum is shared), so that a better fit on an axis not searched is told
+    best_range: dict[str, tuple[int, float]] = {}
+    for axis in _AXES:
         angle = _fold_angle_deg(grid[..., 2], grid[..., 0 if axis == "y" else 1]).cpu()
         scores = _range_scores(angle, values.cpu(), tilt_min, tilt_max)
         i = int(torch.argmax(scores))
-        if not best or float(scores[i]) > best["score"]:
-            low, high = float(tilt_min[i]), float(tilt_max[i])
-            best = {
-                "tilt_min_deg": low,
-                "tilt_max_deg": high,
-                "half_angle_deg": (high - low) / 2,
-                "missing_wedge_deg": 180.0 - (high - low),
-                "axis": axis,
-                "score": float(scores[i]),
-                "wedge_detected": float(scores[i]) >= DETECTION_SCORE,
-            }
-    if not math.isfinite(best["score"]):  # only the full range ±90°: it has no wedge to correlate with
+        best_range[axis] = (i, float(scores[i]))
+    axis = max(axes, key=lambda name: (best_range[name][1], -list(axes).index(name)))
+    i, score = best_range[axis]
+    if not math.isfinite(score):  # only the full range ±90°: it has no wedge to correlate with
         raise InputError(
             "every candidate tilt range is the full ±90° (no missing wedge to compare with): "
             "include candidates below 90°"
         )
-    return best
+    for other in _AXES:
+        other_score = best_range[other][1]
+        if other not in axes and other_score > score and other_score >= DETECTION_SCORE:
+            warnings.warn(
+                TiltAxisWarning(
+                    f"the spectrum fits tilt axis {other.upper()} (score {other_score:.2f}) better than "
+                    f"{axis.upper()} (score {score:.2f}): the tilt range reported for {axis.upper()} is not "
+                    "the tomogram's"
+                ),
+                stacklevel=2,
+            )
+    low, high = float(tilt_min[i]), float(tilt_max[i])
+    return {
+        "tilt_min_deg": low,
+        "tilt_max_deg": high,
+        "half_angle_deg": (high - low) / 2,
+        "missing_wedge_deg": 180.0 - (high - low),
+        "axis": axis,
+        "score": score,
+        "wedge_detected": score >= DETECTION_SCORE,
+    }

@@ -202,7 +202,7 @@ def _run_pipeline(
             low, high = tomogram_value_range(array, tile, tomogram_path)
             record["result"] = f"{' × '.join(map(str, shape))} voxels at {voxel_size:g} Å, {n_tiles} tile(s)"
         with step("missing wedge") as record:
-            tilt_range, source = estimate_tilt_range(array, config)
+            tilt_range, source = estimate_tilt_range(array, config, tomogram_path)
             record["result"] = f"{tilt_range[0]:g}° to {tilt_range[1]:g}° ({source})"
         summary["tilt_range_deg"] = list(tilt_range)
         pick_path = tomogram_path

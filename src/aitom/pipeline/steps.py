@@ -58,14 +58,19 @@ def tomogram_value_range(
     return low, high
 
 
-def estimate_tilt_range(array: np.ndarray, config: PipelineConfig) -> tuple[tuple[float, float], str]:
+def estimate_tilt_range(
+    array: np.ndarray, config: PipelineConfig, tomogram_path: Path
+) -> tuple[tuple[float, float], str]:
     """The tilt range (degrees) of the missing wedge and where it comes from (config, estimate, fallback).
 
     The estimate (:func:`aitom.ops.estimate_missing_wedge`, as ``aitom estimate wedge``) uses the central
     crop of ``wedge.estimate_crop_voxels`` voxels per axis; when no wedge is detected, or the tomogram is
-    smaller than 16 voxels on an axis, ``wedge.fallback_tilt_range_deg`` is used.
+    smaller than 16 voxels on an axis, ``wedge.fallback_tilt_range_deg`` is used. A spectrum that fits tilt
+    axis X better than Y is warned about, naming ``tomogram_path``: the pipeline's wedge is about Y.
     """
-    from aitom.ops.wedge_estimation import estimate_missing_wedge
+    import warnings
+
+    from aitom.ops.wedge_estimation import TiltAxisWarning, estimate_missing_wedge
 
     if config.wedge.tilt_range_deg is not None:
         low, high = config.wedge.tilt_range_deg
@@ -80,7 +85,17 @@ def estimate_tilt_range(array: np.ndarray, config: PipelineConfig) -> tuple[tupl
     volume = torch.from_numpy(np.array(array[region], dtype=np.float32))
     if float(volume.std()) == 0.0:
         return fallback, "fallback (constant tomogram)"
-    estimate = estimate_missing_wedge(volume)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TiltAxisWarning)
+        estimate = estimate_missing_wedge(volume)
+    for warning in caught:
+        message = warning.message
+        if isinstance(message, TiltAxisWarning):
+            message = TiltAxisWarning(
+                f"{tomogram_path}: {message}; the pipeline models the missing wedge about Y, so its wedge "
+                "compensation does not fit this tomogram"
+            )
+        warnings.warn_explicit(message, warning.category, warning.filename, warning.lineno)
     if not estimate["wedge_detected"]:
         return fallback, "fallback (no wedge detected)"
     return (float(estimate["tilt_min_deg"]), float(estimate["tilt_max_deg"])), "estimated"
