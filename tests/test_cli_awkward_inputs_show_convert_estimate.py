@@ -17,7 +17,7 @@ import torch
 from aitom.cli import main
 from aitom.fourier import apply_missing_wedge
 from aitom.io import write_volume
-from aitom.ops.wedge_estimation import TiltAxisWarning
+from aitom.ops.wedge_estimation import TiltAxisWarning, estimate_missing_wedge
 from tests.test_cli_awkward_inputs import _one_error_line
 
 
@@ -263,3 +263,25 @@ def test_estimate_snr_refuses_a_mask_where_a_copy_is_constant(tmp_path, capsys):
         "with its pair, no SNR"
     )
     assert capsys.readouterr().out == ""
+
+
+def test_estimate_wedge_reads_only_the_central_crop(tmp_path, capsys):
+    """A whole tomogram needs about 50 bytes per voxel: by default only the central 256³ crop is read and
+    used; the result is the ops estimate of that crop, and voxels outside it (NaN here) are never read."""
+    noise = torch.randn(40, 64, 56, generator=torch.Generator().manual_seed(2))
+    data = apply_missing_wedge(noise, -50, 60).numpy()
+    data[:, :4] = np.nan  # outside the central 40³ crop
+    path = _raw_mrc(tmp_path / "tomogram.mrc", data, 10.0)
+    assert main(["estimate", "wedge", str(path), "--crop", "40"]) == 0
+    result = _json(capsys)
+    expected = estimate_missing_wedge(torch.from_numpy(data[:, 12:52, 8:48]).contiguous())
+    assert result["region_zyx_voxels"] == [40, 40, 40]
+    assert (result["tilt_min_deg"], result["tilt_max_deg"]) == (
+        expected["tilt_min_deg"],
+        expected["tilt_max_deg"],
+    )
+    assert abs(result["tilt_min_deg"] + 50) <= 3 and abs(result["tilt_max_deg"] - 60) <= 3
+    assert main(["estimate", "wedge", str(path), "--crop", "0"]) == 2
+    assert "NaN or Inf voxels" in _one_error_line(capsys)
+    assert main(["estimate", "wedge", str(path), "--crop", "8"]) == 2
+    assert _one_error_line(capsys) == "--crop must be 0 (the whole volume) or at least 16 voxels, got 8"

@@ -84,6 +84,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also try X as the tilt axis (without it, a warning says when X fits the spectrum better)",
     )
+    wedge.add_argument(
+        "--crop",
+        type=int,
+        default=256,
+        metavar="VOXELS",
+        help="estimate from the central crop of at most this many voxels per axis, read alone from the file "
+        "(the wedge is the same everywhere; the estimate needs about 50 bytes per voxel); 0: the whole "
+        "volume (default 256)",
+    )
     add_voxel_size_option(wedge, "the volume (reported in the JSON)")
 
 
@@ -203,6 +212,7 @@ def _run_snr(args: argparse.Namespace) -> dict:
     )
     result["ssnr"] = [float(s) for s in ssnr]
     result["voxel_size_a"] = voxel_size if voxel_size > 0 else None
+    result["region_zyx_voxels"] = list(volume.shape)
     return result
 
 
@@ -240,13 +250,22 @@ def _candidate_tilts_deg(args: argparse.Namespace) -> list[float]:
 def _run_wedge(args: argparse.Namespace) -> dict:
     import warnings
 
+    import numpy as np
+    import torch
+
     from aitom.errors import InputError
-    from aitom.io import read_volume
+    from aitom.io import central_crop, open_volume_mmap
     from aitom.ops import estimate_missing_wedge
-    from aitom.ops.wedge_estimation import TiltAxisWarning
+    from aitom.ops.wedge_estimation import MIN_SIZE, TiltAxisWarning
 
     candidates = _candidate_tilts_deg(args)
-    volume, header = read_volume(args.volume, voxel_size_a=args.voxel_size)
+    if args.crop != 0 and args.crop < MIN_SIZE:
+        raise InputError(
+            f"--crop must be 0 (the whole volume) or at least {MIN_SIZE} voxels, got {args.crop}"
+        )
+    array, header = open_volume_mmap(args.volume, voxel_size_a=args.voxel_size)
+    region = central_crop(array.shape, args.crop) if args.crop else (slice(None),) * 3
+    volume = torch.from_numpy(np.array(array[region], dtype=np.float32))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TiltAxisWarning)
@@ -267,6 +286,7 @@ def _run_wedge(args: argparse.Namespace) -> dict:
     # a header voxel size of 0 or below (unset, warned) is not a voxel size: null, as for estimate snr
     voxel_size = header.voxel_size_a[0]
     result["voxel_size_a"] = voxel_size if voxel_size > 0 else None
+    result["region_zyx_voxels"] = list(volume.shape)
     return result
 
 

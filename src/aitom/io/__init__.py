@@ -10,6 +10,7 @@ from aitom.io.montage import save_montage, slice_positions
 from aitom.io.mrc import (
     HeaderWarning,
     VolumeHeader,
+    central_crop,
     open_volume_mmap,
     read_stack,
     read_volume,
@@ -46,6 +47,7 @@ __all__ = [
     "VolumeHeader",
     "atomic_output",
     "centered_angstrom_to_voxels",
+    "central_crop",
     "check_output_path",
     "check_particles_against_tomograms",
     "open_volume_mmap",

@@ -173,6 +173,12 @@ def open_volume_mmap(
     return np.transpose(stored, layout.axis_order), layout.header
 
 
+def central_crop(shape: Sequence[int], size: int) -> tuple[slice, ...]:
+    """Slices of the central crop of at most ``size`` voxels per axis of an array of ``shape`` (the whole
+    axis where it is shorter), e.g. to read the middle of a memory-mapped tomogram."""
+    return tuple(slice((n - min(n, size)) // 2, (n - min(n, size)) // 2 + min(n, size)) for n in shape)
+
+
 def write_volume(
     path: str | Path,
     volume: torch.Tensor | np.ndarray,

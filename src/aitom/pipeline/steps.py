@@ -70,6 +70,7 @@ def estimate_tilt_range(
     """
     import warnings
 
+    from aitom.io import central_crop
     from aitom.ops.wedge_estimation import TiltAxisWarning, estimate_missing_wedge
 
     if config.wedge.tilt_range_deg is not None:
@@ -79,10 +80,7 @@ def estimate_tilt_range(
     if min(array.shape) < 16:
         return fallback, "fallback (tomogram too small to estimate)"
     crop = config.wedge.estimate_crop_voxels
-    region = tuple(
-        slice((n - min(n, crop)) // 2, (n - min(n, crop)) // 2 + min(n, crop)) for n in array.shape
-    )
-    volume = torch.from_numpy(np.array(array[region], dtype=np.float32))
+    volume = torch.from_numpy(np.array(array[central_crop(array.shape, crop)], dtype=np.float32))
     if float(volume.std()) == 0.0:
         return fallback, "fallback (constant tomogram)"
     with warnings.catch_warnings(record=True) as caught:
