@@ -54,6 +54,23 @@ def _average(star: Path, out: Path, *extra: str) -> int:
 # --- aitom average ----------------------------------------------------------------------------------------
 
 
+def test_average_of_2d_particle_tilt_series_points_to_reconstruct(tmp_path, capsys):
+    """A WarpTools / RELION 5 table names 2-D particle tilt series (.mrcs): the message said only that a
+    3-D volume was needed; it now names the command that makes subtomograms from them."""
+    (tmp_path / "stacks").mkdir()
+    names = [f"stacks/{index:06d}.mrcs" for index in range(2)]
+    for index, name in enumerate(names):
+        write_volume(
+            tmp_path / name, torch.randn(5, 16, 16, generator=torch.Generator().manual_seed(index)), 12.0
+        )
+    star = write_particles(tmp_path / "particles.star", pd.DataFrame({"rlnImageName": names}))
+    assert _average(star, tmp_path / "out") == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"{tmp_path / names[0]}: is an image stack of 5 images; a 3-D volume is needed")
+    assert f"`aitom reconstruct --particles {star} --tomograms TOMOGRAMS.star --out DIR`" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_average_faml_with_as_many_classes_as_particles_writes_finite_maps(tmp_path):
     """FAML's random start could leave a class without particles; its all-zero weights made a NaN model
     (0/0 in the wedge-compensated average), and the run died with a traceback writing the maps."""

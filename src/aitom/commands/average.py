@@ -223,10 +223,19 @@ def read_table_volume(
     """
     from aitom.errors import InputError
     from aitom.io import read_volume
+    from aitom.io.mrc import ImageStackError
 
     path, index, label = image_reference(name, star)
     if index is None:
-        volume, header = read_volume(path, voxel_size_a=voxel_size_a)
+        try:
+            volume, header = read_volume(path, voxel_size_a=voxel_size_a)
+        except ImageStackError as error:
+            raise InputError(
+                f"{error.problem}: particles as 2-D tilt series (WarpTools, RELION 5) become subtomograms "
+                f"with `aitom reconstruct --particles {star} --tomograms TOMOGRAMS.star --out DIR`; then "
+                "average DIR/particles.star",
+                error.path,
+            ) from None
         return volume, header.voxel_size_a, label
     if path not in stacks:
         stacks[path] = read_volume(path, voxel_size_a=voxel_size_a, allow_2d=True)

@@ -97,6 +97,11 @@ class _Layout:
         return math.prod(self.stored_shape) * self.dtype.itemsize
 
 
+class ImageStackError(InputError):
+    """A 2-D image or a stack of 2-D images (``.mrcs``: particle tilt series, tilt series) where a 3-D
+    volume is needed."""
+
+
 def read_volume(
     path: str | Path,
     *,
@@ -369,9 +374,9 @@ def _require_single_volume(layout: _Layout) -> None:
     if len(shape) == 4:
         raise InputError(f"holds a stack of {shape[0]} volumes; a single volume is needed", layout.path)
     if layout.is_stack_file:
-        raise InputError(f"is an image stack of {shape[0]} images; a 3-D volume is needed", layout.path)
+        raise ImageStackError(f"is an image stack of {shape[0]} images; a 3-D volume is needed", layout.path)
     if shape[0] == 1:
-        raise InputError(f"is a 2-D image ({shape[1]}x{shape[2]}); a 3-D volume is needed", layout.path)
+        raise ImageStackError(f"is a 2-D image ({shape[1]}x{shape[2]}); a 3-D volume is needed", layout.path)
 
 
 def _memory_map(layout: _Layout) -> np.ndarray:
