@@ -9,7 +9,8 @@
 * A config or option LightningCLI cannot parse, a value a model or DataModule refuses, Trainer options this
   machine cannot honour (``--trainer.accelerator gpu`` without a GPU) and a ``--ckpt_path`` that is missing,
   not a checkpoint or a checkpoint of another model are one line and exit code 2, like every other command;
-  an input error found once the run has started (a bad STAR table at data setup) leaves no offline W&B run.
+  an input error found once the run has started (a bad STAR table at data setup, a model that does not fit
+  its data) leaves no offline W&B run and no saved config (the previous fit's config stays as it was).
 """
 
 from __future__ import annotations
@@ -146,11 +147,42 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
 
 class FitConfigCallback(SaveConfigCallback):
     """Save the resolved config (``config.yaml`` in the log folder) for ``fit`` only, so that the config a
-    checkpoint was trained with is not replaced by a later ``validate``, ``test`` or ``predict``."""
+    checkpoint was trained with is not replaced by a later ``validate``, ``test`` or ``predict``.
+
+    Lightning saves it after setting up the data but before the model's ``setup`` (where a model checks that
+    it fits the data) and before the first batch; :meth:`undo` takes the file back (putting back the one it
+    replaced) when the fit then stops on an input error.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._saved_path: Path | None = None
+        self._replaced_bytes: bytes | None = None
+        self._made_folders: list[Path] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit":
-            super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        if not self.already_saved and self.save_to_log_dir:
+            path = Path(trainer.log_dir or ".").resolve() / self.config_filename
+            self._saved_path = path
+            self._replaced_bytes = path.read_bytes() if path.is_file() else None
+            self._made_folders = [folder for folder in path.parents if not folder.exists()]
+        super().setup(trainer, pl_module, stage)
+
+    def undo(self) -> None:
+        """Remove the config file this fit saved, or put back the one it replaced, and the folders it made."""
+        path = self._saved_path
+        if path is None:
+            return
+        if self._replaced_bytes is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(self._replaced_bytes)
+        for folder in self._made_folders:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        self._saved_path = None
 
 
 class AitomLightningCLI(LightningCLI):
@@ -228,6 +260,9 @@ class AitomLightningCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except InputError:
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, FitConfigCallback):
+                    callback.undo()
             discard_offline_wandb_runs(self.trainer)
             raise
 

@@ -29,17 +29,16 @@ DEFAULT_DOMAIN_CLASS = "aitom.data.simulated.SimulatedSubtomogramDataModule"
 def build_domain(config: dict[str, Any], role: str) -> SplitDataModule:
     """Instantiate a domain's DataModule from ``{"class_path": ..., "init_args": {...}}``.
 
-    ``class_path`` defaults to :data:`DEFAULT_DOMAIN_CLASS` and must name a :class:`SplitDataModule`. The
-    module is built in an empty ``contextvars`` context, so that it saves its own hyper-parameters even while
-    LightningCLI instantiates the enclosing DataModule.
+    ``class_path`` defaults to :data:`DEFAULT_DOMAIN_CLASS` and must name a :class:`SplitDataModule`. Other
+    keys beside ``class_path`` and ``init_args`` replace the init_args of the same name: a command-line
+    option ``--data.init_args.source.init_args.snr 2`` reaches the domain's dict as ``"snr": 2`` (jsonargparse
+    treats the dict as a mapping, not as a class). The module is built in an empty ``contextvars`` context,
+    so that it saves its own hyper-parameters even while LightningCLI instantiates the enclosing DataModule.
 
     Args:
         config: the domain's configuration.
         role: ``"source"`` or ``"target"`` (for messages).
     """
-    unknown = sorted(set(config) - {"class_path", "init_args"})
-    if unknown:
-        raise InputError(f"the {role} domain takes class_path and init_args, not {unknown}")
     class_path = config.get("class_path", DEFAULT_DOMAIN_CLASS)
     module_name, _, class_name = class_path.rpartition(".")
     try:
@@ -50,10 +49,11 @@ def build_domain(config: dict[str, Any], role: str) -> SplitDataModule:
         ) from error
     if not (isinstance(module_class, type) and issubclass(module_class, SplitDataModule)):
         raise InputError(f"the {role} domain's class_path {class_path!r} is not a split DataModule")
-    init_args = dict(config.get("init_args") or {})
+    overrides = {key: value for key, value in config.items() if key not in ("class_path", "init_args")}
+    init_args = {**(config.get("init_args") or {}), **overrides}
     try:
         return contextvars.Context().run(module_class, **init_args)
-    except TypeError as error:
+    except (TypeError, InputError) as error:
         raise InputError(f"the {role} domain ({class_name}): {error}") from error
 
 

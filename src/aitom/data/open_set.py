@@ -41,8 +41,8 @@ class OpenSetDataModule(SplitDataModule):
         tilt_min_deg, tilt_max_deg: tilt range of the missing wedge, degrees.
         defocus_um: CTF defocus (underfocus positive), µm; 0 disables the CTF.
         max_shift_voxels: largest particle shift from the box centre, voxels.
-        train_size, val_size, test_size, predict_size: items per split.
-        batch_size: subtomograms per batch.
+        train_size, val_size, test_size, predict_size: items per split (train_size 0 or 2 or more).
+        batch_size: subtomograms per batch (2 or more).
         num_workers: DataLoader worker processes.
         seed: base seed of every split.
     """
@@ -94,6 +94,11 @@ class OpenSetDataModule(SplitDataModule):
             batch_size,
             num_workers,
         )
+        # the open-set features are batch-normalised: every training batch needs 2 or more items
+        if batch_size < 2:
+            raise InputError(f"batch_size must be 2 or more (batch-normalised features), got {batch_size}")
+        if train_size == 1:
+            raise InputError("train_size must be 0 or 2 or more (batch-normalised features), got 1")
         self.save_hyperparameters()
         self.known_class_names = known_names
         self.unknown_class_names = unknown_names

@@ -50,6 +50,16 @@ def labelled_flags(seed: int, indices: list[int], labelled_fraction: float) -> t
     return torch.tensor(uniforms, dtype=torch.float64) < labelled_fraction
 
 
+def check_some_labelled(seed: int, train_size: int, labelled_fraction: float) -> None:
+    """Raise :class:`InputError` when :func:`labelled_flags` leaves none of ``train_size`` items labelled
+    (the classifier would never see a label)."""
+    if not any(bool(labelled_flags(seed, [index], labelled_fraction)) for index in range(train_size)):
+        raise InputError(
+            f"labelled_fraction {labelled_fraction} leaves none of the {train_size} training items labelled "
+            f"(seed {seed}): raise labelled_fraction or train_size"
+        )
+
+
 class LabelledShareBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` indices of which a fixed number are labelled items (semi-supervised runs).
 
@@ -355,12 +365,13 @@ class SimulatedSubtomogramDataModule(SplitDataModule):
         return library_maps(self.hparams.classes, self.hparams.voxel_size_a, self.hparams.box_size_voxels)
 
     def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if stage in ("fit", None) and hp.labelled_fraction < 1.0 and hp.train_size > 0:
+            check_some_labelled(hp.seed, hp.train_size, hp.labelled_fraction)
         if self.datasets:
             return
         maps = self.class_maps()
-        self.datasets.update(
-            split_datasets(self.hparams, dict.fromkeys(SPLIT_OFFSETS, maps), self.hparams.labelled_fraction)
-        )
+        self.datasets.update(split_datasets(hp, dict.fromkeys(SPLIT_OFFSETS, maps), hp.labelled_fraction))
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams

@@ -35,6 +35,17 @@ def check_data_tilt_range(tilt_min_deg: float, tilt_max_deg: float) -> None:
         )
 
 
+def data_box_shapes(datamodule: object) -> set[tuple[int, ...]]:
+    """The box shapes (voxels) of a DataModule's subtomograms: ``box_size_voxels``³ from its
+    hyper-parameters (simulated data), else the ``box_shape`` of its datasets (STAR tables, once set up);
+    empty when neither says."""
+    box = getattr(datamodule, "hparams", {}).get("box_size_voxels")
+    if box is not None:
+        return {(int(box),) * 3}
+    datasets = getattr(datamodule, "datasets", {}).values()
+    return {tuple(dataset.box_shape) for dataset in datasets if hasattr(dataset, "box_shape")}
+
+
 def is_validating(datamodule: LightningDataModule) -> bool:
     """Whether the Trainer ``datamodule`` is attached to runs ``validate`` (``fit`` may run without
     validation, on an empty validation split)."""

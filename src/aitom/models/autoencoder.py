@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from aitom.errors import InputError
+from aitom.models.classifiers import check_volume_channels
 
 __all__ = ["SubtomogramAutoencoder"]
 
@@ -92,11 +93,7 @@ class SubtomogramAutoencoder(nn.Module):
         self.to(memory_format=torch.channels_last_3d)
 
     def _check_input(self, volume: torch.Tensor) -> None:
-        if volume.ndim != 5 or volume.shape[1] != self.in_channels:
-            raise ValueError(
-                f"SubtomogramAutoencoder expects volumes of shape (B, {self.in_channels}, S, S, S), "
-                f"got {tuple(volume.shape)}"
-            )
+        check_volume_channels(volume, self.in_channels, type(self).__name__, axes="S, S, S")
         if tuple(volume.shape[-3:]) != (self.box_size_voxels,) * 3:
             raise InputError(
                 f"SubtomogramAutoencoder was built for {self.box_size_voxels}³ boxes but got "

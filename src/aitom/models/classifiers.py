@@ -57,14 +57,25 @@ def fully_connected_head(
     )
 
 
+def check_volume_channels(volume: torch.Tensor, in_channels: int, name: str, axes: str = "Z, Y, X") -> None:
+    """Raise if ``volume`` is not ``(B, in_channels, *axes)``: :class:`ValueError` for another number of
+    dimensions, :class:`InputError` (naming the network's ``in_channels`` option) for other channels."""
+    if volume.ndim != 5:
+        raise ValueError(
+            f"{name} expects volumes of shape (B, {in_channels}, {axes}), got {tuple(volume.shape)}"
+        )
+    if volume.shape[1] != in_channels:
+        raise InputError(
+            f"{name} was built with in_channels {in_channels} for volumes of shape (B, {in_channels}, "
+            f"{axes}) but got {tuple(volume.shape)}; set the network's in_channels to {volume.shape[1]}"
+        )
+
+
 def check_classifier_input(
     volume: torch.Tensor, in_channels: int, minimum_box_voxels: int, name: str
 ) -> None:
     """Raise if ``volume`` is not ``(B, in_channels, Z, Y, X)`` or a spatial size is below the minimum box."""
-    if volume.ndim != 5 or volume.shape[1] != in_channels:
-        raise ValueError(
-            f"{name} expects volumes of shape (B, {in_channels}, Z, Y, X), got {tuple(volume.shape)}"
-        )
+    check_volume_channels(volume, in_channels, name)
     if min(volume.shape[-3:]) < minimum_box_voxels:
         raise InputError(
             f"{name} needs a box of at least {minimum_box_voxels} voxels per axis, "

@@ -49,7 +49,13 @@ from aitom.ops.clustering import adjusted_rand_index, kmeans
 from aitom.ops.filters import gaussian_filter3d
 from aitom.ops.open_set import cluster_purity
 from aitom.ops.pose_normalisation import pose_normalise
-from aitom.tasks.classify import check_optimiser_options, check_tilt_range, check_views_match_data
+from aitom.tasks.classify import (
+    check_checkpoint_fits,
+    check_optimiser_options,
+    check_tilt_range,
+    check_views_match_data,
+    qualified_name,
+)
 
 #: members shown in each cluster's montage
 MONTAGE_MEMBERS = 16
@@ -174,9 +180,21 @@ class AutoencoderClustering(LightningModule):
     # ------------------------------------------------------------------------------------------ the steps
 
     def setup(self, stage: str) -> None:
-        """Check that the contrastive views use the data's tilt range (when the DataModule states one)."""
+        """Check that the contrastive views use the data's tilt range (when the DataModule states one) and,
+        before predicting, that the predict split has at least ``n_clusters`` items."""
         if self.projection is not None:
             check_views_match_data(self, self.hparams.tilt_range_deg)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        predict_data = getattr(datamodule, "datasets", {}).get("predict")
+        if (
+            stage == "predict"
+            and predict_data is not None
+            and 0 < len(predict_data) < self.hparams.n_clusters
+        ):
+            raise InputError(
+                f"n_clusters is {self.hparams.n_clusters} but there are only {len(predict_data)} items "
+                "to predict"
+            )
 
     def prepare(self, volume: torch.Tensor) -> torch.Tensor:
         """The network's input: ``(B, 1, S, S, S)`` volumes, pose-normalised and low-pass filtered as set."""
@@ -247,6 +265,10 @@ class AutoencoderClustering(LightningModule):
         return torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose weights do not fit this model (trained with other network options)."""
+        check_checkpoint_fits(self, checkpoint, qualified_name(self.net))
 
     # ------------------------------------------------------------------------------------------ predict
 

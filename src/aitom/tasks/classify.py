@@ -377,6 +377,13 @@ def check_state_dict_matches(
     )
 
 
+def check_checkpoint_fits(module: LightningModule, checkpoint: dict[str, Any], model_name: str) -> None:
+    """:func:`check_state_dict_matches` for a checkpoint being loaded into ``module`` (from its
+    ``on_load_checkpoint``), naming the checkpoint file the Trainer loads."""
+    path = module._trainer.ckpt_path if module._trainer is not None else None
+    check_state_dict_matches(checkpoint.get("state_dict", {}), module.state_dict(), model_name, path)
+
+
 def collect_rng_states() -> dict[str, Any]:
     """The global RNG states of torch (CPU and CUDA), NumPy and Python, as tensors and plain numbers.
 

@@ -34,9 +34,16 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from aitom.data.splits import data_box_shapes
 from aitom.errors import InputError
 from aitom.ops.augmentation import random_rotated_views
-from aitom.tasks.classify import check_optimiser_options, check_tilt_range, check_views_match_data
+from aitom.tasks.classify import (
+    check_checkpoint_fits,
+    check_optimiser_options,
+    check_tilt_range,
+    check_views_match_data,
+    qualified_name,
+)
 from aitom.tasks.semi_supervised import adopt_data_classes
 
 EVALUATION_STAGES = ("val", "test")
@@ -55,6 +62,28 @@ def feature_extractor(net: nn.Module) -> nn.Module:
         )
     pool = getattr(net, "pool", None)
     return net.features if pool is None else nn.Sequential(net.features, pool)
+
+
+def probe_features(net: nn.Module, extractor: nn.Module, box_size_voxels: int) -> torch.Tensor:
+    """The features ``extractor`` (``net``'s feature part) computes for two empty ``box_size_voxels``³
+    volumes, or :class:`InputError` when the network cannot take that box."""
+    volume = torch.zeros(2, getattr(net, "in_channels", 1), *(3 * [box_size_voxels]))
+    check_input = getattr(net, "check_input", None)  # AutoencoderClassifier3D: a multiple of 2^n voxels
+    try:
+        if check_input is not None:
+            check_input(volume)
+        extractor.eval()
+        with torch.no_grad():
+            return extractor(volume)
+    except InputError as error:
+        raise InputError(f"box_size_voxels {box_size_voxels}: {error}") from error
+    except RuntimeError as error:
+        raise InputError(
+            f"box_size_voxels {box_size_voxels} is too small for the network {type(net).__name__}: "
+            f"{str(error).strip().splitlines()[0]}"
+        ) from error
+    finally:
+        extractor.train()
 
 
 class DomainDiscriminator(nn.Module):
@@ -121,7 +150,8 @@ class AdversarialDomainAdaptation(LightningModule):
         num_classes: number of classes; must equal the network's and the data's.
         box_size_voxels: edge of the subtomograms, voxels (sizes the discriminator's input).
         class_names: names in label order (taken from the DataModule when not given).
-        source_epochs: epochs of the source stage; the adaptation stage takes the rest of the run.
+        source_epochs: epochs of the source stage; the adaptation stage takes the rest of the run (a fit
+            with ``trainer.max_epochs`` not above ``source_epochs`` is refused).
         discriminator_hidden: width of the discriminator's hidden layers.
         lr: AdamW learning rate of the source stage.
         weight_decay: AdamW decoupled weight decay of the source stage.
@@ -158,6 +188,10 @@ class AdversarialDomainAdaptation(LightningModule):
         )
         if source_epochs < 1:
             raise InputError(f"source_epochs must be at least 1, got {source_epochs}")
+        if box_size_voxels < 1:
+            raise InputError(f"box_size_voxels must be a positive number of voxels, got {box_size_voxels}")
+        if discriminator_hidden < 1:
+            raise InputError(f"discriminator_hidden must be at least 1, got {discriminator_hidden}")
         net_classes = getattr(net, "num_classes", None)
         if net_classes is not None and net_classes != num_classes:
             raise InputError(
@@ -171,11 +205,7 @@ class AdversarialDomainAdaptation(LightningModule):
         self.source_extractor = feature_extractor(net)
         self.classifier = net.head
         self.target_extractor = copy.deepcopy(self.source_extractor)
-        in_channels = getattr(net, "in_channels", 1)
-        self.source_extractor.eval()
-        with torch.no_grad():
-            probe = self.source_extractor(torch.zeros(2, in_channels, *(3 * [box_size_voxels])))
-        self.source_extractor.train()
+        probe = probe_features(net, self.source_extractor, box_size_voxels)
         self.discriminator = DomainDiscriminator(probe[0].numel(), discriminator_hidden)
         # saved with the weights, so that a resumed run knows whether M_t has been initialised from M_s
         self.register_buffer("adaptation_started", torch.tensor(False))
@@ -209,6 +239,32 @@ class AdversarialDomainAdaptation(LightningModule):
         adopt_data_classes(self)
         if self.hparams.rotated_views:
             check_views_match_data(self, self.hparams.source_tilt_range_deg, data_part="source")
+        self._check_data_boxes()
+        max_epochs = self.trainer.max_epochs
+        source_stage_only = max_epochs is not None and 0 <= max_epochs <= self.hparams.source_epochs
+        # fast_dev_run (a one-batch check of the config) is allowed to stop in the source stage
+        if stage == "fit" and source_stage_only and not self.trainer.fast_dev_run:
+            raise InputError(
+                f"source_epochs is {self.hparams.source_epochs} but trainer.max_epochs is {max_epochs}: the "
+                "adaptation stage would never run; set source_epochs below max_epochs"
+            )
+
+    def _check_data_boxes(self) -> None:
+        """Refuse data whose box is not the model's ``box_size_voxels`` (the discriminator's input size)."""
+        datamodule = self.trainer.datamodule
+        expected = (self.hparams.box_size_voxels,) * 3
+        for role in ("source", "target"):
+            for shape in data_box_shapes(getattr(datamodule, role, None)):
+                if shape != expected:
+                    raise InputError(
+                        f"the model's box_size_voxels is {self.hparams.box_size_voxels} but the {role} "
+                        f"data's subtomograms are {'x'.join(map(str, shape))} voxels; set box_size_voxels "
+                        "to the data's box size"
+                    )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose weights do not fit this model (trained with other network options)."""
+        check_checkpoint_fits(self, checkpoint, qualified_name(self))
 
     # ------------------------------------------------------------------------------------------ training
 

@@ -31,6 +31,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from aitom.errors import InputError
+from aitom.models.classifiers import check_volume_channels
 from aitom.ops.clustering import adjusted_rand_index, kmeans, silhouette_score
 from aitom.ops.open_set import (
     auroc,
@@ -40,7 +41,7 @@ from aitom.ops.open_set import (
     open_set_scores,
     soft_margin,
 )
-from aitom.tasks.classify import check_optimiser_options
+from aitom.tasks.classify import check_checkpoint_fits, check_optimiser_options, qualified_name
 
 LOSSES = ("cosine", "softmax")
 #: range of cluster numbers tried by the silhouette when ``unknown_clusters`` is None
@@ -76,10 +77,12 @@ class ClassifierTrunk(nn.Module):
             nn.Linear(first_linear.in_features, feature_dim), nn.BatchNorm1d(feature_dim)
         )
         self.feature_dim = feature_dim
+        self.in_channels = getattr(backbone, "in_channels", 1)
         self.minimum_box_voxels = getattr(backbone, "minimum_box_voxels", 1)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """``(B, C, Z, Y, X)`` volumes -> ``(B, feature_dim)`` features."""
+        check_volume_channels(volume, self.in_channels, type(self).__name__)
         if min(volume.shape[-3:]) < self.minimum_box_voxels:
             raise InputError(
                 f"the feature network needs a box of at least {self.minimum_box_voxels} voxels per axis, "
@@ -145,6 +148,8 @@ class OpenSetClassifier(LightningModule):
                 f"scale must be positive and margin, centre_weight non-negative; got {scale}, {margin}, "
                 f"{centre_weight}"
             )
+        if margin_warmup_steps < 0:
+            raise InputError(f"margin_warmup_steps must be 0 (no warm-up) or more, got {margin_warmup_steps}")
         if unknown_clusters is not None and unknown_clusters < 1:
             raise InputError(
                 f"unknown_clusters must be 1 or more (or null for automatic), got {unknown_clusters}"
@@ -173,6 +178,21 @@ class OpenSetClassifier(LightningModule):
                 f"the data have {data_known} known classes but the model has num_known_classes "
                 f"{self.num_known_classes}"
             )
+        clusters = self.hparams.unknown_clusters
+        test_data = getattr(datamodule, "datasets", {}).get("test")
+        if (
+            stage == "test"
+            and clusters is not None
+            and test_data is not None
+            and 0 < len(test_data) < clusters
+        ):
+            raise InputError(
+                f"unknown_clusters is {clusters} but the test split has only {len(test_data)} items"
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose weights do not fit this model (trained with other network options)."""
+        check_checkpoint_fits(self, checkpoint, qualified_name(self.net))
 
     # ------------------------------------------------------------------------------------ scores and loss
 

@@ -49,11 +49,18 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from aitom.data.splits import data_box_shapes
 from aitom.errors import InputError
-from aitom.models.classifiers import conv_bn_relu
+from aitom.models.classifiers import check_volume_channels, conv_bn_relu
 from aitom.ops.augmentation import random_rotated_views
 from aitom.tasks.autoencoder import contrastive_loss
-from aitom.tasks.classify import check_optimiser_options, check_tilt_range, check_views_match_data
+from aitom.tasks.classify import (
+    check_checkpoint_fits,
+    check_optimiser_options,
+    check_tilt_range,
+    check_views_match_data,
+    qualified_name,
+)
 
 STAGES = ("train", "val", "test")
 
@@ -123,11 +130,7 @@ class AutoencoderClassifier3D(nn.Module):
 
     def check_input(self, volume: torch.Tensor) -> None:
         """Raise if ``volume`` is not ``(B, in_channels, Z, Y, X)`` with sizes multiples of ``2^n``."""
-        if volume.ndim != 5 or volume.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__} expects volumes of shape (B, {self.in_channels}, Z, Y, X), "
-                f"got {tuple(volume.shape)}"
-            )
+        check_volume_channels(volume, self.in_channels, type(self).__name__)
         if any(size % self.box_multiple for size in volume.shape[-3:]):
             raise InputError(
                 f"{type(self).__name__} halves the box {self.box_multiple.bit_length() - 1} times: it needs "
@@ -220,7 +223,8 @@ def pseudo_label_consistency_loss(
 
 
 def adopt_data_classes(task: LightningModule) -> None:
-    """Check ``task.num_classes`` against its DataModule's and take the data's ``class_names`` if it has none.
+    """Check ``task.num_classes`` and ``task.class_names`` against its DataModule's (its ``num_classes``, the
+    largest label of a STAR table, ``class_names``) and take the data's ``class_names`` if it has none.
 
     For tasks with ``num_classes`` and ``class_names`` attributes, called from their ``setup``.
     """
@@ -230,8 +234,17 @@ def adopt_data_classes(task: LightningModule) -> None:
         raise InputError(
             f"the data has {data_classes} classes but the model has num_classes {task.num_classes}"
         )
+    largest_label = getattr(datamodule, "largest_label", None)
+    if largest_label is not None and largest_label >= task.num_classes:
+        raise InputError(
+            f"the data have class number {largest_label + 1} (rlnClassNumber) but the model has "
+            f"num_classes {task.num_classes}; set model.num_classes and the network's num_classes to "
+            f"at least {largest_label + 1}"
+        )
     data_names = getattr(datamodule, "class_names", None)
-    if data_names is not None and task.class_names is None:
+    if data_names is not None and task.class_names is not None and list(data_names) != task.class_names:
+        raise InputError(f"the data's classes {list(data_names)} differ from the model's {task.class_names}")
+    if data_names is not None:
         task.class_names = list(data_names)
 
 
@@ -244,8 +257,9 @@ class SemiSupervisedClassifier(LightningModule):
     epoch).
 
     Args:
-        net: a network with ``forward(volume) -> logits`` and ``classify_and_reconstruct(volume) ->
-            (logits, reconstruction)``, e.g. :class:`AutoencoderClassifier3D`.
+        net: a network with ``forward(volume) -> logits`` and, for ``reconstruction_weight`` > 0, a
+            ``decoder`` and ``classify_and_reconstruct(volume) -> (logits, reconstruction)``, e.g.
+            :class:`AutoencoderClassifier3D`.
         num_classes: number of classes; must equal the network's and the data's.
         class_names: names in label order (taken from the DataModule when not given).
         reconstruction_weight: λ, weight of the reconstruction MSE in the loss (0: none).
@@ -308,6 +322,11 @@ class SemiSupervisedClassifier(LightningModule):
                     f"{type(net).__name__} has not (use AutoencoderClassifier3D, or contrastive_weight: 0)"
                 )
             self.projection = nn.Sequential(nn.Linear(size, 128), nn.ReLU(inplace=True), nn.Linear(128, 64))
+        if reconstruction_weight > 0 and getattr(net, "decoder", None) is None:
+            raise InputError(
+                f"reconstruction_weight > 0 needs a network with a decoder; {type(net).__name__} has none "
+                "(set its with_decoder: true, or reconstruction_weight: 0)"
+            )
         if view_max_shift_voxels < 0 or view_noise_std < 0:
             raise InputError(
                 f"view_max_shift_voxels and view_noise_std must be 0 or more, got {view_max_shift_voxels} "
@@ -337,6 +356,17 @@ class SemiSupervisedClassifier(LightningModule):
         hp = self.hparams
         if hp.rotated_views or hp.contrastive_weight > 0 or hp.consistency_weight > 0:
             check_views_match_data(self, hp.tilt_range_deg)
+            datamodule = self.trainer.datamodule if self._trainer is not None else None
+            for shape in data_box_shapes(datamodule):
+                if hp.view_max_shift_voxels >= min(shape) / 2:
+                    raise InputError(
+                        f"view_max_shift_voxels must be less than half the data's box ({min(shape) / 2:g} "
+                        f"voxels), got {hp.view_max_shift_voxels}"
+                    )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose weights do not fit this model (trained with other network options)."""
+        check_checkpoint_fits(self, checkpoint, qualified_name(self.net))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if "label" not in batch:
@@ -348,11 +378,15 @@ class SemiSupervisedClassifier(LightningModule):
         original = volume
         if hp.rotated_views:
             volume = random_rotated_views(volume, *hp.tilt_range_deg, hp.view_max_shift_voxels)
-        if self.projection is None:
+        if self.projection is None and hp.reconstruction_weight > 0:
             logits, reconstruction = self.net.classify_and_reconstruct(volume)
             loss, cross_entropy, mse = semi_supervised_loss(
                 logits, labels, labelled, reconstruction, volume, hp.reconstruction_weight
             )
+        elif self.projection is None:
+            logits = self.net(volume)
+            cross_entropy = masked_cross_entropy(logits, labels, labelled)
+            loss, mse = cross_entropy, torch.zeros((), device=volume.device)
         else:
             logits, embedding, features = self.net.classify_and_embed(volume)
             if hp.reconstruction_weight > 0:
