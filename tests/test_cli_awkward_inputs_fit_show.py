@@ -122,6 +122,34 @@ def test_impossible_model_options_exit_2(tmp_path, monkeypatch, capsys, option, 
     assert _no_outputs(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        (
+            ["--model.init_args.lr", "nan"],
+            "--model.init_args.lr (aitom.tasks.Classifier): expected float, got nan",
+        ),
+        (
+            ["--data.init_args.batch_size", "two"],
+            "--data.init_args.batch_size (aitom.data.SimulatedSubtomogramDataModule): expected int, got two",
+        ),
+        (
+            ["--model.init_args.nonsense", "3"],
+            "--model.init_args.nonsense: not an option of aitom.tasks.Classifier",
+        ),
+        (["--trainer.max_epochs", "x"], "--trainer.max_epochs: expected int or null, got x"),
+    ],
+)
+def test_unparsable_options_are_named_in_a_short_line(tmp_path, monkeypatch, capsys, option, expected):
+    """jsonargparse's message listed every alternative of the Union (the class or None) around the
+    complaint, over 400 characters, without the option's full name."""
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, _simulated())
+    assert main(["fit", "--config", str(config), *option]) == 2
+    assert _one_error_line(capsys) == expected
+    assert _no_outputs(tmp_path)
+
+
 def test_empty_training_split_exits_2(tmp_path, monkeypatch, capsys):
     """train_size 0 failed in torch's RandomSampler with a traceback."""
     monkeypatch.chdir(tmp_path)

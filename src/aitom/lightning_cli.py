@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import io
 import os
+import re
 import shutil
 import warnings
 import zipfile
@@ -40,6 +41,19 @@ from aitom.errors import InputError
 OUTPUT_ROOT = "outputs"
 #: ``--ckpt_path`` values that Lightning resolves itself instead of reading a file
 CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
+#: jsonargparse's message for a bad init_arg of a class given by class_path: the Union of the class and
+#: None, with the class's own complaint inside
+_NESTED_OPTION_ERROR = re.compile(
+    r'^Parser key "(?P<group>[\w.]+)": Does not validate against any of the Union subtypes .*? Errors: '
+    r"- Problem with given class_path '(?P<class_path>[\w.]+)': "
+    r"(?:Parser key \"(?P<key>[\w.]+)\": (?P<problem>.*?)|Option '(?P<unknown>[\w.]+)' is not accepted)"
+    r"(?: - Expected a <class 'NoneType'>.*)?$"
+)
+#: jsonargparse's message for a value that fits none of an option's types (``--trainer.max_epochs x``)
+_UNION_ERROR = re.compile(
+    r'^Parser key "(?P<key>[\w.]+)": Does not validate against any of the Union subtypes .*? Errors: '
+    r"(?P<expected>(?:- Expected a <class '\w+'> )+)Given value type: .*? Given value: (?P<value>.*)$"
+)
 #: accelerators that need a CUDA device
 CUDA_ACCELERATORS = ("gpu", "cuda")
 
@@ -351,5 +365,26 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
             parser_kwargs={"exit_on_error": False},
         )
     except ArgumentError as error:
-        raise InputError(" ".join(str(error).split())) from error
+        raise InputError(argument_error_line(error)) from error
     return 0
+
+
+def argument_error_line(error: ArgumentError) -> str:
+    """jsonargparse's message on one line; for a bad init_arg of a ``class_path`` class (``--model.init_args.
+    scale nan``) only the option and the class's complaint, without the Union alternatives around it."""
+    message = " ".join(str(error).split())
+    nested = _NESTED_OPTION_ERROR.match(message)
+    if nested is not None and nested["unknown"] is not None:
+        return f"--{nested['group']}.init_args.{nested['unknown']}: not an option of {nested['class_path']}"
+    if nested is not None:
+        problem = re.sub(
+            r"^Expected a <class '(\w+)'>\. Got value: ", r"expected \1, got ", nested["problem"]
+        )
+        return f"--{nested['group']}.init_args.{nested['key']} ({nested['class_path']}): {problem}"
+    union = _UNION_ERROR.match(message)
+    if union is not None:
+        types = [
+            name.replace("NoneType", "null") for name in re.findall(r"<class '(\w+)'>", union["expected"])
+        ]
+        return f"--{union['key']}: expected {' or '.join(types)}, got {union['value']}"
+    return message
