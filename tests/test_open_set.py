@@ -277,3 +277,27 @@ def test_cli_refuses_a_model_that_does_not_fit_the_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path, num_known_classes=3)
     assert main(["fit", "--config", str(config), "--trainer.max_steps", "1"]) == 2
+
+
+def test_predict_writes_known_classes_and_rejections_to_a_star_table(tmp_path, monkeypatch):
+    """`aitom predict` with configs/open_set.yaml wrote nothing: the config had no PredictionWriter, and the
+    writer knew only probabilities. Now each item gets its known class, or rlnClassNumber 0 / ``unknown``
+    when its known score is below the rejection threshold, and that score."""
+    from aitom.io import read_particles
+    from tests.test_cli_awkward_inputs_fit_tasks import CLASSES, _tiny
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+    config = _tiny("open_set")
+    config["data"]["init_args"]["predict_size"] = 8
+    (tmp_path / "open_set.yaml").write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", "open_set.yaml"]) == 0
+    assert main(["predict", "--config", "open_set.yaml", "--ckpt_path", "last"]) == 0
+    table = read_particles(tmp_path / "outputs/open_set/predictions.star", require=())
+    assert len(table) == 8 and list(table["aitomParticleIndex"]) == list(range(8))
+    numbers = table["rlnClassNumber"].astype(int)
+    assert set(numbers) <= {0, 1, 2}
+    assert list(table["aitomClassName"]) == [["unknown", *CLASSES][number] for number in numbers]
+    scores = table["aitomKnownScore"].astype(float)
+    if (numbers == 0).any() and (numbers > 0).any():  # one threshold on the written score separates them
+        assert scores[numbers == 0].max() < scores[numbers > 0].min()

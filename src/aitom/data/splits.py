@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
@@ -46,6 +48,17 @@ def data_box_shapes(datamodule: object) -> set[tuple[int, ...]]:
     return {tuple(dataset.box_shape) for dataset in datasets if hasattr(dataset, "box_shape")}
 
 
+def drops_single_item_batch(datamodule: LightningDataModule, size: int, batch_size: int) -> bool:
+    """Whether a training DataLoader over ``size`` items drops its last batch: when that batch would hold a
+    single item of a split of two or more. Batch normalisation in training mode cannot normalise one item
+    (``BatchNorm1d`` on per-item features, e.g. the open-set task's, raises a ValueError), and a single item
+    skews the statistics of any other; a last batch of two or more items is kept. With several processes
+    (DDP, the Trainer ``datamodule`` is attached to), each loads its share, ``ceil(size / world_size)``."""
+    trainer = datamodule.trainer
+    share = math.ceil(size / (trainer.world_size if trainer is not None else 1))
+    return share > 1 and share % batch_size == 1
+
+
 def is_validating(datamodule: LightningDataModule) -> bool:
     """Whether the Trainer ``datamodule`` is attached to runs ``validate`` (``fit`` may run without
     validation, on an empty validation split)."""
@@ -56,7 +69,9 @@ class SplitDataModule(LightningDataModule):
     """Serves ``self.datasets[split]`` for ``train`` (shuffled), ``val``, ``test`` and ``predict``.
 
     Subclasses fill ``self.datasets`` in ``setup`` and save ``batch_size`` and ``num_workers`` as
-    hyper-parameters.
+    hyper-parameters. A training epoch whose last batch would hold a single item drops that item (it comes
+    back in another batch of the next, reshuffled epoch): batch-normalised networks cannot train on a batch
+    of one (:func:`drops_single_item_batch`). Validation, test and predict batches keep every item.
     """
 
     def __init__(self) -> None:
@@ -73,10 +88,13 @@ class SplitDataModule(LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.split_dataset(split)
+        batch_size = self.hparams.batch_size
         return DataLoader(
-            self.split_dataset(split),
-            batch_size=self.hparams.batch_size,
+            dataset,
+            batch_size=batch_size,
             shuffle=shuffle,
+            drop_last=split == "train" and drops_single_item_batch(self, len(dataset), batch_size),
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )

@@ -47,6 +47,8 @@ STAGES = ("train", "val", "test")
 CHECKPOINT_KEY = "aitom_classifier"
 #: key under which the prediction writers keep each row's index in the data set
 DATASET_ORDER_KEY = "_dataset_order"
+#: ``aitomClassName`` of an item an open-set model rejects as none of its known classes
+UNKNOWN_CLASS_NAME = "unknown"
 
 
 def qualified_name(obj: object) -> str:
@@ -461,9 +463,11 @@ def confusion_matrix_image(matrix: torch.Tensor, class_names: list[str], title: 
 class PredictionWriter(BasePredictionWriter):
     """Write a classifier's predictions to a STAR table at the end of ``trainer.predict``.
 
-    Columns: ``rlnClassNumber`` (1-based), ``rlnMaxValueProbDistribution`` (probability of that class),
-    ``aitomClassProbability_<k>`` for k = 1 ... num_classes, ``aitomClassName`` when the model knows the
-    names, ``aitomParticleIndex`` (0-based row of the input table) when batches carry ``"index"``, and
+    Columns: ``rlnClassNumber`` (1-based; 0 for an item an open-set model rejects as unknown),
+    ``rlnMaxValueProbDistribution`` (probability of that class), ``aitomClassProbability_<k>`` for
+    k = 1 ... num_classes (open-set models: ``aitomKnownScore`` instead), ``aitomClassName`` when the
+    model knows the names, ``aitomParticleIndex`` (0-based row of the input table) when batches carry
+    ``"index"``, and
     ``rlnCoordinateX/Y/Z`` (voxels) when batches carry ``"coordinates_xyz"``. Rows are in input order.
     With several processes (DDP), the predictions of every rank are gathered and rank 0 writes the one table,
     the same as a single process writes.
@@ -567,19 +571,30 @@ def gather_from_ranks(trainer: Trainer, part: Any) -> list[Any]:
 def prediction_table(
     prediction: dict[str, torch.Tensor], class_names: list[str] | None = None
 ) -> pd.DataFrame:
-    """A STAR-ready table from merged ``predict_step`` outputs (see :class:`PredictionWriter` for columns)."""
-    probabilities = prediction["probabilities"].to(torch.float64).numpy()
+    """A STAR-ready table from merged ``predict_step`` outputs (see :class:`PredictionWriter` for columns).
+
+    Open-set predictions (:class:`aitom.tasks.open_set.OpenSetClassifier`) carry a ``"score"`` (the
+    known-class score, rejected below the threshold) instead of probabilities, and class -1 for an item
+    rejected as unknown: written as ``aitomKnownScore``, ``rlnClassNumber`` 0 and ``aitomClassName``
+    ``unknown``.
+    """
     classes = prediction["class"].numpy().astype(np.int64)
     order = (
         np.argsort(prediction["index"].numpy(), kind="stable")
         if "index" in prediction
         else np.arange(len(classes))
     )
-    extra: dict[str, np.ndarray] = {"rlnMaxValueProbDistribution": probabilities[order, classes[order]]}
-    for k in range(probabilities.shape[1]):
-        extra[f"aitomClassProbability_{k + 1}"] = probabilities[order, k]
+    extra: dict[str, np.ndarray] = {}
+    if "probabilities" in prediction:
+        probabilities = prediction["probabilities"].to(torch.float64).numpy()
+        extra["rlnMaxValueProbDistribution"] = probabilities[order, classes[order]]
+        for k in range(probabilities.shape[1]):
+            extra[f"aitomClassProbability_{k + 1}"] = probabilities[order, k]
+    if "score" in prediction:
+        extra["aitomKnownScore"] = prediction["score"].to(torch.float64).numpy()[order]
     if class_names is not None:
-        extra["aitomClassName"] = np.asarray(class_names, dtype=object)[classes[order]]
+        names = np.asarray([*class_names, UNKNOWN_CLASS_NAME], dtype=object)  # index -1: unknown
+        extra["aitomClassName"] = names[classes[order]]
     if "index" in prediction:
         extra["aitomParticleIndex"] = prediction["index"].numpy()[order].astype(np.int64)
     if "coordinates_xyz" in prediction:

@@ -20,6 +20,12 @@ labels, used only for scoring: ``val/acc`` and ``test/acc`` score the current mo
 adaptation has begun, ``M_s`` + ``C`` before) and ``val/source_only_acc``, ``test/source_only_acc`` score
 ``M_s`` + ``C`` (the source-only classifier) on the same target batches.
 
+The target may be the user's real subtomograms, a STAR table per split
+(:class:`aitom.data.StarSubtomogramDataModule`), unlabelled for training: the classes are the source's; a
+fit without a target ``val_star`` runs without validation; ``test`` needs a labelled ``test_star``
+(``rlnClassNumber``; an unlabelled one is refused before the run) and ``predict`` takes any table. The box
+of every domain, STAR tables included, must be the model's ``box_size_voxels``.
+
 Note: with manual optimisation Lightning counts every optimiser step in ``trainer.global_step``: one per batch
 in the source stage, two (discriminator, then target extractor) per batch in the adaptation stage.
 """

@@ -96,7 +96,13 @@ class OpenSetClassifier(LightningModule):
 
     Batches: ``{"volume": (B, 1, S, S, S), "label": (B,) int64}``; in test batches labels
     ``>= num_known_classes`` are unknown classes. The DataModule must give a validation split of known
-    classes: the rejection threshold is set on it at the start of every test and every prediction run.
+    classes: the rejection threshold is set on it at the start of every test and every prediction run (a
+    DataModule that sets up only the running stage's splits, e.g. a STAR table per split, is asked for its
+    validation split too).
+
+    A network with ``BatchNorm1d`` (:class:`ClassifierTrunk`'s features) cannot train on a batch of one
+    item: a fit with ``batch_size`` 1 or a training split of one item is refused, and the split DataModules
+    drop a last training batch of a single item (:class:`aitom.data.splits.SplitDataModule`).
 
     Args:
         net: feature network, volumes -> ``(B, D)``; must have a ``feature_dim`` attribute (``D``).
@@ -165,6 +171,9 @@ class OpenSetClassifier(LightningModule):
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self._test_outputs: list[dict[str, torch.Tensor]] = []
         self.test_results: dict[str, float] = {}
+        #: names of the known classes in label order, from the DataModule (``known_class_names``) when it
+        #: has them; the PredictionWriter writes them (and ``unknown`` for rejected items)
+        self.class_names: list[str] | None = None
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """``(B, 1, Z, Y, X)`` volumes -> ``(B, D)`` features."""
@@ -178,6 +187,19 @@ class OpenSetClassifier(LightningModule):
                 f"the data have {data_known} known classes but the model has num_known_classes "
                 f"{self.num_known_classes}"
             )
+        known_names = getattr(datamodule, "known_class_names", None)
+        if known_names is not None:
+            self.class_names = list(known_names)
+        datasets = getattr(datamodule, "datasets", None)
+        if stage == "fit" and any(isinstance(module, nn.BatchNorm1d) for module in self.net.modules()):
+            self._check_training_batches(datamodule)
+        if stage in ("test", "predict") and datasets is not None and "val" not in datasets:
+            datamodule.setup("validate")  # the threshold is set on the validation split
+            if "val" not in datasets:
+                raise InputError(
+                    f"open-set {stage} sets the rejection threshold on the validation split (known "
+                    "classes), but the data give none (StarSubtomogramDataModule: set val_star)"
+                )
         clusters = self.hparams.unknown_clusters
         test_data = getattr(datamodule, "datasets", {}).get("test")
         if (
@@ -188,6 +210,22 @@ class OpenSetClassifier(LightningModule):
         ):
             raise InputError(
                 f"unknown_clusters is {clusters} but the test split has only {len(test_data)} items"
+            )
+
+    @staticmethod
+    def _check_training_batches(datamodule: object) -> None:
+        """Refuse data that would give a batch-normalised network a training batch of one item."""
+        batch_size = getattr(datamodule, "hparams", {}).get("batch_size")
+        if batch_size is not None and batch_size < 2:
+            raise InputError(
+                "batch_size must be 2 or more (the features are batch-normalised in training), got "
+                f"{batch_size}"
+            )
+        train = getattr(datamodule, "datasets", {}).get("train")
+        if train is not None and len(train) == 1:
+            raise InputError(
+                "the training split has 1 item: the features are batch-normalised in training, which needs "
+                "2 or more items per batch"
             )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
