@@ -285,3 +285,25 @@ def test_estimate_wedge_reads_only_the_central_crop(tmp_path, capsys):
     assert "NaN or Inf voxels" in _one_error_line(capsys)
     assert main(["estimate", "wedge", str(path), "--crop", "8"]) == 2
     assert _one_error_line(capsys) == "--crop must be 0 (the whole volume) or at least 16 voxels, got 8"
+
+
+def test_estimate_snr_finds_compressed_volumes_in_its_folders(tmp_path, capsys):
+    """Folders of .rec.gz or .mrc.bz2 copies (which the reader reads) were reported as holding no volumes;
+    their SNR is that of the plain copies."""
+    import bz2
+    import gzip
+
+    folder_a, folder_b = _pair_folders(tmp_path, [(16, 16, 16)] * 3)
+    assert main(["estimate", "snr", "--pairs-a", str(folder_a), "--pairs-b", str(folder_b)]) == 0
+    plain = _json(capsys)
+    for folder, suffix, compress in (
+        (folder_a, ".rec.gz", gzip.compress),
+        (folder_b, ".mrc.bz2", bz2.compress),
+    ):
+        packed = tmp_path / f"{folder.name}_packed"
+        packed.mkdir()
+        for file in folder.iterdir():
+            (packed / f"{file.stem}{suffix}").write_bytes(compress(file.read_bytes()))
+    options = ["--pairs-a", str(tmp_path / "a_packed"), "--pairs-b", str(tmp_path / "b_packed")]
+    assert main(["estimate", "snr", *options]) == 0
+    assert _json(capsys)["snr"] == plain["snr"]

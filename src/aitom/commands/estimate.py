@@ -8,7 +8,10 @@ from pathlib import Path
 
 from aitom.commands.shared import add_voxel_size_option, seed_number
 
-VOLUME_SUFFIXES = (".mrc", ".map", ".rec", ".mrc.gz", ".map.gz")
+#: volume files found in an ``estimate snr`` folder: MRC names, plain or compressed as the reader accepts
+VOLUME_SUFFIXES = tuple(
+    f"{name}{compression}" for name in (".mrc", ".map", ".rec") for compression in ("", ".gz", ".bz2")
+)
 #: most candidate tilt ranges ``estimate wedge`` scores (2000 limits with min and max free: ~0.5 GB)
 MAX_CANDIDATE_RANGES = 4_000_000
 
