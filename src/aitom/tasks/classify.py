@@ -194,26 +194,7 @@ class Classifier(LightningModule):
 
     def setup(self, stage: str) -> None:
         """Check the model against the DataModule's ``num_classes`` / ``class_names`` when it has them."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.num_classes:
-            raise InputError(
-                f"the data has {data_classes} classes but the model has num_classes {self.num_classes}"
-            )
-        largest_label = getattr(datamodule, "largest_label", None)
-        if largest_label is not None and largest_label >= self.num_classes:
-            raise InputError(
-                f"the data have class number {largest_label + 1} (rlnClassNumber) but the model has "
-                f"num_classes {self.num_classes}; set model.num_classes and the network's num_classes to "
-                f"at least {largest_label + 1}"
-            )
-        data_names = getattr(datamodule, "class_names", None)
-        if data_names is not None:
-            if self.class_names is not None and list(data_names) != self.class_names:
-                raise InputError(
-                    f"the data's classes {list(data_names)} differ from the model's {self.class_names}"
-                )
-            self.class_names = list(data_names)
+        adopt_data_classes(self)
         if self.hparams.rotated_views:
             check_views_match_data(self, self.hparams.tilt_range_deg)
 
@@ -349,6 +330,32 @@ class Classifier(LightningModule):
             self.class_names = list(own["class_names"])
         if "rng_states" in own and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             restore_rng_states(own["rng_states"])
+
+
+def adopt_data_classes(task: LightningModule) -> None:
+    """Check ``task.num_classes`` and ``task.class_names`` against its DataModule's (its ``num_classes``, the
+    largest label of a STAR table, ``class_names``) and take the data's ``class_names`` if it has none.
+
+    For tasks with ``num_classes`` and ``class_names`` attributes, called from their ``setup``.
+    """
+    datamodule = task.trainer.datamodule if task._trainer is not None else None
+    data_classes = getattr(datamodule, "num_classes", None)
+    if data_classes is not None and data_classes != task.num_classes:
+        raise InputError(
+            f"the data has {data_classes} classes but the model has num_classes {task.num_classes}"
+        )
+    largest_label = getattr(datamodule, "largest_label", None)
+    if largest_label is not None and largest_label >= task.num_classes:
+        raise InputError(
+            f"the data have class number {largest_label + 1} (rlnClassNumber) but the model has "
+            f"num_classes {task.num_classes}; set model.num_classes and the network's num_classes to "
+            f"at least {largest_label + 1}"
+        )
+    data_names = getattr(datamodule, "class_names", None)
+    if data_names is not None and task.class_names is not None and list(data_names) != task.class_names:
+        raise InputError(f"the data's classes {list(data_names)} differ from the model's {task.class_names}")
+    if data_names is not None:
+        task.class_names = list(data_names)
 
 
 def check_state_dict_matches(

@@ -44,13 +44,13 @@ from aitom.data.splits import data_box_shapes
 from aitom.errors import InputError
 from aitom.ops.augmentation import random_rotated_views
 from aitom.tasks.classify import (
+    adopt_data_classes,
     check_checkpoint_fits,
     check_optimiser_options,
     check_tilt_range,
     check_views_match_data,
     qualified_name,
 )
-from aitom.tasks.semi_supervised import adopt_data_classes
 
 EVALUATION_STAGES = ("val", "test")
 

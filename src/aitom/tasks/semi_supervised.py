@@ -55,6 +55,7 @@ from aitom.models.classifiers import check_volume_channels, conv_bn_relu
 from aitom.ops.augmentation import random_rotated_views
 from aitom.tasks.autoencoder import contrastive_loss
 from aitom.tasks.classify import (
+    adopt_data_classes,
     check_checkpoint_fits,
     check_optimiser_options,
     check_tilt_range,
@@ -220,32 +221,6 @@ def pseudo_label_consistency_loss(
     per_item = nn.functional.cross_entropy(view_logits, pseudo_labels, reduction="none")
     count = max(view_logits.shape[0], 1)
     return (per_item * confident).sum() / count, confident.sum() / count
-
-
-def adopt_data_classes(task: LightningModule) -> None:
-    """Check ``task.num_classes`` and ``task.class_names`` against its DataModule's (its ``num_classes``, the
-    largest label of a STAR table, ``class_names``) and take the data's ``class_names`` if it has none.
-
-    For tasks with ``num_classes`` and ``class_names`` attributes, called from their ``setup``.
-    """
-    datamodule = task.trainer.datamodule if task._trainer is not None else None
-    data_classes = getattr(datamodule, "num_classes", None)
-    if data_classes is not None and data_classes != task.num_classes:
-        raise InputError(
-            f"the data has {data_classes} classes but the model has num_classes {task.num_classes}"
-        )
-    largest_label = getattr(datamodule, "largest_label", None)
-    if largest_label is not None and largest_label >= task.num_classes:
-        raise InputError(
-            f"the data have class number {largest_label + 1} (rlnClassNumber) but the model has "
-            f"num_classes {task.num_classes}; set model.num_classes and the network's num_classes to "
-            f"at least {largest_label + 1}"
-        )
-    data_names = getattr(datamodule, "class_names", None)
-    if data_names is not None and task.class_names is not None and list(data_names) != task.class_names:
-        raise InputError(f"the data's classes {list(data_names)} differ from the model's {task.class_names}")
-    if data_names is not None:
-        task.class_names = list(data_names)
 
 
 class SemiSupervisedClassifier(LightningModule):
