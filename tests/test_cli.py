@@ -171,3 +171,36 @@ def test_show_draws_relion5_centred_picks_at_their_voxels(tmp_path, volume_file,
     argv[-1] = str(write_particles(tmp_path / "shifted.star", plain))
     assert main([*argv, "--overwrite"]) == 0
     np.testing.assert_allclose(drawn["picks_xyz"], voxels)
+
+
+def test_show_writes_imod_points_in_imod_model_coordinates(tmp_path, volume_file, capsys):
+    """RELION 5 centred-Å picks -> IMOD model coordinates: voxel + (0.5, 0.5, 0), one object per class."""
+    from aitom.io.relion5 import relion5_particles_table, voxels_to_centered_angstrom
+
+    voxels = np.array([[10.0, 12.0, 8.0], [30.0, 20.0, 16.0], [5.0, 6.0, 7.0]])  # (x, y, z) in 40 × 32 × 24
+    table = relion5_particles_table(voxels_to_centered_angstrom(voxels, (40, 32, 24), 10.0), ["vol"] * 3)
+    picks = write_particles(tmp_path / "relion5.star", table.assign(rlnClassNumber=[7, 0, 7]))
+    points = tmp_path / "picks.txt"
+    argv = ["show", str(volume_file), "--out", str(tmp_path / "vol.png"), "--picks", str(picks)]
+    assert main([*argv, "--imod-points", str(points)]) == 0
+    assert "object 1 = class 0 (1 picks), object 2 = class 7 (2 picks)" in capsys.readouterr().out
+    written = np.loadtxt(points)
+    np.testing.assert_array_equal(written[:, :2], [[1, 1], [2, 1], [2, 1]])  # class 0 first, one contour each
+    np.testing.assert_allclose(written[:, 2:], voxels[[1, 0, 2]] + [0.5, 0.5, 0.0], atol=1e-3)
+
+
+def test_show_imod_points_refusals_write_nothing(tmp_path, volume_file, capsys):
+    out = tmp_path / "vol.png"
+    assert main(["show", str(volume_file), "--out", str(out), "--imod-points", str(tmp_path / "p.txt")]) == 2
+    assert "needs --picks" in capsys.readouterr().err
+    picks = write_particles(tmp_path / "picks.star", particles_table(np.array([[10.0, 12.0, 8.0]])))
+    kept = tmp_path / "kept.txt"
+    kept.write_text("keep")
+    argv = ["show", str(volume_file), "--out", str(out), "--picks", str(picks), "--imod-points", str(kept)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err and str(kept) in err
+    assert kept.read_text() == "keep" and not out.exists()
+    argv[-1] = str(out)
+    assert main(argv) == 2
+    assert "same file" in capsys.readouterr().err and not out.exists()

@@ -45,6 +45,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="radius of the pick circles, in voxels (default 8)",
     )
     parser.add_argument("--slices", type=int, default=16, help="number of XY slices in the grid (default 16)")
+    parser.add_argument(
+        "--imod-points",
+        type=Path,
+        metavar="TXT",
+        help="also write the picks as an IMOD point list (object contour x y z, IMOD model coordinates of "
+        "this volume; one object per rlnClassNumber) for 3dmod: point2model -scat -sphere 8 TXT picks.mod",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
@@ -118,7 +125,18 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise InputError("exists; pass --overwrite to replace it", args.out)
     refuse_path_under_a_file(args.out)
-    refuse_outputs_over_inputs([args.out], [args.volume, args.picks])
+    if args.imod_points is not None:
+        if args.picks is None:
+            raise InputError("--imod-points writes the picks: it needs --picks")
+        if args.imod_points.resolve() == args.out.resolve():
+            raise InputError("--imod-points and --out name the same file", args.out)
+        if args.imod_points.is_dir():
+            raise InputError("is a folder; --imod-points names the text file to write", args.imod_points)
+        if args.imod_points.exists() and not args.overwrite:
+            raise InputError("exists; pass --overwrite to replace it", args.imod_points)
+        refuse_path_under_a_file(args.imod_points)
+    outputs = [args.out] if args.imod_points is None else [args.out, args.imod_points]
+    refuse_outputs_over_inputs(outputs, [args.volume, args.picks])
     if args.tomo_name is not None and args.picks is None:
         raise InputError("--tomo-name selects picks to draw: it needs --picks")
     if args.voxel_size is not None and not 0 < args.voxel_size < math.inf:
@@ -140,4 +158,24 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(args.out)
+    if args.imod_points is not None:
+        _write_imod_points(args.imod_points, picks, classes, args.overwrite)
     return 0
+
+
+def _write_imod_points(path: Path, picks_xyz, classes, overwrite: bool) -> None:
+    """Write the picks for point2model, one IMOD object per class (classes in increasing order)."""
+    import numpy as np
+
+    from aitom.io import write_imod_points
+
+    if classes is None:
+        classes = np.ones(len(picks_xyz))
+    class_numbers, objects = np.unique(classes, return_inverse=True)
+    write_imod_points(path, picks_xyz, object_ids=objects + 1, overwrite=overwrite)
+    counts = np.bincount(objects, minlength=len(class_numbers))
+    mapping = ", ".join(
+        f"object {index + 1} = class {number:g} ({count} picks)"
+        for index, (number, count) in enumerate(zip(class_numbers, counts, strict=True))
+    )
+    print(f"{path}: {len(picks_xyz)} picks as IMOD points; {mapping or 'no picks'}")

@@ -6,7 +6,9 @@ all the points of one object form one contour, so the model is meant as scattere
 
     point2model -scat -sphere 8 points.txt points.mod
 
-Coordinates are written as given: aitom's voxel coordinates (x, y, z), with z the section index.
+Coordinates: aitom's voxel coordinates (x, y, z) put the centre of the first voxel at (0, 0, 0); IMOD's model
+coordinates put it at (0.5, 0.5, 0): X and Y count from the pixel's corner, Z is the section index. The writer
+adds 0.5 to x and y, so a point drawn by 3dmod on the volume sits on the voxel aitom names.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def write_imod_points(
 
     Args:
         path: output text file (written atomically).
-        coordinates_xyz: ``(N, 3)`` points (x, y, z) in voxels.
+        coordinates_xyz: ``(N, 3)`` points (x, y, z) in aitom's voxel coordinates (first voxel centre at 0);
+            written as IMOD model coordinates (x + 0.5, y + 0.5, z).
         object_ids: ``(N,)`` IMOD object of each point, 1-based (e.g. ``rlnClassNumber``); default all 1.
             Object k holds one contour, numbered 1.
         overwrite: replace an existing file.
@@ -54,6 +57,9 @@ def write_imod_points(
         raise ValueError(f"object_ids must have shape ({len(points)},), got {objects.shape}")
     if objects.size and objects.min() < 1:
         raise ValueError("IMOD object numbers start at 1")
+    if not np.isfinite(points).all():
+        raise ValueError("coordinates_xyz holds NaN or Inf")
+    points = points + np.array([0.5, 0.5, 0.0])  # IMOD: X, Y from the pixel corner; Z the section index
     order = np.argsort(objects, kind="stable")
     lines = [f"{objects[i]} 1 {points[i, 0]:.3f} {points[i, 1]:.3f} {points[i, 2]:.3f}\n" for i in order]
     path = Path(path)
