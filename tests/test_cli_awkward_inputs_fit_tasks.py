@@ -230,6 +230,22 @@ def test_a_domain_option_given_on_the_command_line_reaches_the_domain(tmp_path, 
         build_domain({**config, "sn": 2.0}, "source")
 
 
+def test_a_domain_class_is_replaced_on_the_command_line_as_json(tmp_path, monkeypatch, capsys):
+    """`--data.init_args.target.class_path X` gave jsonargparse's 300-character complaint about a NestedArg
+    and a 'dict' without init_args; the line now says how to replace the class, and that form works."""
+    option = "--data.init_args.target"
+    star = "aitom.data.StarSubtomogramDataModule"
+    assert _run(tmp_path, monkeypatch, "fit", "domain_adaptation", f"{option}.class_path", star) == 2
+    assert _one_error_line(capsys) == (
+        f"{option}.class_path: a class inside init_args is replaced whole, as JSON: "
+        f"""{option} '{{"class_path": "{star}", "init_args": {{...}}}}'"""
+    )
+    as_json = f'{{"class_path": "{star}", "init_args": {{"train_star": "missing.star"}}}}'
+    assert _run(tmp_path, monkeypatch, "fit", "domain_adaptation", option, as_json) == 2
+    assert _one_error_line(capsys) == "missing.star: file not found"
+    assert _no_outputs(tmp_path)
+
+
 # --- STAR tables --------------------------------------------------------------------------------------------
 
 

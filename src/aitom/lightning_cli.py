@@ -54,6 +54,11 @@ _UNION_ERROR = re.compile(
     r'^Parser key "(?P<key>[\w.]+)": Does not validate against any of the Union subtypes .*? Errors: '
     r"(?P<expected>(?:- Expected a <class '\w+'> )+)Given value type: .*? Given value: (?P<value>.*)$"
 )
+#: jsonargparse's message for ``--data.init_args.target.class_path X`` (a class inside a class's init_args)
+_NESTED_CLASS_PATH_ERROR = re.compile(
+    r'^Parser key "(?P<group>[\w.]+)": .*? Given value: '
+    r"NestedArg\(key='(?P<key>[\w.]+)\.class_path', val='(?P<class_path>[^']*)'\)$"
+)
 #: accelerators that need a CUDA device
 CUDA_ACCELERATORS = ("gpu", "cuda")
 
@@ -373,6 +378,13 @@ def argument_error_line(error: ArgumentError) -> str:
     """jsonargparse's message on one line; for a bad init_arg of a ``class_path`` class (``--model.init_args.
     scale nan``) only the option and the class's complaint, without the Union alternatives around it."""
     message = " ".join(str(error).split())
+    nested_class = _NESTED_CLASS_PATH_ERROR.match(message)
+    if nested_class is not None:
+        option = f"--{nested_class['group']}.init_args.{nested_class['key']}"
+        return (
+            f"{option}.class_path: a class inside init_args is replaced whole, as JSON: "
+            f'{option} \'{{"class_path": "{nested_class["class_path"]}", "init_args": {{...}}}}\''
+        )
     nested = _NESTED_OPTION_ERROR.match(message)
     if nested is not None and nested["unknown"] is not None:
         return f"--{nested['group']}.init_args.{nested['unknown']}: not an option of {nested['class_path']}"
