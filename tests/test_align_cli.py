@@ -310,6 +310,7 @@ def test_average_command_symmetry(tmp_path, capsys):
     for bad, message in (
         (["--symmetry", "X3"], "--symmetry: unknown point group"),
         (["--symmetry", "Q2", "--classes", "2", "--method", "faml"], "--symmetry: unknown point group"),
+        (["--symmetry", "C1000"], "--symmetry: point group 'C1000': n above 100"),
     ):
         assert _main(average_command, [*arguments, *options, *bad, "--out", str(tmp_path / "bad")]) == 2
         error = capsys.readouterr().err

@@ -69,6 +69,9 @@ def test_standard_axes():
     assert contains("I", (0, 1, golden), 5) and all(contains("I", axis, 2) for axis in ((1, 0, 0), (0, 0, 1)))
     with pytest.raises(InputError):
         point_group_order("X3")
+    assert point_group_order("D100") == 200 and len(point_group_rotations("C100")) == 100
+    with pytest.raises(InputError, match="n above 100"):
+        point_group_order("C101")
 
 
 def test_symmetric_angle_between():
