@@ -192,8 +192,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--symmetry",
         default="C1",
         help="point group of the particle, imposed on each average after every iteration with its axes "
-        "found from that average: C1 (none, default), Cn, Dn (n up to 100), T, O or I (with --classes or --method faml: "
-        "one point group for every class)",
+        "found from that average: C1 (none, default), Cn, Dn (n up to 100), T, O or I (with --classes or "
+        "--method faml: one point group for every class)",
     )
     parser.add_argument(
         "--seed",
