@@ -5,6 +5,7 @@ and no output written or replaced."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -191,6 +192,23 @@ def test_estimate_wedge_reports_an_unset_voxel_size_as_null(tmp_path, capsys, ce
     path = _raw_mrc(tmp_path / "unset.mrc", data, cell_a)
     assert main(["estimate", "wedge", str(path)]) == 0
     assert _json(capsys)["voxel_size_a"] is None
+
+
+@pytest.mark.filterwarnings("ignore::aitom.io.HeaderWarning")
+def test_estimate_wedge_of_anisotropic_voxels_gives_the_microscope_tilts(tmp_path, capsys):
+    """Voxels of 10 × 10 × 20 Å: the wedge of tilts -45..45° lies at ±63.4° per voxel, and was reported as
+    that; the angles are now those of the physical frequencies (an isotropic --voxel-size: the old ones)."""
+    noise = torch.randn(32, 32, 32, generator=torch.Generator().manual_seed(6))
+    index_angle = math.degrees(math.atan(2.0))  # tan 45° × 20 Å / 10 Å
+    path = write_volume(
+        tmp_path / "aniso.mrc", apply_missing_wedge(noise, -index_angle, index_angle), (10, 10, 20)
+    )
+    assert main(["estimate", "wedge", str(path), "--symmetric"]) == 0
+    result = _json(capsys)
+    assert abs(result["tilt_max_deg"] - 45) <= 3 and result["voxel_size_xyz_a"] == [10.0, 10.0, 20.0], result
+    assert main(["estimate", "wedge", str(path), "--symmetric", "--voxel-size", "10"]) == 0
+    result = _json(capsys)
+    assert abs(result["tilt_max_deg"] - index_angle) <= 3 and "voxel_size_xyz_a" not in result, result
 
 
 # --- aitom estimate snr -----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -43,6 +45,21 @@ def test_finds_an_x_tilt_axis():
     assert result["axis"] == "x" and abs(result["tilt_max_deg"] - 60) <= 3, result
 
 
+def test_anisotropic_voxels_give_the_physical_tilt_range():
+    """Voxels twice as long in Z: a physical tilt θ lies at atan(2 tan θ) in cycles/voxel, so a wedge masked
+    at those index angles is the microscope's -50..60°; read per voxel it looks like -67..74°."""
+    physical = (-50.0, 60.0)
+    index_angles = [math.degrees(math.atan(2 * math.tan(math.radians(a)))) for a in physical]
+    volume = wedge_noise((48, 48, 48), *index_angles, seed=5)
+    per_voxel = estimate_missing_wedge(volume)
+    assert abs(per_voxel["tilt_min_deg"] - index_angles[0]) <= 3 and abs(per_voxel["tilt_max_deg"] - 74) <= 3
+    result = estimate_missing_wedge(volume, voxel_size_xyz_a=(10.0, 10.0, 20.0))
+    assert abs(result["tilt_min_deg"] - physical[0]) <= 3 and abs(result["tilt_max_deg"] - physical[1]) <= 3
+    assert result["score"] > 0.9, result
+    angle, profile = wedge_angle_profile(volume, bin_deg=5.0, voxel_size_xyz_a=(10.0, 10.0, 20.0))
+    assert float(profile[(angle > -45) & (angle < 55)].min()) > float(profile[angle.abs() > 65].max())
+
+
 def test_no_wedge_is_not_detected():
     volume = torch.randn(32, 32, 32, generator=torch.Generator().manual_seed(3))
     result = estimate_missing_wedge(volume)
@@ -63,6 +80,7 @@ def test_angle_profile_drops_in_the_wedge():
         (torch.zeros(32, 32, 32), {"candidate_tilt_max_deg": [100]}, "candidate"),
         (torch.zeros(32, 32, 32), {"axes": ("z",)}, "axes"),
         (torch.zeros(32, 32, 32), {"frequency_band": (0.3, 0.2)}, "band"),
+        (torch.zeros(32, 32, 32), {"voxel_size_xyz_a": (10.0, 0.0, 10.0)}, "voxel sizes"),
     ],
 )
 def test_bad_input(volume, options, message):

@@ -96,7 +96,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(the wedge is the same everywhere; the estimate needs about 50 bytes per voxel); 0: the whole "
         "volume (default 256)",
     )
-    add_voxel_size_option(wedge, "the volume (reported in the JSON)")
+    add_voxel_size_option(
+        wedge, "the volume (reported in the JSON; anisotropic header voxels set the frame of the tilt angles)"
+    )
 
 
 def _volume_files(path: Path) -> list[Path]:
@@ -269,6 +271,9 @@ def _run_wedge(args: argparse.Namespace) -> dict:
     array, header = open_volume_mmap(args.volume, voxel_size_a=args.voxel_size)
     region = central_crop(array.shape, args.crop) if args.crop else (slice(None),) * 3
     volume = torch.from_numpy(np.array(array[region], dtype=np.float32))
+    sizes = header.voxel_size_a
+    # anisotropic voxels: the tilt angles are those of the physical frequencies
+    anisotropic = all(v > 0 for v in sizes) and max(sizes) - min(sizes) > 1e-3 * max(sizes)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TiltAxisWarning)
@@ -278,6 +283,7 @@ def _run_wedge(args: argparse.Namespace) -> dict:
                 asymmetric=not args.symmetric,
                 frequency_band=tuple(args.band),
                 axes=("y", "x") if args.try_x_axis else ("y",),
+                voxel_size_xyz_a=sizes if anisotropic else None,
             )
     except InputError as error:
         raise InputError(error.problem, args.volume) from None
@@ -289,6 +295,8 @@ def _run_wedge(args: argparse.Namespace) -> dict:
     # a header voxel size of 0 or below (unset, warned) is not a voxel size: null, as for estimate snr
     voxel_size = header.voxel_size_a[0]
     result["voxel_size_a"] = voxel_size if voxel_size > 0 else None
+    if anisotropic:
+        result["voxel_size_xyz_a"] = [float(v) for v in sizes]
     result["region_zyx_voxels"] = list(volume.shape)
     return result
 

@@ -8,7 +8,9 @@ series sampled, low in the missing wedge. Only the shells between ``frequency_ba
 ``[tilt_min, tilt_max]`` defines the mask of :func:`aitom.fourier.missing_wedge_mask`, which depends on ``k``
 only through ``θ = atan(kz / kx)``; its Pearson correlation with the whitened log-amplitude over the band is
 computed exactly for all candidates at once from the samples sorted by ``θ`` (prefix sums), and the best
-candidate wins. With ``axes=("y", "x")`` the tilt axis X (``θ = atan(kz / ky)``) is tried too.
+candidate wins. With ``axes=("y", "x")`` the tilt axis X (``θ = atan(kz / ky)``) is tried too. With
+anisotropic voxels (``voxel_size_xyz_a``) the directions and shells are those of the physical frequencies
+(each axis in cycles per smallest voxel), so that the angles are the tilt angles of the microscope.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from aitom.errors import InputError
-from aitom.fourier import frequency_grid, shell_index
+from aitom.fourier import frequency_grid
 
 __all__ = ["TiltAxisWarning", "estimate_missing_wedge", "wedge_angle_profile"]
 
@@ -41,13 +43,20 @@ class TiltAxisWarning(UserWarning):
 
 
 def _whitened_band(
-    volume: torch.Tensor, frequency_band: tuple[float, float]
+    volume: torch.Tensor,
+    frequency_band: tuple[float, float],
+    voxel_size_xyz_a: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whitened log-amplitudes of the half-spectrum samples in the band and their frequency vectors."""
+    """Whitened log-amplitudes of the half-spectrum samples in the band and their frequency vectors (x, y,
+    z), in cycles per voxel, or per smallest voxel with ``voxel_size_xyz_a``; shells ``round(|k| min(shape))``
+    as :func:`aitom.fourier.shell_index`."""
     shape = tuple(volume.shape)
     data = volume if volume.dtype == torch.float64 else volume.to(torch.float32)
     amplitude = torch.fft.rfftn(data - data.mean()).abs()
     grid = frequency_grid(shape, rfft=True, centered=False, device=volume.device, dtype=torch.float64)
+    if voxel_size_xyz_a is not None:
+        sizes = torch.tensor([float(v) for v in voxel_size_xyz_a], dtype=torch.float64, device=volume.device)
+        grid = grid * (sizes.min() / sizes)
     radius = torch.linalg.vector_norm(grid, dim=-1)
     low, high = frequency_band
     # Exclude the k_x = k_z = 0 line (seen by every tilt, whatever the range).
@@ -59,7 +68,7 @@ def _whitened_band(
             f"{'x'.join(map(str, shape))} volume, fewer than {MIN_BAND_SAMPLES}: widen it (the shells are "
             f"1/{min(shape)} cycles/voxel apart)"
         )
-    shells = shell_index(shape, rfft=True, centered=False, device=volume.device)[inside]
+    shells = torch.round(radius[inside] * min(shape)).long()
     amplitude = amplitude[inside].to(torch.float64)
     log_amplitude = torch.log(amplitude.clamp_min(_AMPLITUDE_FLOOR * float(amplitude.median())))
     n_shells = int(shells.max()) + 1
@@ -83,6 +92,7 @@ def wedge_angle_profile(
     frequency_band: tuple[float, float] = (0.05, 0.4),
     axis: str = "y",
     bin_deg: float = 1.0,
+    voxel_size_xyz_a: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean whitened log-amplitude per direction ``θ = atan(kz / k_perp)`` (for plots and diagnostics).
 
@@ -91,12 +101,13 @@ def wedge_angle_profile(
         frequency_band: shells used, cycles/voxel.
         axis: tilt axis, ``"y"`` (``k_perp = kx``) or ``"x"`` (``k_perp = ky``).
         bin_deg: width of the angle bins, degrees.
+        voxel_size_xyz_a: voxel size per axis (x, y, z), Å, for anisotropic voxels (None: isotropic).
 
     Returns:
         ``(angle_deg, profile)``: bin centres in ``(-90, 90]`` and the mean per bin (NaN for empty bins).
     """
-    _check_volume(volume, frequency_band)
-    values, grid = _whitened_band(volume, frequency_band)
+    _check_volume(volume, frequency_band, voxel_size_xyz_a)
+    values, grid = _whitened_band(volume, frequency_band, voxel_size_xyz_a)
     angle = _fold_angle_deg(grid[..., 2], grid[..., 0 if axis == "y" else 1])
     n_bins = round(180 / bin_deg)
     index = ((angle + 90.0) / bin_deg).floor().long().clamp(0, n_bins - 1)
@@ -106,7 +117,13 @@ def wedge_angle_profile(
     return centres, torch.where(counts > 0, sums / counts.clamp_min(1), math.nan).cpu()
 
 
-def _check_volume(volume: torch.Tensor, frequency_band: tuple[float, float]) -> None:
+def _check_volume(
+    volume: torch.Tensor, frequency_band: tuple[float, float], voxel_size_xyz_a: Sequence[float] | None
+) -> None:
+    if voxel_size_xyz_a is not None and (
+        len(voxel_size_xyz_a) != 3 or not all(0 < float(v) < math.inf for v in voxel_size_xyz_a)
+    ):
+        raise InputError(f"voxel sizes must be three positive numbers of Å (x, y, z), got {voxel_size_xyz_a}")
     if volume.ndim != 3:
         raise InputError(f"wedge estimate needs one (Z, Y, X) volume, got shape {tuple(volume.shape)}")
     if min(volume.shape) < MIN_SIZE:
@@ -147,6 +164,7 @@ def estimate_missing_wedge(
     asymmetric: bool = True,
     frequency_band: tuple[float, float] = (0.05, 0.4),
     axes: Sequence[str] = ("y",),
+    voxel_size_xyz_a: Sequence[float] | None = None,
 ) -> dict[str, float | str]:
     """Estimate the tilt range of a single-axis tomogram from the missing wedge in its spectrum.
 
@@ -157,6 +175,8 @@ def estimate_missing_wedge(
         asymmetric: search ``tilt_min`` and ``tilt_max`` independently.
         frequency_band: shells used, cycles/voxel ``(low, high)``.
         axes: tilt axes to try, among ``"y"`` (the project's convention) and ``"x"``.
+        voxel_size_xyz_a: voxel size per axis (x, y, z), Å, for anisotropic voxels (None: isotropic); the
+            band is then in cycles per smallest voxel.
 
     Returns:
         ``{"tilt_min_deg", "tilt_max_deg", "half_angle_deg", "missing_wedge_deg", "axis", "score",
@@ -176,7 +196,7 @@ def estimate_missing_wedge(
         TiltAxisWarning: an axis not in ``axes`` fits better and reaches :data:`DETECTION_SCORE`: the
             range reported, for an axis searched, is then not the tomogram's.
     """
-    _check_volume(volume, frequency_band)
+    _check_volume(volume, frequency_band, voxel_size_xyz_a)
     candidates = torch.tensor(sorted({float(c) for c in candidate_tilt_max_deg}), dtype=torch.float64)
     if candidates.numel() == 0 or not bool(((candidates > 0) & (candidates <= 90)).all()):
         raise InputError("candidate tilt angles must be a non-empty set of values in (0, 90] degrees")
@@ -186,7 +206,7 @@ def estimate_missing_wedge(
         raise InputError("volume contains NaN or Inf voxels")
     if float(volume.std()) == 0.0:
         raise InputError("volume is constant: its spectrum shows no tilt range")
-    values, grid = _whitened_band(volume, frequency_band)
+    values, grid = _whitened_band(volume, frequency_band, voxel_size_xyz_a)
     if asymmetric:
         tilt_min, tilt_max = torch.meshgrid(-candidates, candidates, indexing="ij")
         tilt_min, tilt_max = tilt_min.reshape(-1), tilt_max.reshape(-1)
