@@ -9,7 +9,10 @@ tutorial. The scores compare the pipeline's output with the simulation's ground 
 * classes: over the matched picks, the purity of each found class (fraction of its majority true class),
   the overall purity and the adjusted Rand index;
 * averages: each class average is aligned to the true map of its majority class (the simulator's potential,
-  no wedge) and their FSC gives the resolution at FSC = 0.5, in Å.
+  no wedge) and their FSC gives the resolution at FSC = 0.5, in Å;
+* a true class that is the majority of several found classes is reported as split.
+
+Resolutions that are undefined (a class of one particle) are shown as "–" and written as null.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from pathlib import Path
 
 from aitom.cli import main as aitom
+from aitom.commands.shared import json_ready
+from aitom.pipeline.report import count_of
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: the expected particle diameter given to the pipeline, Å (the demo classes span 134–240 Å)
@@ -102,7 +107,18 @@ def score(pipeline_dir: Path, truth_path: Path) -> dict:
     true_numbers = truth["rlnClassNumber"].to_numpy()[truth_index]
     scores["ari"] = adjusted_rand_index(true_numbers, found) if len(pick_index) else 0.0
     scores["tolerance_voxels"] = tolerance
-    return scores
+    scores["n_true_classes"] = int(truth[CLASS_NAME_COLUMN].nunique())
+    majorities: dict[str, list[int]] = {}
+    for row in classes:
+        if "true_class" in row:
+            majorities.setdefault(row["true_class"], []).append(row["class"])
+    scores["split"] = {name: found for name, found in majorities.items() if len(found) > 1}
+    return json_ready(scores)
+
+
+def _angstrom(value: float | None) -> str:
+    """A resolution in whole Å, or "–" where it is undefined (None)."""
+    return "–" if value is None else f"{value:.0f}"
 
 
 def print_scores(scores: dict) -> None:
@@ -113,6 +129,12 @@ def print_scores(scores: dict) -> None:
         f"{picking['recall']:.2f}, F1 {picking['f1']:.2f}"
     )
     print(f"Classes: purity {scores['purity']:.2f}, adjusted Rand index {scores['ari']:.2f} (matched picks)")
+    splits = "".join(
+        f"; {name} is split (the majority of classes {', '.join(map(str, found))})"
+        for name, found in scores["split"].items()
+    )
+    found = count_of(len(scores["classes"]), "class")
+    print(f"{found} found for {count_of(scores['n_true_classes'], 'true class')}{splits}")
     print(
         "\n| class | particles | majority true class | purity | FSC 0.5 vs true map (Å) "
         "| half-set FSC 0.143 (Å) |"
@@ -122,10 +144,13 @@ def print_scores(scores: dict) -> None:
         if "true_class" in row:
             print(
                 f"| {row['class']} | {row['particles']} | {row['true_class']} | {row['purity']:.2f} | "
-                f"{row['fsc_0_5_vs_truth_a']:.0f} | {row['half_set_fsc_0_143_a']:.0f} |"
+                f"{_angstrom(row['fsc_0_5_vs_truth_a'])} | {_angstrom(row['half_set_fsc_0_143_a'])} |"
             )
         else:
-            print(f"| {row['class']} | {row['particles']} | (no true particle) | – | – | – |")
+            print(
+                f"| {row['class']} | {row['particles']} | (no true particle) | – | – "
+                f"| {_angstrom(row['half_set_fsc_0_143_a'])} |"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "\nScoring against the ground truth (simulation/ground_truth.star and the true maps) ...", flush=True
     )
     scores = score(pipeline, simulation / "ground_truth.star")
-    (args.out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    (args.out / "scores.json").write_text(json.dumps(scores, indent=2, allow_nan=False) + "\n")
     print_scores(scores)
     print(
         f"\nTotal {time.perf_counter() - start:.0f} s. Report: {pipeline / 'report.md'} (and report.html); "

@@ -30,7 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "classifier), align and average each class with missing-wedge compensation. Writes "
         "DIR/particles.star, DIR/class_NN_average.mrc, class_NN_fsc.json, class_NN_montage.png, fsc.png, "
         "tomogram_classes.png, "
-        "report.md, report.html, summary.json and pipeline.yaml.",
+        "report.md, report.html, summary.json and pipeline.yaml. Doubtful results (no particles, fewer "
+        "particles than classes, classes of one particle, a box larger than the tomogram ...) are warned "
+        "about and listed in the report.",
     )
     parser.add_argument("--tomogram", type=Path, required=True, help="tomogram (MRC), protein bright")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
@@ -65,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     classes = ", ".join(
-        f"class {c['class']}: {c['particles']} particles, FSC 0.143 {c['fsc_0.143_a']:.1f} Å"
+        f"class {c['class']}: {count_of(c['particles'], 'particle')}, FSC 0.143 "
+        + ("undefined" if c["fsc_0.143_a"] is None else f"{c['fsc_0.143_a']:.1f} Å")
         for c in result.classes
     )
-    print(f"{len(result.particles)} particles in {count_of(len(result.classes), 'class')} ({classes})")
-    print(f"Report: {args.out / 'report.md'}")
+    particles = count_of(len(result.particles), "particle")
+    print(f"{particles} in {count_of(len(result.classes), 'class')} ({classes})")
+    warned = result.summary["warnings"]
+    print(f"Report: {args.out / 'report.md'}" + (f" ({count_of(len(warned), 'warning')})" if warned else ""))
     return 0

@@ -85,7 +85,7 @@ class PickConfig:
 class ExtractConfig:
     """Subtomogram extraction from the raw tomogram (read box by box from a memory map)."""
 
-    #: box edge = next even size >= box_factor x diameter (voxels), capped at max_box_voxels
+    #: box edge = next even size >= box_factor x diameter (voxels), capped at max_box_voxels; box_factor >= 1
     box_factor: float = 2.2
     max_box_voxels: int = 40
     #: padding outside the tomogram: zero | mean
@@ -225,8 +225,8 @@ def validate_config(config: PipelineConfig) -> None:
     def positive(key: str, value: float | None, allow_none: bool = False) -> None:
         if value is None and allow_none:
             return
-        if value is None or not value > 0:
-            fail(key, f"must be > 0, got {value}")
+        if value is None or not 0 < value < math.inf:
+            fail(key, f"must be a finite number > 0, got {value}")
 
     for key, value, choices in (
         ("contrast", config.contrast, CONTRASTS),
@@ -262,6 +262,11 @@ def validate_config(config: PipelineConfig) -> None:
     if config.pick.method == "template" and not config.pick.templates:
         fail("pick.templates", "method template needs at least one template file")
     positive("extract.box_factor", config.extract.box_factor)
+    if config.extract.box_factor < 1:
+        fail(
+            "extract.box_factor",
+            f"must be >= 1 (a box at least the particle diameter), got {config.extract.box_factor}",
+        )
     if config.extract.max_box_voxels < 8:
         fail("extract.max_box_voxels", f"must be >= 8, got {config.extract.max_box_voxels}")
     n_classes = config.classify.n_classes

@@ -20,6 +20,21 @@ def count_of(number: int, noun: str) -> str:
 MONTAGE_MEMBERS = 15
 
 
+def _resolution(value: float | None) -> str:
+    """A resolution in Å with one decimal, or "–" where it is undefined (None)."""
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _legend(summary: dict) -> str:
+    """What the class table's numbers mean, with their units."""
+    return (
+        "particles: picks in the class. FSC 0.5 / FSC 0.143: resolution in Å (smaller is better) where the "
+        "Fourier shell correlation of the averages of the class's even and odd particles (unmasked) first "
+        f"drops below 0.5 / 0.143; at best Nyquist, {2 * summary['voxel_size_a']:g} Å; – where undefined (a "
+        "class of one particle, or a correlation below the threshold from the lowest frequency on)."
+    )
+
+
 def save_class_montage(
     average: torch.Tensor, members: torch.Tensor, path: Path, *, title: str, n_members: int = MONTAGE_MEMBERS
 ) -> Path:
@@ -63,26 +78,36 @@ def _markdown(summary: dict) -> str:
         "|---|---|---:|",
     ]
     lines += [f"| {step['step']} | {step['result']} | {step['seconds']:.1f} |" for step in summary["steps"]]
-    lines.append("")
+    lines += ["", "Times are wall-clock seconds. Settings: [pipeline.yaml](pipeline.yaml).", ""]
+    if summary.get("warnings"):  # absent from the summaries of older versions
+        lines += ["**Warnings** (doubtful results):", ""]
+        lines += [f"- {warning}" for warning in summary["warnings"]]
+        lines.append("")
     if summary["n_particles"] == 0:
         lines += ["**No particles were found**: `particles.star` is an empty table.", ""]
         return "\n".join(lines)
     lines += [
         f"{summary['n_particles']} particles in {count_of(len(summary['classes']), 'class')} "
         f"({summary['classify_method']}), "
-        f"box {summary['box_size']}³ voxels, missing wedge {summary['tilt_range_deg'][0]:g}° to "
-        f"{summary['tilt_range_deg'][1]:g}°.",
+        f"box {summary['box_size']}³ voxels ({summary['box_size'] * summary['voxel_size_a']:g} Å), missing "
+        f"wedge {summary['tilt_range_deg'][0]:g}° to {summary['tilt_range_deg'][1]:g}° (tilt axis Y).",
         "",
-        "| class | particles | FSC 0.5 (Å) | FSC 0.143 (Å) | average | montage |",
-        "|---:|---:|---:|---:|---|---|",
+    ]
+    templates = "template" in summary["classes"][0]
+    lines += [
+        "| class |" + (" template |" if templates else "") + " particles | FSC 0.5 (Å) | FSC 0.143 (Å) "
+        "| average | montage |",
+        "|---:|" + ("---|" if templates else "") + "---:|---:|---:|---|---|",
     ]
     for entry in summary["classes"]:
         name = f"class_{entry['class']:02d}"
+        template = f" `{entry['template']}` |" if templates else ""
         lines.append(
-            f"| {entry['class']} | {entry['particles']} | {entry['fsc_0.5_a']:.1f} "
-            f"| {entry['fsc_0.143_a']:.1f} "
+            f"| {entry['class']} |{template} {entry['particles']} | {_resolution(entry['fsc_0.5_a'])} "
+            f"| {_resolution(entry['fsc_0.143_a'])} "
             f"| [{name}_average.mrc]({name}_average.mrc) | [{name}_montage.png]({name}_montage.png) |"
         )
+    lines += ["", _legend(summary)]
     if "structural_correlations" in summary:
         matrix = summary["structural_correlations"]
         lines += [
@@ -131,18 +156,28 @@ def _html(summary: dict) -> str:
         f"<p>Tomogram: <code>{html.escape(summary['tomogram'])}</code>, "
         f"voxel {summary['voxel_size_a']:g} Å</p>",
         f"<table border='1'><tr><th>step</th><th>result</th><th>time (s)</th></tr>{rows}</table>",
+        "<p>Times are wall-clock seconds. Settings: <a href='pipeline.yaml'>pipeline.yaml</a>.</p>",
     ]
+    if summary.get("warnings"):  # absent from the summaries of older versions
+        items = "".join(f"<li>{html.escape(warning)}</li>" for warning in summary["warnings"])
+        parts.append(f"<p><b>Warnings</b> (doubtful results):</p><ul>{items}</ul>")
     if summary["n_particles"] == 0:
         parts.append("<p><b>No particles were found</b>: particles.star is an empty table.</p>")
     else:
+        templates = "template" in summary["classes"][0]
         class_rows = "".join(
-            f"<tr><td>{c['class']}</td><td>{c['particles']}</td><td>{c['fsc_0.5_a']:.1f}</td>"
-            f"<td>{c['fsc_0.143_a']:.1f}</td></tr>"
+            f"<tr><td>{c['class']}</td>"
+            + (f"<td>{html.escape(c['template'])}</td>" if templates else "")
+            + f"<td>{c['particles']}</td><td>{_resolution(c['fsc_0.5_a'])}</td>"
+            f"<td>{_resolution(c['fsc_0.143_a'])}</td></tr>"
             for c in summary["classes"]
         )
         parts += [
-            "<table border='1'><tr><th>class</th><th>particles</th><th>FSC 0.5 (Å)</th><th>FSC 0.143 (Å)</th>"
+            "<table border='1'><tr><th>class</th>"
+            + ("<th>template</th>" if templates else "")
+            + "<th>particles</th><th>FSC 0.5 (Å)</th><th>FSC 0.143 (Å)</th>"
             f"</tr>{class_rows}</table>",
+            f"<p>{html.escape(_legend(summary))}</p>",
         ]
         if "structural_correlations" in summary:
             matrix = summary["structural_correlations"]

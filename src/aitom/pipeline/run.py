@@ -23,7 +23,17 @@ import torch
 
 from aitom.pipeline.config import PipelineConfig, box_size_voxels, config_to_yaml, validate_config
 
-__all__ = ["PipelineResult", "run_pipeline"]
+__all__ = ["PipelineResult", "PipelineWarning", "run_pipeline"]
+
+#: the smallest box the pipeline extracts, voxels (alignment and FSC need a few Fourier shells)
+MIN_BOX_VOXELS = 8
+#: relative difference of the header's x, y, z voxel sizes above which voxels count as anisotropic
+ANISOTROPY_TOLERANCE = 1e-3
+
+
+class PipelineWarning(UserWarning):
+    """A doubtful result of ``aitom pipeline`` (few particles, classes of one particle, a box larger than the
+    tomogram ...): warned about as it happens and listed under "Warnings" in the report."""
 
 
 @dataclasses.dataclass
@@ -33,12 +43,14 @@ class PipelineResult:
     Attributes:
         out_dir: the output folder.
         particles: the written ``particles.star`` table (empty when no particles were found).
-        classes: per class ``{"class", "particles", "fsc_0.5_a", "fsc_0.143_a"}`` (1-based class numbers).
+        classes: per class ``{"class", "particles", "fsc_0.5_a", "fsc_0.143_a"}`` (1-based class numbers;
+            the resolutions in Å, None where undefined: one particle, or an FSC below the threshold from the
+            lowest frequency on), and ``"template"`` (its file) when the classes come from template matching.
         voxel_size_a: voxel size, Å; box_size: subtomogram box edge, voxels.
         tilt_range_deg: missing-wedge tilt range used, degrees.
         n_pick_tiles: tiles the picker (and the denoiser) processed.
         timings_s: seconds per step.
-        summary: everything in ``summary.json``.
+        summary: everything in ``summary.json``; ``summary["warnings"]`` lists the doubtful results.
     """
 
     out_dir: Path
@@ -61,7 +73,8 @@ def _empty_table() -> pd.DataFrame:
 
 
 def _voxel_size(header_voxel_a: tuple[float, float, float], given_a: float | None, path: Path) -> float:
-    """The voxel size to use, Å: ``given_a`` when set, else the header's unless it looks unset (0 or 1 Å)."""
+    """The voxel size to use, Å: ``given_a`` when set, else the header's unless it looks unset (0 or 1 Å) or
+    differs between x, y and z (the pipeline's filters, boxes and rotations assume cubic voxels)."""
     from aitom.errors import InputError
 
     if given_a is not None:
@@ -70,14 +83,21 @@ def _voxel_size(header_voxel_a: tuple[float, float, float], given_a: float | Non
         raise InputError(
             f"voxel size {header_voxel_a[0]:g} Å in the header looks unset; give it as voxel_size_a=<Å>", path
         )
+    if max(header_voxel_a) / min(header_voxel_a) - 1 > ANISOTROPY_TOLERANCE:
+        raise InputError(
+            f"anisotropic voxels ({', '.join(f'{v:g}' for v in header_voxel_a)} Å along x, y, z): the "
+            "pipeline needs cubic voxels; resample the tomogram, or give voxel_size_a=<Å> to use one size",
+            path,
+        )
     return float(header_voxel_a[0])
 
 
 def _check_particle_fits(
-    config: PipelineConfig, shape_zyx: tuple[int, ...], voxel_size_a: float, path: Path
+    config: PipelineConfig, shape_zyx: tuple[int, ...], voxel_size_a: float, box: int, path: Path
 ) -> None:
     """Refuse a particle diameter larger than the tomogram's smallest dimension, or a border exclusion that
-    leaves no position inside it: either would end in an empty table with exit code 0.
+    leaves no position inside it: either would end in an empty table with exit code 0. Refuse a particle so
+    small that its box (``box`` voxels) is under :data:`MIN_BOX_VOXELS`: its FSC would be meaningless.
 
     Raises:
         InputError: naming the setting, the sizes in voxels and the tomogram.
@@ -86,6 +106,13 @@ def _check_particle_fits(
 
     shown = f"{'×'.join(map(str, shape_zyx))} voxels (Z×Y×X) at {voxel_size_a:g} Å"
     diameter = config.pick.particle_diameter_a / voxel_size_a
+    if box < MIN_BOX_VOXELS:
+        raise InputError(
+            f"pick.particle_diameter_a: {config.pick.particle_diameter_a:g} Å is {diameter:.1f} voxels at "
+            f"{voxel_size_a:g} Å, a box of {box} voxels (extract.box_factor {config.extract.box_factor:g}), "
+            f"fewer than {MIN_BOX_VOXELS}: is the diameter in Å, and the voxel size right?",
+            path,
+        )
     if diameter > min(shape_zyx):
         raise InputError(
             f"pick.particle_diameter_a: {config.pick.particle_diameter_a:g} Å is {diameter:.0f} voxels, "
@@ -116,19 +143,27 @@ def run_pipeline(
     ``class_NN_average.mrc``, ``class_NN_fsc.json``, ``class_NN_montage.png``, ``fsc.png``,
     ``tomogram_classes.png``, ``report.md``, ``report.html``, ``summary.json`` and ``pipeline.yaml`` (the
     settings). A tomogram with no particles gives an empty ``particles.star`` and a report saying so.
+    Doubtful results (no particles, the ``pick.max_particles`` cap reached, fewer particles than classes,
+    classes of one particle, an irreproducible average, a box larger than the tomogram) are warned about
+    (:class:`PipelineWarning`) and listed under "Warnings" in the report and in ``summary["warnings"]``.
 
     The tomogram is read with the header's voxel size, or ``voxel_size_a`` when set; a header voxel size of 0
-    or 1 Å (unset) without ``voxel_size_a`` is an InputError. ``contrast: dark`` negates the raw data as read.
+    or 1 Å (unset), or anisotropic, without ``voxel_size_a`` is an InputError. ``contrast: dark`` negates the
+    raw data as read.
 
     Raises:
-        InputError: not an MRC volume, an unset voxel size, impossible settings, bad templates, or ``out_dir``
-            not empty without ``overwrite`` — before anything is written.
+        InputError: not an MRC volume, an unset or anisotropic voxel size, impossible settings, bad
+            templates, a particle too small for a box, or ``out_dir`` not empty without ``overwrite`` — before
+            anything is written.
     """
     from aitom.io import HeaderWarning
 
     with warnings.catch_warnings():
-        # an unset header voxel size is either replaced by voxel_size_a or refused with that key's name
-        warnings.filterwarnings("ignore", message=".*looks unset", category=HeaderWarning)
+        # an unset or anisotropic header voxel size is either replaced by voxel_size_a or refused with that
+        # key's name
+        warnings.filterwarnings(
+            "ignore", message=".*(looks unset|anisotropic voxels)", category=HeaderWarning
+        )
         return _run_pipeline(Path(tomogram_path), Path(out_dir), config, overwrite, log)
 
 
@@ -140,7 +175,13 @@ def _run_pipeline(
     log: Callable[[str], None],
 ) -> PipelineResult:
     from aitom.commands.average import _plot_fsc
-    from aitom.commands.shared import check_output_folder, output_folder, refuse_inputs_inside, torch_device
+    from aitom.commands.shared import (
+        check_output_folder,
+        json_ready,
+        output_folder,
+        refuse_inputs_inside,
+        torch_device,
+    )
     from aitom.data.tomogram import tile_origins
     from aitom.errors import InputError
     from aitom.fourier import missing_wedge_mask, resolution_at
@@ -150,7 +191,9 @@ def _run_pipeline(
     from aitom.ops.extraction import extract_subvolumes
     from aitom.pipeline.report import count_of, save_class_montage, write_report
     from aitom.pipeline.steps import (
+        MIN_PARTICLES_TO_CLASSIFY,
         check_templates,
+        class_limit,
         classify_subtomograms,
         denoise_tiled,
         estimate_tilt_range,
@@ -167,7 +210,7 @@ def _run_pipeline(
     voxel_size = _voxel_size(header.voxel_size_a, config.voxel_size_a, tomogram_path)
     shape = tuple(int(n) for n in array.shape)
     box = box_size_voxels(config, voxel_size)
-    _check_particle_fits(config, shape, voxel_size, tomogram_path)
+    _check_particle_fits(config, shape, voxel_size, box, tomogram_path)
     check_templates(config, shape, voxel_size, tomogram_path)
     tile = config.pick.tile_voxels
     overlap = box if config.pick.overlap_voxels is None else config.pick.overlap_voxels
@@ -183,7 +226,26 @@ def _run_pipeline(
         "steps": steps,
         "classes": [],
         "n_particles": 0,
+        "warnings": [],
     }
+
+    def doubt(message: str) -> None:
+        """A doubtful result: warned about now (naming the tomogram), listed in the report."""
+        summary["warnings"].append(message)
+        warnings.warn(PipelineWarning(f"{tomogram_path}: {message}"), stacklevel=2)
+
+    diameter_voxels = config.pick.particle_diameter_a / voxel_size
+    if box < diameter_voxels:
+        doubt(
+            f"the box ({box} voxels, extract.max_box_voxels) is smaller than the particle "
+            f"({diameter_voxels:.0f} voxels): the averages are cut off"
+        )
+    thin = [f"{axis} ({n} voxels)" for axis, n in zip("ZYX", shape) if n < box]
+    if thin:
+        doubt(
+            f"the box ({box} voxels) is larger than the tomogram along {', '.join(thin)}: every box is "
+            f"padded there (extract.padding {config.extract.padding})"
+        )
 
     @contextmanager
     def step(name: str) -> Iterator[dict]:
@@ -222,7 +284,24 @@ def _run_pipeline(
         display, _ = open_volume_mmap(pick_path)
         radius_voxels = config.pick.particle_diameter_a / 2 / voxel_size
         summary["n_particles"] = len(picks)
+        if config.pick.max_particles is not None and len(picks) >= config.pick.max_particles:
+            doubt(f"the picks reached pick.max_particles ({config.pick.max_particles}): there may be more")
+        if config.pick.method == "template" and len(picks) > 0:
+            matched = set(picks["rlnClassNumber"].astype(int))
+            for number, template in enumerate(config.pick.templates, start=1):
+                if number not in matched:
+                    doubt(f"template {template} (pick.templates) matched no particle: it has no class")
         if len(picks) == 0:
+            threshold = (
+                f"pick.threshold {config.pick.threshold:g}"
+                if config.pick.threshold is not None
+                else f"pick.false_alarm_rate {config.pick.false_alarm_rate:g}"
+            )
+            doubt(
+                "no particles found: check pick.particle_diameter_a "
+                f"({config.pick.particle_diameter_a:g} Å), the threshold ({threshold}) and the contrast "
+                f"(contrast {config.contrast}: protein {config.contrast} in the tomogram)"
+            )
             log("[pipeline] no particles found: writing an empty particles.star")
             table = _empty_table()
             write_particles(folder / "particles.star", table)
@@ -246,6 +325,24 @@ def _run_pipeline(
                 classes = classify_subtomograms(volumes, mask, config, voxel_size, pick_classes)
                 record["result"] = f"{count_of(classes.averages.shape[0], 'class')} ({classes.method})"
             summary["classify_method"] = classes.method
+            requested = config.classify.n_classes
+            n_picks = len(picks)
+            if config.pick.method != "template" and config.classify.method == "clustering" and requested != 1:
+                if n_picks < MIN_PARTICLES_TO_CLASSIFY:
+                    doubt(
+                        f"only {count_of(n_picks, 'particle')}: too few to classify (at least "
+                        f"{MIN_PARTICLES_TO_CLASSIFY}), averaged as one class"
+                    )
+                elif requested != "auto" and requested > class_limit(n_picks):
+                    doubt(
+                        f"classify.n_classes {requested} with {n_picks} particles: at most "
+                        f"{class_limit(n_picks)} classes made (2 particles per class for a half-set FSC)"
+                    )
+                elif classes.averages.shape[0] == 1:
+                    doubt(
+                        f"all {n_picks} particles are in one class (classify.n_classes {requested}): one "
+                        "structure, or structures too alike or too noisy to separate"
+                    )
             if classes.structural_correlations is not None and classes.averages.shape[0] > 1:
                 summary["structural_correlations"] = classes.structural_correlations.tolist()
                 summary["merge_threshold"] = config.classify.merge_threshold
@@ -270,25 +367,36 @@ def _run_pipeline(
                 fsc_report["classes"] = []
                 for k, (average, curve) in enumerate(zip(classes.averages.cpu(), classes.fsc.cpu())):
                     members = np.flatnonzero(labels == k)
-                    entry = {
-                        "class": k + 1,
-                        "particles": int(members.size),
-                        "fsc_0.5_a": float(resolution_at(frequency, curve, 0.5, voxel_size_a=voxel_size)),
-                        "fsc_0.143_a": float(resolution_at(frequency, curve, 0.143, voxel_size_a=voxel_size)),
-                    }
+                    entry = {"class": k + 1, "particles": int(members.size)}
+                    if config.pick.method == "template":
+                        number = int(picks["rlnClassNumber"].iloc[members[0]])
+                        entry["template"] = str(config.pick.templates[number - 1])
+                    for threshold in (0.5, 0.143):
+                        value = float(resolution_at(frequency, curve, threshold, voxel_size_a=voxel_size))
+                        entry[f"fsc_{threshold}_a"] = value if math.isfinite(value) else None
+                    if members.size < 2:
+                        doubt(f"class {k + 1} has 1 particle: no half-set FSC")
+                    elif entry["fsc_0.143_a"] is None:
+                        doubt(
+                            f"class {k + 1}: its half-set FSC is below 0.143 from the lowest frequency on: "
+                            "the average is not reproducible"
+                        )
                     summary["classes"].append(entry)
                     fsc_report["classes"].append({**entry, "fsc": curve.tolist()})
                     name = f"class_{k + 1:02d}"
                     write_volume(folder / f"{name}_average.mrc", average, voxel_size)
                     (folder / f"{name}_fsc.json").write_text(
                         json.dumps(
-                            {
-                                **entry,
-                                "voxel_size_a": voxel_size,
-                                "frequency_per_a": fsc_report["frequency_per_a"],
-                                "fsc": curve.tolist(),
-                            },
+                            json_ready(
+                                {
+                                    **entry,
+                                    "voxel_size_a": voxel_size,
+                                    "frequency_per_a": fsc_report["frequency_per_a"],
+                                    "fsc": curve.tolist(),
+                                }
+                            ),
                             indent=2,
+                            allow_nan=False,
                         )
                         + "\n"
                     )
@@ -315,7 +423,9 @@ def _run_pipeline(
         del display
         summary["timings_s"] = {s["step"]: s["seconds"] for s in steps}
         write_report(summary, folder)
-        (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (folder / "summary.json").write_text(
+            json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n"
+        )
         (folder / "pipeline.yaml").write_text(config_to_yaml(config))
         shutil.rmtree(work)
     return PipelineResult(

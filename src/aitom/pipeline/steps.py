@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from aitom.ops.clustering import ClassificationResult
 
 __all__ = [
+    "MIN_PARTICLES_TO_CLASSIFY",
     "ClassAverages",
     "check_templates",
+    "class_limit",
     "classify_subtomograms",
     "denoise_tiled",
     "estimate_tilt_range",
@@ -193,8 +195,8 @@ def pick_particles(
 
     DoG: σ1 = radius / √3 (a blob of radius r peaks at σ1 ≈ r / √3), σ2 = 1.1 σ1; saliency: the radius;
     template matching: one class per template (``rlnClassNumber``), the picks of all templates merged by
-    non-maximum suppression. Picks closer than ``pick.exclude_border_voxels`` to a face are dropped and at
-    most ``pick.max_particles`` picks are kept.
+    non-maximum suppression. Picks closer than ``pick.exclude_border_voxels`` to a face are dropped, then at
+    most ``pick.max_particles`` picks (the best) are kept.
 
     Returns:
         The pick table (``rlnCoordinateX/Y/Z`` voxels, ``rlnAutopickFigureOfMerit``; template matching adds
@@ -207,11 +209,13 @@ def pick_particles(
     pick = config.pick
     radius = pick.particle_diameter_a / 2 / voxel_size_a
     min_distance = pick.min_distance_voxels or max(1, round(radius))
+    # No cap per tile: the best picks on a face (where DoG responds to the border, even on pure noise) would
+    # fill it, then be excluded below with nothing left. pick.max_particles is applied after the exclusion.
     common = {
         "min_distance": min_distance,
         "false_alarm_rate": pick.false_alarm_rate,
         "threshold_abs": pick.threshold,
-        "num_peaks": pick.max_particles,
+        "num_peaks": None,
     }
     overlap = box_size if pick.overlap_voxels is None else pick.overlap_voxels
     if pick.method == "dog":
@@ -297,6 +301,16 @@ class ClassAverages:
     structural_correlations: torch.Tensor | None = None
 
 
+#: fewest particles that the clustering classifies; fewer are averaged as one class
+MIN_PARTICLES_TO_CLASSIFY = 4
+
+
+def class_limit(n_particles: int) -> int:
+    """Most classes the clustering makes of ``n_particles``: two particles per class, so that each class
+    can have a half-set FSC."""
+    return n_particles // 2
+
+
 def _alignment_options(config: PipelineConfig, box_size: int) -> dict[str, float]:
     average = config.average
     return {
@@ -355,7 +369,9 @@ def classify_subtomograms(
     Template picks (``pick_classes``, 0-based) and a trained classifier (``classify.method: checkpoint``) fix
     the classes, and each class is averaged by :func:`aitom.ops.reference_free_average`; otherwise
     :func:`aitom.ops.classify_and_average` clusters (PCA + k-means, the number of classes by the silhouette
-    when ``n_classes`` is ``auto``) and averages simultaneously. A lone subtomogram keeps the identity pose.
+    when ``n_classes`` is ``auto``) and averages simultaneously, into at most :func:`class_limit` classes;
+    fewer than :data:`MIN_PARTICLES_TO_CLASSIFY` subtomograms make one class. A lone subtomogram keeps the
+    identity pose.
     """
     from aitom.fourier import fourier_shell_correlation
     from aitom.ops.averaging import reference_free_average
@@ -370,14 +386,14 @@ def classify_subtomograms(
     elif config.classify.method == "checkpoint":
         labels, method = _predict_with_checkpoint(volumes, config), "trained classifier"
         labels = torch.unique(labels, return_inverse=True)[1]
-    elif requested == 1 or n < 4:
+    elif requested == 1 or n < MIN_PARTICLES_TO_CLASSIFY:
         labels, method = torch.zeros(n, dtype=torch.long, device=volumes.device), "single class"
     else:
         result = classify_and_average(
             volumes,
             mask,
-            n_classes=None if requested == "auto" else min(int(requested), n),
-            max_classes=min(config.classify.max_classes, n - 1),
+            n_classes=None if requested == "auto" else min(int(requested), class_limit(n)),
+            max_classes=min(config.classify.max_classes, class_limit(n)),
             merge_threshold=config.classify.merge_threshold,
             rounds=config.average.iterations,
             initial_iterations=config.average.initial_iterations,
