@@ -95,3 +95,19 @@ def test_bad_arguments(tmp_path, volume):
     with pytest.raises(ValueError, match="pick_classes"):
         save_montage(volume, tmp_path / "bad.png", picks_xyz=[[1.0, 2.0, 3.0]], pick_classes=[1, 2])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fsc_plot_is_a_png_and_keeps_an_existing_file(tmp_path):
+    from aitom.io import save_fsc_plot
+
+    report = {
+        "frequency_per_a": [0.0, 0.01, 0.02],
+        "classes": [{"class": 1, "particles": 5, "fsc": [1.0, 0.6, 0.1]}],
+    }
+    path = tmp_path / "fsc.png"
+    save_fsc_plot(report, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path.write_bytes(b"keep")
+    with pytest.raises(InputError, match="exists"):
+        save_fsc_plot(report, path)
+    assert path.read_bytes() == b"keep"

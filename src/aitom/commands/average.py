@@ -421,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
     from aitom.errors import InputError
     from aitom.fourier import missing_wedge_mask
     from aitom.geometry import point_group_order
-    from aitom.io import write_particles, write_volume
+    from aitom.io import save_fsc_plot, write_particles, write_volume
     from aitom.io.star import read_optics
     from aitom.ops.averaging import reference_free_average
     from aitom.ops.clustering import classify_and_average, describe_merge
@@ -655,7 +655,7 @@ def run(args: argparse.Namespace) -> int:
             write_volume(folder / f"average_class{index + 1}.mrc", average, voxel_size_a)
         write_particles(folder / "particles.star", out_table, optics=read_optics(args.particles))
         (folder / "fsc.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
-        _plot_fsc(report, folder / "fsc.png")
+        save_fsc_plot(report, folder / "fsc.png")
     summary = ", ".join(
         f"class {c['class']}: {c['particles']} particles, FSC 0.143 "
         + (f"{c['fsc_0.143_a']:.1f} Å" if math.isfinite(c["fsc_0.143_a"]) else "not reached")
@@ -726,28 +726,3 @@ def _initial_reference(
         "reference_lowpass_a": lowpass_a,
         "reference_inverted": invert,
     }
-
-
-def _plot_fsc(report: dict, path: Path) -> None:
-    """Half-set FSC of every class against frequency (1/Å), with the 0.5 and 0.143 thresholds."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from aitom.io import atomic_output
-
-    figure = Figure(figsize=(5, 3.5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    for entry in report["classes"]:
-        axes.plot(
-            report["frequency_per_a"], entry["fsc"], label=f"class {entry['class']} ({entry['particles']})"
-        )
-    for threshold in (0.5, 0.143):
-        axes.axhline(threshold, color="grey", linestyle=":", linewidth=0.8)
-    axes.set_xlabel("frequency (1/Å)")
-    axes.set_ylabel("half-set FSC")
-    axes.set_ylim(-0.1, 1.05)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, format="png")

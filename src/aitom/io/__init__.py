@@ -6,7 +6,7 @@ existing file unless asked; every reader turns a bad file into a one-line :class
 
 from aitom.io.atomic import atomic_output, check_output_path
 from aitom.io.imod import write_imod_points
-from aitom.io.montage import save_montage, slice_positions
+from aitom.io.montage import save_fsc_plot, save_montage, slice_positions
 from aitom.io.mrc import (
     HeaderWarning,
     VolumeHeader,
@@ -61,6 +61,7 @@ __all__ = [
     "read_volume",
     "relion5_optics_table",
     "relion5_particles_table",
+    "save_fsc_plot",
     "save_montage",
     "slice_positions",
     "table_angles_deg",

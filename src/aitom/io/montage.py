@@ -1,4 +1,4 @@
-"""Slice montages of a volume (like AITom's ``cub_img``), with picked particles drawn as circles.
+"""Slice montages of a volume (like AITom's ``cub_img``), with picked particles drawn as circles; FSC plots.
 
 Layout: a top row with the central XY, XZ and YZ slices, then a grid of XY slices evenly spaced through Z.
 Slices are shown with ``origin="lower"`` (y, or z, grows upwards) and a grey scale from the 1st to the 99th
@@ -199,3 +199,32 @@ def _draw_picks(
     edge = [PICK_COLOUR if classes is None else colours[int(classes[i])] for i in visible]
     collection = PatchCollection(circles, facecolors="none", edgecolors=edge, linewidths=1.2)
     axes.add_collection(collection, autolim=False)
+
+
+def save_fsc_plot(report: dict, path: Path) -> None:
+    """PNG of the half-set FSC of every class against frequency (1/Å), with the 0.5 and 0.143 thresholds.
+
+    Args:
+        report: ``{"frequency_per_a": [...], "classes": [{"class", "particles", "fsc": [...]}, ...]}`` (the
+            ``fsc.json`` of ``aitom average`` and ``aitom pipeline``).
+        path: the PNG file, written atomically (an existing file is not replaced: InputError).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 3.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    for entry in report["classes"]:
+        axes.plot(
+            report["frequency_per_a"], entry["fsc"], label=f"class {entry['class']} ({entry['particles']})"
+        )
+    for threshold in (0.5, 0.143):
+        axes.axhline(threshold, color="grey", linestyle=":", linewidth=0.8)
+    axes.set_xlabel("frequency (1/Å)")
+    axes.set_ylabel("half-set FSC")
+    axes.set_ylim(-0.1, 1.05)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png")

@@ -174,7 +174,6 @@ def _run_pipeline(
     overwrite: bool,
     log: Callable[[str], None],
 ) -> PipelineResult:
-    from aitom.commands.average import _plot_fsc
     from aitom.commands.shared import (
         check_output_folder,
         json_ready,
@@ -186,7 +185,7 @@ def _run_pipeline(
     from aitom.errors import InputError
     from aitom.fourier import missing_wedge_mask, resolution_at
     from aitom.geometry import matrix_to_euler_zyz
-    from aitom.io import open_volume_mmap, save_montage, write_particles, write_volume
+    from aitom.io import open_volume_mmap, save_fsc_plot, save_montage, write_particles, write_volume
     from aitom.ops.averaging import align_to_reference_frame
     from aitom.ops.extraction import extract_subvolumes
     from aitom.pipeline.report import count_of, save_class_montage, write_report
@@ -410,7 +409,7 @@ def _run_pipeline(
                         folder / f"{name}_montage.png",
                         title=f"class {k + 1}: {members.size} particles",
                     )
-                _plot_fsc(fsc_report, folder / "fsc.png")
+                save_fsc_plot(fsc_report, folder / "fsc.png")
                 save_montage(
                     display,
                     folder / "tomogram_classes.png",
