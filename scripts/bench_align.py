@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from aitom.commands.shared import torch_device
 from aitom.fourier import fsc_resolutions, missing_wedge_mask
 from aitom.geometry import random_rotations, rotation_angle_between, so3_grid
 from aitom.ops.alignment import align_subtomograms, translation_search
@@ -31,7 +32,15 @@ from aitom.ops.averaging import align_to_reference_frame, reference_free_average
 from aitom.ops.clustering import adjusted_rand_index, classify_and_average
 from aitom.ops.faml import faml_average
 from aitom.simulate import class_potential, random_shifts, simulate_subtomogram_batch
-from run_benchmarks import figure_row, write_figures
+from run_benchmarks import (
+    check_outputs,
+    figure_row,
+    real_number,
+    reports_input_errors,
+    whole_number,
+    write_figures,
+    write_output,
+)
 
 VOXEL_SIZE_A = 10.0
 BOX = 32
@@ -287,27 +296,54 @@ def mixture_table(args, device, figures: list[dict]) -> str:
     return "\n".join(rows)
 
 
+@reports_input_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=16, help="pairs per SNR for the fast aligner")
+    positive = real_number(above=0.0)
     parser.add_argument(
-        "--exhaustive-pairs", type=int, default=2, help="pairs per SNR for the exhaustive search"
+        "--pairs", type=whole_number(1), default=16, help="pairs per SNR for the fast aligner"
     )
-    parser.add_argument("--snr", type=float, nargs="+", default=[0.1, 0.03, 0.01], help="SNR levels")
     parser.add_argument(
-        "--step", type=float, default=15.0, help="angular step of the rotation sample, degrees"
+        "--exhaustive-pairs",
+        type=whole_number(0),
+        default=2,
+        help="pairs per SNR for the exhaustive search (0: skip it)",
     )
-    parser.add_argument("--max-shift", type=float, default=3.0, help="largest true shift, voxels")
     parser.add_argument(
-        "--average", type=int, default=0, help="subtomograms for the averaging benchmark (0: skip)"
+        "--snr",
+        type=positive,
+        nargs="+",
+        default=[0.1, 0.03, 0.01],
+        help="SNR levels, var(signal) / var(noise)",
     )
-    parser.add_argument("--average-snr", type=float, default=0.05, help="SNR of the averaging benchmark")
     parser.add_argument(
-        "--mixture", type=int, default=0, help="subtomograms for the 3-class benchmark (0: skip)"
+        "--step",
+        type=real_number(above=0.0, at_most=180.0),
+        default=15.0,
+        help="angular step of the rotation sample, degrees",
     )
-    parser.add_argument("--mixture-snr", type=float, default=0.1, help="SNR of the 3-class benchmark")
-    parser.add_argument("--iterations", type=int, default=5, help="averaging / classification iterations")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--max-shift", type=real_number(at_least=0.0), default=3.0, help="largest true shift, voxels"
+    )
+    parser.add_argument(
+        "--average",
+        type=whole_number(0),
+        default=0,
+        help="subtomograms for the averaging benchmark (0: skip)",
+    )
+    parser.add_argument("--average-snr", type=positive, default=0.05, help="SNR of the averaging benchmark")
+    parser.add_argument(
+        "--mixture", type=whole_number(0), default=0, help="subtomograms for the 3-class benchmark (0: skip)"
+    )
+    parser.add_argument("--mixture-snr", type=positive, default=0.1, help="SNR of the 3-class benchmark")
+    parser.add_argument(
+        "--iterations", type=whole_number(1), default=5, help="averaging / classification iterations"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device: cpu or cuda[:N] (default cuda when there is one)",
+    )
     parser.add_argument("--out", type=Path, help="write the Markdown tables here")
     parser.add_argument(
         "--json", type=Path, help="also write the headline figures here (JSON, see run_benchmarks.py)"
@@ -316,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.exhaustive_pairs, args.snr, args.step = 4, 1, [0.1], 30.0
-    device = torch.device(args.device)
+    check_outputs(args.out, args.json)
+    device = torch_device(args.device)
     figures: list[dict] = []
     tables = [pairwise_table(args, device, figures)]
     if args.average > 0:
@@ -326,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n\n".join(tables) + "\n"
     print()
     print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    write_output(args.out, text)
     write_figures(args.json, figures)
     return 0
 

@@ -34,13 +34,24 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from torch.utils.data import DataLoader
 
+from aitom.commands.shared import seed_number
 from aitom.data import SimulatedSubtomogramDataModule
+from aitom.errors import InputError
 from aitom.models.autoencoder import SubtomogramAutoencoder
 from aitom.ops.clustering import adjusted_rand_index, kmeans
 from aitom.ops.filters import gaussian_filter3d
 from aitom.ops.open_set import cluster_purity
 from aitom.ops.pose_normalisation import pose_normalise
 from aitom.tasks.autoencoder import AutoencoderClustering
+from run_benchmarks import (
+    check_outputs,
+    figure_row,
+    real_number,
+    reports_input_errors,
+    whole_number,
+    write_figures,
+    write_output,
+)
 
 CLASSES = ["proteasome_20s", "ribosome_30s", "apoferritin", "rubisco", "nucleosome"]
 POSE_SIGMA_VOXELS = 2.0
@@ -105,33 +116,55 @@ def pca(volumes: torch.Tensor, n_components: int) -> torch.Tensor:
     return data @ basis[:n_components].T
 
 
+@reports_input_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", nargs="+", default=CLASSES, help="structure-library classes")
-    parser.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio of the subtomograms")
-    parser.add_argument("--box", type=int, default=32, help="box edge, voxels (a multiple of 8)")
-    parser.add_argument("--voxel-size", type=float, default=10.0, help="voxel size, Å")
-    parser.add_argument("--train-size", type=int, default=600, help="training subtomograms")
-    parser.add_argument("--test-size", type=int, default=500, help="held-out subtomograms that are clustered")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs of the autoencoder")
+    positive = real_number(above=0.0)
+    parser.add_argument(
+        "--snr",
+        type=positive,
+        default=0.1,
+        help="signal-to-noise ratio of the subtomograms, var(signal) / var(noise)",
+    )
+    parser.add_argument("--box", type=whole_number(8), default=32, help="box edge, voxels (a multiple of 8)")
+    parser.add_argument("--voxel-size", type=positive, default=10.0, help="voxel size, Å")
+    parser.add_argument("--train-size", type=whole_number(1), default=600, help="training subtomograms")
+    parser.add_argument(
+        "--test-size", type=whole_number(2), default=500, help="held-out subtomograms that are clustered"
+    )
+    parser.add_argument(
+        "--epochs", type=whole_number(1), default=8, help="training epochs of the autoencoder"
+    )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=whole_number(1),
         default=32,
         help="training batch size (the contrastive loss wants 32 or more)",
     )
-    parser.add_argument("--latent-dim", type=int, default=32, help="autoencoder latent length")
-    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    parser.add_argument("--latent-dim", type=whole_number(1), default=32, help="autoencoder latent length")
+    parser.add_argument("--lr", type=positive, default=2e-3, help="AdamW learning rate")
     parser.add_argument(
-        "--lowpass-sigma", type=float, default=1.5, help="Gaussian low-pass of the autoencoder input, voxels"
+        "--lowpass-sigma",
+        type=positive,
+        default=1.5,
+        help="Gaussian low-pass of the autoencoder input, voxels",
     )
-    parser.add_argument("--components", type=int, default=32, help="principal components of the baseline")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data, training and k-means")
+    parser.add_argument(
+        "--components", type=whole_number(1), default=32, help="principal components of the baseline"
+    )
+    parser.add_argument("--seed", type=seed_number, default=0, help="seed of data, training and k-means")
     parser.add_argument("--out", type=Path, help="write the Markdown table here")
+    parser.add_argument(
+        "--json", type=Path, help="also write the headline figures here (JSON, see run_benchmarks.py)"
+    )
     parser.add_argument("--quick", action="store_true", help="128 training, 150 held-out items, 2 epochs")
     args = parser.parse_args(argv)
     if args.quick:
         args.train_size, args.test_size, args.epochs = 128, 150, 2
+    if args.box % 8:
+        raise InputError(f"--box must be a multiple of 8 voxels, got {args.box}")
+    check_outputs(args.out, args.json)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
     data = SimulatedSubtomogramDataModule(
@@ -195,13 +228,18 @@ def main(argv: list[str] | None = None) -> int:
         "| method | K | purity | ARI | wall time | ARI / ARI(PCA raw) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    figures = []
     for name, k, purity, ari, seconds in rows:
-        ratio = ari / reference[k] if reference[k] > 0 else float("nan")
-        lines.append(f"| {name} | {k} | {purity:.3f} | {ari:.3f} | {seconds:.1f} s | {ratio:.2f} |")
+        ratio = f"{ari / reference[k]:.2f}" if reference[k] > 0 else "—"
+        lines.append(f"| {name} | {k} | {purity:.3f} | {ari:.3f} | {seconds:.1f} s | {ratio} |")
+        if name.startswith("autoencoder"):
+            figures.append(
+                figure_row("autoencoder", f"ARI, {name}, K = {k}", ari, "", "PCA of raw voxels", reference[k])
+            )
     table = "\n".join(lines) + "\n"
     print(table)
-    if args.out is not None:
-        args.out.write_text(table)
+    write_output(args.out, table)
+    write_figures(args.json, figures)
     return 0
 
 

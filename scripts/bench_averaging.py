@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from aitom.commands.shared import torch_device
+from aitom.errors import InputError
 from aitom.fourier import fsc_resolutions, missing_wedge_mask
 from aitom.geometry import so3_grid
 from aitom.ops.averaging import reference_free_average, wedge_compensated_average
@@ -45,7 +47,15 @@ from bench_align import (
     _sync,
     exhaustive_search,
 )
-from run_benchmarks import figure_row, write_figures
+from run_benchmarks import (
+    check_outputs,
+    figure_row,
+    real_number,
+    reports_input_errors,
+    whole_number,
+    write_figures,
+    write_output,
+)
 
 BENCHMARK = "averaging"
 MAX_SHIFT = 3.0
@@ -211,21 +221,43 @@ def scaling_table(args, device, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@reports_input_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--average", type=int, default=200, help="subtomograms for sections 1 and 2")
-    parser.add_argument("--snr", type=float, default=0.05, help="signal-to-noise ratio of the subtomograms")
-    parser.add_argument("--iterations", type=int, default=3, help="reference-free averaging iterations")
-    parser.add_argument("--faml-iterations", type=int, default=1, help="FAML EM iterations")
     parser.add_argument(
-        "--step", type=float, default=15.0, help="angular step of the rotation search, degrees"
+        "--average", type=whole_number(1), default=200, help="subtomograms for sections 1 and 2"
     )
     parser.add_argument(
-        "--sizes", type=int, nargs="+", default=[50, 100, 200], help="subtomogram counts for the scaling"
+        "--snr",
+        type=real_number(above=0.0),
+        default=0.05,
+        help="signal-to-noise ratio of the subtomograms, var(signal) / var(noise)",
     )
-    parser.add_argument("--scaling-iterations", type=int, default=1, help="iterations per scaling run")
     parser.add_argument(
-        "--exhaustive", type=int, default=1, help="subtomograms timed with the exhaustive search (0: skip)"
+        "--iterations", type=whole_number(1), default=3, help="reference-free averaging iterations"
+    )
+    parser.add_argument("--faml-iterations", type=whole_number(1), default=1, help="FAML EM iterations")
+    parser.add_argument(
+        "--step",
+        type=real_number(above=0.0, at_most=180.0),
+        default=15.0,
+        help="angular step of the rotation search, degrees",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=whole_number(1),
+        nargs="+",
+        default=[50, 100, 200],
+        help="subtomogram counts for the scaling",
+    )
+    parser.add_argument(
+        "--scaling-iterations", type=whole_number(1), default=1, help="iterations per scaling run"
+    )
+    parser.add_argument(
+        "--exhaustive",
+        type=whole_number(0),
+        default=1,
+        help="subtomograms timed with the exhaustive search (0: skip)",
     )
     parser.add_argument(
         "--skip-resolution", action="store_true", help="run only the scaling section (section 3)"
@@ -236,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="tiny sizes (60 subtomograms, 2 iterations, sizes 20 40, 30° step)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device: cpu or cuda[:N] (default cuda when there is one)",
+    )
     parser.add_argument("--out", type=Path, help="write the Markdown tables here")
     parser.add_argument(
         "--json", type=Path, help="write the headline figures here (JSON, see run_benchmarks.py)"
@@ -245,13 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.average, args.iterations, args.faml_iterations = 60, 2, 1
         args.sizes, args.exhaustive, args.step = [20, 40], 1, 30.0
-    device = torch.device(args.device)
+    if args.skip_resolution and args.skip_scaling:
+        raise InputError("--skip-resolution and --skip-scaling together leave nothing to run")
+    check_outputs(args.out, args.json)
+    device = torch_device(args.device)
     tables: list[str] = []
     rows: list[dict] = []
 
     def save() -> None:
-        if args.out is not None:
-            args.out.write_text("\n\n".join(tables) + "\n")
+        write_output(args.out, "\n\n".join(tables) + "\n")
         write_figures(args.json, rows)
 
     if not args.skip_resolution:

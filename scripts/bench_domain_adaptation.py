@@ -26,10 +26,20 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
+from aitom.commands.shared import seed_number
 from aitom.data.simulated import SimulatedSubtomogramDataModule
 from aitom.tasks.domain_adaptation import AdversarialDomainAdaptation
 from aitom.tasks.semi_supervised import AutoencoderClassifier3D
-from run_benchmarks import figure_row, mean_and_sd, write_figures  # this folder (the script's) is on sys.path
+from run_benchmarks import (  # this folder (the script's) is on sys.path
+    check_outputs,
+    figure_row,
+    mean_and_sd,
+    real_number,
+    reports_input_errors,
+    whole_number,
+    write_figures,
+    write_output,
+)
 
 CLASSES = ["proteasome_20s", "ribosome_30s", "apoferritin", "rubisco", "nucleosome"]
 
@@ -104,22 +114,32 @@ def run(args: argparse.Namespace, seed: int, rotated_views: bool) -> tuple[float
     return float(result["test/source_only_acc"]), float(result["test/acc"]), seconds
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test, numbers meaningless)")
-    parser.add_argument("--train-size", type=int, default=240, help="training items per domain (default 240)")
-    parser.add_argument("--test-size", type=int, default=300, help="target test items (default 300)")
-    parser.add_argument("--source-epochs", type=int, default=24, help="source-stage epochs (default 24)")
-    parser.add_argument("--adaptation-epochs", type=int, default=4, help="adaptation epochs (default 4)")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch size per domain (default 16)")
+    count, positive = whole_number(1), real_number(above=0.0)
     parser.add_argument(
-        "--adaptation-lr", type=float, default=1e-5, help="target extractor's Adam rate (default 1e-5)"
+        "--train-size", type=count, default=240, help="training items per domain (default 240)"
     )
-    parser.add_argument("--source-snr", type=float, default=0.5, help="source SNR (default 0.5)")
-    parser.add_argument("--target-snr", type=float, default=0.2, help="target SNR (default 0.2)")
+    parser.add_argument("--test-size", type=count, default=300, help="target test items (default 300)")
+    parser.add_argument("--source-epochs", type=count, default=24, help="source-stage epochs (default 24)")
+    parser.add_argument("--adaptation-epochs", type=count, default=4, help="adaptation epochs (default 4)")
+    parser.add_argument(
+        "--batch-size", type=whole_number(2), default=16, help="batch size per domain (default 16)"
+    )
+    parser.add_argument(
+        "--adaptation-lr", type=positive, default=1e-5, help="target extractor's Adam rate (default 1e-5)"
+    )
+    parser.add_argument(
+        "--source-snr", type=positive, default=0.5, help="source SNR, var(signal) / var(noise) (default 0.5)"
+    )
+    parser.add_argument(
+        "--target-snr", type=positive, default=0.2, help="target SNR, var(signal) / var(noise) (default 0.2)"
+    )
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=seed_number,
         nargs="+",
         default=[0, 1, 2],
         help="seeds of data, weights and batches (default 0 1 2)",
@@ -130,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.train_size, args.test_size, args.source_epochs, args.adaptation_epochs = 32, 32, 1, 1
         args.seeds = [0]
+    check_outputs(args.out, args.json)
 
     accuracy: dict[tuple[bool, str], list[float]] = {}
     seconds = 0.0
@@ -187,8 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         ],
     )
-    if args.out is not None:
-        args.out.write_text(table + "\n")
+    write_output(args.out, table + "\n")
     return 0
 
 

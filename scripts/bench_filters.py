@@ -45,7 +45,14 @@ from aitom.ops import (
     difference_of_gaussians,
     gaussian_filter3d,
 )
-from run_benchmarks import figure_row, write_figures
+from run_benchmarks import (
+    check_outputs,
+    figure_row,
+    reports_input_errors,
+    whole_number,
+    write_figures,
+    write_output,
+)
 
 SHAPES = {"256³": (256, 256, 256), "512×512×200": (200, 512, 512)}
 DIFFUSION_CROP = 64
@@ -125,6 +132,11 @@ def bench_shape(name: str, shape: tuple[int, int, int], repeats: int, threads: i
     return rows
 
 
+def ratio(reference_s: float, aitom_s: float) -> str:
+    """``reference / aitom`` to 2 decimals, or a dash when aitom's time is too short for the clock."""
+    return f"{reference_s / aitom_s:.2f}" if aitom_s > 0 else "—"
+
+
 def markdown(rows: list[tuple], threads: int) -> str:
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     lines = [
@@ -141,13 +153,13 @@ def markdown(rows: list[tuple], threads: int) -> str:
             reference_text = ratio_text = cpu_text = "—"
         else:
             reference_text = f"{reference_s:.3f}"
-            ratio_text = f"{reference_s / aitom_s:.2f}"
-            cpu_text = f"{reference_cpu / aitom_cpu:.2f}"
+            ratio_text, cpu_text = ratio(reference_s, aitom_s), ratio(reference_cpu, aitom_cpu)
         cells = [operation, name, f"{aitom_s:.3f}", label, reference_text, ratio_text, cpu_text]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+@reports_input_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
@@ -155,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, help="also write the headline figures here (JSON, see run_benchmarks.py)"
     )
     parser.add_argument("--quick", action="store_true", help="only the 256³ volume, one timed run")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (default 2)")
+    parser.add_argument(
+        "--repeats", type=whole_number(1), default=2, help="timed runs per measurement (default 2)"
+    )
     parser.add_argument(
         "--shapes",
         nargs="+",
@@ -164,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         help="volumes to time (default both)",
     )
     args = parser.parse_args(argv)
+    check_outputs(args.out, args.json)
     if args.quick:
         args.repeats, args.shapes = 1, [next(iter(SHAPES))]
     threads = torch.get_num_threads()
@@ -173,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_shape(name, SHAPES[name], args.repeats, threads, reference)
     table = markdown(rows, threads)
     print(table)
-    if args.out is not None:
-        args.out.write_text(table)
+    write_output(args.out, table)
     write_figures(
         args.json,
         [

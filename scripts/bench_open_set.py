@@ -31,11 +31,20 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from torch import nn
 
+from aitom.commands.shared import refuse_path_under_a_file, seed_number
 from aitom.data.open_set import OpenSetDataModule
-from aitom.io import atomic_output
+from aitom.io import atomic_output, check_output_path
 from aitom.models import DSRF3Dv2
 from aitom.models.classifiers import conv_bn_relu
 from aitom.tasks.open_set import ClassifierTrunk, OpenSetClassifier
+from run_benchmarks import (
+    check_outputs,
+    figure_row,
+    real_number,
+    reports_input_errors,
+    whole_number,
+    write_figures,
+)
 
 KNOWN = ["proteasome_20s", "ribosome_30s", "apoferritin", "rubisco"]
 UNKNOWN = ["nucleosome", "p97"]
@@ -67,21 +76,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small data and 2 epochs (a smoke run)")
     parser.add_argument("--known", nargs="+", default=KNOWN, help="known (training) library classes")
     parser.add_argument("--unknown", nargs="+", default=UNKNOWN, help="unknown (test-only) library classes")
-    parser.add_argument("--snr", type=float, default=0.5, help="var(signal) / var(noise) of the subtomograms")
-    parser.add_argument("--box", type=int, default=16, help="subtomogram edge, voxels")
-    parser.add_argument("--voxel-size", type=float, default=20.0, help="voxel size, Å")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs (2 with --quick)")
-    parser.add_argument("--train-size", type=int, default=1536, help="training items (192 with --quick)")
-    parser.add_argument("--test-size", type=int, default=400, help="test items (120 with --quick)")
+    positive = real_number(above=0.0)
+    parser.add_argument(
+        "--snr", type=positive, default=0.5, help="var(signal) / var(noise) of the subtomograms"
+    )
+    parser.add_argument("--box", type=whole_number(8), default=16, help="subtomogram edge, voxels")
+    parser.add_argument("--voxel-size", type=positive, default=20.0, help="voxel size, Å")
+    parser.add_argument("--epochs", type=whole_number(1), default=8, help="training epochs (2 with --quick)")
+    parser.add_argument(
+        "--train-size", type=whole_number(1), default=1536, help="training items (192 with --quick)"
+    )
+    parser.add_argument(
+        "--test-size", type=whole_number(1), default=400, help="test items (120 with --quick)"
+    )
     parser.add_argument(
         "--backbone",
         choices=("small", "dsrf3d"),
         default="small",
         help="feature network: SmallTrunk (fast on CPU) or the DSRF3D-v2 trunk (ClassifierTrunk)",
     )
-    parser.add_argument("--feature-dim", type=int, default=64, help="dimension of the features")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and k-means")
+    parser.add_argument("--feature-dim", type=whole_number(1), default=64, help="dimension of the features")
+    parser.add_argument(
+        "--seed", type=seed_number, default=0, help="seed of the data, the weights and k-means"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument(
+        "--json", type=Path, help="also write the headline figures here (JSON, see run_benchmarks.py)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.train_size, args.test_size = 2, 192, 120
@@ -159,10 +180,12 @@ def markdown_table(results: dict[str, dict[str, float]], times: dict[str, float]
     return "\n".join(lines)
 
 
+@reports_input_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.out.exists() and not args.overwrite:
-        raise SystemExit(f"{args.out}: exists; pass --overwrite to replace it")
+    check_output_path(args.out, args.overwrite)
+    refuse_path_under_a_file(args.out)
+    check_outputs(args.json)
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     data = cached_data(args)
     results, times = {}, {}
@@ -182,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     with atomic_output(args.out, overwrite=args.overwrite) as path:
         Path(path).write_text(f"# Open-set recognition\n\n{settings}\n\n{table}\n")
+    cosine, softmax = results.values()
+    write_figures(
+        args.json,
+        [
+            figure_row("open_set", f"{column}, cosine loss", cosine[column], "", "softmax", softmax[column])
+            for column in COLUMNS
+        ],
+    )
     return 0
 
 

@@ -34,10 +34,21 @@ import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch.utils.data import DataLoader, Dataset
 
+from aitom.commands.shared import seed_number
 from aitom.data.simulated import LabelledShareBatchSampler, SimulatedSubtomogramDataModule
+from aitom.errors import InputError
 from aitom.tasks.classify import Classifier
 from aitom.tasks.semi_supervised import AutoencoderClassifier3D, SemiSupervisedClassifier
-from run_benchmarks import figure_row, mean_and_sd, write_figures  # this folder (the script's) is on sys.path
+from run_benchmarks import (  # this folder (the script's) is on sys.path
+    check_outputs,
+    figure_row,
+    mean_and_sd,
+    real_number,
+    reports_input_errors,
+    whole_number,
+    write_figures,
+    write_output,
+)
 
 CLASSES = ["proteasome_20s", "ribosome_30s", "apoferritin", "rubisco", "nucleosome"]
 MODELS = {
@@ -82,25 +93,46 @@ def train_and_test(
     return float(result["test/acc"]), seconds
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test, numbers meaningless)")
-    parser.add_argument("--train-size", type=int, default=800, help="training items (default 800)")
-    parser.add_argument("--test-size", type=int, default=300, help="test items (default 300)")
-    parser.add_argument("--labelled-fraction", type=float, default=0.1, help="labelled training fraction")
+    fraction = real_number(above=0.0, at_most=1.0)
+    parser.add_argument(
+        "--train-size", type=whole_number(1), default=800, help="training items (default 800)"
+    )
+    parser.add_argument("--test-size", type=whole_number(1), default=300, help="test items (default 300)")
+    parser.add_argument(
+        "--labelled-fraction",
+        type=fraction,
+        default=0.1,
+        help="labelled training fraction, in (0, 1] (default 0.1)",
+    )
     parser.add_argument(
         "--labelled-batch-fraction",
-        type=float,
+        type=fraction,
         default=0.5,
         help="share of every semi-supervised batch drawn from the labelled items (default 0.5)",
     )
-    parser.add_argument("--steps", type=int, default=600, help="training steps of each model (default 600)")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
-    parser.add_argument("--snr", type=float, default=0.5, help="signal-to-noise ratio (default 0.5)")
-    parser.add_argument("--reconstruction-weight", type=float, default=1.0, help="λ (default 1)")
+    parser.add_argument(
+        "--steps", type=whole_number(1), default=600, help="training steps of each model (default 600)"
+    )
+    parser.add_argument("--batch-size", type=whole_number(2), default=16, help="batch size (default 16)")
+    parser.add_argument(
+        "--snr",
+        type=real_number(above=0.0),
+        default=0.5,
+        help="signal-to-noise ratio, var(signal) / var(noise) (default 0.5)",
+    )
+    parser.add_argument(
+        "--reconstruction-weight",
+        type=real_number(at_least=0.0),
+        default=1.0,
+        help="λ, weight of the reconstruction loss (default 1)",
+    )
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=seed_number,
         nargs="+",
         default=[0, 1, 2],
         help="seeds of data, weights and batches (default 0 1 2)",
@@ -110,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.train_size, args.test_size, args.steps, args.seeds = 160, 40, 4, [0]
+    if round(args.labelled_fraction * args.train_size) < 1:
+        raise InputError(
+            f"--labelled-fraction {args.labelled_fraction:g} of --train-size {args.train_size} labels no item"
+        )
+    check_outputs(args.out, args.json)
 
     rows: dict[str, list[float]] = {name: [] for name in MODELS}
     seconds: dict[str, float] = dict.fromkeys(MODELS, 0.0)
@@ -213,8 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         ],
     )
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    write_output(args.out, text + "\n")
     return 0
 
 

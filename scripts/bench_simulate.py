@@ -49,7 +49,14 @@ from aitom.simulate import (
     simulate_subtomogram_batch,
     simulate_tomogram,
 )
-from run_benchmarks import figure_row, write_figures
+from run_benchmarks import (
+    check_outputs,
+    figure_row,
+    reports_input_errors,
+    whole_number,
+    write_figures,
+    write_output,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LARGE_RECIPE = ROOT / "simulations" / "tomogram_large.yaml"
@@ -217,15 +224,25 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=64, help="simulation batch size (default 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed simulation batches (default 3)")
-    parser.add_argument("--train-batch", type=int, default=32, help="training batch size (default 32)")
     parser.add_argument(
-        "--train-steps", type=int, default=3, help="timed training steps after a warm-up (default 3)"
+        "--batch-size", type=whole_number(1), default=64, help="simulation batch size (default 64)"
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--repeats", type=whole_number(1), default=3, help="timed simulation batches (default 3)"
+    )
+    parser.add_argument(
+        "--train-batch", type=whole_number(1), default=32, help="training batch size (default 32)"
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=whole_number(1),
+        default=3,
+        help="timed training steps after a warm-up (default 3)",
+    )
+    parser.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
     parser.add_argument(
         "--skip-tomogram", action="store_true", help="leave out the large tomogram (about 30 s)"
     )
@@ -238,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tomogram-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    check_outputs(args.out, args.json)
     torch.set_num_threads(args.threads)
     if args.tomogram_child is not None:
         tomogram_child(args.tomogram_child)
@@ -249,8 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tomogram = None if args.skip_tomogram else tomogram_cost(LARGE_RECIPE, args.threads)
     table = markdown_table(rates, tomogram, train_rate, args.batch_size, args.train_batch)
     print(table)
-    if args.out is not None:
-        args.out.write_text(table)
+    write_output(args.out, table)
     write_figures(args.json, headline_figures(rates, tomogram, train_rate))
     return 0
 

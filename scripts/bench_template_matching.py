@@ -25,6 +25,7 @@ Prints a Markdown table; ``--out FILE`` also writes it. Example::
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import sys
 import time
@@ -36,8 +37,20 @@ import scipy.fft
 import scipy.ndimage
 import torch
 
+from aitom.commands.shared import torch_device
+from aitom.errors import InputError
 from aitom.geometry import so3_grid, sphere_mask
 from aitom.ops.template_matching import TemplateFilter, match_template
+from run_benchmarks import (
+    check_outputs,
+    figure_row,
+    reports_input_errors,
+    whole_number,
+    write_figures,
+    write_output,
+)
+
+GRID_STEP_DEG = 30.0  # the rotations searched are the first --rotations of so3_grid(GRID_STEP_DEG)
 
 
 def best_time(action, repeats: int) -> float:
@@ -115,14 +128,23 @@ def scipy_match_template(
     return np.roll(best, size // 2, axis=(0, 1, 2)), np.roll(best_index, size // 2, axis=(0, 1, 2))
 
 
+def per_rotation_text(seconds: float | None) -> str:
+    return "— (below the timing noise)" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
+def ratio_text(numerator: float | None, denominator: float | None) -> str:
+    return "—" if numerator is None or denominator is None else f"{numerator / denominator:.2f}"
+
+
 def bench_shape(
     shape: tuple[int, int, int], args: argparse.Namespace, device: torch.device
-) -> list[tuple[str, str]]:
+) -> tuple[list[tuple[str, str]], dict]:
+    """The table rows of one tomogram shape and its headline figure (time per rotation against SciPy's)."""
     rows: list[tuple[str, str]] = []
     generator = torch.Generator().manual_seed(0)
     tomogram = torch.randn(shape, generator=generator)
     template = torch.randn((args.template_size,) * 3, generator=generator)
-    rotations = so3_grid(30.0)[: args.rotations]
+    rotations = so3_grid(GRID_STEP_DEG)[: args.rotations]
     workers = torch.get_num_threads()
     name = "×".join(str(n) for n in shape[::-1])
 
@@ -162,12 +184,13 @@ def bench_shape(
         ),
         args.repeats,
     )
-    per_rotation = (total - setup) / max(1, args.rotations - 1)
+    # None when the difference drowns in the timing noise (a tomogram so small that set-up dominates)
+    per_rotation = (total - setup) / (args.rotations - 1) if total > setup else None
     rows.append(
         (f"{name}: aitom match_template, {args.rotations} rotations ({device.type})", f"{total:.2f} s")
     )
-    rows.append((f"{name}: aitom time per rotation", f"{per_rotation * 1e3:.1f} ms"))
-    rows.append((f"{name}: per rotation / FFT floor", f"{per_rotation / floor:.2f}"))
+    rows.append((f"{name}: aitom time per rotation", per_rotation_text(per_rotation)))
+    rows.append((f"{name}: per rotation / FFT floor", ratio_text(per_rotation, floor)))
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows.append((f"{name}: peak resident memory after aitom run", f"{rss_mib:.0f} MiB"))
     if device.type == "cuda":
@@ -187,40 +210,71 @@ def bench_shape(
         setup_start = time.perf_counter()
         scipy_match_template(tomogram_np, template_np, rotations_np[:1], workers)
         scipy_setup = time.perf_counter() - setup_start
-        scipy_per_rotation = (scipy_total - scipy_setup) / max(1, args.rotations - 1)
+        scipy_per_rotation = (
+            (scipy_total - scipy_setup) / (args.rotations - 1) if scipy_total > scipy_setup else None
+        )
         aitom_score, _ = match_template(tomogram, template, rotations, template_filter=no_wedge)
         difference = float(np.abs(aitom_score.numpy() - reference_score).max())
-        rows.append((f"{name}: NumPy/SciPy search time per rotation", f"{scipy_per_rotation * 1e3:.1f} ms"))
+        rows.append((f"{name}: NumPy/SciPy search time per rotation", per_rotation_text(scipy_per_rotation)))
         rows.append(
-            (f"{name}: NumPy/SciPy / aitom (per rotation)", f"{scipy_per_rotation / per_rotation:.2f}")
+            (f"{name}: NumPy/SciPy / aitom (per rotation)", ratio_text(scipy_per_rotation, per_rotation))
         )
         rows.append((f"{name}: NumPy/SciPy peak traced memory", f"{peak / 2**20:.0f} MiB"))
-        rows.append((f"{name}: max |score difference| aitom vs NumPy/SciPy", f"{difference:.1e}"))
-    return rows
+        rows.append((f"{name}: max \\|score difference\\| aitom vs NumPy/SciPy", f"{difference:.1e}"))
+    figure = figure_row(
+        "template_matching",
+        f"time per rotation, {name}",
+        math.nan if per_rotation is None else per_rotation * 1e3,
+        "ms",
+        "" if args.skip_scipy else "NumPy/SciPy",
+        None if args.skip_scipy or scipy_per_rotation is None else scipy_per_rotation * 1e3,
+    )
+    return rows, figure
 
 
+@reports_input_errors
 def main(argv: list[str] | None = None) -> int:
+    grid_size = so3_grid(GRID_STEP_DEG).shape[0]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--size", type=int, default=256, help="edge of the cubic tomogram, voxels (default 256)"
+        "--size", type=whole_number(1), default=256, help="edge of the cubic tomogram, voxels (default 256)"
     )
     parser.add_argument("--large", action="store_true", help="also 512 × 512 × 200 (X × Y × Z)")
-    parser.add_argument("--template-size", type=int, default=32, help="template edge, voxels (default 32)")
-    parser.add_argument("--rotations", type=int, default=8, help="rotations searched (default 8)")
-    parser.add_argument("--rotation-batch", type=int, default=4, help="rotations per batch (default 4)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed repeats, best kept (default 2)")
-    parser.add_argument("--device", default="cpu", help="torch device for aitom (default cpu)")
+    parser.add_argument(
+        "--template-size", type=whole_number(2), default=32, help="template edge, voxels (default 32)"
+    )
+    parser.add_argument(
+        "--rotations",
+        type=whole_number(2, grid_size),
+        default=8,
+        help=f"rotations searched, from the {GRID_STEP_DEG:g}° grid of {grid_size} (default 8; the time per "
+        "rotation is the difference between searching them all and searching one, so at least 2)",
+    )
+    parser.add_argument(
+        "--rotation-batch", type=whole_number(1), default=4, help="rotations per batch (default 4)"
+    )
+    parser.add_argument(
+        "--repeats", type=whole_number(1), default=2, help="timed repeats, best kept (default 2)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="torch device for aitom: cpu or cuda[:N] (default cpu)"
+    )
     parser.add_argument("--skip-scipy", action="store_true", help="skip the NumPy/SciPy implementation")
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
     parser.add_argument(
         "--json", type=Path, help="also write the headline figures here (JSON, see run_benchmarks.py)"
     )
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    check_outputs(args.out, args.json)
+    device = torch_device(args.device)
+    if args.template_size > args.size:
+        raise InputError(f"--template-size {args.template_size} is larger than --size {args.size}")
     shapes = [(args.size,) * 3] + ([(200, 512, 512)] if args.large else [])
-    rows = []
+    rows, figures = [], []
     for shape in shapes:
-        rows += bench_shape(shape, args, device)
+        shape_rows, figure = bench_shape(shape, args, device)
+        rows += shape_rows
+        figures.append(figure)
     header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
     if device.type == "cuda":
         header += f" ({torch.cuda.get_device_name(device)})"
@@ -229,26 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         + [f"| {name} | {value} |" for name, value in rows]
     )
     print(table)
-    if args.out is not None:
-        args.out.write_text(table + "\n")
-    from run_benchmarks import figure_row, write_figures
-
-    values = dict(rows)
-    figures = []
-    for shape_name in dict.fromkeys(name.split(":")[0] for name, _ in rows):
-        aitom_ms = values.get(f"{shape_name}: aitom time per rotation")
-        scipy_ms = values.get(f"{shape_name}: NumPy/SciPy search time per rotation")
-        if aitom_ms is not None:
-            figures.append(
-                figure_row(
-                    "template_matching",
-                    f"time per rotation, {shape_name}",
-                    float(aitom_ms.split()[0]),
-                    "ms",
-                    "NumPy/SciPy" if scipy_ms is not None else "",
-                    None if scipy_ms is None else float(scipy_ms.split()[0]),
-                )
-            )
+    write_output(args.out, table + "\n")
     write_figures(args.json, figures)
     return 0
 

@@ -25,11 +25,21 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torch import nn
 
+from aitom.commands.shared import torch_device
+from aitom.errors import InputError
 from aitom.models import CB3D, RB3D, DSRF3Dv2
+from aitom.models.classifiers import SubtomogramClassifierNet
 from aitom.tasks import Classifier
-from run_benchmarks import figure_row, write_figures
+from run_benchmarks import (
+    check_outputs,
+    figure_row,
+    reports_input_errors,
+    whole_number,
+    write_figures,
+    write_output,
+)
 
-NETWORKS: dict[str, type[nn.Module]] = {"DSRF3D-v2": DSRF3Dv2, "RB3D": RB3D, "CB3D": CB3D}
+NETWORKS: dict[str, type[SubtomogramClassifierNet]] = {"DSRF3D-v2": DSRF3Dv2, "RB3D": RB3D, "CB3D": CB3D}
 NUM_CLASSES = 5
 LEARNING_RATE = 1e-3
 
@@ -181,17 +191,34 @@ def markdown_table(rows: Sequence[dict[str, float | str]], box: int, batch_size:
     return "\n".join(lines) + "\n"
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--box", type=int, default=32, help="subtomogram edge, voxels (default 32)")
-    parser.add_argument("--batch-size", type=int, default=8, help="training batch size (default 8)")
     parser.add_argument(
-        "--steps", type=int, default=6, help="training steps per run, first untimed (default 6)"
+        "--box",
+        type=whole_number(1),
+        default=32,
+        help="subtomogram edge, voxels (default 32; at least 8, CB3D 32)",
     )
-    parser.add_argument("--rounds", type=int, default=2, help="alternating bare/Lightning runs (default 2)")
-    parser.add_argument("--inference-batch", type=int, default=32, help="inference batch size (default 32)")
     parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+        "--batch-size", type=whole_number(1), default=8, help="training batch size (default 8)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=whole_number(3),
+        default=6,
+        help="training steps per run, at least 3: the first is not timed (default 6)",
+    )
+    parser.add_argument(
+        "--rounds", type=whole_number(1), default=2, help="alternating bare/Lightning runs (default 2)"
+    )
+    parser.add_argument(
+        "--inference-batch", type=whole_number(1), default=32, help="inference batch size (default 32)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device: cpu or cuda[:N] (default cuda when there is one)",
     )
     parser.add_argument(
         "--models", nargs="+", choices=list(NETWORKS), default=list(NETWORKS), help="networks"
@@ -204,17 +231,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.steps, args.rounds = ["DSRF3D-v2"], 3, 1
-    if args.steps < 3:
-        parser.error("--steps must be 3 or more (the first step is not timed)")
-    device = torch.device(args.device)
+    check_outputs(args.out, args.json)
+    device = torch_device(args.device)
+    for name in args.models:
+        if args.box < NETWORKS[name].minimum_box_voxels:
+            raise InputError(
+                f"--box {args.box}: {name} needs at least {NETWORKS[name].minimum_box_voxels} voxels"
+            )
     rows = [
         benchmark(name, args.box, args.batch_size, args.steps, args.rounds, args.inference_batch, device)
         for name in args.models
     ]
     table = markdown_table(rows, args.box, args.batch_size, str(device))
     print(table)
-    if args.out is not None:
-        args.out.write_text(table)
+    write_output(args.out, table)
     figures = []
     for row in rows:
         figures.append(

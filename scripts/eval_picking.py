@@ -28,17 +28,26 @@ from pathlib import Path
 
 import torch
 
-from aitom.io import particles_table, read_particles, read_volume
+from aitom.errors import InputError
+from aitom.io import COORDINATE_COLUMNS, particles_table, read_particles, read_volume
 from aitom.ops.pick_evaluation import evaluate_picks
 from aitom.tasks.pick import DoGPicker, SaliencyPicker, TemplateMatchingPicker
+from run_benchmarks import check_outputs, real_number, reports_input_errors, write_output
+
+RECIPE = Path(__file__).resolve().parents[1] / "simulations" / "tomogram_default.yaml"
+METHODS = ("dog", "saliency", "template")
+#: columns of ``ground_truth.star`` that the scoring and the templates need
+TRUTH_COLUMNS = (*COORDINATE_COLUMNS, "rlnClassNumber", "aitomClassName")
 
 
 def simulate(folder: Path, snr: float) -> Path:
     """The simulated tomogram's folder (``tomogram.mrc``, ``ground_truth.star``, ``templates/``)."""
     if not (folder / "ground_truth.star").exists():
-        command = [sys.executable, "-m", "aitom", "simulate", "tomogram", "--config"]
-        command += ["simulations/tomogram_default.yaml", "--out", str(folder), f"snr={snr}"]
-        subprocess.run(command, check=True)
+        command = [sys.executable, "-m", "aitom", "simulate", "tomogram", "--config", str(RECIPE)]
+        command += ["--out", str(folder), f"snr={snr}"]
+        code = subprocess.run(command, check=False).returncode
+        if code != 0:
+            raise InputError(f"aitom simulate tomogram failed (exit code {code}; its error is above)", folder)
     return folder
 
 
@@ -46,6 +55,11 @@ def class_templates(folder: Path, truth) -> tuple[list[str], list[int], list[str
     """Template paths, class numbers and class names, in class-number order of the ground truth."""
     pairs = sorted(set(zip(truth["rlnClassNumber"].astype(int), truth["aitomClassName"])))
     paths = [str(folder / "templates" / f"{name}.mrc") for _, name in pairs]
+    missing = next((path for path in paths if not Path(path).is_file()), None)
+    if missing is not None:
+        raise InputError(
+            f"no template for class {Path(missing).stem} of {folder / 'ground_truth.star'}", missing
+        )
     return paths, [number for number, _ in pairs], [name for _, name in pairs]
 
 
@@ -91,23 +105,48 @@ def row(method: str, snr: float, result: dict, numbers: list[int]) -> str:
     return f"| {method} | {snr:g} | {scores} | {key.replace('f1', 'F1')} {values}{extra} |"
 
 
+@reports_input_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sim-dir", type=Path, default=Path("outputs/eval_picking"), help="simulations here")
-    parser.add_argument("--tolerance-voxels", type=float, default=4.5, help="match distance (default 4.5)")
-    parser.add_argument("--angular-step", type=float, default=30.0, help="template rotation grid, degrees")
     parser.add_argument(
-        "--methods", nargs="+", default=["dog", "saliency", "template"], help="pickers to run (default all)"
+        "--sim-dir",
+        type=Path,
+        default=Path("outputs/eval_picking"),
+        help="simulations here (SIM_DIR/snrS/, reused when they hold ground_truth.star)",
     )
-    parser.add_argument("--snrs", type=float, nargs="+", default=[0.5, 0.1], help="SNRs (default 0.5 0.1)")
+    parser.add_argument(
+        "--tolerance-voxels",
+        type=real_number(above=0.0),
+        default=4.5,
+        help="largest distance of a pick from its true particle, voxels (default 4.5)",
+    )
+    parser.add_argument(
+        "--angular-step",
+        type=real_number(above=0.0, at_most=180.0),
+        default=30.0,
+        help="template rotation grid, degrees (default 30)",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="pickers to run (default all)"
+    )
+    parser.add_argument(
+        "--snrs",
+        type=real_number(above=0.0),
+        nargs="+",
+        default=[0.5, 0.1],
+        help="SNRs of the simulated tomograms, var(signal) / var(noise) (default 0.5 0.1)",
+    )
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
     parser.add_argument("--json", type=Path, help="also write every result as JSON")
     args = parser.parse_args(argv)
+    check_outputs(args.out, args.json)
     rows, results, names = [], {}, []
     for snr in args.snrs:
         folder = simulate(args.sim_dir / f"snr{snr:g}", snr)
         tomogram, header = read_volume(folder / "tomogram.mrc")
-        truth = read_particles(folder / "ground_truth.star")
+        truth = read_particles(folder / "ground_truth.star", require=TRUTH_COLUMNS)
+        if len(truth) == 0:
+            raise InputError("lists no particle", folder / "ground_truth.star")
         paths, numbers, names = class_templates(folder, truth)
         for method in args.methods:
             start = time.perf_counter()
@@ -127,10 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         + [line for _, _, line in rows]
     )
     print(table)
-    if args.out is not None:
-        args.out.write_text(table + "\n")
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=1))
+    write_output(args.out, table + "\n")
+    write_output(args.json, json.dumps(results, indent=1))
     return 0
 
 

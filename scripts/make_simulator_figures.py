@@ -32,8 +32,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from aitom.commands.shared import refuse_path_under_a_file
+from aitom.errors import InputError
 from aitom.geometry import random_rotations
+from aitom.io import atomic_output
 from aitom.simulate import CtfConfig, available_classes, class_potential, simulate_subtomogram_batch
+from run_benchmarks import real_number, reports_input_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 SNRS: tuple[float | None, ...] = (None, 1.0, 0.1, 0.03)
@@ -82,7 +86,8 @@ def save_small_png(source: Path | io.BytesIO, target: Path, max_kb: float) -> No
         if buffer.tell() <= max_kb * 1000 or scale < 0.3:
             break
         scale -= 0.1
-    target.write_bytes(buffer.getvalue())
+    with atomic_output(target, overwrite=True) as temporary:
+        temporary.write_bytes(buffer.getvalue())
     print(f"{target}: {size[0]} × {size[1]} px, {buffer.tell() / 1000:.0f} kB")
 
 
@@ -91,7 +96,10 @@ def command_montages(out: Path, max_kb: float) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name, (argv, png) in COMMANDS.items():
             output = Path(folder) / name.removesuffix(".png")
-            subprocess.run([sys.executable, "-m", "aitom", *argv, "--out", str(output)], cwd=ROOT, check=True)
+            command = [sys.executable, "-m", "aitom", *argv, "--out", str(output)]
+            code = subprocess.run(command, cwd=ROOT, check=False).returncode
+            if code != 0:
+                raise InputError(f"aitom {' '.join(argv[:2])} failed (exit code {code}; its error is above)")
             save_small_png(output / png, out / name, max_kb)
 
 
@@ -144,14 +152,22 @@ def snr_figure(classes: Sequence[str], path: Path, max_kb: float) -> None:
     save_small_png(buffer, path, max_kb)
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images", help="folder for the PNGs")
-    parser.add_argument("--max-kb", type=float, default=290.0, help="largest PNG size, kB (default 290)")
+    parser.add_argument(
+        "--max-kb",
+        type=real_number(above=0.0),
+        default=290.0,
+        help="largest PNG size, kB (default 290; a picture is shrunk to at most 30 %% to fit)",
+    )
     parser.add_argument("--skip-commands", action="store_true", help="only make subtomograms_by_snr.png")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError("exists and is not a folder", args.out)
+    refuse_path_under_a_file(args.out)
     snr_figure(available_classes(), args.out / "subtomograms_by_snr.png", args.max_kb)
     if not args.skip_commands:
         command_montages(args.out, args.max_kb)

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from aitom.commands.shared import refuse_path_under_a_file, seed_number, torch_device
+from aitom.errors import InputError
 from aitom.fourier import fourier_shell_correlation, lowpass, radial_average, shell_index
 from aitom.geometry import (
     random_rotations,
@@ -64,6 +66,7 @@ from aitom.ops.handedness import (
     mirror_volume,
     superpose_map,
 )
+from run_benchmarks import real_number, reports_input_errors, whole_number
 
 PARTICLES = "warptools_test_4-tomos_10-ptcls_box-32_angpix-12.star"
 TOMOGRAMS = "warptools_test_4-tomos_10-ptcls_box-32_angpix-12_tomograms.star"
@@ -76,6 +79,22 @@ MAX_SHIFT_VOXELS = 3.0
 
 def _default_data() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "tomodrgn_70S"
+
+
+def check_data(data: Path) -> None:
+    """Refuse a ``--data`` folder that lacks one of the files this evaluation reads (InputError naming it)."""
+    for name in (PARTICLES, TOMOGRAMS, RELION_MAP):
+        if not (data / name).is_file():
+            raise InputError(f"no {name} (pass --data with the tomodrgn_70S folder)", data)
+
+
+def check_output_folder(folder: Path | None, option: str) -> None:
+    """Refuse an output folder that is a file or lies under one (InputError naming it)."""
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option}: exists and is not a folder", folder)
+    refuse_path_under_a_file(folder)
 
 
 def reconstruct(data: Path, out: Path) -> None:
@@ -282,43 +301,58 @@ def exhaustive_reference_free(volumes, masks, args, voxel_size_a: float, seed: i
     }
 
 
+@reports_input_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder (reconstruction reused if there)"
     )
     parser.add_argument("--data", type=Path, default=_default_data(), help="the tomodrgn_70S data folder")
-    parser.add_argument("--iterations", type=int, default=5, help="reference-free averaging rounds")
     parser.add_argument(
-        "--starts", type=int, default=3, help="reference-free random starts (best score kept)"
+        "--iterations", type=whole_number(1), default=5, help="reference-free averaging rounds (default 5)"
+    )
+    parser.add_argument(
+        "--starts",
+        type=whole_number(1),
+        default=3,
+        help="reference-free random starts, best score kept (default 3)",
     )
     parser.add_argument(
         "--annealing-iterations",
-        type=int,
+        type=whole_number(0),
         default=0,
         help="start each reference-free run from a stochastic-annealing initial model (0: random start)",
     )
     parser.add_argument(
         "--max-frequency",
-        type=float,
+        type=real_number(above=0.0, at_most=0.5),
         default=0.45,
         help="alignment band limit, cycles/voxel (0.45 at 12 Å: 27 Å)",
     )
     parser.add_argument(
-        "--particle-diameter", type=float, default=260.0, help="reference mask diameter, Å (70S: ~260 Å)"
+        "--particle-diameter",
+        type=real_number(above=0.0),
+        default=260.0,
+        help="reference mask diameter, Å (70S: ~260 Å)",
     )
-    parser.add_argument("--step", type=float, default=15.0, help="reference-free angular step, degrees")
     parser.add_argument(
-        "--seed", type=int, default=0, help="random rotations of the control and initial poses"
+        "--step",
+        type=real_number(above=0.0, at_most=180.0),
+        default=15.0,
+        help="reference-free angular step, degrees (default 15)",
+    )
+    parser.add_argument(
+        "--seed", type=seed_number, default=0, help="random rotations of the control and initial poses"
     )
     parser.add_argument("--docs-images", type=Path, default=None, help="also copy the figures here")
     parser.add_argument(
         "--device", default="cpu", help="torch device of steps 5 and 6 (cpu or cuda; default cpu)"
     )
     args = parser.parse_args(argv)
-    if not (args.data / PARTICLES).is_file():
-        parser.error(f"{args.data}: no {PARTICLES} (pass --data with the tomodrgn_70S folder)")
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_data(args.data)
+    check_output_folder(args.out, "--out")
+    check_output_folder(args.docs_images, "--docs-images")
+    device = torch_device(args.device)
     torch.manual_seed(args.seed)
 
     started = time.perf_counter()
@@ -430,7 +464,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. reference-free averaging (no poses, no reference): --starts random starts, the one with the best mean
     # alignment score kept (the method's own criterion); the same loop with exhaustive alignment as baseline
-    device = torch.device(args.device)
     masks = (weights / weights.amax(dim=(1, 2, 3), keepdim=True)).sqrt().to(device)
     volumes_on_device = volumes.to(device)
 

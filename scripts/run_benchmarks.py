@@ -20,6 +20,12 @@ The contract a ``bench_*.py`` script follows:
 * ``--quick`` (optional; passed with ``run_benchmarks.py --quick`` when the source mentions ``"--quick"``):
   a reduced run of a minute or two, for smoke-testing the benchmark.
 
+The scripts of this folder share the checks of their options and outputs from here: :func:`whole_number` and
+:func:`real_number` (``type=`` of an option: an impossible value is a usage error, exit code 2),
+:func:`check_outputs` (an output path that can never be written is refused before any work),
+:func:`write_output` (written atomically: an interrupted run leaves no half-written file) and
+:func:`reports_input_errors` (an :class:`aitom.errors.InputError` becomes one line on stderr and exit code 2).
+
     python scripts/run_benchmarks.py --out bench_results.md       # what `make bench` runs
     python scripts/run_benchmarks.py --only simulate --out bench_simulate.md
     python scripts/run_benchmarks.py --quick --out bench_quick.md
@@ -29,8 +35,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import inspect
 import json
 import math
+import operator
 import os
 import platform
 import signal
@@ -39,13 +48,95 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aitom.commands.shared import refuse_path_under_a_file
+from aitom.errors import InputError
+from aitom.io import atomic_output, check_output_path
 
 SCRIPTS = Path(__file__).resolve().parent
 ERROR_TAIL_LINES = 30
 FIGURE_KEYS = ("benchmark", "figure", "value", "unit", "baseline", "baseline_value", "ratio")
+
+
+def whole_number(minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
+    """An option's ``type``: a whole number in ``[minimum, maximum]`` (argparse reports anything else)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            limits = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"must be {limits}, got {value}")
+        return value
+
+    return parse
+
+
+def real_number(
+    above: float | None = None, at_least: float | None = None, at_most: float | None = None
+) -> Callable[[str], float]:
+    """An option's ``type``: a finite number ``> above``, ``>= at_least`` and ``<= at_most`` (those given)."""
+    rules = [
+        (bound, sign, test)
+        for bound, sign, test in (
+            (above, ">", operator.gt),
+            (at_least, ">=", operator.ge),
+            (at_most, "<=", operator.le),
+        )
+        if bound is not None
+    ]
+    wanted = "".join(f" and {sign} {bound:g}" for bound, sign, _ in rules).removeprefix(" and")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value) or not all(test(value, bound) for bound, _, test in rules):
+            raise argparse.ArgumentTypeError(f"must be a finite number{wanted}, got {text}")
+        return value
+
+    return parse
+
+
+def check_outputs(*paths: Path | None) -> None:
+    """Refuse, before any work, an output file that is a folder or lies under a file (None: not asked for).
+
+    Raises:
+        InputError: naming the path.
+    """
+    for path in paths:
+        if path is not None:
+            check_output_path(path, overwrite=True)
+            refuse_path_under_a_file(path)
+
+
+def write_output(path: Path | None, text: str) -> None:
+    """Write ``text`` to ``path`` (None: nothing) atomically, replacing it; its folders are created."""
+    if path is None:
+        return
+    with atomic_output(path, overwrite=True) as temporary:
+        temporary.write_text(text)
+
+
+def reports_input_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a script's ``main``: an :class:`InputError` becomes ``SCRIPT: error: message`` on stderr and
+    exit code 2, without a traceback."""
+
+    @functools.wraps(main)
+    def guarded(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except InputError as error:
+            print(f"{Path(inspect.getfile(main)).name}: error: {error}", file=sys.stderr)
+            return 2
+
+    return guarded
 
 
 def mean_and_sd(values: list[float]) -> tuple[float, float]:
@@ -87,7 +178,7 @@ def write_figures(path: Path | None, rows: Sequence[dict]) -> None:
     if path is None:
         return
     clean = [{key: _finite_or_none(value) for key, value in row.items()} for row in rows]
-    path.write_text(json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
+    write_output(path, json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_figures(path: Path) -> list[dict]:
@@ -205,6 +296,7 @@ def summary_table(figures: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -220,7 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run only this benchmark (scripts/bench_NAME.py); may be repeated",
     )
     parser.add_argument(
-        "--timeout", type=float, default=900.0, help="seconds before a benchmark is stopped (default 900)"
+        "--timeout",
+        type=real_number(above=0.0),
+        default=900.0,
+        help="seconds before a benchmark is stopped (default 900)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="pass --quick to the benchmarks that support it (smoke test)"
@@ -229,7 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--scripts", type=Path, default=SCRIPTS, help="folder of the bench_*.py scripts (default: this one)"
     )
     args = parser.parse_args(argv)
+    check_outputs(args.out)
     scripts = benchmark_scripts(args.scripts)
+    if not scripts:
+        raise InputError("no bench_*.py script in this folder (--scripts)", args.scripts)
     unknown = sorted(set(args.only or ()) - scripts.keys())
     if unknown:
         parser.error(f"no benchmark {', '.join(unknown)}; choose from {', '.join(scripts)}")
@@ -251,10 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         header.append(f"**{len(failed)} of {len(selected)} benchmarks failed:** {', '.join(failed)}\n")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.out.with_name(f".{args.out.name}.part")
-    temporary.write_text("\n".join(header + sections))
-    os.replace(temporary, args.out)
+    write_output(args.out, "\n".join(header + sections))
     print(f"wrote {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

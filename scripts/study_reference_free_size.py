@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from aitom.commands.shared import seed_number, torch_device
+from aitom.errors import InputError
 from aitom.fourier import fourier_shell_correlation, missing_wedge_mask, resolution_at
 from aitom.geometry import random_rotations, rotation_angle_between
 from aitom.io import read_volume
@@ -36,6 +38,7 @@ from aitom.ops.averaging import reference_free_average
 from aitom.ops.handedness import superpose_map
 from aitom.simulate.recipe import CtfConfig
 from aitom.simulate.subtomograms import random_shifts, simulate_subtomogram_batch
+from run_benchmarks import check_outputs, real_number, reports_input_errors, whole_number, write_output
 
 WITHIN_DEG = 20.0
 MAX_SHIFT_VOXELS = 3.0
@@ -79,38 +82,64 @@ def within(found: torch.Tensor, truth: torch.Tensor, global_rotation: torch.Tens
     return float((error <= WITHIN_DEG).float().mean())
 
 
+@reports_input_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--map", type=Path, default=_default_map(), help="true map (MRC, cubic)")
+    count = whole_number(1)
     parser.add_argument(
         "--snrs",
-        type=float,
+        type=real_number(above=0.0),
         nargs="+",
         default=[0.004, 0.002, 0.001, 0.0005, 0.00025],
-        help="SNRs calibrated",
+        help="SNRs calibrated, var(signal) / var(noise)",
     )
-    parser.add_argument("--calibration-particles", type=int, default=100, help="particles per SNR")
+    parser.add_argument("--calibration-particles", type=count, default=100, help="particles per SNR")
     parser.add_argument(
-        "--target-within", type=float, default=0.52, help="fraction within 20° to match (real data: 0.52)"
+        "--target-within",
+        type=real_number(at_least=0.0, at_most=1.0),
+        default=0.52,
+        help="fraction within 20° to match (real data: 0.52)",
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[40, 100, 200, 400], help="particle numbers")
-    parser.add_argument("--starts", type=int, default=3, help="random starts per size (best score kept)")
     parser.add_argument(
-        "--annealing-iterations", type=int, default=21, help="iterations of the annealed starts"
+        "--sizes", type=count, nargs="+", default=[40, 100, 200, 400], help="particle numbers"
     )
-    parser.add_argument("--iterations", type=int, default=5, help="reference-free iterations")
-    parser.add_argument("--max-frequency", type=float, default=0.3, help="band limit, cycles/voxel")
-    parser.add_argument("--particle-diameter", type=float, default=260.0, help="reference mask, Å")
-    parser.add_argument("--defocus-um", type=float, default=3.0, help="CTF defocus, µm (0: no CTF)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--starts", type=count, default=3, help="random starts per size (best score kept)")
+    parser.add_argument(
+        "--annealing-iterations",
+        type=whole_number(0),
+        default=21,
+        help="iterations of the annealed starts",
+    )
+    parser.add_argument("--iterations", type=count, default=5, help="reference-free iterations")
+    parser.add_argument(
+        "--max-frequency",
+        type=real_number(above=0.0, at_most=0.5),
+        default=0.3,
+        help="band limit, cycles/voxel",
+    )
+    parser.add_argument(
+        "--particle-diameter", type=real_number(above=0.0), default=260.0, help="reference mask, Å"
+    )
+    parser.add_argument(
+        "--defocus-um", type=real_number(at_least=0.0), default=3.0, help="CTF defocus, µm (0: no CTF)"
+    )
+    parser.add_argument("--seed", type=seed_number, default=0, help="random seed")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device: cpu or cuda[:N] (default cuda when there is one)",
+    )
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
     if not args.map.is_file():
-        parser.error(f"{args.map}: no such map (pass --map)")
-    device = torch.device(args.device)
+        raise InputError("no such map (pass --map)", args.map)
+    check_outputs(args.out, args.json)
+    device = torch_device(args.device)
     truth_cpu, header = read_volume(args.map)
+    if truth_cpu.ndim != 3 or len(set(truth_cpu.shape)) != 1:
+        raise InputError(f"the map must be cubic, got {tuple(truth_cpu.shape)} voxels", args.map)
     voxel_size_a = header.voxel_size_a[0]
     truth = truth_cpu.to(device)
     size = truth.shape[-1]
@@ -212,10 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_output(args.out, table + "\n")
+    write_output(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -164,3 +164,56 @@ def test_every_project_benchmark_takes_out():
     for name, script in runner.benchmark_scripts().items():
         source = script.read_text()
         assert '"--out"' in source, name
+
+
+# A benchmark that leaves a mark when it runs.
+MARKER = """
+import argparse
+from pathlib import Path
+parser = argparse.ArgumentParser()
+parser.add_argument("--out", type=Path)
+args = parser.parse_args()
+(Path(__file__).parent / "ran").write_text("yes")
+args.out.write_text("table")
+"""
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+def test_an_unwritable_report_is_refused_before_any_benchmark_runs(tmp_path, capsys, where):
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    (folder / "bench_mark.py").write_text(MARKER)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    out = blocker / "results.md" if where == "under_a_file" else tmp_path
+    assert runner.main(["--scripts", str(folder), "--out", str(out)]) == 2
+    assert not (folder / "ran").exists()
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"run_benchmarks.py: error: {out}: ") and "\n" not in error
+    assert ("is a file" if where == "under_a_file" else "is a folder") in error
+
+
+def test_number_options_refuse_impossible_values():
+    import argparse
+
+    count = runner.whole_number(2, 10)
+    assert count("3") == 3
+    for text in ("1", "11", "2.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            count(text)
+    fraction = runner.real_number(above=0.0, at_most=1.0)
+    assert fraction("1") == 1.0
+    for text in ("0", "1.01", "nan", "inf", "-inf", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be a"):
+            fraction(text)
+    with pytest.raises(argparse.ArgumentTypeError, match="finite number > 0 and <= 1, got 2"):
+        fraction("2")
+
+
+def test_write_output_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "new" / "table.md"
+    runner.write_output(path, "first")
+    runner.write_output(path, "second")
+    runner.write_output(None, "nothing")
+    assert path.read_text() == "second"
+    assert [p.name for p in path.parent.iterdir()] == ["table.md"]  # no temporary file left
