@@ -45,6 +45,20 @@ OUTPUTS = [
 ]
 
 
+#: recipe overrides of the small test tomogram: 48 × 96 × 96 voxels (at 10 Å when written), 10 particles of
+#: 2 classes (20S proteasome, apoferritin), SNR 5, no CTF
+SMALL_TOMOGRAM = [
+    "shape_zyx_voxels=[48,96,96]",
+    "classes=[proteasome_20s,apoferritin]",
+    "number_of_particles=10",
+    "crowding_fraction=null",
+    "margin_voxels=2",
+    "snr=5.0",
+    "ctf.enabled=false",
+    "tilt.tilt_step_deg=5",
+]
+
+
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory) -> dict[str, Path]:
     """48 × 96 × 96 voxels at 10 Å, 10 particles of 2 classes, SNR 5, no CTF (aitom.simulate)."""
@@ -53,16 +67,7 @@ def simulated(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("pipeline")
     recipe = load_recipe(
         None,
-        [
-            "shape_zyx_voxels=[48,96,96]",
-            "classes=[proteasome_20s,apoferritin]",
-            "number_of_particles=10",
-            "crowding_fraction=null",
-            "margin_voxels=2",
-            "snr=5.0",
-            "ctf.enabled=false",
-            "tilt.tilt_step_deg=5",
-        ],
+        SMALL_TOMOGRAM,
         kind="tomogram",
     )
     simulation = simulate_tomogram(recipe)

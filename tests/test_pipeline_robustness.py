@@ -21,6 +21,7 @@ from aitom.ops.pick_evaluation import evaluate_picks, match_picks
 from aitom.pipeline import load_pipeline_config, run_pipeline
 from aitom.pipeline.report import write_report
 from aitom.pipeline.run import PipelineWarning
+from tests.test_pipeline import SMALL_TOMOGRAM
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: fast settings for a 48 × 96 × 96 tomogram at 10 Å with 160 Å particles (box 24 voxels)
@@ -51,16 +52,7 @@ def simulated(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("robustness")
     recipe = load_recipe(
         None,
-        [
-            "shape_zyx_voxels=[48,96,96]",
-            "classes=[proteasome_20s,apoferritin]",
-            "number_of_particles=10",
-            "crowding_fraction=null",
-            "margin_voxels=2",
-            "snr=5.0",
-            "ctf.enabled=false",
-            "tilt.tilt_step_deg=5",
-        ],
+        SMALL_TOMOGRAM,
         kind="tomogram",
     )
     simulation = simulate_tomogram(recipe)
