@@ -134,3 +134,55 @@ def test_mrc_to_mrc_keeps_the_position_of_a_map_placed_by_nstart(tmp_path) -> No
         nstart = (int(mrc.header.nxstart), int(mrc.header.nystart), int(mrc.header.nzstart))
     assert nstart == (0, 0, 0)
     assert origin == pytest.approx((-32 * 5.7, -32 * 5.7, -32 * 5.7), rel=1e-5)
+
+
+def _centroid_a(path: Path) -> np.ndarray:
+    """Intensity-weighted centre (x, y, z), Å, of an MRC map placed by its header origin."""
+    with mrcfile.open(path) as mrc:
+        data = mrc.data.astype(np.float64)
+        voxel = np.array([float(mrc.voxel_size.x), float(mrc.voxel_size.y), float(mrc.voxel_size.z)])
+        origin = np.array(
+            [float(mrc.header.origin.x), float(mrc.header.origin.y), float(mrc.header.origin.z)]
+        )
+    zyx = np.array(np.nonzero(np.ones_like(data))).reshape(3, *data.shape)
+    weights = np.clip(data, 0, None)
+    centre_zyx = (zyx * weights).sum(axis=(1, 2, 3)) / weights.sum()
+    return origin + centre_zyx[::-1] * voxel
+
+
+def test_resample_makes_anisotropic_voxels_cubic_and_keeps_the_map_in_place(tmp_path, capsys) -> None:
+    """10 x 10 x 20 Å voxels with an origin -> 10 Å cubic: Z doubles, a Gaussian blob keeps its position in
+    Å (within 0.5 Å), the new Z samples hit its peak (1.0, between two old samples: 0.96), and no anisotropy
+    warning is printed for a volume being fixed."""
+    shape = (24, 32, 30)
+    voxel = (10.0, 10.0, 20.0)
+    z, y, x = np.meshgrid(*[np.arange(n) * v for n, v in zip(shape, voxel[::-1])], indexing="ij")
+    blob = np.exp(-((x - 130.0) ** 2 + (y - 170.0) ** 2 + (z - 250.0) ** 2) / (2 * 35.0**2)).astype(
+        np.float32
+    )
+    source = tmp_path / "aniso.mrc"
+    write_volume(source, blob, voxel, origin_a=(-100.0, 50.0, 300.0))
+    out = tmp_path / "cubic.mrc"
+    assert main(["convert", str(source), str(out), "--resample", "10"]) == 0
+    captured = capsys.readouterr()
+    assert "anisotropic" not in captured.err
+    data, written_voxel = _read(out)
+    assert data.shape == (48, 32, 30)
+    assert written_voxel == pytest.approx((10.0, 10.0, 10.0))
+    np.testing.assert_allclose(_centroid_a(out), _centroid_a(source), atol=0.5)
+    assert blob.max() < 0.97 and data.max() == pytest.approx(1.0, abs=0.01)
+    binned = tmp_path / "bin2.mrc"
+    assert main(["convert", str(out), str(binned), "--resample", "20"]) == 0
+    assert _read(binned)[0].shape == (24, 16, 15)
+    np.testing.assert_allclose(_centroid_a(binned), _centroid_a(source), atol=0.5)
+
+
+@pytest.mark.parametrize("value", ["0", "nan", "1e6"])
+def test_impossible_resample_is_one_line_and_exit_2(tmp_path, value, capsys) -> None:
+    source = tmp_path / "v.mrc"
+    write_volume(source, np.ones((8, 8, 8), dtype=np.float32), 10.0)
+    out = tmp_path / "out.mrc"
+    assert main(["convert", str(source), str(out), f"--resample={value}"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("aitom: error:") and error.count("\n") == 1 and "--resample" in error
+    assert not out.exists()

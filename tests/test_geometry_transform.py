@@ -237,3 +237,68 @@ def test_rescale_volume_low_passes_before_coarsening():
     assert rescale_volume(checker, 5.0, 10.0).abs().max() < 1e-6  # trilinear alone would give ±1
     with pytest.raises(ValueError, match="positive"):
         rescale_volume(checker, 0.0, 10.0)
+
+
+def test_resample_axis_reproduces_quadratics_and_keeps_the_centre_sample():
+    """Cubic convolution (Keys, a = -0.5) is exact for quadratics; index N // 2 lands on M // 2."""
+    from aitom.geometry import resample_axis
+
+    x = torch.arange(21, dtype=torch.float64)
+    line = 0.3 * x**2 - x + 2.0
+    fine = resample_axis(line, 10.0, 4.0)  # 21 samples of 10 Å -> 52 of 4 Å
+    assert fine.shape == (52,)
+    position = (torch.arange(52, dtype=torch.float64) - 26) * 0.4 + 10
+    inside = (position >= 1) & (position <= 18)  # all four taps inside the line
+    torch.testing.assert_close(
+        fine[inside], 0.3 * position[inside] ** 2 - position[inside] + 2, atol=1e-12, rtol=0
+    )
+    assert fine[26] == line[10]
+
+
+def test_resample_axis_binning_equals_fourier_cropping_for_band_limited_lines():
+    """Binning by 2 a line whose spectrum lies inside the new band: identical to cropping its spectrum
+    (NumPy reference); the raised-cosine edge of the anti-alias filter is outside that band."""
+    from aitom.geometry import resample_axis
+
+    n = 64
+    rng = np.random.default_rng(1)
+    spectrum = np.zeros(n // 2 + 1, dtype=complex)
+    spectrum[:14] = rng.normal(size=14) + 1j * rng.normal(size=14)  # below 0.22 cycles/voxel
+    spectrum[0] = spectrum[0].real
+    line = np.fft.irfft(spectrum, n)
+    reference = np.fft.irfft(spectrum[: n // 4 + 1], n // 2) / 2  # every 2nd sample of the same function
+    binned = resample_axis(torch.from_numpy(np.stack([line, -line])), 5.0, 10.0, dim=1)
+    np.testing.assert_allclose(binned[0].numpy(), reference, atol=1e-10)
+    np.testing.assert_allclose(binned[1].numpy(), -reference, atol=1e-10)
+
+
+def test_resample_axis_removes_what_the_coarser_grid_cannot_hold():
+    """A cosine at 26/64 cycles/voxel would alias to 0.19 after binning by 2: the filter removes it."""
+    from aitom.geometry import resample_axis
+
+    index = torch.arange(64, dtype=torch.float64)
+    binned = resample_axis(torch.cos(2 * np.pi * 26 / 64 * index), 5.0, 10.0)
+    assert binned.abs().max() < 1e-6
+    with pytest.raises(ValueError, match="positive"):
+        resample_axis(index, 5.0, float("nan"))
+
+
+def test_resample_to_cubic_voxels_matches_the_function_at_the_new_spacing():
+    """Anisotropic 8 x 8 x 16 Å voxels -> 8 Å cubic ones, slab by slab or whole: the blobs sampled on the
+    finer grid (axis Z upsampled 2x), and a Gaussian stays where it was in Å."""
+    from aitom.geometry import resample_to_cubic_voxels
+
+    def blobs(shape_zyx: tuple[int, int, int], voxel_xyz: tuple[float, float, float]) -> torch.Tensor:
+        axes = [
+            (torch.arange(n, dtype=torch.float64) - n // 2) * v for n, v in zip(shape_zyx, voxel_xyz[::-1])
+        ]
+        z, y, x = torch.meshgrid(*axes, indexing="ij")
+        return torch.exp(-((x - 40) ** 2 + (y + 24) ** 2 + (z - 48) ** 2) / (2 * 30.0**2))
+
+    volume = blobs((20, 32, 24), (8.0, 8.0, 16.0))
+    cubic = resample_to_cubic_voxels(volume, (8.0, 8.0, 16.0), 8.0)
+    assert cubic.shape == (40, 32, 24)
+    assert (cubic - blobs((40, 32, 24), (8.0, 8.0, 8.0))).abs().max() < 0.005
+    sliced = resample_to_cubic_voxels(volume, (8.0, 8.0, 16.0), 8.0, chunk_elements=1000)
+    torch.testing.assert_close(sliced, cubic)
+    torch.testing.assert_close(resample_to_cubic_voxels(cubic, (8.0, 8.0, 8.0), 8.0), cubic)

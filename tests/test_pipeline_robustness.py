@@ -181,7 +181,8 @@ def _anisotropic(folder: Path) -> Path:
         (
             "anisotropic",
             "anisotropic.mrc: anisotropic voxels (10, 10, 20 Å along x, y, z): the pipeline needs cubic "
-            "voxels; resample the tomogram, or give voxel_size_a=<Å> to use one size",
+            "voxels; resample the tomogram (aitom convert IN OUT --resample Å), or give voxel_size_a=<Å> "
+            "to use one size",
         ),
     ],
 )

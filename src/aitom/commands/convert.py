@@ -1,4 +1,4 @@
-"""``aitom convert IN OUT.mrc [--voxel-size Å] [--invert] [--overwrite]``: TIFF or MRC volume -> float32 MRC.
+"""``aitom convert IN OUT.mrc [--voxel-size Å] [--resample Å] [--invert] [--overwrite]``: TIFF or MRC -> MRC.
 
 TIFF input (tifffile): a multi-page TIFF (pages of one size) or one 3-D page, read as ``(Z, Y, X)``; colour
 (RGB) TIFFs are refused. The voxel size comes from ``--voxel-size`` when given; otherwise from the TIFF when
@@ -6,7 +6,8 @@ it carries a complete one: an ImageJ TIFF with a length ``unit`` (Å, nm, µm, m
 ``YResolution`` tags (pixels per unit) and the ``spacing`` entry (Z step, in the unit). Without ``spacing``
 or unit the TIFF carries no Z step and ``--voxel-size`` is required. MRC input (``.mrc``, ``.map``, ``.rec``,
 ``.mrcs`` ..., optionally ``.gz``): re-written as float32 with the header voxel size, or ``--voxel-size`` to
-correct it.
+correct it. ``--resample`` resamples to cubic voxels of the size given (binning, or anisotropic voxels made
+cubic; :func:`aitom.geometry.resample_to_cubic_voxels`), the volume's centre and extent kept.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: length units ImageJ writes in its ``unit`` entry -> Å
 _UNIT_TO_A = {
@@ -53,6 +58,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="voxel size in Å (required for a TIFF without ImageJ unit/resolution/spacing; overrides the "
         "file's value otherwise)",
+    )
+    parser.add_argument(
+        "--resample",
+        type=float,
+        default=None,
+        metavar="Å",
+        help="resample to cubic voxels of this size, Å (e.g. twice the voxel size to bin by 2, or the x size "
+        "to make anisotropic voxels cubic); low-passed to the new Nyquist first when coarser, cubic "
+        "interpolation, the centre and extent kept",
     )
     parser.add_argument(
         "--invert", action="store_true", help="multiply the values by -1 (protein dark <-> protein bright)"
@@ -161,8 +175,10 @@ def run(args: argparse.Namespace) -> int:
     from aitom.errors import InputError
     from aitom.io import HeaderWarning, read_volume, write_volume
 
-    if args.voxel_size is not None and not 0 < args.voxel_size < math.inf:
-        raise InputError(f"--voxel-size must be a positive number of Å, got {args.voxel_size}")
+    for option in ("voxel_size", "resample"):
+        value = getattr(args, option)
+        if value is not None and not 0 < value < math.inf:
+            raise InputError(f"--{option.replace('_', '-')} must be a positive number of Å, got {value}")
     check_volume_output(args.output, args.input, args.overwrite)
     header = None
     if args.input.suffix.lower() in _TIFF_SUFFIXES:
@@ -172,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             if args.voxel_size is not None:  # the header's value is being replaced: no warning about it
                 warnings.simplefilter("ignore", HeaderWarning)
+            if args.resample is not None:  # the voxels are being made cubic
+                warnings.filterwarnings("ignore", ".*anisotropic voxels", HeaderWarning)
             volume, header = read_volume(args.input)
         array, carried = volume.numpy(), header.voxel_size_a
         source = f"MRC header voxel size {tuple(round(v, 4) for v in header.voxel_size_a)} Å"
@@ -181,8 +199,20 @@ def run(args: argparse.Namespace) -> int:
         voxel_size = carried
     else:
         raise InputError(f"carries no voxel size ({source}); pass --voxel-size in Å", args.input)
-    if voxel_size is carried and np.ptp(carried) > 1e-3 * max(carried):
-        print(f"{args.input}: anisotropic voxels {tuple(round(v, 4) for v in carried)} Å kept as read")
+    if voxel_size is carried and np.ptp(carried) > 1e-3 * max(carried) and args.resample is None:
+        print(
+            f"{args.input}: anisotropic voxels {tuple(round(v, 4) for v in carried)} Å kept as read "
+            "(--resample Å makes them cubic)"
+        )
+    shape_zyx = tuple(int(n) for n in array.shape)
+    if args.resample is not None:
+        new_shape = tuple(max(1, round(n * v / args.resample)) for n, v in zip(shape_zyx, voxel_size[::-1]))
+        if min(new_shape) < 2:
+            raise InputError(
+                f"--resample {args.resample:g} Å would leave {'x'.join(map(str, new_shape))} voxels "
+                f"(Z, Y, X) of the {'x'.join(map(str, shape_zyx))}-voxel volume: choose a smaller voxel size",
+                args.input,
+            )
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32's range are reported below
         data = np.asarray(array, dtype=np.float32)
     if not np.isfinite(data).all():
@@ -195,11 +225,39 @@ def run(args: argparse.Namespace) -> int:
         data = -data
     # the map stays where it was (nstart counts voxels of the voxel size written)
     origin = None if header is None else replace(header, voxel_size_a=voxel_size).grid_origin_a
+    if args.resample is not None:
+        print(
+            f"{args.input}: resampling {'x'.join(map(str, shape_zyx))} voxels of "
+            f"{tuple(round(float(v), 4) for v in voxel_size)} Å (x, y, z) to {args.resample:g} Å cubic voxels"
+        )
+        data, voxel_size, origin = _resample(data, voxel_size, args.resample, origin)
     write_volume(args.output, data, voxel_size, overwrite=args.overwrite, origin_a=origin)
     used = tuple(round(float(v), 4) for v in voxel_size)
     print(
         f"{args.output}: {data.shape[0]}x{data.shape[1]}x{data.shape[2]} (Z, Y, X) float32, voxel size "
-        f"{used} Å (x, y, z) [{'--voxel-size' if args.voxel_size is not None else 'from the file'}; "
-        f"{source}]{', inverted' if args.invert else ''}"
+        f"{used} Å (x, y, z) [{'--voxel-size' if args.voxel_size is not None else 'from the file'}"
+        f"{', resampled' if args.resample is not None else ''}; {source}]"
+        f"{', inverted' if args.invert else ''}"
     )
     return 0
+
+
+def _resample(
+    data: np.ndarray,
+    voxel_size_xyz_a: tuple[float, float, float],
+    new_voxel_size_a: float,
+    grid_origin_a: tuple[float, float, float] | None,
+) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float] | None]:
+    """``data`` ``(Z, Y, X)`` resampled to cubic voxels (:func:`aitom.geometry.resample_to_cubic_voxels`), the
+    new voxel size and the position (x, y, z), Å, of its first voxel: the voxel ``N // 2`` of each axis
+    becomes the voxel ``M // 2`` at the same place."""
+    import torch
+
+    from aitom.geometry import resample_to_cubic_voxels
+
+    resampled = resample_to_cubic_voxels(torch.from_numpy(data), voxel_size_xyz_a, new_voxel_size_a).numpy()
+    origin = grid_origin_a
+    if origin is not None:
+        sizes_xyz = zip(data.shape[::-1], resampled.shape[::-1], voxel_size_xyz_a, origin)
+        origin = tuple(o + (n // 2) * v - (m // 2) * new_voxel_size_a for n, m, v, o in sizes_xyz)
+    return resampled, (new_voxel_size_a,) * 3, origin

@@ -171,7 +171,8 @@ def _run_snr(args: argparse.Namespace) -> dict:
             if abs(size - first_voxel) > 1e-3 * max(abs(size), abs(first_voxel)):
                 raise InputError(
                     f"voxel size {size:g} Å differs from the first volume's {first_voxel:g} Å: the copies "
-                    "must share one grid (resample, or pass --voxel-size if a header is wrong)",
+                    "must share one grid (aitom convert IN OUT --resample Å, or --voxel-size if a header is "
+                    "wrong)",
                     file,
                 )
         for volume, file in ((a, file_a), (b, file_b)):

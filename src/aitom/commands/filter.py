@@ -227,8 +227,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("give --highpass-a and/or --lowpass-a (Å)")
         if len(set(voxel_size)) > 1:
             raise InputError(
-                f"band-pass needs isotropic voxels, got {voxel_size} Å (x, y, z); resample, or pass "
-                "--voxel-size",
+                f"band-pass needs isotropic voxels, got {voxel_size} Å (x, y, z); make them cubic with "
+                "aitom convert IN OUT --resample Å, or pass --voxel-size if the header is wrong",
                 args.input,
             )
         result = bandpass_filter(

@@ -124,8 +124,8 @@ def hermitian_half_to_centered(half: torch.Tensor, size_x: int) -> torch.Tensor:
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(int(n) for n in shape)
-    if len(shape) not in (2, 3) or min(shape) < 1:
-        raise ValueError(f"shape must be (Z, Y, X) or (Y, X) with positive sizes, got {shape}")
+    if len(shape) not in (1, 2, 3) or min(shape) < 1:
+        raise ValueError(f"shape must be (Z, Y, X), (Y, X) or (X,) with positive sizes, got {shape}")
     return shape
 
 
@@ -141,7 +141,7 @@ def frequency_grid(
     """Frequency vector of every Fourier sample.
 
     Args:
-        shape: real-space shape ``(Z, Y, X)`` or ``(Y, X)``.
+        shape: real-space shape ``(Z, Y, X)``, ``(Y, X)`` or ``(X,)``.
         voxel_size_a: voxel size in Å; frequencies are in cycles/Å (cycles/voxel when 1).
         rfft: half spectrum (last axis ``X // 2 + 1`` long) instead of the full one.
         centered: zero frequency at index ``N // 2`` of each full axis (else at index 0).
@@ -149,7 +149,7 @@ def frequency_grid(
 
     Returns:
         Tensor ``(Z, Y, X', 3)`` with ``(kx, ky, kz)`` on the last axis (``(Y, X', 2)`` with ``(kx, ky)`` for
-        2-D shapes), ``X' = X // 2 + 1`` when ``rfft`` else ``X``.
+        2-D shapes, ``(X', 1)`` for 1-D ones), ``X' = X // 2 + 1`` when ``rfft`` else ``X``.
     """
     shape = _check_shape(shape)
     axes = []

@@ -24,7 +24,7 @@ def apply_fourier_filter(data: torch.Tensor, kernel: torch.Tensor, *, spatial_di
         data: real tensor ``(..., Z, Y, X)`` (``(..., Y, X)`` when ``spatial_dims=2``).
         kernel: real or complex kernel in the half, non-centred layout ``(..., Z, Y, X // 2 + 1)``,
             broadcastable against the spectrum of ``data`` (e.g. one kernel per batch item).
-        spatial_dims: number of trailing axes transformed (3 for volumes, 2 for images).
+        spatial_dims: number of trailing axes transformed (3 for volumes, 2 for images, 1 for lines).
 
     Returns:
         Real tensor of the broadcast batch shape and ``data``'s spatial shape and dtype.
@@ -77,7 +77,7 @@ def bandpass_filter_kernel(
     than half an edge outside. ``edge_width_frac = 0`` gives hard edges (cut-offs inclusive).
 
     Args:
-        shape: real-space shape ``(Z, Y, X)`` or ``(Y, X)``.
+        shape: real-space shape ``(Z, Y, X)``, ``(Y, X)`` or ``(X,)`` (one axis: a 1-D filter).
         voxel_size_a: voxel size, Å.
         highpass_a: remove structure coarser than this (Å); None keeps the low frequencies.
         lowpass_a: remove structure finer than this (Å), at least Nyquist ``2 * voxel_size_a``; None keeps

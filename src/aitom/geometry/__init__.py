@@ -27,7 +27,13 @@ from aitom.geometry.symmetry import (
     point_group_rotations,
     symmetric_angle_between,
 )
-from aitom.geometry.transform import fourier_shift, rescale_volume, rotate_volume
+from aitom.geometry.transform import (
+    fourier_shift,
+    resample_axis,
+    resample_to_cubic_voxels,
+    rescale_volume,
+    rotate_volume,
+)
 
 __all__ = [
     "box_centre_xyz",
@@ -42,6 +48,8 @@ __all__ = [
     "quaternion_to_matrix",
     "random_rotations",
     "relion_angles_to_matrix",
+    "resample_axis",
+    "resample_to_cubic_voxels",
     "rescale_volume",
     "rotate_volume",
     "rotation_about_axis",

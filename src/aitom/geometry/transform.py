@@ -177,3 +177,106 @@ def rescale_volume(
     offset = padding_value
     sampled = grid_sample(volumes - offset, grid, mode="bilinear", align_corners=True) + offset
     return sampled.reshape(*volume.shape[:-3], *shape)
+
+
+def _keys_cubic_weights(offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Weights of the 4 samples ``floor(p) - 1 ... floor(p) + 2`` for cubic convolution at fractional offset
+    ``offset = p - floor(p)`` in [0, 1) (Keys 1981, a = -0.5: exact for quadratics, interpolating)."""
+    t = offset
+    return (
+        ((-0.5 * t + 1.0) * t - 0.5) * t,
+        (1.5 * t - 2.5) * t * t + 1.0,
+        ((-1.5 * t + 2.0) * t + 0.5) * t,
+        (0.5 * t - 0.5) * t * t,
+    )
+
+
+def resample_axis(
+    volume: torch.Tensor,
+    voxel_size_a: float,
+    new_voxel_size_a: float,
+    *,
+    dim: int = -1,
+    size: int | None = None,
+) -> torch.Tensor:
+    """Resample a volume along one axis to another spacing, about index ``N // 2`` (kept at ``M // 2``).
+
+    Output sample ``m`` takes the input at position ``(m - M // 2) · new / old + N // 2`` by cubic convolution
+    (Keys, a = −0.5), the samples beyond either end repeating the edge value. When the new spacing is coarser
+    the axis is first low-passed to the new Nyquist frequency ``1 / (2 · new)`` (a 1-D raised-cosine filter
+    along this axis only: :func:`aitom.fourier.lowpass`), so nothing aliases; an integer binning then keeps
+    every ``k``-th sample of the filtered line (Fourier binning). Every other axis is untouched, so
+    resampling the three axes one after another resamples anisotropic voxels to cubic ones.
+
+    Args:
+        volume: real tensor of any shape; ``dim`` is the axis resampled (at least 2 samples).
+        voxel_size_a: spacing of the input along ``dim``, Å.
+        new_voxel_size_a: spacing of the output along ``dim``, Å.
+        dim: the axis.
+        size: output length along ``dim``; default ``round(N · old / new)`` (at least 1): the same extent.
+
+    Returns:
+        Tensor of ``volume``'s shape with ``size`` samples along ``dim``, its dtype and device.
+    """
+    from aitom.fourier.filters import lowpass
+
+    if not (0 < voxel_size_a < math.inf and 0 < new_voxel_size_a < math.inf):
+        raise ValueError(f"voxel sizes must be positive and finite, got {voxel_size_a}, {new_voxel_size_a} Å")
+    length = volume.shape[dim]
+    if length < 2:
+        raise ValueError(f"need at least 2 samples along dim {dim}, got shape {tuple(volume.shape)}")
+    ratio = new_voxel_size_a / voxel_size_a
+    if size is None:
+        size = max(1, round(length / ratio))
+    lines = volume.movedim(dim, -1)
+    if ratio > 1:
+        lines = lowpass(lines, 2 * new_voxel_size_a, voxel_size_a, spatial_dims=1)
+    output_index = torch.arange(size, dtype=torch.float64, device=volume.device)
+    position = (output_index - size // 2) * ratio + length // 2
+    base = torch.floor(position)
+    weights = _keys_cubic_weights((position - base).to(volume.dtype))
+    resampled = torch.zeros((*lines.shape[:-1], size), dtype=volume.dtype, device=volume.device)
+    for tap, weight in zip(range(-1, 3), weights):
+        index = (base.long() + tap).clamp(0, length - 1)
+        resampled += lines.index_select(-1, index) * weight
+    return resampled.movedim(-1, dim)
+
+
+def resample_to_cubic_voxels(
+    volume: torch.Tensor,
+    voxel_size_xyz_a: tuple[float, float, float],
+    new_voxel_size_a: float,
+    *,
+    chunk_elements: int = 1 << 25,
+) -> torch.Tensor:
+    """Resample a ``(Z, Y, X)`` volume with (possibly anisotropic) voxels to cubic voxels of a given size.
+
+    Each axis is resampled in turn with :func:`resample_axis` (its length becomes ``round(N · old / new)``,
+    the same extent; the voxel ``N // 2`` stays at the centre ``M // 2``). The work is done in slabs of at
+    most ``chunk_elements`` input voxels cut across another axis, so memory stays a few times the volume's
+    size.
+
+    Args:
+        volume: real ``(Z, Y, X)`` tensor.
+        voxel_size_xyz_a: its voxel size along (x, y, z), Å.
+        new_voxel_size_a: the output's cubic voxel size, Å.
+        chunk_elements: largest slab handled at once, voxels.
+
+    Returns:
+        ``(Z', Y', X')`` tensor of ``volume``'s dtype and device.
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be (Z, Y, X), got shape {tuple(volume.shape)}")
+    for dim, voxel_size_a in zip((-1, -2, -3), voxel_size_xyz_a):
+        if abs(voxel_size_a - new_voxel_size_a) <= 1e-6 * new_voxel_size_a:
+            continue
+        across = 0 if dim != -3 else 1  # slabs cut across an axis other than the one resampled
+        slab = max(1, chunk_elements * volume.shape[across] // volume.numel())
+        volume = torch.cat(
+            [
+                resample_axis(piece, voxel_size_a, new_voxel_size_a, dim=dim)
+                for piece in volume.split(slab, dim=across)
+            ],
+            dim=across,
+        )
+    return volume

@@ -363,7 +363,8 @@ def _warn_about_voxel_size(path: Path, voxel: tuple[float, float, float]) -> Non
     elif max(voxel) / min(voxel) - 1 > _ANISOTROPY_TOLERANCE:
         warnings.warn(
             f"{path}: anisotropic voxels ({', '.join(f'{v:g}' for v in voxel)} Å along x, y, z); "
-            "aitom's methods assume cubic voxels (resample, or pass --voxel-size)",
+            "aitom's methods assume cubic voxels (make them cubic with aitom convert IN OUT --resample Å, or "
+            "pass --voxel-size if the header is wrong)",
             HeaderWarning,
             stacklevel=4,
         )

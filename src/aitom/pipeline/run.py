@@ -86,7 +86,8 @@ def _voxel_size(header_voxel_a: tuple[float, float, float], given_a: float | Non
     if max(header_voxel_a) / min(header_voxel_a) - 1 > ANISOTROPY_TOLERANCE:
         raise InputError(
             f"anisotropic voxels ({', '.join(f'{v:g}' for v in header_voxel_a)} Å along x, y, z): the "
-            "pipeline needs cubic voxels; resample the tomogram, or give voxel_size_a=<Å> to use one size",
+            "pipeline needs cubic voxels; resample the tomogram (aitom convert IN OUT --resample Å), or give "
+            "voxel_size_a=<Å> to use one size",
             path,
         )
     return float(header_voxel_a[0])
