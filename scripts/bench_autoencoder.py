@@ -26,7 +26,6 @@ about 10 minutes on 2 quiet CPU cores; ``--quick`` under 2).
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -165,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.box % 8:
         raise InputError(f"--box must be a multiple of 8 voxels, got {args.box}")
     check_outputs(args.out, args.json)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
     data = SimulatedSubtomogramDataModule(
         classes=args.classes,

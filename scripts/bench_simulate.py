@@ -242,7 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=3,
         help="timed training steps after a warm-up (default 3)",
     )
-    parser.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=whole_number(1),
+        default=torch.get_num_threads(),
+        help="torch CPU threads (default: torch's, which follows OMP_NUM_THREADS; make sets 2)",
+    )
     parser.add_argument(
         "--skip-tomogram", action="store_true", help="leave out the large tomogram (about 30 s)"
     )
