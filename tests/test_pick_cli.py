@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
@@ -11,7 +14,14 @@ import torch
 from aitom.commands import pick
 from aitom.errors import InputError
 from aitom.geometry import rotate_volume, so3_grid
-from aitom.io import particles_table, read_particles, write_particles, write_volume
+from aitom.io import (
+    HeaderWarning,
+    particles_table,
+    read_particles,
+    read_volume,
+    write_particles,
+    write_volume,
+)
 
 CENTRES_ZYX = [(9, 9, 9), (9, 30, 28), (28, 10, 30), (30, 30, 10)]
 
@@ -91,6 +101,26 @@ def test_template_end_to_end(files, tmp_path, capsys):
     assert (tmp_path / "picks_tomogram_scores.mrc").is_file()
     assert (tmp_path / "picks_rotations.star").is_file()
     assert run_pick(argv) == 2  # the output exists: refused without --overwrite
+
+
+def test_template_named_unlike_the_truth_classes_is_mapped_and_said(files, tmp_path, capsys):
+    """The picks' class is the template's file name ("template"), the truth's "particle": the per-class scores
+    map one to the other by matched positions, and one line on stderr says so."""
+    truth = read_particles(files["truth"])
+    truth["aitomClassName"] = "particle"
+    write_particles(tmp_path / "truth.star", truth)
+    argv = ["template", "--tomogram", str(files["tomogram"]), "--template", str(files["template"])]
+    argv += ["--out", str(tmp_path / "picks.star"), "--angular-step", "90", "--no-wedge"]
+    assert run_pick([*argv, "--truth", str(tmp_path / "truth.star")]) == 0
+    printed = capsys.readouterr()
+    scores = json.loads(printed.out.strip().splitlines()[-1])
+    assert scores["class_mapping"] == {"template": "particle"}
+    assert set(scores["per_class"]) == {"particle"} and scores["per_class"]["particle"]["recall"] >= 0.9
+    notes = [line for line in printed.err.splitlines() if "differ from the truth's" in line]
+    assert notes == [
+        "pick class names (template) differ from the truth's (particle): per-class scores map them by "
+        "matched positions: template -> particle"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -372,3 +402,41 @@ def test_atomic_model_template_equals_its_map(tmp_path, capsys, monkeypatch):
     assert (best["rlnCoordinateZ"], best["rlnCoordinateY"], best["rlnCoordinateX"]) == (12, 16, 19)
     columns = ["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnAutopickFigureOfMerit"]
     assert from_model[columns].to_numpy() == pytest.approx(from_map[columns].to_numpy(), abs=1e-5)
+
+
+ANISOTROPIC = (10.0, 10.0, 12.0)  # voxel size (x, y, z), Å
+
+
+@pytest.mark.parametrize(
+    ("method_options", "voxel_size", "problem"),
+    [
+        (["saliency", "--radius-voxels", "4", "--num-peaks", "4"], ANISOTROPIC, "anisotropic voxels"),
+        (["template", "--angular-step", "90", "--no-wedge"], ANISOTROPIC, "anisotropic voxels"),
+        (["dog", "--sigma-voxels", "2"], 1.0, "looks unset"),
+    ],
+)
+def test_a_header_quirk_of_the_tomogram_is_warned_once(files, tmp_path, method_options, voxel_size, problem):
+    """The command, the tile data module and the pick writer each read the tomogram's header: its quirk was
+    warned three times."""
+    tomogram = write_volume(tmp_path / "quirky.mrc", read_volume(files["tomogram"])[0], voxel_size)
+    method, *options = method_options
+    if method == "template":
+        options += ["--template", str(files["template"])]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert (
+            run_pick([method, "--tomogram", str(tomogram), "--out", str(tmp_path / "p.star"), *options]) == 0
+        )
+    said = [str(warning.message) for warning in caught if issubclass(warning.category, HeaderWarning)]
+    assert len(said) == 1 and said[0].startswith(f"{tomogram}: ") and problem in said[0]
+
+
+def test_aitom_pick_prints_an_anisotropic_header_once(files, tmp_path):
+    """As a user sees it: one ``aitom: warning`` line on stderr, not one per read of the header."""
+    tomogram = write_volume(tmp_path / "anisotropic.mrc", read_volume(files["tomogram"])[0], ANISOTROPIC)
+    command = [sys.executable, "-m", "aitom", "pick", "dog", "--tomogram", str(tomogram), "--sigma-a", "20"]
+    command += ["--out", str(tmp_path / "picks.star")]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    lines = [line for line in finished.stderr.splitlines() if "anisotropic voxels" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"aitom: warning: {tomogram}: anisotropic voxels")

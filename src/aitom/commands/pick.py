@@ -3,9 +3,11 @@
 Each picker runs as a LightningModule under ``trainer.predict`` over the tiles of the tomogram
 (:mod:`aitom.tasks.pick`); the STAR table is written atomically and never over an existing file without
 ``--overwrite``. With ``--truth GT.star`` the picks are scored (precision, recall, F1 per class, orientation
-accuracy for template matching) and the scores are printed as one JSON line. Bad input — a template larger
-than the tomogram, voxel sizes that differ, an angular step ≤ 0, a constant tomogram — is one line on stderr,
-exit code 2, and nothing is written.
+accuracy for template matching) and the scores are printed as one JSON line; when no template's file name
+is a class name of the truth, a line on stderr gives the mapping of template names to truth classes (by
+matched positions) that the per-class scores use. Bad input — a template larger than the tomogram, voxel
+sizes that differ, an angular step ≤ 0, a constant tomogram — is one line on stderr, exit code 2, and
+nothing is written.
 """
 
 from __future__ import annotations
@@ -246,10 +248,27 @@ def run(args: argparse.Namespace) -> int:
         tolerance = tolerance_scale / 2 if args.tolerance_voxels is None else args.tolerance_voxels
         symmetry, symbols = _library_symmetry(truth) if args.method == "template" else ({}, {})
         scores = evaluate_picks(picks, truth, tolerance, symmetry=symmetry)
+        if "class_mapping" in scores:
+            print(_class_mapping_note(scores), file=sys.stderr)
         if symbols and "orientation_fraction" in scores:
             scores["orientation_symmetry"] = symbols
         print(json.dumps({"method": args.method, **scores}))
     return 0
+
+
+def _class_mapping_note(scores: dict) -> str:
+    """One line saying that the pick and truth class names differ, and the mapping by matched positions
+    (``class_mapping`` of :func:`aitom.ops.pick_evaluation.evaluate_picks`) the per-class scores use."""
+    mapping: dict[str, str] = scores["class_mapping"]
+    # the names are disjoint: the classes without true particles are the unmapped pick classes
+    unmapped = [label for label, score in scores["per_class"].items() if score["n_truth"] == 0]
+    truth_names = [label for label, score in scores["per_class"].items() if score["n_truth"] > 0]
+    used = ", ".join(f"{pick} -> {true}" for pick, true in mapping.items()) or "none"
+    return (
+        f"pick class names ({', '.join([*mapping, *unmapped])}) differ from the truth's "
+        f"({', '.join(truth_names)}): per-class scores map them by matched positions: {used}"
+        + (f"; unmapped (no matched pick): {', '.join(unmapped)}" if unmapped else "")
+    )
 
 
 def _library_symmetry(truth) -> tuple[dict, dict[str, str]]:
@@ -378,6 +397,13 @@ def _voxels(
 
 
 def _predict(args: argparse.Namespace, picker, overlap: int):
+    """Pick over the tiles of ``args.tomogram`` under ``trainer.predict``; the table written (STAR, voxels)
+    and whether this process is the global rank 0.
+
+    The caller has read the tomogram's header, and any quirk of it (:class:`aitom.io.HeaderWarning`) has
+    been reported then: the data module and the writer, reading the header again, are kept from repeating it.
+    """
+    import re
     import warnings
 
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -385,7 +411,7 @@ def _predict(args: argparse.Namespace, picker, overlap: int):
 
     from aitom.data.tomogram import TomogramDataModule
     from aitom.errors import InputError
-    from aitom.io import read_particles
+    from aitom.io import HeaderWarning, read_particles
     from aitom.tasks.pick import PickWriter
 
     seed_everything(args.seed, verbose=False)
@@ -417,5 +443,6 @@ def _predict(args: argparse.Namespace, picker, overlap: int):
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=re.escape(f"{args.tomogram}: "), category=HeaderWarning)
         trainer.predict(picker, datamodule=data, return_predictions=False)
     return read_particles(args.out), trainer.is_global_zero

@@ -2,7 +2,9 @@
 per class, and for template matching the fraction of orientations recovered.
 
 Matching is optimal (``scipy.optimize.linear_sum_assignment`` on the distances, pairs farther than the
-tolerance forbidden), so each true particle is found at most once and each pick counts once.
+tolerance forbidden), so each true particle is found at most once and each pick counts once. Per-class
+scores compare class names; pick classes named unlike every truth class are mapped to truth classes by
+their matches (Hungarian algorithm on the counts of matched pairs).
 """
 
 from __future__ import annotations
@@ -97,6 +99,33 @@ def _label_order(label: str) -> tuple[bool, int, str]:
     return (not label.isdigit(), int(label) if label.isdigit() else 0, label)
 
 
+def _class_mapping(
+    pick_labels: np.ndarray, truth_labels: np.ndarray, pick_index: np.ndarray, truth_index: np.ndarray
+) -> dict[str, str] | None:
+    """Pick class → truth class from the data, when no pick class is named like a truth class.
+
+    Args:
+        pick_labels: ``(P,)`` class label of each pick.
+        truth_labels: ``(T,)`` class label of each true particle.
+        pick_index, truth_index: ``(M,)`` the overall matched pairs (:func:`match_picks`).
+
+    Returns:
+        None when a pick label occurs among the truth labels, or either table has no rows. Otherwise the
+        assignment (Hungarian algorithm, one truth class per pick class at most) that maximises the number
+        of matched pairs whose pick class is mapped to their true particle's class; pick classes assigned
+        no matched pair are left out (unmapped).
+    """
+    pick_classes, pick_rows = np.unique(pick_labels, return_inverse=True)
+    truth_classes, truth_columns = np.unique(truth_labels, return_inverse=True)
+    if not len(pick_classes) or not len(truth_classes) or set(pick_classes) & set(truth_classes):
+        return None
+    counts = np.zeros((len(pick_classes), len(truth_classes)), dtype=np.int64)
+    np.add.at(counts, (pick_rows[pick_index], truth_columns[truth_index]), 1)
+    rows, columns = linear_sum_assignment(counts, maximize=True)
+    mapping = {str(pick_classes[r]): str(truth_classes[c]) for r, c in zip(rows, columns) if counts[r, c]}
+    return {label: mapping[label] for label in sorted(mapping, key=_label_order)}
+
+
 def evaluate_picks(
     picks: pd.DataFrame,
     truth: pd.DataFrame,
@@ -117,6 +146,15 @@ def evaluate_picks(
     angles, as template matching writes them). Classed picks are compared only with true particles of their
     own class: the orientation of a template fitted to another molecule means nothing.
 
+    When both tables carry classes but no pick class is named like a truth class (templates named after
+    their atomic model, ``3j9i``, against the simulator's ``proteasome_20s``), the per-class scores would all
+    be 0: each pick class is then mapped to a truth class from the data instead. Over the overall matching,
+    the number of picks of class ``p`` matched to true particles of class ``t`` is counted, and the
+    Hungarian algorithm assigns at most one truth class to each pick class (and the reverse), maximising the
+    matches mapped; a pick class with no matched pick in its assignment stays unmapped (scored under its
+    own name, with no true particles). The per-class scores then use the mapped pick labels. When the
+    names overlap, even partly, they are compared by name as they are.
+
     Args:
         picks, truth: STAR tables.
         tolerance_voxels: largest distance of a match, voxels.
@@ -127,8 +165,10 @@ def evaluate_picks(
 
     Returns:
         JSON-ready dict: ``tolerance_voxels``, ``n_picked``, ``n_truth``, ``true_positives``, ``precision``,
-        ``recall``, ``f1``, ``per_class`` ({class: {...}}), and ``orientation_fraction``,
-        ``median_orientation_error_deg`` and ``orientations_compared`` when angles are present.
+        ``recall``, ``f1``, ``per_class`` ({class: {...}}), ``class_mapping`` ({pick class: truth class},
+        the mapped pick classes only) when the pick and truth class names are disjoint, and
+        ``orientation_fraction``, ``median_orientation_error_deg`` and ``orientations_compared`` when
+        angles are present.
     """
     picked_xyz, truth_xyz = table_coordinates(picks), table_coordinates(truth)
     pick_index, truth_index = match_picks(picked_xyz, truth_xyz, tolerance_voxels)
@@ -140,6 +180,11 @@ def evaluate_picks(
         **precision_recall_f1(len(pick_index), len(picked_xyz), len(truth_xyz)),
     }
     pick_labels, truth_labels = _class_labels(picks, truth)
+    if pick_labels is not None and truth_labels is not None:
+        mapping = _class_mapping(pick_labels, truth_labels, pick_index, truth_index)
+        if mapping is not None:
+            result["class_mapping"] = mapping
+            pick_labels = np.array([mapping.get(label, label) for label in pick_labels.tolist()], dtype=str)
     # matched pairs whose orientations are compared, and the class of each
     pairs: list[tuple[np.ndarray, np.ndarray, str | None]] = []
     if truth_labels is not None:
