@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from aitom.cli import main as aitom
-from aitom.io import read_particles, write_particles, write_volume
+from aitom.io import HeaderWarning, read_particles, read_volume, write_particles, write_volume
 from aitom.ops.pick_evaluation import evaluate_picks, match_picks
 from aitom.pipeline import load_pipeline_config, run_pipeline
 from aitom.pipeline.report import write_report
@@ -206,6 +206,21 @@ def test_anisotropic_voxels_run_with_voxel_size_a(tmp_path, capsys):
     assert aitom([*argv, "pick.particle_diameter_a=60"]) == 0
     assert "anisotropic voxels" not in capsys.readouterr().err
     assert _strict_json(out / "summary.json")["voxel_size_a"] == 10.0
+
+
+def test_an_anisotropic_template_is_still_warned_about(simulated, tmp_path):
+    """The tomogram's header quirks are refused or replaced by voxel_size_a, so the pipeline silences their
+    warnings; it used to silence a template's too."""
+    template = read_volume(simulated["apoferritin"])[0]
+    skewed = write_volume(tmp_path / "skewed.mrc", template, (10.0, 10.0, 12.0))
+    overrides = [*FAST, "pick.method=template", f"pick.templates=[{skewed}]", "pick.angular_step_deg=90"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = load_pipeline_config(None, overrides)
+        run_pipeline(simulated["tomogram"], tmp_path / "run", config, log=lambda _: None)
+    said = [str(w.message) for w in caught if issubclass(w.category, HeaderWarning)]
+    assert any(message.startswith(f"{skewed}: anisotropic voxels") for message in said), said
+    assert not any(message.startswith(f"{simulated['tomogram']}:") for message in said), said
 
 
 def test_a_box_larger_than_the_tomogram_is_warned(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import time
 import warnings
@@ -160,10 +161,12 @@ def run_pipeline(
     from aitom.io import HeaderWarning
 
     with warnings.catch_warnings():
-        # an unset or anisotropic header voxel size is either replaced by voxel_size_a or refused with that
-        # key's name
+        # the tomogram's unset or anisotropic header voxel size is either replaced by voxel_size_a or refused
+        # with that key's name (a template's is still reported)
         warnings.filterwarnings(
-            "ignore", message=".*(looks unset|anisotropic voxels)", category=HeaderWarning
+            "ignore",
+            message=re.escape(f"{Path(tomogram_path)}: ") + ".*(looks unset|anisotropic voxels)",
+            category=HeaderWarning,
         )
         return _run_pipeline(Path(tomogram_path), Path(out_dir), config, overwrite, log)
 
