@@ -1,4 +1,5 @@
-"""``aitom estimate {snr,wedge} ...``: estimate a data set's SNR or a tomogram's tilt range; prints JSON."""
+"""``aitom estimate {snr,wedge,fsc} ...``: a data set's SNR, a tomogram's tilt range, or the FSC of two maps;
+prints JSON."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ MAX_CANDIDATE_RANGES = 4_000_000
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "estimate",
-        help="estimate the SNR of paired subtomograms or the tilt range (missing wedge) of a tomogram",
+        help="estimate the SNR of paired subtomograms, the tilt range (missing wedge) of a tomogram, or the "
+        "FSC resolution of two maps",
         description="Estimates printed to stdout as one JSON object.",
     )
     kinds = parser.add_subparsers(dest="estimate", metavar="WHAT", required=True)
@@ -99,6 +101,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_voxel_size_option(
         wedge, "the volume (reported in the JSON; anisotropic header voxels set the frame of the tilt angles)"
     )
+
+    fsc = kinds.add_parser(
+        "fsc",
+        help="Fourier shell correlation of two maps on one grid: resolution at FSC 0.5 and 0.143, Å",
+        description="FSC between two maps of the same box and voxel size, in the frame they are in (no "
+        "alignment: superpose them first, e.g. `aitom hand A B --mirrored-out` writes B superposed on A). "
+        "The maps are multiplied by --mask (a real-space weight map) or a soft sphere (--mask-diameter); "
+        "with neither, unmasked. Prints the resolutions where the curve first drops below 0.5 (a map "
+        "against a reference) and 0.143 (independent half maps, the gold standard), and the curve.",
+    )
+    fsc.add_argument("map_a", type=Path, help="first map (MRC), e.g. half map 1")
+    fsc.add_argument("map_b", type=Path, help="second map (MRC), same box and voxel size")
+    masking = fsc.add_mutually_exclusive_group()
+    masking.add_argument(
+        "--mask", type=Path, help="real-space mask (MRC, same box as the maps, weights in [0, 1])"
+    )
+    masking.add_argument(
+        "--mask-diameter",
+        type=float,
+        metavar="Å",
+        help="soft spherical mask about the box centre: diameter of its plateau, Å (e.g. 1.2 × the particle)",
+    )
+    fsc.add_argument(
+        "--mask-edge",
+        type=float,
+        metavar="Å",
+        help="width of the soft sphere's raised-cosine edge, Å (default 3 voxels)",
+    )
+    fsc.add_argument("--plot", type=Path, help="also draw the curve to this PNG file")
+    fsc.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    add_voxel_size_option(fsc, "both maps")
 
 
 def _volume_files(path: Path) -> list[Path]:
@@ -302,7 +335,117 @@ def _run_wedge(args: argparse.Namespace) -> dict:
     return result
 
 
+def _fsc_mask(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float):
+    """The real-space mask of ``estimate fsc`` (``(Z, Y, X)`` weights, or None) and its description."""
+    import math
+
+    from aitom.errors import InputError
+    from aitom.geometry import soft_sphere_mask
+    from aitom.io import read_volume
+
+    if args.mask is not None:
+        mask, _ = read_volume(args.mask, voxel_size_a=1.0)  # a mask's voxel size is not used
+        if tuple(mask.shape) != shape:
+            raise InputError(f"mask shape {tuple(mask.shape)} differs from the maps' {shape}", args.mask)
+        if float(mask.min()) < 0 or float(mask.max()) > 1 or not float(mask.max()) > 0:
+            raise InputError(
+                f"mask weights must lie in [0, 1] (1 inside) and select some voxels, got values in "
+                f"[{float(mask.min()):g}, {float(mask.max()):g}]",
+                args.mask,
+            )
+        return mask, str(args.mask)
+    if args.mask_diameter is None:
+        if args.mask_edge is not None:
+            raise InputError("--mask-edge needs --mask-diameter")
+        return None, "none"
+    edge = 3 * voxel_size if args.mask_edge is None else args.mask_edge
+    if not 0 < args.mask_diameter < math.inf:
+        raise InputError(f"--mask-diameter must be a positive number of Å, got {args.mask_diameter}")
+    if not 0 <= edge < math.inf:
+        raise InputError(f"--mask-edge must be a number of Å >= 0, got {edge}")
+    box_a = min(shape) * voxel_size
+    if args.mask_diameter > box_a:
+        raise InputError(
+            f"--mask-diameter {args.mask_diameter:g} Å is larger than the box ({min(shape)} voxels of "
+            f"{voxel_size:g} Å = {box_a:g} Å)"
+        )
+    mask = soft_sphere_mask(shape, args.mask_diameter / 2 / voxel_size, edge / voxel_size)
+    return mask, f"soft sphere, diameter {args.mask_diameter:g} Å, edge {edge:g} Å"
+
+
+def _run_fsc(args: argparse.Namespace) -> dict:
+    from aitom.commands.shared import refuse_path_under_a_file
+    from aitom.errors import InputError
+    from aitom.fourier import fourier_shell_correlation, resolution_at
+    from aitom.io import read_volume, save_fsc_plot
+    from aitom.io.atomic import check_output_path
+
+    if args.plot is not None:
+        if args.plot.suffix.lower() != ".png":
+            raise InputError("--plot must name a .png file", args.plot)
+        check_output_path(args.plot, args.overwrite)
+        refuse_path_under_a_file(args.plot)
+    a, header_a = read_volume(args.map_a, voxel_size_a=args.voxel_size)
+    b, header_b = read_volume(args.map_b, voxel_size_a=args.voxel_size)
+    shape = tuple(a.shape)
+    if tuple(b.shape) != shape:
+        raise InputError(
+            f"shape {tuple(b.shape)} (Z, Y, X voxels) differs from {args.map_a}'s {shape}: the FSC compares "
+            "two maps on one grid",
+            args.map_b,
+        )
+    if min(shape) < 4:
+        raise InputError(f"is {shape} voxels (Z, Y, X): the FSC needs at least 4 voxels per axis", args.map_a)
+    for header, path in ((header_a, args.map_a), (header_b, args.map_b)):
+        sizes = header.voxel_size_a
+        if not min(sizes) > 0:
+            raise InputError("has no voxel size (0 Å in the header): pass --voxel-size in Å", path)
+        if max(sizes) / min(sizes) - 1 > 1e-3:
+            raise InputError(
+                f"anisotropic voxels {tuple(sizes)} Å (x, y, z): make them cubic with aitom convert IN OUT "
+                "--resample Å",
+                path,
+            )
+    voxel_size = header_a.voxel_size_a[0]
+    if abs(header_b.voxel_size_a[0] - voxel_size) > 1e-3 * voxel_size:
+        raise InputError(
+            f"voxel size {header_b.voxel_size_a[0]:g} Å differs from {args.map_a}'s {voxel_size:g} Å: the "
+            "maps must share one grid (aitom convert IN OUT --resample Å, or --voxel-size if a header is "
+            "wrong)",
+            args.map_b,
+        )
+    mask, mask_description = _fsc_mask(args, shape, voxel_size)
+    for volume, path in ((a, args.map_a), (b, args.map_b)):
+        values = volume if mask is None else volume[mask > 0]
+        if float(values.max()) == float(values.min()):
+            raise InputError(f"is constant{'' if mask is None else ' inside the mask'}: no FSC", path)
+    mask = None if mask is None else mask.double()
+    frequency, curve = fourier_shell_correlation(a.double(), b.double(), mask=mask)
+    result = {
+        "map_a": str(args.map_a),
+        "map_b": str(args.map_b),
+        "voxel_size_a": voxel_size,
+        "box_zyx_voxels": list(shape),
+        "mask": mask_description,
+        "nyquist_a": 2 * voxel_size,
+        **{
+            f"fsc_{threshold}_a": float(resolution_at(frequency, curve, threshold, voxel_size_a=voxel_size))
+            for threshold in (0.5, 0.143)
+        },
+        "frequency_per_a": [round(float(f) / voxel_size, 6) for f in frequency],
+        "fsc": [round(float(value), 6) for value in curve],
+    }
+    if args.plot is not None:
+        entry = {"label": f"{args.map_a.name} vs {args.map_b.name}", "fsc": result["fsc"]}
+        report = {"frequency_per_a": result["frequency_per_a"], "classes": [entry]}
+        save_fsc_plot(report, args.plot, ylabel="FSC", overwrite=args.overwrite)
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
-    result = _run_snr(args) if args.estimate == "snr" else _run_wedge(args)
-    print(json.dumps(result))
+    from aitom.commands.shared import json_ready
+
+    runs = {"snr": _run_snr, "wedge": _run_wedge, "fsc": _run_fsc}
+    result = json_ready(runs[args.estimate](args))
+    print(json.dumps(result, allow_nan=False))
     return 0

@@ -201,13 +201,16 @@ def _draw_picks(
     axes.add_collection(collection, autolim=False)
 
 
-def save_fsc_plot(report: dict, path: Path) -> None:
-    """PNG of the half-set FSC of every class against frequency (1/Å), with the 0.5 and 0.143 thresholds.
+def save_fsc_plot(report: dict, path: Path, *, ylabel: str = "half-set FSC", overwrite: bool = False) -> None:
+    """PNG of the FSC of every class against frequency (1/Å), with the 0.5 and 0.143 thresholds.
 
     Args:
         report: ``{"frequency_per_a": [...], "classes": [{"class", "particles", "fsc": [...]}, ...]}`` (the
-            ``fsc.json`` of ``aitom average`` and ``aitom pipeline``).
-        path: the PNG file, written atomically (an existing file is not replaced: InputError).
+            ``fsc.json`` of ``aitom average`` and ``aitom pipeline``); an entry with a ``label`` is named by
+            it instead of its class and particle count.
+        path: the PNG file, written atomically.
+        ylabel: label of the FSC axis.
+        overwrite: replace an existing file (otherwise InputError).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -216,15 +219,14 @@ def save_fsc_plot(report: dict, path: Path) -> None:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     for entry in report["classes"]:
-        axes.plot(
-            report["frequency_per_a"], entry["fsc"], label=f"class {entry['class']} ({entry['particles']})"
-        )
+        label = entry.get("label") or f"class {entry['class']} ({entry['particles']})"
+        axes.plot(report["frequency_per_a"], entry["fsc"], label=label)
     for threshold in (0.5, 0.143):
         axes.axhline(threshold, color="grey", linestyle=":", linewidth=0.8)
     axes.set_xlabel("frequency (1/Å)")
-    axes.set_ylabel("half-set FSC")
+    axes.set_ylabel(ylabel)
     axes.set_ylim(-0.1, 1.05)
     axes.legend(fontsize=7)
     figure.tight_layout()
-    with atomic_output(path) as temporary:
+    with atomic_output(path, overwrite) as temporary:
         figure.savefig(temporary, format="png")
