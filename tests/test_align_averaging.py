@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aitom.fourier import apply_missing_wedge, fsc_resolutions, missing_wedge_mask
+from aitom.fourier import apply_missing_wedge, fourier_shell_correlation, fsc_resolutions, missing_wedge_mask
 from aitom.geometry import random_rotations, rotation_angle_between
 from aitom.ops.alignment import align_subtomograms
 from aitom.ops.averaging import (
     align_to_reference_frame,
     annealed_initial_reference,
-    half_set_fsc,
+    half_set_averages,
     reference_free_average,
     wedge_compensated_average,
 )
@@ -44,12 +44,21 @@ def test_wedge_compensation_fills_the_wedge():
     assert torch.allclose(single, apply_missing_wedge(volumes[0]), atol=1e-4)
 
 
-def test_half_set_fsc_is_high_for_noise_free_data():
+def test_half_set_averages_are_the_even_and_odd_averages_and_agree_for_noise_free_data():
     reference = blob_volume(24)
+    mask = missing_wedge_mask((24,) * 3)
     volumes, rotations, shifts = posed_subtomograms(reference, 8, seed=3)
-    frequency, fsc = half_set_fsc(volumes, rotations, shifts, missing_wedge_mask((24,) * 3))
+    halves = half_set_averages(volumes, rotations, shifts, mask)
+    assert halves.shape == (2, 24, 24, 24)
+    for parity in (0, 1):
+        alone, _ = wedge_compensated_average(
+            volumes[parity::2], rotations[parity::2], shifts[parity::2], mask
+        )
+        torch.testing.assert_close(halves[parity], alone)
+    frequency, fsc = fourier_shell_correlation(halves[0], halves[1])
     assert frequency.shape == fsc.shape == (13,)
     assert float(fsc[1:6].min()) > 0.95
+    assert not half_set_averages(volumes[:1], rotations[:1], shifts[:1], mask).any()  # no half sets
 
 
 def _consistent_fraction(

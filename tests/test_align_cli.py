@@ -13,6 +13,7 @@ import torch
 from aitom.cli import _guarded
 from aitom.commands import align as align_command
 from aitom.commands import average as average_command
+from aitom.fourier import fourier_shell_correlation
 from aitom.geometry import euler_zyz_to_matrix, rotation_angle_between
 from aitom.io import read_particles, read_volume, write_particles, write_volume
 from tests.align_fixtures import blob_volume, posed_subtomograms
@@ -113,8 +114,36 @@ def test_average_command_writes_outputs(tmp_path):
     report = json.loads((out / "fsc.json").read_text())
     assert report["classes"][0]["particles"] == 6 and len(report["classes"][0]["fsc"]) == 9
     assert (out / "fsc.png").stat().st_size > 0
+    _assert_half_maps_give_the_reported_fsc(out, report)
     # An existing output folder is refused without --overwrite.
     assert _main(average_command, [*arguments, "--iterations", "1"]) == 2
+
+
+def _assert_half_maps_give_the_reported_fsc(out, report: dict) -> None:
+    """Every class of two or more particles has two half maps whose FSC is the class's reported FSC."""
+    for entry in report["classes"]:
+        if entry["particles"] < 2:
+            assert entry["half_maps"] is None
+            continue
+        assert entry["half_maps"] == [f"average_class{entry['class']}_half{half}.mrc" for half in (1, 2)]
+        first, second = (read_volume(out / name)[0] for name in entry["half_maps"])
+        _, fsc = fourier_shell_correlation(first, second)
+        assert fsc.tolist() == pytest.approx(entry["fsc"], abs=1e-4)
+        assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("method", ["align", "faml"])
+def test_average_command_writes_half_maps_of_every_class(tmp_path, method):
+    """--classes 2 with classification (PCA + k-means) and with FAML: each class's half maps."""
+    volumes, _, _ = posed_subtomograms(blob_volume(16), 8, seed=6, max_shift=1.0, snr=2.0)
+    _write_particle_set(tmp_path / "data", volumes)
+    out = tmp_path / "out"
+    arguments = ["average", "--particles", str(tmp_path / "data" / "particles.star"), "--out", str(out)]
+    options = ["--classes", "2", "--method", method, "--iterations", "1", "--step", "30", "--max-shift", "2"]
+    assert _main(average_command, [*arguments, *options]) == 0
+    report = json.loads((out / "fsc.json").read_text())
+    assert len(report["classes"]) == 2
+    _assert_half_maps_give_the_reported_fsc(out, report)
 
 
 @pytest.mark.parametrize(
@@ -304,7 +333,9 @@ def test_average_command_symmetry(tmp_path, capsys):
         assert _main(average_command, [*arguments, *options, "--symmetry", symbol, "--out", str(out)]) == 0
         average, _ = read_volume(out / "average_class1.mrc")
         self_correlation[symbol] = map_symmetry_rotations(average, "C2")[1]
-        assert json.loads((out / "fsc.json").read_text())["symmetry"] == symbol
+        report = json.loads((out / "fsc.json").read_text())
+        assert report["symmetry"] == symbol
+        _assert_half_maps_give_the_reported_fsc(out, report)  # the halves symmetrised like the average
     assert self_correlation["C2"] > 0.98 and self_correlation["C1"] < 0.9, self_correlation
     capsys.readouterr()
     for bad, message in (

@@ -6,7 +6,9 @@ there, else against the working directory, as :func:`aitom.io.relion5.resolve_re
 reference-free iterative averaging (one class; or, with ``--reference``, averaging refined from a given map or
 atomic model), simultaneous classification and averaging (``--classes K`` or
 ``auto``) or FAML maximum likelihood (``--method faml``), and writes DIR/average_classN.mrc (N from 1),
-DIR/particles.star, DIR/fsc.json and DIR/fsc.png (half-set FSC per class).
+DIR/average_classN_half1.mrc and _half2.mrc (the averages of the even- and odd-numbered particles of the
+class, whose FSC is the half-set FSC; for classes of at least two particles), DIR/particles.star,
+DIR/fsc.json and DIR/fsc.png (half-set FSC per class).
 
 DIR/particles.star is the input table with the found rlnAngleRot/Tilt/Psi, rlnOriginX/Y/Z = −shift in voxels
 (and rlnOriginX/Y/ZAngst in Å when the input has them), rlnClassNumber and aitomAlignmentScore; its
@@ -72,8 +74,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="reference-free subtomogram averaging, classification and FAML",
         description="Align and average subtomograms without a reference (missing-wedge compensated), "
         "optionally classifying them (PCA + k-means with the number of classes from the silhouette) or by "
-        "FAML maximum likelihood. Writes DIR/average_classN.mrc, DIR/particles.star (found angles in "
-        "degrees, origins in voxels, classes), DIR/fsc.json and DIR/fsc.png.",
+        "FAML maximum likelihood. Writes DIR/average_classN.mrc, its half maps DIR/average_classN_half1.mrc "
+        "and _half2.mrc (even and odd particles), DIR/particles.star (found angles in degrees, origins in "
+        "voxels, classes), DIR/fsc.json and DIR/fsc.png.",
     )
     parser.add_argument(
         "--particles",
@@ -552,13 +555,8 @@ def run(args: argparse.Namespace) -> int:
                 "start_log_likelihoods": result.start_log_likelihoods,
                 "kept_start": result.kept_start + 1,
             }
-        averages, labels, alignment, fsc_curves, frequency = (
-            result.averages,
-            result.labels,
-            result.alignment,
-            result.fsc,
-            result.frequency,
-        )
+        averages, labels, alignment = result.averages, result.labels, result.alignment
+        fsc_curves, frequency, half_averages = result.fsc, result.frequency, result.half_averages
     elif args.classes == 1:
         single = reference_free_average(
             volumes,
@@ -582,7 +580,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"start {index + 1}: mean alignment score {score:.4f}{kept}")
             starts_report = {"start_scores": single.start_scores, "kept_start": single.kept_start + 1}
         averages, labels, alignment = single.average[None], torch.zeros(n, dtype=torch.long), single.alignment
-        fsc_curves, frequency = single.fsc[None], single.frequency
+        fsc_curves, frequency, half_averages = single.fsc[None], single.frequency, single.half_averages[None]
     else:
         result = classify_and_average(
             volumes,
@@ -610,13 +608,8 @@ def run(args: argparse.Namespace) -> int:
                 "merges": result.merges,
                 "structural_correlations": result.structural_correlations.tolist(),
             }
-        averages, labels, alignment, fsc_curves, frequency = (
-            result.averages,
-            result.labels,
-            result.alignment,
-            result.fsc,
-            result.frequency,
-        )
+        averages, labels, alignment = result.averages, result.labels, result.alignment
+        fsc_curves, frequency, half_averages = result.fsc, result.frequency, result.half_averages
 
     out_table = relocated_names(table, args.particles, args.out)
     angles = torch.rad2deg(alignment.angles_rad).cpu().double().numpy()
@@ -640,11 +633,15 @@ def run(args: argparse.Namespace) -> int:
         **merges_report,
         "classes": [],
     }
+    class_sizes = torch.bincount(labels.cpu(), minlength=averages.shape[0])
     for index, curve in enumerate(fsc_curves.cpu()):
         report["classes"].append(
             {
                 "class": index + 1,
-                "particles": int((labels == index).sum()),
+                "particles": int(class_sizes[index]),
+                "half_maps": [f"average_class{index + 1}_half{half}.mrc" for half in (1, 2)]
+                if class_sizes[index] >= 2
+                else None,
                 "fsc": curve.tolist(),
                 "fsc_0.5_a": float(resolution_at(frequency.cpu(), curve, 0.5, voxel_size_a=voxel_size_a)),
                 "fsc_0.143_a": float(resolution_at(frequency.cpu(), curve, 0.143, voxel_size_a=voxel_size_a)),
@@ -653,6 +650,8 @@ def run(args: argparse.Namespace) -> int:
     with output_folder(args.out) as folder:
         for index, average in enumerate(averages.cpu()):
             write_volume(folder / f"average_class{index + 1}.mrc", average, voxel_size_a)
+            for name, half in zip(report["classes"][index]["half_maps"] or [], half_averages[index].cpu()):
+                write_volume(folder / name, half, voxel_size_a)
         write_particles(folder / "particles.star", out_table, optics=read_optics(args.particles))
         (folder / "fsc.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
         save_fsc_plot(report, folder / "fsc.png")

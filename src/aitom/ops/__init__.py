@@ -20,7 +20,7 @@ from aitom.ops.augmentation import random_rotated_views, wedge_preserving_rotati
 from aitom.ops.averaging import (
     AveragingResult,
     align_to_reference_frame,
-    half_set_fsc,
+    half_set_averages,
     reference_free_average,
     wedge_compensated_average,
 )
@@ -132,7 +132,7 @@ __all__ = [
     "finish_reconstruction",
     "gaussian_filter3d",
     "gaussian_kernel1d",
-    "half_set_fsc",
+    "half_set_averages",
     "hand_check",
     "insert_for_reconstruction",
     "insert_tilt_images",

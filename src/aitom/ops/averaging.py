@@ -38,7 +38,7 @@ __all__ = [
     "AveragingResult",
     "align_to_reference_frame",
     "annealed_initial_reference",
-    "half_set_fsc",
+    "half_set_averages",
     "reference_free_average",
     "symmetric_average",
     "wedge_compensated_average",
@@ -155,7 +155,7 @@ def symmetric_average(
 
     Returns:
         ``(average (S, S, S), coverage (S, S, S), symmetry rotations (K, 3, 3) or None for C1)``; pass the
-        rotations to :func:`half_set_fsc` for the FSC of the symmetrised half sets.
+        rotations to :func:`half_set_averages` for the symmetrised half sets.
     """
     average, coverage = wedge_compensated_average(
         volumes, rotations, shifts_xyz, mask, weights=weights, wiener_floor=wiener_floor
@@ -176,7 +176,7 @@ def symmetric_average(
     return average, coverage, symmetry_rotations
 
 
-def half_set_fsc(
+def half_set_averages(
     volumes: torch.Tensor,
     rotations: torch.Tensor,
     shifts_xyz: torch.Tensor,
@@ -185,21 +185,24 @@ def half_set_fsc(
     weights: torch.Tensor | None = None,
     wiener_floor: float = 0.05,
     symmetry_rotations: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """FSC between the wedge-compensated averages of the even- and odd-numbered subtomograms.
+) -> torch.Tensor:
+    """Wedge-compensated averages of the even- and odd-numbered subtomograms (the two half sets).
 
-    With ``symmetry_rotations`` both half averages are symmetrised with them
-    (:func:`wedge_compensated_average`), as the FSC of a symmetric structure is reported.
+    Their FSC (:func:`aitom.fourier.fourier_shell_correlation`) is the half-set FSC; written out they are the
+    half maps that post-processing and local-resolution tools take. With ``symmetry_rotations`` both halves
+    are symmetrised with them (:func:`wedge_compensated_average`), as the FSC of a symmetric structure is
+    reported.
+
+    Args:
+        volumes, rotations, shifts_xyz, mask, weights, wiener_floor: as in :func:`wedge_compensated_average`.
+        symmetry_rotations: ``(K, 3, 3)`` or None.
 
     Returns:
-        ``(frequency (n,) cycles/voxel, fsc (n,))`` as :func:`aitom.fourier.fourier_shell_correlation`; the
-        FSC is all zeros for fewer than two subtomograms.
+        ``(2, S, S, S)``: the even half, the odd half; zeros for fewer than two subtomograms (no half sets,
+        an FSC of 0).
     """
     if volumes.shape[0] < 2:
-        frequency, _ = fourier_shell_correlation(
-            volumes.new_zeros(volumes.shape[-3:]), volumes.new_zeros(volumes.shape[-3:])
-        )
-        return frequency, torch.zeros_like(frequency)
+        return volumes.new_zeros((2, *volumes.shape[-3:]))
     halves = []
     for parity in (0, 1):
         index = torch.arange(parity, volumes.shape[0], 2, device=volumes.device)
@@ -214,7 +217,7 @@ def half_set_fsc(
             symmetry_rotations=symmetry_rotations,
         )
         halves.append(average)
-    return fourier_shell_correlation(halves[0], halves[1])
+    return torch.stack(halves)
 
 
 @dataclasses.dataclass
@@ -227,6 +230,7 @@ class AveragingResult:
         alignment: final poses and scores of every subtomogram (:class:`aitom.ops.alignment.Alignment`).
         frequency: ``(n,)`` FSC shell centres, cycles/voxel.
         fsc: ``(n,)`` half-set FSC of the last iteration.
+        half_averages: ``(2, S, S, S)`` the two half-set averages behind ``fsc`` (:func:`half_set_averages`).
         history: one dict per iteration: ``iteration``, ``fsc_0.5_a``, ``fsc_0.143_a`` (Å), ``mean_score``,
             ``median_rotation_change_deg``, ``median_shift_change_voxels``, ``fsc`` (list).
         start_scores: final mean alignment score of every start, in the order they ran.
@@ -238,6 +242,7 @@ class AveragingResult:
     alignment: Alignment
     frequency: torch.Tensor
     fsc: torch.Tensor
+    half_averages: torch.Tensor
     history: list[dict]
     start_scores: list[float] = dataclasses.field(default_factory=list)
     kept_start: int = 0
@@ -495,7 +500,7 @@ def reference_free_average(
             axes_mask_real=reference_mask_real,
             **average_options,
         )
-        frequency, fsc = half_set_fsc(
+        halves = half_set_averages(
             volumes,
             alignment.rotation,
             alignment.shift_xyz,
@@ -503,6 +508,7 @@ def reference_free_average(
             symmetry_rotations=symmetry_rotations,
             **average_options,
         )
+        frequency, fsc = fourier_shell_correlation(halves[0], halves[1])
         history.append(
             {
                 "iteration": iteration,
@@ -517,5 +523,5 @@ def reference_free_average(
         if iteration > 1 and rotation_change < tolerance_deg and shift_change < 0.5:
             break
     return AveragingResult(
-        reference, coverage, alignment, frequency, fsc, history, [float(alignment.score.mean())]
+        reference, coverage, alignment, frequency, fsc, halves, history, [float(alignment.score.mean())]
     )

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from aitom.fourier import fftn_centered, ifftn_centered, lowpass
+from aitom.fourier import fftn_centered, fourier_shell_correlation, ifftn_centered, lowpass
 from aitom.geometry import point_group_order, rotate_volume, soft_sphere_mask
 from aitom.ops.alignment import Alignment, align_subtomograms, particle_masks
 from aitom.ops.averaging import (
     align_to_reference_frame,
-    half_set_fsc,
+    half_set_averages,
     reference_free_average,
     symmetric_average,
     wedge_compensated_average,
@@ -247,6 +247,7 @@ class ClassificationResult:
         alignment: poses (in the frame of each subtomogram's class average) and scores.
         frequency: ``(n,)`` FSC shell centres, cycles/voxel.
         fsc: ``(K, n)`` half-set FSC of each class.
+        half_averages: ``(K, 2, S, S, S)`` the two half-set averages of each class behind ``fsc``.
         history: per round: ``round``, ``n_classes``, ``silhouette``, ``mean_score``.
         merges: per merge after the last round: ``classes`` (the two merged, numbered as in that round),
             ``structural_correlation`` (None where it cannot be estimated: :func:`describe_merge`).
@@ -259,6 +260,7 @@ class ClassificationResult:
     alignment: Alignment
     frequency: torch.Tensor
     fsc: torch.Tensor
+    half_averages: torch.Tensor
     history: list[dict]
     merges: list[dict] = dataclasses.field(default_factory=list)
     structural_correlations: torch.Tensor | None = None
@@ -481,21 +483,31 @@ def classify_and_average(
             align=align_to,
             average=class_average,
         )
-    fsc_curves = []
+    fsc_curves, half_averages = [], []
     for k in range(averages.shape[0]):
         members = labels == k
         # the final averages are symmetric already: their axes, not a second average, for the half sets
         symmetry_rotations = (
             map_symmetry_rotations(averages[k], symmetry)[0] if point_group_order(symmetry) > 1 else None
         )
-        frequency, curve = half_set_fsc(
+        halves = half_set_averages(
             volumes[members],
             alignment.rotation[members],
             alignment.shift_xyz[members],
             particle_masks(mask, members),
             symmetry_rotations=symmetry_rotations,
         )
+        frequency, curve = fourier_shell_correlation(halves[0], halves[1])
         fsc_curves.append(curve)
+        half_averages.append(halves)
     return ClassificationResult(
-        averages, labels, alignment, frequency, torch.stack(fsc_curves), history, merges, estimates
+        averages,
+        labels,
+        alignment,
+        frequency,
+        torch.stack(fsc_curves),
+        torch.stack(half_averages),
+        history,
+        merges,
+        estimates,
     )

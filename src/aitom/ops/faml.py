@@ -21,6 +21,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from aitom.fourier import fourier_shell_correlation
 from aitom.geometry import fourier_shift, rotate_volume, so3_grid
 from aitom.ops.alignment import (
     Alignment,
@@ -31,7 +32,7 @@ from aitom.ops.alignment import (
     rotational_search,
     translation_search,
 )
-from aitom.ops.averaging import half_set_fsc, reference_free_average, symmetric_average
+from aitom.ops.averaging import half_set_averages, reference_free_average, symmetric_average
 
 __all__ = ["FamlResult", "faml_average"]
 
@@ -47,6 +48,7 @@ class FamlResult:
         alignment: pose of each subtomogram's most probable (class, candidate); ``score``: its posterior.
         frequency: ``(n,)`` FSC shell centres, cycles/voxel.
         fsc: ``(K, n)`` half-set FSC of each class (most probable poses).
+        half_averages: ``(K, 2, S, S, S)`` the two half-set averages of each class behind ``fsc``.
         history: per iteration: ``iteration``, ``noise_variance``, ``log_likelihood``, ``class_fractions``.
         start_log_likelihoods: final log-likelihood of every start (one entry for a single start).
         kept_start: 0-based index of the start returned (the highest final log-likelihood).
@@ -58,6 +60,7 @@ class FamlResult:
     alignment: Alignment
     frequency: torch.Tensor
     fsc: torch.Tensor
+    half_averages: torch.Tensor
     history: list[dict]
     start_log_likelihoods: list[float] = dataclasses.field(default_factory=list)
     kept_start: int = 0
@@ -297,18 +300,20 @@ def faml_average(
         shifts.flatten(1, 2)[items, best_candidate],
         responsibilities.flatten(1)[items, best_candidate],
     )
-    curves = []
+    curves, half_averages = [], []
     for k in range(n_classes):
         members = labels == k
         class_mask = particle_masks(mask, members)
-        frequency, curve = half_set_fsc(
+        halves = half_set_averages(
             volumes[members],
             alignment.rotation[members],
             alignment.shift_xyz[members],
             class_mask,
             symmetry_rotations=model_symmetry_rotations[k],
         )
+        frequency, curve = fourier_shell_correlation(halves[0], halves[1])
         curves.append(curve)
+        half_averages.append(halves)
     return FamlResult(
         models,
         labels,
@@ -316,6 +321,7 @@ def faml_average(
         alignment,
         frequency,
         torch.stack(curves),
+        torch.stack(half_averages),
         history,
         start_log_likelihoods=[history[-1]["log_likelihood"]],
     )
