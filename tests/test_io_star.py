@@ -251,3 +251,43 @@ def test_quoted_values_with_spaces_count_once(tmp_path):
     table = read_particles(path)
     assert list(table["rlnCoordinateZ"]) == [30, 31, 32]
     assert list(table["rlnImageName"])[:2] == ["my data/a b.mrc", "c d.mrc"]
+
+
+LOOP = "loop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnCoordinateZ\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"data_\n{LOOP}1 2 3\n\ndata_\n{LOOP}4 5 6\n", "the file has more than one data_ block"),
+        (
+            f"data_particles\n{LOOP}1 2 3\n\ndata_particles\n{LOOP}4 5 6\n",
+            "the file has more than one data_particles block",
+        ),
+        (
+            f"data_particles\n{LOOP}_rlnCoordinateX\n1 2 3 4\n",
+            "the data_particles table names column rlnCoordinateX twice",
+        ),
+        (f"data_particles\n{LOOP}1 2 3 # checked\n", "row 1 of the data_particles table holds a '#'"),
+        (
+            f"data_particles\nloop_\n_rlnMicrographName\n{LOOP[6:]}TS#1.mrc 1 2 3\n",
+            "row 1 of the data_particles table holds a '#'",
+        ),
+    ],
+    ids=["two unnamed blocks", "two particle blocks", "column twice", "comment after a row", "# in a value"],
+)
+def test_tables_starfile_would_read_wrong_are_refused(tmp_path, text, message):
+    """A block named twice kept only the second (particles lost without a word); a column named twice made
+    the coordinates four wide; a '#' in a row (a comment, or in a name) cut the row (a cryptic pandas error
+    or a miscount)."""
+    path = tmp_path / "odd.star"
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        read_particles(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+
+
+def test_a_quoted_value_may_hold_a_hash(tmp_path):
+    path = tmp_path / "quoted.star"
+    path.write_text(f"data_particles\nloop_\n_rlnMicrographName\n{LOOP[6:]}'TS#1 a.mrc' 1 2 3\n")
+    assert read_particles(path)["rlnMicrographName"].tolist() == ["TS#1 a.mrc"]

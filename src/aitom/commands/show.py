@@ -23,9 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--picks",
         type=Path,
-        help="STAR table to overlay: rlnCoordinateX/Y/Z in voxels of the volume, or a RELION 4/5 particle "
-        "set (rlnCenteredCoordinateX/Y/ZAngst, or rlnCoordinateX/Y/Z in tilt-series pixels), converted as "
-        "by aitom extract",
+        help="STAR table to overlay, of any RELION version, Warp or aitom: rlnCoordinateX/Y/Z (voxels of the "
+        "volume unless the table or --coordinate-pixel-size says otherwise) or RELION 5 "
+        "rlnCenteredCoordinateX/Y/ZAngst, minus the origin shifts, converted as by aitom extract (see "
+        "`aitom extract --help`); a table whose coordinate unit cannot be known is refused",
     )
     parser.add_argument(
         "--tomo-name",
@@ -37,6 +38,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="Å",
         help="voxel size of the volume in Å, replacing its header's; used only to convert positions in Å",
+    )
+    parser.add_argument(
+        "--coordinate-pixel-size",
+        type=float,
+        metavar="Å",
+        help="pixel size of the picks' rlnCoordinateX/Y/Z, Å, when they are not in voxels of this volume "
+        "(default: the table's rlnTomoTiltSeriesPixelSize or rlnMicrographPixelSize, else the volume's voxel "
+        "size); e.g. 2.5 for Warp exports in unbinned 2.5 Å pixels over a volume binned to 10 Å",
     )
     parser.add_argument(
         "--pick-radius",
@@ -58,9 +67,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _picks_in_voxels(args: argparse.Namespace, shape_zyx: tuple[int, ...]):
     """The picks table (of ``--tomo-name``) and its positions ``(N, 3)`` (x, y, z) in voxels of the volume.
 
-    Positions are read as :mod:`aitom.commands.extract` reads them: voxels as they are; RELION 5 centred Å
-    and RELION 4/5 tilt-series pixels converted with the volume's size and voxel size (the header's, or
-    ``--voxel-size``).
+    Positions are read as :mod:`aitom.commands.extract` reads them
+    (:func:`aitom.io.star.particle_voxel_positions`): coordinates minus origin shifts, converted with the
+    volume's size and voxel size (the header's, or ``--voxel-size``; unknown when the header leaves it unset,
+    0 or 1 Å) when the table or ``--coordinate-pixel-size`` gives another unit.
     """
     import warnings
 
@@ -69,9 +79,10 @@ def _picks_in_voxels(args: argparse.Namespace, shape_zyx: tuple[int, ...]):
     from aitom.commands.shared import read_particle_table, select_tomogram
     from aitom.errors import InputError
     from aitom.io import HeaderWarning, open_volume_mmap
-    from aitom.io.relion5 import finite_number_columns, tomogram_voxel_positions
+    from aitom.io.relion5 import finite_number_columns
+    from aitom.io.star import particle_voxel_positions, read_optics
 
-    table, optics = read_particle_table(args.picks)
+    table, _ = read_particle_table(args.picks)
     table = select_tomogram(table, args.tomo_name, args.picks)
     table = finite_number_columns(table, ("rlnClassNumber",), args.picks, "picks")
     classes = table["rlnClassNumber"].to_numpy() if "rlnClassNumber" in table.columns else np.zeros(0)
@@ -87,17 +98,18 @@ def _picks_in_voxels(args: argparse.Namespace, shape_zyx: tuple[int, ...]):
         warnings.simplefilter("ignore", HeaderWarning)
         header = open_volume_mmap(args.volume, voxel_size_a=args.voxel_size)[1]
     voxel_size_a = float(header.voxel_size_a[0])
+    if args.voxel_size is None and (voxel_size_a <= 0 or voxel_size_a == 1.0):
+        voxel_size_a = None  # unset: refused by the conversions that need it
     try:
-        with np.errstate(divide="ignore", invalid="ignore"):  # an unset voxel size is refused just below
-            positions, conversion = tomogram_voxel_positions(table, optics, size_xyz, voxel_size_a)
+        positions, _ = particle_voxel_positions(
+            table,
+            read_optics(args.picks),
+            size_xyz,
+            voxel_size_a,
+            coordinate_pixel_size_a=args.coordinate_pixel_size,
+        )
     except InputError as error:
         raise InputError(error.problem, args.picks) from None
-    if conversion is not None and args.voxel_size is None and (voxel_size_a <= 0 or voxel_size_a == 1.0):
-        raise InputError(
-            f"positions in Å need the volume's voxel size, but its header says {voxel_size_a:g} Å: "
-            "pass --voxel-size",
-            args.volume,
-        )
     outside = ((positions < -0.5) | (positions >= size_xyz - 0.5)).any(axis=1)
     if outside.any():
         warnings.warn(
@@ -139,8 +151,14 @@ def run(args: argparse.Namespace) -> int:
     refuse_outputs_over_inputs(outputs, [args.volume, args.picks])
     if args.tomo_name is not None and args.picks is None:
         raise InputError("--tomo-name selects picks to draw: it needs --picks")
-    if args.voxel_size is not None and not 0 < args.voxel_size < math.inf:
-        raise InputError(f"--voxel-size must be a positive number of Å, got {args.voxel_size}")
+    for option, value in (
+        ("--voxel-size", args.voxel_size),
+        ("--coordinate-pixel-size", args.coordinate_pixel_size),
+    ):
+        if value is not None and not 0 < value < math.inf:
+            raise InputError(f"{option} must be a positive number of Å, got {value}")
+    if args.coordinate_pixel_size is not None and args.picks is None:
+        raise InputError("--coordinate-pixel-size converts the picks' coordinates: it needs --picks")
     volume, _ = read_volume(args.volume, voxel_size_a=1.0)  # the picture is in voxels: no voxel-size warning
     picks = classes = None
     if args.picks is not None:
