@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+import torch
 
 from aitom.errors import InputError
+from aitom.geometry import relion_angles_to_matrix
 from aitom.io.relion5 import (
     centered_angstrom_to_voxels,
     check_particles_against_tomograms,
@@ -21,7 +23,6 @@ from aitom.io.relion5 import (
     read_tomograms_star,
     relion5_optics_table,
     relion5_particles_table,
-    tomogram_voxel_positions,
     voxels_to_centered_angstrom,
     write_relion5_particles,
 )
@@ -184,15 +185,17 @@ def test_particle_positions_units():
 def test_voxel_positions_subtract_origin_shifts_in_every_layout():
     """RELION: position = coordinate - origin. A plain voxel table (no optics), a RELION 4/5 table in 5 Å
     tilt-series pixels and a RELION 5 centred one, each with rlnOriginXAngst 20 Å, on a 10 Å tomogram."""
+    from aitom.io.star import particle_voxel_positions
+
     size, voxel = (40, 30, 20), 10.0
     plain = pd.DataFrame({"rlnCoordinateX": [12.0], "rlnCoordinateY": [7.0], "rlnCoordinateZ": [3.0]})
-    positions, note = tomogram_voxel_positions(plain, pd.DataFrame(), size, voxel)
-    assert note is None and positions.tolist() == [[12.0, 7.0, 3.0]]
+    positions, notes = particle_voxel_positions(plain, pd.DataFrame(), size, voxel)
+    assert notes == [] and positions.tolist() == [[12.0, 7.0, 3.0]]
     shifted = plain.assign(rlnOriginXAngst=20.0, rlnOriginZAngst=-10.0)
-    positions, note = tomogram_voxel_positions(shifted, pd.DataFrame(), size, voxel)
-    assert note is not None and positions.tolist() == [[10.0, 7.0, 4.0]]
+    positions, notes = particle_voxel_positions(shifted, pd.DataFrame(), size, voxel)
+    assert notes and positions.tolist() == [[10.0, 7.0, 4.0]]
     optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnTomoTiltSeriesPixelSize": [5.0]})
-    positions, _ = tomogram_voxel_positions(shifted.assign(rlnOpticsGroup=1), optics, size, voxel)
+    positions, _ = particle_voxel_positions(shifted.assign(rlnOpticsGroup=1), optics, size, voxel)
     np.testing.assert_allclose(positions, [[12.0 * 5 / 10 - 2, 7.0 * 5 / 10, 3.0 * 5 / 10 + 1]])
     centred = pd.DataFrame(
         {
@@ -202,8 +205,31 @@ def test_voxel_positions_subtract_origin_shifts_in_every_layout():
             "rlnOriginXAngst": [20.0],
         }
     )
-    positions, _ = tomogram_voxel_positions(centred, pd.DataFrame(), size, voxel)
+    positions, _ = particle_voxel_positions(centred, pd.DataFrame(), size, voxel)
     np.testing.assert_allclose(positions, [[20.0 - 2, 15.0, 10.0]])  # centre of 40 × 30 × 20 is (20, 15, 10)
+
+
+def test_centred_positions_turn_origins_along_pseudo_subtomogram_axes():
+    """RELION 4: an origin shift is along the pseudo-subtomogram's axes. With rlnTomoSubtomogramRot 90° (a
+    quarter turn about z), rlnOriginXAngst 20 Å moves the particle 20 Å along -y of the tomogram."""
+    geometry = {"t": None}
+    table = pd.DataFrame(
+        {
+            "rlnTomoName": ["t"],
+            "rlnCenteredCoordinateXAngst": [100.0],
+            "rlnCenteredCoordinateYAngst": [50.0],
+            "rlnCenteredCoordinateZAngst": [0.0],
+            "rlnOriginXAngst": [20.0],
+            "rlnTomoSubtomogramRot": [90.0],
+            "rlnTomoSubtomogramTilt": [0.0],
+            "rlnTomoSubtomogramPsi": [0.0],
+        }
+    )
+    quarter_turn = relion_angles_to_matrix(torch.tensor([90.0, 0.0, 0.0], dtype=torch.float64)).numpy()
+    turned = quarter_turn @ [20.0, 0.0, 0.0]
+    np.testing.assert_allclose(turned, [0.0, -20.0, 0.0], atol=1e-9)  # RELION's A for rot 90°: x -> -y
+    centre = particle_positions_centered_a(table, geometry)[0]
+    np.testing.assert_allclose(centre, [100.0, 70.0, 0.0], atol=1e-9)
 
 
 def test_write_read_round_trip(tmp_path):

@@ -440,3 +440,16 @@ def test_aitom_pick_prints_an_anisotropic_header_once(files, tmp_path):
     assert finished.returncode == 0, finished.stderr
     lines = [line for line in finished.stderr.splitlines() if "anisotropic voxels" in line]
     assert len(lines) == 1 and lines[0].startswith(f"aitom: warning: {tomogram}: anisotropic voxels")
+
+
+def test_truth_with_relion_origin_shifts_is_scored_at_its_centres(files, tmp_path, capsys):
+    """A RELION 3.1 truth table: coordinates 3 voxels off, rlnOriginXAngst 30 Å (3 voxels at 10 Å) bringing
+    them back. Scored as the plain truth (recall 1); the shifts ignored, nothing would match."""
+    truth = read_particles(files["truth"])
+    shifted = truth.assign(rlnCoordinateX=truth["rlnCoordinateX"] + 3.0, rlnOriginXAngst=30.0)
+    write_particles(tmp_path / "shifted.star", shifted)
+    argv = ["dog", "--tomogram", str(files["tomogram"]), "--sigma-voxels", "2", "--num-peaks", "4"]
+    argv += ["--out", str(tmp_path / "picks.star"), "--tolerance-voxels", "1.5"]
+    assert run_pick([*argv, "--truth", str(tmp_path / "shifted.star")]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["recall"] == 1.0

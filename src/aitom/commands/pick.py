@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
     from aitom.commands.shared import refuse_outputs_over_inputs
     from aitom.errors import InputError
-    from aitom.io import check_output_path, read_particles, read_volume
+    from aitom.io import check_output_path, read_volume
 
     check_output_path(args.out, args.overwrite)
     if not args.exclude_border >= 0:
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--tolerance-voxels must be > 0, got {args.tolerance_voxels}")
     if args.false_alarm_rate is not None and not 0 < args.false_alarm_rate < 1:
         raise InputError(f"--false-alarm-rate must be in (0, 1), got {args.false_alarm_rate}")
-    truth = None if args.truth is None else read_particles(args.truth)
+    truth = None if args.truth is None else _truth_in_voxels(args.truth, voxel_size)
     picker, (scale_voxels, tolerance_scale) = _picker(args, shape, voxel_size)
     del tomogram
     overlap = 2 * scale_voxels if args.overlap_voxels is None else args.overlap_voxels
@@ -254,6 +254,21 @@ def run(args: argparse.Namespace) -> int:
             scores["orientation_symmetry"] = symbols
         print(json.dumps({"method": args.method, **scores}))
     return 0
+
+
+def _truth_in_voxels(path: Path, voxel_size_a: float):
+    """The ground-truth table with its particle centres in ``rlnCoordinateX/Y/Z`` (voxels of the tomogram,
+    ``voxel_size_a`` Å): origin shifts subtracted (:func:`aitom.io.star.table_coordinates`) and set to 0, so
+    that a table that cannot be read is refused before any picking."""
+    from aitom.io import read_particles
+    from aitom.io.star import COORDINATE_COLUMNS, ORIGIN_ANGST_COLUMNS, ORIGIN_COLUMNS, table_coordinates
+
+    truth = read_particles(path)
+    centres = table_coordinates(truth, voxel_size_a)
+    truth = truth.drop(columns=[c for c in (*ORIGIN_COLUMNS, *ORIGIN_ANGST_COLUMNS) if c in truth.columns])
+    for axis, column in enumerate(COORDINATE_COLUMNS):
+        truth[column] = centres[:, axis]
+    return truth
 
 
 def _class_mapping_note(scores: dict) -> str:

@@ -295,6 +295,7 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
         read_tomograms_star,
         resolve_relative,
     )
+    from aitom.io.star import table_angles_deg
 
     particles_path, tomograms_path = _input_paths(args)
     tomograms = read_tomograms_star(tomograms_path)
@@ -324,9 +325,7 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
     premultiplied = np.asarray(rows.get("rlnCtfDataAreCtfPremultiplied", 0), dtype=np.int64).reshape(-1)
     if len(set(premultiplied.tolist())) > 1:
         raise InputError("some optics groups are CTF-premultiplied and some not", particles_path)
-    angles_deg = np.zeros((len(particles), 3))
-    if set(ANGLE_COLUMNS) <= set(particles.columns):
-        angles_deg = particles[list(ANGLE_COLUMNS)].to_numpy(dtype=np.float64)
+    angles_deg = table_angles_deg(particles)  # composed with RELION 4 pseudo-subtomogram angles when given
     if not (image_sizes[0] > 0 and pixel_sizes[0] > 0):
         raise InputError(
             f"rlnImageSize {image_sizes[0]} and rlnImagePixelSize {pixel_sizes[0]:g} Å must be positive",

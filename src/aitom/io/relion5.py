@@ -591,12 +591,16 @@ def voxels_to_centered_angstrom(
 
 
 def _origin_shifts_a(particles: pd.DataFrame) -> np.ndarray:
-    """``rlnOriginX/Y/ZAngst`` ``(N, 3)`` (x, y, z), Å; 0 where a column is absent."""
+    """``rlnOriginX/Y/ZAngst`` ``(N, 3)`` (x, y, z), Å, along the tomogram's axes (turned from a RELION 4
+    pseudo-subtomogram's axes when ``rlnTomoSubtomogramRot/Tilt/Psi`` are given); 0 where a column is
+    absent."""
+    from aitom.io.star import along_tomogram_axes
+
     origins = np.zeros((len(particles), 3))
     for axis, column in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
         if column in particles.columns:
             origins[:, axis] = particles[column].to_numpy(dtype=np.float64)
-    return origins
+    return along_tomogram_axes(particles, origins)
 
 
 def particle_positions_centered_a(
@@ -609,7 +613,8 @@ def particle_positions_centered_a(
 
     Uses ``rlnCenteredCoordinate*Angst`` when present; else ``rlnCoordinate*`` (pixels from the corner) of
     ``coordinate_pixel_size_a`` Å (default: each tomogram's tilt-series pixel size, RELION's convention).
-    ``rlnOriginX/Y/ZAngst`` shifts are subtracted when present (RELION: position = coordinate − origin).
+    ``rlnOriginX/Y/ZAngst`` shifts are subtracted when present (RELION: position = coordinate − origin, the
+    origin along the pseudo-subtomogram's axes when the table gives them).
     """
     origins = _origin_shifts_a(particles)
     if set(CENTERED_COLUMNS) <= set(particles.columns):
@@ -621,52 +626,6 @@ def particle_positions_centered_a(
         pixel = series.pixel_size_a if coordinate_pixel_size_a is None else coordinate_pixel_size_a
         positions[row] = voxels_to_centered_angstrom(pixels[row], series.size_voxels(pixel), pixel)
     return positions - origins
-
-
-def tomogram_voxel_positions(
-    particles: pd.DataFrame,
-    optics: pd.DataFrame,
-    size_voxels_xyz: Sequence[float] | np.ndarray,
-    voxel_size_a: float,
-) -> tuple[np.ndarray, str | None]:
-    """Particle centres ``(N, 3)`` (x, y, z) in voxels of one tomogram, from whichever columns a table has.
-
-    * ``rlnCenteredCoordinate*Angst`` (RELION 5), minus ``rlnOrigin*Angst``: Å from the tomogram centre,
-      converted with :func:`centered_angstrom_to_voxels` (``size_voxels_xyz``, ``voxel_size_a``).
-    * ``rlnCoordinate*`` with ``rlnTomoTiltSeriesPixelSize`` in ``optics`` (RELION 4/5): tilt-series pixels
-      from the corner, minus ``rlnOrigin*Angst``, scaled to ``voxel_size_a``.
-    * ``rlnCoordinate*`` otherwise: voxels of this tomogram, minus ``rlnOrigin*Angst`` / ``voxel_size_a``.
-
-    Returns:
-        The positions and a one-line account of the conversion (None when the coordinates are used as is).
-
-    Raises:
-        InputError: none of these columns.
-    """
-    origins = _origin_shifts_a(particles)
-    size = tuple(int(n) for n in size_voxels_xyz)
-    if set(CENTERED_COLUMNS) <= set(particles.columns):
-        centered = particles[list(CENTERED_COLUMNS)].to_numpy(dtype=np.float64) - origins
-        note = (
-            f"RELION 5 centred Å converted with the tomogram's size {size} and voxel size {voxel_size_a:g} Å"
-        )
-        return centered_angstrom_to_voxels(centered, size_voxels_xyz, voxel_size_a), note
-    if not set(PIXEL_COLUMNS) <= set(particles.columns):
-        raise InputError(
-            "particle table lacks positions: need rlnCoordinateX/Y/Z (voxels) or "
-            "rlnCenteredCoordinateX/Y/ZAngst"
-        )
-    pixels = particles[list(PIXEL_COLUMNS)].to_numpy(dtype=np.float64)
-    if len(optics) == 0 or "rlnTomoTiltSeriesPixelSize" not in optics.columns:
-        if not origins.any():
-            return pixels, None
-        return pixels - origins / voxel_size_a, f"rlnOrigin*Angst subtracted in {voxel_size_a:g} Å voxels"
-    pixel_a = particle_optics(particles, optics)["rlnTomoTiltSeriesPixelSize"].to_numpy(dtype=np.float64)
-    if np.allclose(pixel_a, voxel_size_a, rtol=1e-3) and not origins.any():
-        return pixels, None
-    voxels = (pixels * pixel_a[:, None] - origins) / voxel_size_a
-    sizes = ", ".join(f"{value:g}" for value in sorted(set(pixel_a.round(4))))
-    return voxels, f"tilt-series pixels of {sizes} Å scaled to the tomogram's {voxel_size_a:g} Å voxels"
 
 
 def relion5_particles_table(

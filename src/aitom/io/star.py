@@ -397,15 +397,25 @@ def _origin_shifts_voxels(
             )
             shifts = shifts * (pixel_a / voxel_size_a)[:, None]
             note = f"rlnOriginX/Y/Z in {_sizes(pixel_a)} Å pixels subtracted in {voxel_size_a:g} Å voxels"
+    if _subtomogram_rows(table).any():
+        shifts = along_tomogram_axes(table, shifts)
+        note += " along the axes of rlnTomoSubtomogramRot/Tilt/Psi"
+    return shifts, note
+
+
+def along_tomogram_axes(table: pd.DataFrame, vectors: np.ndarray) -> np.ndarray:
+    """Vectors ``(N, 3)`` (x, y, z) given along each particle's pseudo-subtomogram axes (RELION 4/5 origin
+    shifts), turned to the tomogram's axes: ``A(rlnTomoSubtomogramRot/Tilt/Psi) · v``; rows without a
+    subtomogram orientation (or tables without the columns) are returned as they are."""
+    vectors = np.array(vectors, dtype=np.float64)
     rotated = _subtomogram_rows(table)
     if rotated.any():
         from aitom.geometry import euler_zyz_to_matrix
 
         angles = _numbers(table, SUBTOMOGRAM_ANGLE_COLUMNS, absent=0.0)[rotated]
         matrices = euler_zyz_to_matrix(torch.deg2rad(torch.from_numpy(angles))).numpy()
-        shifts[rotated] = np.einsum("nij,nj->ni", matrices, shifts[rotated])
-        note += " along the axes of rlnTomoSubtomogramRot/Tilt/Psi"
-    return shifts, note
+        vectors[rotated] = np.einsum("nij,nj->ni", matrices, vectors[rotated])
+    return vectors
 
 
 def _subtomogram_rows(table: pd.DataFrame) -> np.ndarray:
