@@ -80,9 +80,11 @@ def score(pipeline_dir: Path, truth_path: Path) -> dict:
     summary = json.loads((pipeline_dir / "summary.json").read_text())
     voxel_size = summary["voxel_size_a"]
     tolerance = DIAMETER_A / 4 / voxel_size
+    # the picker's positions (the alignment's rlnOrigin shifts left out), for the picking and class scores
     positions = picks[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]]
     scores = {"picking": evaluate_picks(positions, truth, tolerance)}
-    pick_index, truth_index = match_picks(table_coordinates(picks), table_coordinates(truth), tolerance)
+    picked_xyz = positions.to_numpy(dtype=float)
+    pick_index, truth_index = match_picks(picked_xyz, table_coordinates(truth), tolerance)
     found = picks["rlnClassNumber"].to_numpy()[pick_index]
     names = truth[CLASS_NAME_COLUMN].to_numpy()[truth_index]
     majority_total = 0
