@@ -62,8 +62,8 @@ def test_item_is_independent_of_batch_composition(simulated):
     alone = dataset[9]
     in_batch = dataset.__getitems__([5, 9, 3])[1]
     via_loader = next(iter(simulated.train_dataloader()))  # a shuffled batch
-    for key in ("volume", "label", "rotation", "shift_xyz"):
-        torch.testing.assert_close(in_batch[key], alone[key], rtol=0, atol=1e-6)
+    for key in ("volume", "label", "rotation", "shift_xyz"):  # float32 batching: last-bit differences
+        torch.testing.assert_close(in_batch[key], alone[key], rtol=0, atol=1e-5)
     for position, index in enumerate(via_loader["index"].tolist()):  # float32 batching: last-bit differences
         torch.testing.assert_close(
             via_loader["volume"][position], dataset[index]["volume"], rtol=0, atol=1e-5

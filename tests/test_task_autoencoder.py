@@ -164,24 +164,32 @@ def test_contrastive_loss_matches_nt_xent_by_hand(device):
 
 
 def test_contrastive_codes_cluster_blob_classes(tmp_path):
-    seed_everything(0, verbose=False)
-    data = TinyBlobDataModule(
-        num_classes=3, box_size_voxels=16, train_size=48, val_size=4, predict_size=30, batch_size=8
-    )
-    out = tmp_path / "clusters"
-    model = AutoencoderClustering(
-        SubtomogramAutoencoder(box_size_voxels=16, latent_dim=8),
-        n_clusters=3,
-        pose_normalisation=False,
-        contrastive_weight=1.0,
-        lr=3e-3,
-        output_dir=str(out),
-    )
-    quiet_trainer(max_epochs=4, enable_checkpointing=False, limit_val_batches=0).fit(model, data)
-    quiet_trainer().predict(model, data, return_predictions=False)
-    summary = json.loads((out / "summary.json").read_text())
-    print(f"contrastive codes: purity {summary['purity']:.3f}, ARI {summary['adjusted_rand_index']:.3f}")
-    assert summary["purity"] > 0.9 and summary["adjusted_rand_index"] > 0.8
+    """Codes trained by the contrastive loss alone on rotated, freshly noised views separate the three blob
+    widths. A few dozen steps on 96 items are not stable from every seed, so the median over three seeds is
+    checked (measured: purity 0.93, 1.0, 1.0 for seeds 0-2; without fresh noise per view 0.6-1.0)."""
+    purities, indices = [], []
+    for seed in range(3):
+        seed_everything(seed, verbose=False)
+        data = TinyBlobDataModule(
+            num_classes=3, box_size_voxels=16, train_size=96, val_size=4, predict_size=30, batch_size=16
+        )
+        out = tmp_path / f"clusters{seed}"
+        model = AutoencoderClustering(
+            SubtomogramAutoencoder(box_size_voxels=16, latent_dim=8),
+            n_clusters=3,
+            pose_normalisation=False,
+            contrastive_weight=1.0,
+            contrastive_view_noise=1.0,
+            lr=3e-3,
+            output_dir=str(out),
+        )
+        quiet_trainer(max_epochs=6, enable_checkpointing=False, limit_val_batches=0).fit(model, data)
+        quiet_trainer().predict(model, data, return_predictions=False)
+        summary = json.loads((out / "summary.json").read_text())
+        purities.append(summary["purity"])
+        indices.append(summary["adjusted_rand_index"])
+    print(f"contrastive codes: purity {purities}, ARI {indices}")
+    assert sorted(purities)[1] > 0.9 and sorted(indices)[1] > 0.8
 
 
 def test_contrastive_settings_are_checked():
@@ -190,6 +198,8 @@ def test_contrastive_settings_are_checked():
         AutoencoderClustering(net, reconstruction_weight=0.0, contrastive_weight=0.0)
     with pytest.raises(InputError, match="contrastive_temperature"):
         AutoencoderClustering(net, contrastive_weight=1.0, contrastive_temperature=0.0)
+    with pytest.raises(InputError, match="contrastive_view_noise"):
+        AutoencoderClustering(net, contrastive_weight=1.0, contrastive_view_noise=-1.0)
     with pytest.raises(InputError, match="latent_dim"):
         AutoencoderClustering(torch.nn.Identity(), contrastive_weight=1.0)
 

@@ -108,6 +108,9 @@ class AutoencoderClustering(LightningModule):
         contrastive_weight: weight of the contrastive loss on rotated views (0: the plain autoencoder);
             needs a network with a ``latent_dim`` attribute.
         contrastive_temperature: temperature of the contrastive loss.
+        contrastive_view_noise: standard deviation of white noise drawn afresh for each view, in units of the
+            item's own standard deviation (0: none): the two views of an item then share its signal but not
+            all of its noise, so the network cannot tell items apart by their noise alone.
         tilt_range_deg: the data's tilt range (lowest, highest), degrees: the views' missing wedge.
         lr: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay.
@@ -129,6 +132,7 @@ class AutoencoderClustering(LightningModule):
         reconstruction_weight: float = 1.0,
         contrastive_weight: float = 0.0,
         contrastive_temperature: float = 0.2,
+        contrastive_view_noise: float = 0.0,
         tilt_range_deg: tuple[float, float] = (-60.0, 60.0),
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -159,6 +163,8 @@ class AutoencoderClustering(LightningModule):
             )
         if contrastive_temperature <= 0:
             raise InputError(f"contrastive_temperature must be positive, got {contrastive_temperature}")
+        if not 0 <= contrastive_view_noise < math.inf:
+            raise InputError(f"contrastive_view_noise must be 0 or more, got {contrastive_view_noise}")
         check_tilt_range(tilt_range_deg)
         check_optimiser_options(weight_decay, lr=lr)
         self.net = net
@@ -224,8 +230,9 @@ class AutoencoderClustering(LightningModule):
         """``(contrastive loss of two rotated views, reconstruction error of the first view)``."""
         hp = self.hparams
         prepared = self.prepare(volume)
-        first = random_rotated_views(prepared, *hp.tilt_range_deg)
-        second = random_rotated_views(prepared, *hp.tilt_range_deg)
+        views = {"noise_std": hp.contrastive_view_noise}
+        first = random_rotated_views(prepared, *hp.tilt_range_deg, **views)
+        second = random_rotated_views(prepared, *hp.tilt_range_deg, **views)
         first_code, second_code = self.net.encode(first), self.net.encode(second)
         contrastive = contrastive_loss(
             self.projection(first_code), self.projection(second_code), hp.contrastive_temperature
