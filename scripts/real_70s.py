@@ -97,8 +97,16 @@ def check_output_folder(folder: Path | None, option: str) -> None:
     refuse_path_under_a_file(folder)
 
 
+#: unit of the particle STAR's rlnCoordinateX/Y/Z, Å (the export's particle pixels)
+COORDINATE_PIXEL_SIZE_A = 12.0
+
+
 def reconstruct(data: Path, out: Path) -> None:
-    """Run ``aitom reconstruct`` (Wiener, contrast decided automatically) unless OUT already holds it."""
+    """Run ``aitom reconstruct`` (Wiener, contrast decided automatically) unless OUT already holds it.
+
+    The WarpTools export counts ``rlnCoordinateX/Y/Z`` in its 12 Å particle pixels, not in the 1.667 Å
+    tilt-series pixels RELION's convention assumes (tests/data/README.md), hence ``--coordinate-pixel-size``.
+    """
     from aitom.commands import reconstruct as command
 
     if (out / "particles.star").exists():
@@ -111,6 +119,7 @@ def reconstruct(data: Path, out: Path) -> None:
             *("--particles", str(data / PARTICLES)),
             *("--tomograms", str(data / TOMOGRAMS)),
             *("--out", str(out)),
+            *("--coordinate-pixel-size", str(COORDINATE_PIXEL_SIZE_A)),
         ]
     )
     if command.run(args) != 0:
