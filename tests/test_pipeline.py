@@ -12,8 +12,8 @@ import torch
 from scipy import ndimage
 
 from aitom.cli import main as aitom
-from aitom.fourier import apply_missing_wedge
-from aitom.io import open_volume_mmap, read_particles, write_particles, write_volume
+from aitom.fourier import apply_missing_wedge, fourier_shell_correlation
+from aitom.io import open_volume_mmap, read_particles, read_volume, write_particles, write_volume
 from aitom.ops.pick_evaluation import evaluate_picks, match_picks
 from aitom.ops.wedge_estimation import TiltAxisWarning
 from aitom.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
@@ -33,6 +33,8 @@ FAST = [
 OUTPUTS = [
     "particles.star",
     "class_01_average.mrc",
+    "class_01_half1.mrc",
+    "class_01_half2.mrc",
     "class_01_fsc.json",
     "class_01_montage.png",
     "class_02_average.mrc",
@@ -124,6 +126,11 @@ def test_finds_particles_and_writes_every_output(simulated, tmp_path, capsys):
     assert set(picks["rlnClassNumber"]) == {1, 2} and len(result.classes) == 2
     fsc = json.loads((out / "class_01_fsc.json").read_text())
     assert len(fsc["fsc"]) == len(fsc["frequency_per_a"]) and fsc["fsc_0.143_a"] >= 20.0  # Nyquist 20 Å
+    # the half maps written are the ones behind the reported half-set FSC
+    assert fsc["half_maps"] == ["class_01_half1.mrc", "class_01_half2.mrc"]
+    half1, half2 = (read_volume(out / name)[0] for name in fsc["half_maps"])
+    recomputed = fourier_shell_correlation(half1, half2)[1]
+    assert torch.allclose(recomputed, torch.tensor(fsc["fsc"], dtype=recomputed.dtype), atol=1e-4)
     report = (out / "report.md").read_text()
     assert "](fsc.png)" in report and "](class_01_montage.png)" in report and "| 2 |" in report
     assert sum(c["particles"] for c in result.classes) == len(picks)

@@ -142,7 +142,9 @@ def run_pipeline(
 
     Outputs: ``particles.star`` (rlnCoordinateX/Y/Z voxels, rlnClassNumber, rlnAngleRot/Tilt/Psi degrees and
     rlnOriginX/Y/Z voxels from the alignment, rlnAutopickFigureOfMerit, aitomAlignmentScore),
-    ``class_NN_average.mrc``, ``class_NN_fsc.json``, ``class_NN_montage.png``, ``fsc.png``,
+    ``class_NN_average.mrc``, ``class_NN_half1.mrc`` / ``class_NN_half2.mrc`` (the even- and odd-numbered
+    members' averages behind the half-set FSC; classes of two or more particles), ``class_NN_fsc.json``
+    (naming the half maps), ``class_NN_montage.png``, ``fsc.png``,
     ``tomogram_classes.png``, ``report.md``, ``report.html``, ``summary.json`` and ``pipeline.yaml`` (the
     settings). A tomogram with no particles gives an empty ``particles.star`` and a report saying so.
     Doubtful results (no particles, the ``pick.max_particles`` cap reached, fewer particles than classes,
@@ -368,8 +370,10 @@ def _run_pipeline(
                     "frequency_per_a": (frequency / voxel_size).tolist(),
                 }
                 fsc_report["classes"] = []
-                for k, (average, curve) in enumerate(zip(classes.averages.cpu(), classes.fsc.cpu())):
+                per_class = zip(classes.averages.cpu(), classes.fsc.cpu(), classes.half_averages.cpu())
+                for k, (average, curve, halves) in enumerate(per_class):
                     members = np.flatnonzero(labels == k)
+                    name = f"class_{k + 1:02d}"
                     entry = {"class": k + 1, "particles": int(members.size)}
                     if config.pick.method == "template":
                         number = int(picks["rlnClassNumber"].iloc[members[0]])
@@ -386,13 +390,16 @@ def _run_pipeline(
                         )
                     summary["classes"].append(entry)
                     fsc_report["classes"].append({**entry, "fsc": curve.tolist()})
-                    name = f"class_{k + 1:02d}"
                     write_volume(folder / f"{name}_average.mrc", average, voxel_size)
+                    half_maps = [f"{name}_half{half}.mrc" for half in (1, 2)] if members.size >= 2 else None
+                    for half_name, half in zip(half_maps or [], halves):
+                        write_volume(folder / half_name, half, voxel_size)
                     (folder / f"{name}_fsc.json").write_text(
                         json.dumps(
                             json_ready(
                                 {
                                     **entry,
+                                    "half_maps": half_maps,
                                     "voxel_size_a": voxel_size,
                                     "frequency_per_a": fsc_report["frequency_per_a"],
                                     "fsc": curve.tolist(),

@@ -285,6 +285,8 @@ class ClassAverages:
         rotations: ``(P, 3, 3)``, shifts_xyz ``(P, 3)`` voxels, scores ``(P,)``: each subtomogram's pose
             relative to its class average (``subtomogram ≈ shift(rotate(average, R), t)``).
         frequency: ``(n,)`` cycles/voxel; fsc ``(K, n)`` half-set FSC of each class.
+        half_averages: ``(K, 2, S, S, S)`` the two half-set averages behind each class's FSC (even- and
+            odd-numbered members); a class of one particle has its subtomogram in both.
         method: how the classes were found.
         structural_correlations: ``(K, K)`` estimated correlations of the classes' noise-free structures
             (:func:`aitom.ops.structural_correlations`) when the number of classes was chosen, else None.
@@ -297,6 +299,7 @@ class ClassAverages:
     scores: torch.Tensor
     frequency: torch.Tensor
     fsc: torch.Tensor
+    half_averages: torch.Tensor
     method: str
     structural_correlations: torch.Tensor | None = None
 
@@ -413,6 +416,7 @@ def classify_subtomograms(
             alignment.score,
             result.frequency,
             result.fsc,
+            result.half_averages,
             description + (_auto_description(result) if requested == "auto" else ""),
             result.structural_correlations,
         )
@@ -421,12 +425,13 @@ def classify_subtomograms(
     shifts = torch.zeros(n, 3, device=volumes.device, dtype=volumes.dtype)
     scores = torch.zeros(n, device=volumes.device, dtype=volumes.dtype)
     frequency = fourier_shell_correlation(volumes[0], volumes[0])[0]
-    averages, curves = [], []
+    averages, curves, halves = [], [], []
     for k in range(int(labels.max()) + 1):
         members = torch.nonzero(labels == k).flatten()
         if members.numel() < 2:
             averages.append(volumes[members[0]])
             curves.append(torch.zeros_like(frequency))
+            halves.append(volumes[members[0]].expand(2, -1, -1, -1))
             continue
         result = reference_free_average(
             volumes[members],
@@ -442,6 +447,15 @@ def classify_subtomograms(
         scores[members] = result.alignment.score
         averages.append(result.average)
         curves.append(result.fsc)
+        halves.append(result.half_averages)
     return ClassAverages(
-        labels, torch.stack(averages), rotations, shifts, scores, frequency, torch.stack(curves), method
+        labels,
+        torch.stack(averages),
+        rotations,
+        shifts,
+        scores,
+        frequency,
+        torch.stack(curves),
+        torch.stack(halves),
+        method,
     )
