@@ -9,6 +9,7 @@ which batch-normalised features cannot train on (a ValueError traceback).
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -20,6 +21,7 @@ from aitom.data import StarSubtomogramDataModule
 from aitom.data.domains import DomainPairDataModule
 from aitom.errors import InputError
 from aitom.io import read_particles, write_particles, write_volume
+from aitom.tasks.open_set import OpenSetClassifier
 from tests.test_cli_awkward_inputs import _one_error_line
 from tests.test_cli_awkward_inputs_fit_tasks import BOX, CLASSES, _tiny
 
@@ -205,3 +207,12 @@ def test_open_set_on_star_tables_refuses_training_batches_of_one_item(
     assert main(["fit", "--config", config]) == 2
     assert _one_error_line(capsys).startswith(expected)
     assert not Path("outputs").exists()
+
+
+def test_open_set_refuses_a_training_split_that_gives_each_ddp_process_one_item():
+    """Two items over two processes are one item per process: BatchNorm1d cannot train on it."""
+    datamodule = SimpleNamespace(hparams={"batch_size": 2}, datasets={"train": [0, 1]})
+    OpenSetClassifier._check_training_batches(datamodule, world_size=1)  # one process: a batch of two
+    with pytest.raises(InputError, match="the training split has 2 items shared by 2 processes"):
+        OpenSetClassifier._check_training_batches(datamodule, world_size=2)
+    OpenSetClassifier._check_training_batches(SimpleNamespace(hparams={}, datasets={"train": [0, 1, 2]}), 2)

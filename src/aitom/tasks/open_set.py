@@ -23,6 +23,7 @@ labels; a known item wrongly rejected counts against both), ``test/unknown_recal
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -192,7 +193,7 @@ class OpenSetClassifier(LightningModule):
             self.class_names = list(known_names)
         datasets = getattr(datamodule, "datasets", None)
         if stage == "fit" and any(isinstance(module, nn.BatchNorm1d) for module in self.net.modules()):
-            self._check_training_batches(datamodule)
+            self._check_training_batches(datamodule, self.trainer.world_size)
         if stage in ("test", "predict") and datasets is not None and "val" not in datasets:
             datamodule.setup("validate")  # the threshold is set on the validation split
             if "val" not in datasets:
@@ -213,8 +214,9 @@ class OpenSetClassifier(LightningModule):
             )
 
     @staticmethod
-    def _check_training_batches(datamodule: object) -> None:
-        """Refuse data that would give a batch-normalised network a training batch of one item."""
+    def _check_training_batches(datamodule: object, world_size: int) -> None:
+        """Refuse data that would give a batch-normalised network a training batch of one item (each of
+        ``world_size`` processes loads ``ceil(items / world_size)`` of the training split)."""
         batch_size = getattr(datamodule, "hparams", {}).get("batch_size")
         if batch_size is not None and batch_size < 2:
             raise InputError(
@@ -222,10 +224,11 @@ class OpenSetClassifier(LightningModule):
                 f"{batch_size}"
             )
         train = getattr(datamodule, "datasets", {}).get("train")
-        if train is not None and len(train) == 1:
+        if train is not None and math.ceil(len(train) / world_size) == 1:
+            processes = f" shared by {world_size} processes (1 each)" if world_size > 1 else ""
             raise InputError(
-                "the training split has 1 item: the features are batch-normalised in training, which needs "
-                "2 or more items per batch"
+                f"the training split has {len(train)} item{'s' if len(train) > 1 else ''}{processes}: the "
+                "features are batch-normalised in training, which needs 2 or more items per batch"
             )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
