@@ -8,9 +8,12 @@ mask, and correlated with the tomogram by FFT. The score is Roseman's fast local
 
     score(p) = Σ_y M(y) (f(p + y) − μ_M(p)) T(y) / (n σ_M(p))
 
-with ``μ_M, σ_M`` the mean and standard deviation of the tomogram under the mask centred at ``p`` and ``n``
-the number of mask voxels; it lies in ``[−1, 1]``. Correlations are circular: scores within half a template
-of the faces are unreliable (``exclude_border`` when picking, overlapping tiles for large tomograms).
+with ``μ_M, σ_M`` the mean and standard deviation of the tomogram under the mask centred at ``p``, ``T``
+normalised likewise under the mask and ``n = Σ M``. A soft mask (values in ``[0, 1]``, e.g. a binary mask
+after trilinear rotation) is a weight: every mean and variance is weighted by ``M``, so the score is the
+``M``-weighted Pearson correlation, 1 for a perfect match whatever the mask; it lies in ``[−1, 1]``.
+Correlations are circular: scores within half a template of the faces are unreliable (``exclude_border``
+when picking, overlapping tiles for large tomograms).
 """
 
 from __future__ import annotations
@@ -194,14 +197,26 @@ def padded_rfftn(small: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tens
 
 
 def _normalise_under_mask(templates: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance under the mask, zero outside it; ``(B, t, t, t)``."""
+    """``M (T − μ) / σ`` with the ``M``-weighted mean ``μ`` and standard deviation ``σ`` of the templates.
+
+    The weights are the masks themselves, as for the tomogram's local statistics, so that correlating the
+    result gives the ``M``-weighted Pearson correlation (the variance is ``Σ M (T − μ)² / Σ M``, not
+    ``Σ M² (T − μ)² / Σ M``, which for a soft mask would push a perfect match above 1).
+
+    Args:
+        templates: ``(B, t, t, t)`` rotated, filtered templates.
+        masks: ``(B, t, t, t)`` footprint masks, values in ``[0, 1]``.
+
+    Returns:
+        ``(B, t, t, t)``, zero outside the masks.
+    """
     count = masks.sum(dim=(-3, -2, -1), keepdim=True)
     mean = (templates * masks).sum(dim=(-3, -2, -1), keepdim=True) / count
-    centred = (templates - mean) * masks
-    std = torch.sqrt(centred.square().sum(dim=(-3, -2, -1), keepdim=True) / count)
+    deviation = templates - mean
+    std = torch.sqrt((masks * deviation.square()).sum(dim=(-3, -2, -1), keepdim=True) / count)
     if bool((std <= 0).any()):
         raise InputError("the template is constant under its mask (after filtering): nothing to match")
-    return centred / std
+    return deviation * masks / std
 
 
 def _local_std(
