@@ -3,6 +3,8 @@ augmentation, tomogram tiles."""
 
 from __future__ import annotations
 
+import math
+
 import mrcfile
 import numpy as np
 import pytest
@@ -18,10 +20,10 @@ from aitom.data import (
     tile_origins,
     wedge_preserving_rotations,
 )
-from aitom.data.augment import augment_volume
+from aitom.data.augment import augment_volume, rotate_half_turn
 from aitom.errors import InputError
 from aitom.fourier import missing_wedge_mask
-from aitom.geometry import random_rotations
+from aitom.geometry import random_rotations, rotate_volume, rotation_about_axis
 from aitom.io import read_particles, write_volume
 from aitom.simulate import CtfConfig, available_classes, simulate_subtomogram_batch
 
@@ -214,6 +216,28 @@ def test_wedge_preserving_rotations_keep_the_wedge(size, tilt_range_deg):
     torch.manual_seed(0)
     for _ in range(6):
         assert missing_power_fraction(augment_volume(volume.float(), transform).double(), mask) < 1e-8
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 16), (15, 16, 17)])
+def test_wedge_preserving_rotations_turn_about_the_box_centre_voxel(shape):
+    """A particle centred on voxel N // 2 stays there (a plain flip turned even axes about (N − 1) / 2,
+    moving it by one voxel), and the turn equals the 180° rotation of :func:`rotate_volume`."""
+    centre = tuple(n // 2 for n in shape)
+    volume = torch.zeros(1, *shape)
+    volume[(0, *centre)] = 1.0
+    off_centre = torch.zeros(1, *shape)
+    off_centre[0, centre[0] + 2, centre[1] - 1, centre[2] + 3] = 1.0
+    transform = RandomWedgePreservingRotation(-60.0, 60.0)
+    torch.manual_seed(0)
+    for _ in range(12):
+        assert augment_volume(volume, transform)[(0, *centre)] == 1.0
+    for axes, about in zip(wedge_preserving_rotations(-60.0, 60.0), ("y", "z", "x")):
+        turn = rotation_about_axis(
+            torch.tensor([float(about == "x"), float(about == "y"), float(about == "z")]),
+            torch.tensor(math.pi),
+        )
+        expected = rotate_volume(off_centre[0], turn)
+        assert torch.allclose(rotate_half_turn(off_centre, axes)[0], expected, atol=1e-5), about
 
 
 def test_asymmetric_range_allows_only_the_y_rotation():

@@ -17,6 +17,7 @@ from aitom.ops.augmentation import wedge_preserving_rotations
 __all__ = [
     "RandomWedgePreservingRotation",
     "augment_volume",
+    "rotate_half_turn",
     "subtomogram_augmentation",
     "wedge_preserving_rotations",
 ]
@@ -38,7 +39,20 @@ class RandomWedgePreservingRotation(tio.transforms.augmentation.RandomTransform,
         choice = int(torch.randint(len(self.rotations) + 1, (1,)))
         if choice == 0:
             return subject
-        return tio.Flip(axes=self.rotations[choice - 1], **self._get_base_args())(subject)
+        for image in subject.get_images(intensity_only=False):
+            image.set_data(rotate_half_turn(image.data, self.rotations[choice - 1]))
+        return subject
+
+
+def rotate_half_turn(volume: torch.Tensor, axes: tuple[int, int]) -> torch.Tensor:
+    """The 180° rotation of a ``(C, Z, Y, X)`` volume that flips the two spatial ``axes`` (0 = Z, 1 = Y,
+    2 = X), about the box centre voxel ``N // 2`` of each axis (a plain flip turns about ``(N − 1) / 2``,
+    which on an even axis would move the particle by one voxel): flipped, then rolled by one voxel along
+    the even axes, so index ``i`` goes to ``(N − i) mod N``."""
+    dims = [axis + 1 for axis in axes]
+    flipped = torch.flip(volume, dims=dims)
+    even = [dim for dim in dims if volume.shape[dim] % 2 == 0]
+    return torch.roll(flipped, shifts=[1] * len(even), dims=even) if even else flipped
 
 
 def subtomogram_augmentation(
