@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -31,6 +32,10 @@ TOOL_COMMANDS: dict[str, str] = {
     "pipeline": "aitom.commands.pipeline",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+#: an option value that is a comma-separated list starting with a negative number, e.g. a tilt range
+#: ``-67,58``: argparse would take it for an option name
+_NEGATIVE_LIST = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?,")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,9 +88,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _guarded(lambda: run_lightning_cli(argv))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_lists(argv))
     module = importlib.import_module(TOOL_COMMANDS[args.command])
     return _guarded(lambda: module.run(args))
+
+
+def attach_negative_lists(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--option -67,58`` written as ``--option=-67,58``.
+
+    argparse reads a value that starts with ``-`` as an option name unless it is a plain negative number, so
+    ``--wedge -67,58`` (an asymmetric tilt range, MIN,MAX) stopped with "expected one argument"; no option
+    name is a comma-separated list of numbers, so joining it to the option before is safe.
+    """
+    joined: list[str] = []
+    for token in argv:
+        previous = joined[-1] if joined else ""
+        is_option = previous.startswith("--") and previous != "--" and "=" not in previous
+        if is_option and _NEGATIVE_LIST.match(token):
+            joined[-1] = f"{previous}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def _guarded(action) -> int:

@@ -656,12 +656,23 @@ def run(args: argparse.Namespace) -> int:
         (folder / "fsc.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
         save_fsc_plot(report, folder / "fsc.png")
     summary = ", ".join(
-        f"class {c['class']}: {c['particles']} particles, FSC 0.143 "
-        + (f"{c['fsc_0.143_a']:.1f} Å" if math.isfinite(c["fsc_0.143_a"]) else "not reached")
+        f"class {c['class']}: {c['particles']} particles, FSC 0.143 {_describe_resolution(c)}"
         for c in report["classes"]
     )
     print(f"{args.out}: {summary}")
     return 0
+
+
+def _describe_resolution(class_report: dict) -> str:
+    """The FSC-0.143 resolution of one class for the summary line, saying when it is no measurement: the
+    curve below 0.143 from the first shell on (``inf``), or above it up to Nyquist (the resolution is
+    limited by the sampling, :func:`aitom.fourier.resolution_at` gives ``2 × voxel size`` then)."""
+    resolution, curve = class_report["fsc_0.143_a"], class_report["fsc"]
+    if not math.isfinite(resolution):
+        return "not measurable (the FSC is below 0.143 from the first shell on)"
+    if min(curve[1:]) >= 0.143:
+        return f"{resolution:.1f} Å = Nyquist (the FSC stays above 0.143 to the last shell: sampling-limited)"
+    return f"{resolution:.1f} Å"
 
 
 def _check_particle_diameter(diameter_a: float, voxel_size_a: float, box: int) -> None:

@@ -31,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="SNR from pairs of aligned copies with independent noise: SNR = cc / (1 - cc)",
         description="SNR of paired volumes (same structure and pose, independent noise; e.g. the two noise "
         "realisations of `aitom simulate subtomograms ... paired=true`) from the mean correlation "
-        "coefficient over pairs (Frank & Al-Ali 1975), with a bootstrap 95% interval over pairs, and the "
+        "coefficient over pairs (Frank & Al-Ali 1975), with a bootstrap 95% interval over pairs (for a "
+        "single pair, e.g. two half maps: a Fisher-z interval counting every voxel as independent, too "
+        "narrow when the noise is correlated between voxels, as after filtering or averaging), and the "
         "spectral SNR per Fourier shell from the mean FSC. Each of --pairs-a/--pairs-b is either one volume "
         "file or a folder of volume files, paired by sorted file name.",
     )
@@ -45,7 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="real-space mask volume (same box, weights in [0, 1]) selecting the voxels used",
     )
     snr.add_argument(
-        "--bootstrap", type=int, default=2000, help="bootstrap resamples for the interval (default 2000)"
+        "--bootstrap",
+        type=int,
+        default=2000,
+        help="bootstrap resamples for the interval, with two or more pairs (default 2000)",
     )
     snr.add_argument(
         "--seed", type=seed_number, default=0, help="seed of the bootstrap, 0 to 2^32 - 1 (default 0)"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from aitom.commands.shared import add_voxel_size_option, seed_number
+from aitom.commands.shared import add_voxel_size_option, seed_number, warnings_dropped_on_refusal
 
 _FAR_HELP = (
     "false-alarm rate per voxel for the score threshold (Gaussian tail of the robust score statistics)"
@@ -341,10 +341,11 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
                 "size; pass --voxel-size",
                 args.tomogram,
             )
-        sizes = [
-            check_template(path, voxel_size, shape, args.tomogram, voxel_size_override=args.voxel_size)
-            for path in args.template
-        ]
+        with warnings_dropped_on_refusal():  # a template header quirk that makes it unusable: the error alone
+            sizes = [
+                check_template(path, voxel_size, shape, args.tomogram, voxel_size_override=args.voxel_size)
+                for path in args.template
+            ]
         size = max(sizes)
         if args.tile_voxels < min(2 * size, min(shape)):
             raise InputError(f"--tile-voxels must be at least twice the template box ({size} voxels)")

@@ -77,6 +77,23 @@ def add_voxel_size_option(parser: argparse.ArgumentParser, what: str = "the inpu
     )
 
 
+@contextmanager
+def warnings_dropped_on_refusal() -> Iterator[None]:
+    """Hold the warnings raised in the block: re-issue them when it ends normally, drop them when it raises
+    :class:`aitom.errors.InputError`.
+
+    A refused input gets one line: a warning before the error line repeats it or contradicts its advice
+    (a template whose header voxel size looks unset was warned "pass --voxel-size", then refused with "write
+    the template's into its header": ``--voxel-size`` of ``aitom pick`` sets the tomogram's).
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
 def check_output_folder(out: Path, overwrite: bool) -> None:
     """Refuse an output folder that is a file, lies under a file, or is not empty without ``--overwrite``."""
     from aitom.errors import InputError
@@ -265,8 +282,9 @@ def read_reference(
             if error.path is not None:
                 raise
             raise InputError(error.problem, path) from None
-    reference, header = read_volume(path, voxel_size_a=voxel_size_override)
-    return reference_on_grid(reference, header.voxel_size_a[0], voxel_size_a, box, path)
+    with warnings_dropped_on_refusal():  # a header quirk that makes the reference unusable: the error alone
+        reference, header = read_volume(path, voxel_size_a=voxel_size_override)
+        return reference_on_grid(reference, header.voxel_size_a[0], voxel_size_a, box, path)
 
 
 def reference_on_grid(
