@@ -8,6 +8,7 @@ NaN voxels, a non-positive sigma, ...) is one line on stderr and exit code 2, an
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 _SIGMA_HELP = "standard deviation of the {which} Gaussian in Å (converted with the voxel size)"
@@ -231,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 "aitom convert IN OUT --resample Å, or pass --voxel-size if the header is wrong",
                 args.input,
             )
+        _check_band(args.highpass_a, args.lowpass_a, voxel_size[0], args.input)
         result = bandpass_filter(
             volume.to(device), voxel_size[0], args.highpass_a, args.lowpass_a, args.edge_width_frac
         )
@@ -238,3 +240,22 @@ def run(args: argparse.Namespace) -> int:
     write_volume(args.output, result.cpu(), voxel_size, overwrite=args.overwrite, origin_a=origin)
     print(args.output)
     return 0
+
+
+def _check_band(highpass_a: float | None, lowpass_a: float | None, voxel_size_a: float, path: str) -> None:
+    """Refuse, naming the option and the input, a band edge that is not a positive number of Å, a low-pass
+    finer than Nyquist (2 voxels) or a high-pass not coarser than the low-pass."""
+    from aitom.errors import InputError
+
+    for option, value in (("--highpass-a", highpass_a), ("--lowpass-a", lowpass_a)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"{option} must be a positive resolution in Å, got {value:g}")
+    if lowpass_a is not None and lowpass_a < 2 * voxel_size_a:
+        raise InputError(
+            f"--lowpass-a {lowpass_a:g} Å is finer than Nyquist at this voxel size ({2 * voxel_size_a:g} Å)",
+            path,
+        )
+    if highpass_a is not None and lowpass_a is not None and highpass_a <= lowpass_a:
+        raise InputError(
+            f"--highpass-a ({highpass_a:g} Å) must be coarser (larger) than --lowpass-a ({lowpass_a:g} Å)"
+        )

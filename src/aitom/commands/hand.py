@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     verdict = hand_verdict(result, args.axis)
     print(f"aitom: hand: {verdict}", file=sys.stderr)
     report = {**result, "verdict": verdict, "voxel_size_a": voxel_size_a, "lowpass_a": lowpass_a}
-    print(json.dumps(json_ready(report), indent=2, allow_nan=False))
+    print(json.dumps(json_ready(report), indent=2, allow_nan=False, ensure_ascii=False))
     return 0
 
 
