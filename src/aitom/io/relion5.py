@@ -319,7 +319,12 @@ def _tilt_series_table(path: Path, name: str) -> pd.DataFrame:
 
 
 def _matrices_from_angles(tilts: pd.DataFrame, size_xyz: tuple[float, float, float], pixel_size_a: float):
-    """RELION 5 projection matrices ``(T, 4, 4)`` from tilt angles and shifts (see the module docstring)."""
+    """RELION 5 projection matrices ``(T, 4, 4)`` from tilt angles and shifts (see the module docstring).
+
+    The specimen centre is ``floor(size / 2)``, as in RELION's ``Tomogram::setProjectionMatrix``, while RELION
+    decentres particle coordinates about ``size / 2`` (:func:`centered_angstrom_to_voxels`); for an odd
+    tomogram size the two differ by half a voxel in RELION itself, and both are kept so that positions agree
+    with RELION's."""
     import torch
 
     from aitom.geometry import rotation_about_axis
