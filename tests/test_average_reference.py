@@ -155,6 +155,12 @@ def test_class_number_averages_one_class_of_a_classified_table(tmp_path, capsys)
     assert main([*arguments, "--class-number", "2", "--reference", str(reference), "--out", str(out)]) == 0
     written = read_particles(out / "particles.star", require=("rlnImageName",))
     assert [Path(name).name for name in written["rlnImageName"]] == [f"{i:06d}.mrc" for i in range(8, 16)]
+    # class 2 keeps its number: table, map and FSC report (it was renumbered 1)
+    assert set(written["rlnClassNumber"]) == {2}
+    assert (out / "average_class2.mrc").is_file() and not (out / "average_class1.mrc").exists()
+    report = json.loads((out / "fsc.json").read_text())
+    assert [c["class"] for c in report["classes"]] == [2]
+    assert report["classes"][0]["half_maps"] == ["average_class2_half1.mrc", "average_class2_half2.mrc"]
     errors = _errors_deg(out, rotations)
     assert float(errors.max()) < 5.0, errors
 

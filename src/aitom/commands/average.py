@@ -4,11 +4,11 @@ Reads the subtomograms named in the table's ``rlnImageName`` column (an MRC volu
 N, 1-based, of an MRC stack of volumes; relative paths are resolved beside the STAR file when the file is
 there, else against the working directory, as :func:`aitom.io.relion5.resolve_relative` does), runs
 reference-free iterative averaging (one class; or, with ``--reference``, averaging refined from a given map or
-atomic model), simultaneous classification and averaging (``--classes K`` or
-``auto``) or FAML maximum likelihood (``--method faml``), and writes DIR/average_classN.mrc (N from 1),
-DIR/average_classN_half1.mrc and _half2.mrc (the averages of the even- and odd-numbered particles of the
-class, whose FSC is the half-set FSC; for classes of at least two particles), DIR/particles.star,
-DIR/fsc.json and DIR/fsc.png (half-set FSC per class).
+atomic model), simultaneous classification and averaging (``--classes K`` or ``auto``) or FAML maximum
+likelihood (``--method faml``), and writes DIR/average_classN.mrc (N from 1; the class's own number when
+``--class-number`` selects one class averaged as one), DIR/average_classN_half1.mrc and _half2.mrc (the
+averages of the even- and odd-numbered particles of the class, whose FSC is the half-set FSC; for classes of
+at least two particles), DIR/particles.star, DIR/fsc.json and DIR/fsc.png (half-set FSC per class).
 
 DIR/particles.star is the input table with the found rlnAngleRot/Tilt/Psi, rlnOriginX/Y/Z = −shift in voxels
 (and rlnOriginX/Y/ZAngst in Å when the input has them), rlnClassNumber and aitomAlignmentScore; its
@@ -90,7 +90,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=_class_numbers,
         metavar="N[,M...]",
         help="average only the particles whose rlnClassNumber is one of these (1-based; a classified table "
-        "such as this command's or RELION's particles.star); the output table holds only them (default: all)",
+        "such as this command's or RELION's particles.star); the output table holds only them; one class "
+        "averaged as one keeps its number (average_classN.mrc), classes found anew are numbered from 1 "
+        "(default: all)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--iterations", type=int, default=5, help="align/average rounds (default 5)")
@@ -620,7 +622,10 @@ def run(args: argparse.Namespace) -> int:
         out_table[f"rlnOrigin{axis}"] = -values
         if f"rlnOrigin{axis}Angst" in out_table.columns:  # RELION 3.1+: keep the Å origins consistent
             out_table[f"rlnOrigin{axis}Angst"] = -values * voxel_size_a
-    out_table["rlnClassNumber"] = labels.cpu().numpy() + 1
+    # one class selected and averaged as one: it keeps its number; classes found here are numbered 1, 2, ...
+    kept_number = args.class_number is not None and len(args.class_number) == 1 and averages.shape[0] == 1
+    class_numbers = args.class_number if kept_number else list(range(1, averages.shape[0] + 1))
+    out_table["rlnClassNumber"] = [class_numbers[label] for label in labels.tolist()]
     out_table["aitomAlignmentScore"] = alignment.score.cpu().double().numpy()
     from aitom.fourier import resolution_at
 
@@ -637,9 +642,9 @@ def run(args: argparse.Namespace) -> int:
     for index, curve in enumerate(fsc_curves.cpu()):
         report["classes"].append(
             {
-                "class": index + 1,
+                "class": class_numbers[index],
                 "particles": int(class_sizes[index]),
-                "half_maps": [f"average_class{index + 1}_half{half}.mrc" for half in (1, 2)]
+                "half_maps": [f"average_class{class_numbers[index]}_half{half}.mrc" for half in (1, 2)]
                 if class_sizes[index] >= 2
                 else None,
                 "fsc": curve.tolist(),
@@ -649,7 +654,7 @@ def run(args: argparse.Namespace) -> int:
         )
     with output_folder(args.out) as folder:
         for index, average in enumerate(averages.cpu()):
-            write_volume(folder / f"average_class{index + 1}.mrc", average, voxel_size_a)
+            write_volume(folder / f"average_class{class_numbers[index]}.mrc", average, voxel_size_a)
             for name, half in zip(report["classes"][index]["half_maps"] or [], half_averages[index].cpu()):
                 write_volume(folder / name, half, voxel_size_a)
         write_particles(folder / "particles.star", out_table, optics=read_optics(args.particles))
