@@ -82,7 +82,12 @@ def test_overrides_and_interpolation(tmp_path):
             ["ice.thickness_voxels=500"],
             r"ice\.thickness_voxels: must lie in \[2, Z = 100\]",
         ),
-        ("kind: tomogram\n", ["number_of_particles=10"], r"set exactly one of number_of_particles"),
+        (
+            "kind: tomogram\n",
+            ["number_of_particles=10", "crowding_fraction=0.1"],
+            r"set exactly one of number_of_particles",
+        ),
+        ("kind: tomogram\ncrowding_fraction: null\n", [], r"set exactly one of number_of_particles"),
         ("kind: subtomograms\n", ["box_size_voxels=16"], r"box_size_voxels: class 'ribosome_30s'"),
         ("kind: subtomograms\n", ["method=magic"], r"method: unknown value 'magic'"),
         ("kind: subtomograms\n", ["snr"], r"override 'snr' is not of the form key=value"),
@@ -95,6 +100,25 @@ def test_bad_recipes_name_the_file_and_key(tmp_path, text, overrides, message):
     path.write_text(text)
     with pytest.raises(InputError, match=message):
         load_recipe(path, overrides)
+
+
+COUNT_GIVEN = "kind: tomogram\nnumber_of_particles: 12\ncrowding_fraction: null\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ("kind: tomogram\n", ["number_of_particles=10"], (10, None)),  # the default crowding_fraction cleared
+        (COUNT_GIVEN, ["crowding_fraction=0.2"], (None, 0.2)),
+        (COUNT_GIVEN, [], (12, None)),
+    ],
+)
+def test_an_override_of_one_particle_count_clears_the_other(tmp_path, text, overrides, expected):
+    """``number_of_particles=10`` alone was refused: the default crowding_fraction was set too."""
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    recipe = load_recipe(path, overrides)
+    assert (recipe.number_of_particles, recipe.crowding_fraction) == expected
 
 
 def test_unknown_class_lists_every_available_class(tmp_path):

@@ -3,7 +3,8 @@
 A recipe is a YAML file whose ``kind`` says what it simulates (``tomogram`` or ``subtomograms``); every key it
 leaves out takes the default of :class:`TomogramRecipe` or :class:`SubtomogramRecipe`. OmegaConf
 interpolation works (``defocus_um: ${ctf.defocus_u_um}``-style references to other keys), and dotted
-overrides from the command line (``tilt.tilt_step_deg=2 snr=0.1``) are applied after the file. Every
+overrides from the command line (``tilt.tilt_step_deg=2 snr=0.1``) are applied after the file (an override
+of ``number_of_particles`` or ``crowding_fraction`` clears the other, which the file may set). Every
 parameter carries its unit in its name. Mistakes raise :class:`aitom.errors.InputError` naming the file (or
 the override) and the key: unknown keys, wrong types, impossible values, unknown class names (the message
 lists the available ones).
@@ -121,7 +122,8 @@ class TomogramRecipe:
     #: library classes (see `aitom.simulate.available_classes()`) or paths to atomic models (.pdb/.cif[.gz]),
     #: equal numbers of each
     classes: list[str] = dataclasses.field(default_factory=lambda: list(_TOMOGRAM_CLASSES))
-    #: total number of particles (set crowding_fraction to null to use it)
+    #: total number of particles (set crowding_fraction to null to use it; a command-line override of either
+    #: clears the other)
     number_of_particles: int | None = None
     #: fraction of the ice volume filled by the particles' bounding spheres
     crowding_fraction: float | None = 0.15
@@ -237,6 +239,7 @@ def load_recipe(
         except OmegaConfBaseException as error:
             raise InputError(f"override {override!r}: {_first_line(error)}") from None
         config = _merge(config, update, f"override {override!r}")
+    _clear_the_other_particle_count(config, overridden)
     try:
         recipe = OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
@@ -293,6 +296,20 @@ def _least_memory_bytes(recipe: TomogramRecipe | SubtomogramRecipe) -> list[tupl
     maps = 4 * len(recipe.classes) * box
     subtomograms = 4 * (2 if recipe.paired else 1) * recipe.particles_per_class * len(recipe.classes) * box
     return [("box_size_voxels", maps), ("particles_per_class", maps + subtomograms)]
+
+
+#: a tomogram's particle count is given by exactly one of these
+_PARTICLE_COUNTS = ("number_of_particles", "crowding_fraction")
+
+
+def _clear_the_other_particle_count(config: DictConfig, overridden: dict[str, str]) -> None:
+    """An override that sets one of :data:`_PARTICLE_COUNTS` clears the other, which the file or the
+    defaults set (``number_of_particles=30`` on the command line means 30 particles, not a clash with the
+    default ``crowding_fraction``); overriding both is left to the check that exactly one is set."""
+    named = [key for key in _PARTICLE_COUNTS if key in overridden]
+    if len(named) == 1 and named[0] in config and config[named[0]] is not None:
+        (other,) = (key for key in _PARTICLE_COUNTS if key != named[0])
+        config[other] = None
 
 
 def _validate(
