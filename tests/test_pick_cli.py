@@ -352,12 +352,13 @@ def test_score_maps_lie_on_the_tomogram_grid_placed_by_nstart(files, tmp_path):
 
 
 def test_a_particle_scale_larger_than_the_tiles_names_the_particle_size(files, tmp_path):
-    """A radius typed in the wrong unit asked to fix an --overlap-voxels the user never gave."""
+    """A radius typed in the wrong unit asked to fix an --overlap-voxels the user never gave. (Saliency takes
+    the whole tomogram as one tile: the particle size is named against the tomogram's size.)"""
     out = tmp_path / "picks.star"
     argv = ["saliency", "--tomogram", str(files["tomogram"]), "--out", str(out), "--radius-voxels", "500"]
     parser = argparse.ArgumentParser(prog="aitom")
     pick.add_parser(parser.add_subparsers(dest="command"))
-    with pytest.raises(InputError, match=r"particle size scale \(500 voxels\).*--tile-voxels 256"):
+    with pytest.raises(InputError, match=r"particle size scale \(radius 500 voxels\).*particle size right"):
         pick.run(parser.parse_args(["pick", *argv]))
     assert not out.exists()
 

@@ -310,7 +310,7 @@ def test_max_particles_keeps_the_best_picks_inside_the_faces(tmp_path):
         )
         work = tmp_path / cap
         work.mkdir()
-        picks[cap] = pick_particles(tomogram, 10.0, config, 18, (-60.0, 60.0), work)
+        picks[cap] = pick_particles(tomogram, 10.0, config, (-60.0, 60.0), work)
     assert len(picks["null"]) > 5 and len(picks["5"]) == 5
     columns = ["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnAutopickFigureOfMerit"]
     np.testing.assert_array_equal(picks["5"][columns].to_numpy(), picks["null"][columns].to_numpy()[:5])

@@ -5,9 +5,15 @@ Each picker runs as a LightningModule under ``trainer.predict`` over the tiles o
 ``--overwrite``. With ``--truth GT.star`` the picks are scored (precision, recall, F1 per class, orientation
 accuracy for template matching) and the scores are printed as one JSON line; when no template's file name
 is a class name of the truth, a line on stderr gives the mapping of template names to truth classes (by
-matched positions) that the per-class scores use. Bad input — a template larger than the tomogram, voxel
-sizes that differ, an angular step ≤ 0, a constant tomogram — is one line on stderr, exit code 2, and
-nothing is written.
+matched positions) that the per-class scores use.
+
+The picks do not depend on ``--tile-voxels``: by default neighbouring tiles overlap by twice the reach of
+the picker's filter plus the peak spacing, so every tile core's score map is the whole tomogram's, and the
+false-alarm thresholds come from the whole tomogram's statistics, pooled where the tiles are merged
+(:mod:`aitom.tasks.pick`). Exceptions: saliency (its Robust PCA compares the supervoxels of one tile),
+several templates (each tile's score maps are calibrated by the tile's statistics) and ``--whiten`` (the
+tile's spectrum). Bad input — a template larger than the tomogram, voxel sizes that differ, an angular step
+≤ 0, a constant tomogram — is one line on stderr, exit code 2, and nothing is written.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from pathlib import Path
 from aitom.commands.shared import add_voxel_size_option, seed_number, warnings_dropped_on_refusal
 
 _FAR_HELP = (
-    "false-alarm rate per voxel for the score threshold (Gaussian tail of the robust score statistics)"
+    "false-alarm rate per voxel for the score threshold (Gaussian tail of the robust statistics of the whole "
+    "tomogram's scores)"
 )
 
 
@@ -49,6 +56,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="template(s), one per class: MRC volumes (cubic, protein bright) or atomic models "
         "(.pdb/.ent/.cif/.mmcif, optionally .gz), whose potential is computed at the tomogram's voxel size",
+    )
+    template.add_argument(
+        "--template-voxel-size",
+        type=float,
+        metavar="Å",
+        help="voxel size of the template files in Å, replacing their headers' (for headers that are wrong or "
+        "unset); the templates are resampled to the tomogram's voxel size. --voxel-size sets the TOMOGRAM's",
     )
     template.add_argument(
         "--angular-step", type=float, default=30.0, help="rotation grid covering radius, degrees (default 30)"
@@ -147,7 +161,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold", type=float, help="absolute score threshold (overrides the false-alarm rate)"
     )
-    parser.add_argument("--num-peaks", type=int, help="at most this many picks per tile")
+    parser.add_argument("--num-peaks", type=int, help="at most this many picks (the best) in the tomogram")
     parser.add_argument(
         "--exclude-border",
         type=float,
@@ -157,9 +171,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "best, and the filters' boundary response makes false ones there; e.g. half the particle radius "
         "(default 0: keep all)",
     )
-    parser.add_argument("--tile-voxels", type=int, default=256, help="tile edge, voxels (default 256)")
     parser.add_argument(
-        "--overlap-voxels", type=int, help="tile overlap, voxels (default: twice the particle size scale)"
+        "--tile-voxels",
+        type=int,
+        help="tile edge, voxels: bounds the memory; with the default overlap the picks do not depend on it "
+        "(except saliency's, several templates' and --whiten's, whose scores are calibrated per tile) "
+        "(default 256, or 3 × the overlap when that is more)",
+    )
+    parser.add_argument(
+        "--overlap-voxels",
+        type=int,
+        help="overlap of neighbouring tiles, voxels (default: twice the filter's reach plus the peak "
+        "spacing: for DoG 2 × (4 σ2 + --min-distance), for template matching 2 × (half the box + "
+        "--min-distance), about twice the box, for saliency 2 × (2 × the radius + the smoothing reach + "
+        "--min-distance); then the picks equal those of one tile covering the tomogram; less saves time "
+        "but may change picks near tile edges)",
     )
     parser.add_argument(
         "--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu (default auto)"
@@ -220,15 +246,17 @@ def run(args: argparse.Namespace) -> int:
     truth = None if args.truth is None else _truth_in_voxels(args.truth, voxel_size)
     picker, (scale_voxels, tolerance_scale) = _picker(args, shape, voxel_size)
     del tomogram
-    overlap = 2 * scale_voxels if args.overlap_voxels is None else args.overlap_voxels
-    if args.overlap_voxels is None and overlap >= args.tile_voxels:
+    overlap = picker.tile_overlap_voxels if args.overlap_voxels is None else args.overlap_voxels
+    tile = max(256, 3 * overlap) if args.tile_voxels is None else args.tile_voxels
+    tiled = tile < max(shape)
+    if tiled and args.overlap_voxels is None and overlap >= tile:
         raise InputError(
             f"the particle size scale ({scale_voxels} voxels) needs tiles overlapping by {overlap} voxels, "
-            f"more than --tile-voxels {args.tile_voxels}: is the particle size right (voxel size "
+            f"more than --tile-voxels {tile}: is the particle size right (voxel size "
             f"{voxel_size:g} Å)? Otherwise raise --tile-voxels"
         )
-    if overlap < 0 or overlap >= args.tile_voxels:
-        raise InputError(f"--overlap-voxels must be in [0, tile size {args.tile_voxels}), got {overlap}")
+    if tiled and (overlap < 0 or overlap >= tile):
+        raise InputError(f"--overlap-voxels must be in [0, tile size {tile}), got {overlap}")
     if args.method == "template" and overlap < 2 * scale_voxels:
         raise InputError(f"--overlap-voxels must be at least the template box ({2 * scale_voxels} voxels)")
     if args.method != "template" and 2 * scale_voxels > min(shape):
@@ -239,7 +267,9 @@ def run(args: argparse.Namespace) -> int:
             f"{voxel_size:g} Å)?",
             args.tomogram,
         )
-    picks, is_global_zero = _predict(args, picker, overlap)
+    picks, is_global_zero = _predict(
+        argparse.Namespace(**{**vars(args), "tile_voxels": tile}), picker, overlap
+    )
     if is_global_zero:
         print(f"{args.out}: {len(picks)} picks ({args.method})", file=sys.stderr)
     if truth is not None and is_global_zero:  # under DDP every process runs this command: print once
@@ -309,7 +339,9 @@ def _library_symmetry(truth) -> tuple[dict, dict[str, str]]:
 
 def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float):
     """The LightningModule of the chosen method and its size scales (particle radius) in voxels: the largest
-    (tile overlap) and the smallest (default match tolerance)."""
+    and the smallest (default match tolerance)."""
+    import math
+
     from aitom.errors import InputError
 
     common = {
@@ -341,13 +373,24 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
                 "size; pass --voxel-size",
                 args.tomogram,
             )
+        if args.template_voxel_size is not None and not 0 < args.template_voxel_size < math.inf:
+            raise InputError(
+                f"--template-voxel-size must be a positive number of Å, got {args.template_voxel_size}"
+            )
         with warnings_dropped_on_refusal():  # a template header quirk that makes it unusable: the error alone
             sizes = [
-                check_template(path, voxel_size, shape, args.tomogram, voxel_size_override=args.voxel_size)
+                check_template(
+                    path,
+                    voxel_size,
+                    shape,
+                    args.tomogram,
+                    voxel_size_override=args.voxel_size,
+                    template_voxel_size_a=args.template_voxel_size,
+                )
                 for path in args.template
             ]
         size = max(sizes)
-        if args.tile_voxels < min(2 * size, min(shape)):
+        if args.tile_voxels is not None and args.tile_voxels < min(2 * size, min(shape)):
             raise InputError(f"--tile-voxels must be at least twice the template box ({size} voxels)")
         picker = TemplateMatchingPicker(
             [str(path) for path in args.template],
@@ -362,9 +405,10 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
             peak_false_alarm_rate=args.peak_false_alarm_rate,
             keep_maps=args.maps,
             voxel_size_a=voxel_size,
+            template_voxel_size_a=args.template_voxel_size,
             **common,
         )
-        # Size scale: the largest template sets the tile overlap; the smallest the default tolerance.
+        # Size scales: the largest template's radius and the smallest's (the default tolerance).
         return picker, (max(1, size // 2), max(1, min(sizes) // 2))
     if args.method == "dog":
         from aitom.tasks.pick import DoGPicker
@@ -413,8 +457,9 @@ def _voxels(
 
 
 def _predict(args: argparse.Namespace, picker, overlap: int):
-    """Pick over the tiles of ``args.tomogram`` under ``trainer.predict``; the table written (STAR, voxels)
-    and whether this process is the global rank 0.
+    """Pick over the tiles of ``args.tomogram`` (``args.tile_voxels`` edge, ``overlap`` voxels shared by
+    neighbours) under ``trainer.predict``; the table
+    written (STAR, voxels) and whether this process is the global rank 0.
 
     The caller has read the tomogram's header, and any quirk of it (:class:`aitom.io.HeaderWarning`) has
     been reported then: the data module and the writer, reading the header again, are kept from repeating it.
@@ -434,7 +479,6 @@ def _predict(args: argparse.Namespace, picker, overlap: int):
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     writer = PickWriter(
         str(args.out),
-        overlap_voxels=overlap,
         overwrite=args.overwrite,
         write_maps=getattr(args, "maps", False),
         voxel_size_a=args.voxel_size,
@@ -456,6 +500,7 @@ def _predict(args: argparse.Namespace, picker, overlap: int):
         tile_voxels=args.tile_voxels,
         overlap_voxels=overlap,
         voxel_size_a=args.voxel_size,
+        boundary=picker.tile_boundary,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -1,11 +1,20 @@
 """Tomograms for ``predict``: whole, or cut into overlapping tiles so memory stays bounded.
 
 Tiles are read from a memory-mapped MRC, so a tomogram larger than RAM is never loaded whole. Each item
-carries the tile, its origin in the tomogram (voxels, z, y, x order as the tensor) and the tomogram's path.
+carries the tile, its origin in the tomogram (voxels, z, y, x order as the tensor), its CORE (the part of the
+tomogram it answers for: the cores of a tomogram's tiles partition it, and each core stays at least half the
+overlap away from every tile face shared with a neighbour), the tomogram's shape and its path.
+
+With ``boundary="periodic"`` the tiles are cut from the tomogram repeated periodically: on an axis that
+takes several tiles, the first tile starts half the overlap before voxel 0 and the last ends half the overlap
+after the end, with the voxels of the opposite face there. A filter that treats the whole tomogram as
+periodic (FFT correlation, as template matching) then gives in every core what it gives on the whole
+tomogram.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +50,54 @@ def tile_origins(
     return [(z, y, x) for z in per_axis[0] for y in per_axis[1] for x in per_axis[2]]
 
 
+BOUNDARIES = ("clamp", "periodic")
+"""How tiles meet the tomogram's faces: ``clamp`` (tiles inside the tomogram) or ``periodic`` (module doc)."""
+
+
+def axis_tiles(length: int, tile: int, overlap: int, boundary: str = "clamp") -> list[tuple[int, int, int]]:
+    """Tiles along one axis of ``length`` voxels: ``(start, core_start, core_stop)`` each, voxels.
+
+    The tile is ``[start, start + tile)`` (with ``boundary="periodic"``, ``start`` may be negative and the
+    end beyond ``length``: positions modulo ``length``); the cores ``[core_start, core_stop)`` partition
+    ``[0, length)``, and each lies at least ``overlap // 2`` voxels inside its tile on a side shared with a
+    neighbour and ``overlap - overlap // 2`` on the other. A tile as long as the axis or longer is the axis.
+    """
+    if boundary not in BOUNDARIES:
+        raise InputError(f"tile boundary must be one of {', '.join(BOUNDARIES)}, got {boundary!r}")
+    if tile >= length:
+        return [(0, 0, length)]
+    if boundary == "periodic":
+        starts = [start - overlap // 2 for start in tile_starts(length + overlap, tile, overlap)]
+    else:
+        starts = tile_starts(length, tile, overlap)
+    core_starts = [0] + [start + overlap // 2 for start in starts[1:]]
+    return list(zip(starts, core_starts, [*core_starts[1:], length]))
+
+
+def count_tiles(
+    shape_zyx: tuple[int, int, int], tile_voxels: int | None, overlap_voxels: int, boundary: str
+) -> int:
+    """Number of tiles of :class:`TomogramTileDataset` on a tomogram of ``shape_zyx`` voxels."""
+    if tile_voxels is None:
+        return 1
+    return math.prod(len(axis_tiles(n, min(tile_voxels, n), overlap_voxels, boundary)) for n in shape_zyx)
+
+
 class TomogramTileDataset(Dataset):
     """Overlapping tiles of one tomogram, read lazily from a memory map.
+
+    Items: ``volume`` ``(1, z, y, x)`` float32 tile; ``origin_zyx`` ``(3,)`` the tomogram voxel at the tile's
+    first voxel (negative or beyond the tomogram with ``boundary="periodic"``); ``core_start_zyx``,
+    ``core_stop_zyx`` ``(3,)`` the tile's core, tomogram voxels (``start <= voxel < stop``); ``shape_zyx``
+    ``(3,)`` the tomogram's shape, voxels; ``tomogram`` its path.
 
     Args:
         path: tomogram (MRC).
         tile_voxels: tile edge, voxels (clipped to the tomogram's size on each axis); None = whole tomogram.
-        overlap_voxels: voxels shared by neighbouring tiles (at least the particle diameter for pickers).
+        overlap_voxels: voxels shared by neighbouring tiles (at least twice the reach of the filter a picker
+            applies plus its peak spacing, for picks independent of the tiling).
         voxel_size_a: voxel size, Å, replacing the header's (``self.header``); None keeps the header's.
+        boundary: :data:`BOUNDARIES` (module doc).
     """
 
     def __init__(
@@ -57,27 +106,39 @@ class TomogramTileDataset(Dataset):
         tile_voxels: int | None = 256,
         overlap_voxels: int = 32,
         voxel_size_a: float | None = None,
+        boundary: str = "clamp",
     ) -> None:
         self.path = Path(path)
         self.array, self.header = open_volume_mmap(self.path, voxel_size_a=voxel_size_a)
         shape = tuple(int(n) for n in self.array.shape[-3:])
         if len(self.array.shape) != 3:
             raise InputError(f"expected a 3-D tomogram, got shape {tuple(self.array.shape)}", self.path)
+        self.shape = shape
         self.tile_shape = shape if tile_voxels is None else tuple(min(tile_voxels, n) for n in shape)
-        self.origins = tile_origins(shape, self.tile_shape, overlap_voxels)
+        per_axis = [axis_tiles(n, t, overlap_voxels, boundary) for n, t in zip(shape, self.tile_shape)]
+        #: per tile, per axis ``(start, core_start, core_stop)``
+        self.tiles = [(z, y, x) for z in per_axis[0] for y in per_axis[1] for x in per_axis[2]]
 
     def __len__(self) -> int:
-        return len(self.origins)
+        return len(self.tiles)
 
     def __getitem__(self, index: int) -> dict[str, object]:
-        z, y, x = self.origins[index]
-        dz, dy, dx = self.tile_shape
-        tile = np.array(self.array[z : z + dz, y : y + dy, x : x + dx], dtype=np.float32)
+        origin = tuple(axis[0] for axis in self.tiles[index])
+        ranges = [(start, start + size) for start, size in zip(origin, self.tile_shape)]
+        if all(start >= 0 and stop <= n for (start, stop), n in zip(ranges, self.shape)):
+            region = self.array[tuple(slice(start, stop) for start, stop in ranges)]
+        else:  # a periodic tile across a face: the voxels of the opposite face
+            region = self.array[np.ix_(*[np.arange(a, b) % n for (a, b), n in zip(ranges, self.shape)])]
+        tile = np.array(region, dtype=np.float32)
         if not np.isfinite(tile).all():
+            z, y, x = origin
             raise InputError(f"tile at voxel (z={z}, y={y}, x={x}) holds NaN or Inf values", self.path)
         return {
             "volume": torch.from_numpy(tile).unsqueeze(0),
-            "origin_zyx": torch.tensor([z, y, x]),
+            "origin_zyx": torch.tensor(origin),
+            "core_start_zyx": torch.tensor([axis[1] for axis in self.tiles[index]]),
+            "core_stop_zyx": torch.tensor([axis[2] for axis in self.tiles[index]]),
+            "shape_zyx": torch.tensor(self.shape),
             "tomogram": str(self.path),
         }
 
@@ -92,6 +153,7 @@ class TomogramDataModule(LightningDataModule):
         batch_size: tiles per batch (tiles of different tomograms may differ in size: keep 1 then).
         num_workers: DataLoader worker processes.
         voxel_size_a: voxel size of every tomogram, Å, replacing the headers'; None keeps the headers'.
+        boundary: how tiles meet the tomograms' faces, :data:`BOUNDARIES` (module doc).
     """
 
     def __init__(
@@ -102,6 +164,7 @@ class TomogramDataModule(LightningDataModule):
         batch_size: int = 1,
         num_workers: int = 0,
         voxel_size_a: float | None = None,
+        boundary: str = "clamp",
     ) -> None:
         super().__init__()
         if not tomograms:
@@ -110,6 +173,8 @@ class TomogramDataModule(LightningDataModule):
             raise InputError(f"tile_voxels must be at least 1 (or null: whole tomograms), got {tile_voxels}")
         if overlap_voxels < 0:
             raise InputError(f"overlap_voxels must be 0 or more, got {overlap_voxels}")
+        if boundary not in BOUNDARIES:
+            raise InputError(f"boundary must be one of {', '.join(BOUNDARIES)}, got {boundary!r}")
         check_loader_options(batch_size, num_workers)
         self.save_hyperparameters()
         self.dataset: ConcatDataset | None = None
@@ -118,7 +183,7 @@ class TomogramDataModule(LightningDataModule):
         hp = self.hparams
         self.dataset = ConcatDataset(
             [
-                TomogramTileDataset(path, hp.tile_voxels, hp.overlap_voxels, hp.voxel_size_a)
+                TomogramTileDataset(path, hp.tile_voxels, hp.overlap_voxels, hp.voxel_size_a, hp.boundary)
                 for path in hp.tomograms
             ]
         )

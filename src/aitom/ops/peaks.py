@@ -19,11 +19,18 @@ from aitom.errors import InputError
 __all__ = [
     "false_alarm_threshold",
     "inside_faces",
+    "local_maxima",
     "non_maximum_suppression",
     "otsu_threshold",
     "peak_local_max",
     "robust_mean_std",
+    "sample_stride",
+    "strided_sample",
+    "thin_peaks",
 ]
+
+ROBUST_MAX_SAMPLES = 1 << 22
+"""At most this many values of a score map enter its robust statistics (:func:`robust_mean_std`)."""
 
 
 def inside_faces(coordinates: torch.Tensor, size: torch.Tensor, border_voxels: float) -> torch.Tensor:
@@ -135,6 +142,26 @@ def peak_local_max(
     threshold = float(volume.min()) if threshold_abs is None else float(threshold_abs)
     if threshold_rel is not None:
         threshold = max(threshold, float(threshold_rel) * float(volume.max()))
+    is_peak = local_maxima(volume, min_distance) & (volume > threshold)
+    if border > 0:
+        interior = torch.zeros_like(is_peak)
+        interior[border:-border, border:-border, border:-border] = True
+        is_peak &= interior
+    coordinates, values = torch.nonzero(is_peak), volume[is_peak]
+    kept = thin_peaks(coordinates, values, min_distance, num_peaks=num_peaks)
+    return coordinates[kept], values[kept]
+
+
+def local_maxima(volume: torch.Tensor, min_distance: int) -> torch.Tensor:
+    """Which voxels equal the maximum of the ``(2 min_distance + 1)³`` cube around them, ``(Z, Y, X)`` bool.
+
+    The cube is cut at the faces of ``volume`` (separable ``max_pool3d``, padding ``−inf``). A voxel's answer
+    depends only on the values within ``min_distance`` voxels of it (Chebyshev).
+
+    Args:
+        volume: ``(Z, Y, X)`` real tensor, any device.
+        min_distance: half the cube's edge, voxels (>= 1).
+    """
     size = 2 * min_distance + 1
     # The maximum over a cube is separable: three 1-D running maxima (O(size) per voxel, not O(size³)).
     pooled = volume[None, None]
@@ -144,29 +171,82 @@ def peak_local_max(
         padding = [0, 0, 0]
         padding[axis] = min_distance
         pooled = max_pool3d(pooled, tuple(kernel), stride=1, padding=tuple(padding))
-    pooled = pooled[0, 0]
-    is_peak = (volume == pooled) & (volume > threshold)
-    if border > 0:
-        interior = torch.zeros_like(is_peak)
-        interior[border:-border, border:-border, border:-border] = True
-        is_peak &= interior
-    coordinates = torch.nonzero(is_peak)
-    values = volume[is_peak]
-    kept = non_maximum_suppression(coordinates, values, float(min_distance), p_norm=math.inf)
-    if num_peaks is not None:
-        kept = kept[:num_peaks]
-    return coordinates[kept], values[kept]
+    return volume == pooled[0, 0]
 
 
-def robust_mean_std(volume: torch.Tensor, max_samples: int = 1 << 22) -> tuple[float, float]:
+def thin_peaks(
+    coordinates: torch.Tensor,
+    values: torch.Tensor,
+    min_distance: int,
+    threshold_abs: float | None = None,
+    num_peaks: int | None = None,
+) -> torch.Tensor:
+    """Candidate peaks strictly above ``threshold_abs``, thinned greedily (highest first) so that no two lie
+    within ``min_distance`` voxels (Chebyshev), at most ``num_peaks`` kept: the last steps of
+    :func:`peak_local_max`, also for candidates gathered from several tiles. Ties in value keep the earlier
+    candidate: candidates in raster order give :func:`peak_local_max`'s answer.
+
+    Args:
+        coordinates: ``(N, 3)`` int64 voxel indices ``(z, y, x)``.
+        values: ``(N,)`` their values.
+        min_distance: minimal separation, voxels (>= 1).
+        threshold_abs: minimal value (exclusive); None keeps all.
+        num_peaks: keep at most this many (the highest); None keeps all.
+
+    Returns:
+        ``(K,)`` int64 indices of the kept candidates, highest first, on the device of ``coordinates``.
+    """
+    above = torch.arange(len(values), device=coordinates.device)
+    if threshold_abs is not None:
+        above = above[values > threshold_abs]
+    kept = above[
+        non_maximum_suppression(coordinates[above], values[above], float(min_distance), p_norm=math.inf)
+    ]
+    return kept[:num_peaks]
+
+
+def sample_stride(voxels: int, max_samples: int = ROBUST_MAX_SAMPLES) -> int:
+    """Stride of the evenly strided sample of at most ``max_samples`` values that :func:`robust_mean_std`
+    takes from ``voxels`` values (1: all of them)."""
+    return math.ceil(voxels / max_samples) if voxels > max_samples else 1
+
+
+def strided_sample(
+    block: torch.Tensor, start_zyx: tuple[int, int, int], shape_zyx: tuple[int, int, int], stride: int
+) -> torch.Tensor:
+    """The values of a block of a volume whose raster index in the whole volume is a multiple of ``stride``.
+
+    The samples of blocks that partition a volume pool into exactly ``volume.reshape(-1)[::stride]`` (in
+    another order), so robust statistics of a volume seen tile by tile equal those of the whole volume.
+
+    Args:
+        block: ``(z, y, x)`` part of the volume.
+        start_zyx: the voxel of the volume at ``block[0, 0, 0]``.
+        shape_zyx: ``(Z, Y, X)`` the whole volume's shape, voxels.
+        stride: from :func:`sample_stride` of the whole volume's voxel count.
+
+    Returns:
+        ``(M,)`` values, raster order within the block.
+    """
+    if stride == 1:
+        return block.reshape(-1)
+    steps = (shape_zyx[1] * shape_zyx[2], shape_zyx[2], 1)
+    # raster index modulo the stride, summed per axis (each term < stride: int64 never overflows)
+    residues = [
+        (torch.arange(n, device=block.device) + start) * step % stride
+        for n, start, step in zip(block.shape, start_zyx, steps)
+    ]
+    index = residues[0][:, None, None] + residues[1][None, :, None] + residues[2][None, None, :]
+    return block[index % stride == 0]
+
+
+def robust_mean_std(volume: torch.Tensor, max_samples: int = ROBUST_MAX_SAMPLES) -> tuple[float, float]:
     """Median and ``1.4826 · MAD`` of a tensor (robust mean and standard deviation of its bulk).
 
-    At most ``max_samples`` evenly strided values are used (the statistics of a large map barely change).
+    At most ``max_samples`` evenly strided values are used (the statistics of a large map barely change):
+    every :func:`sample_stride`-th value in raster order.
     """
-    values = volume.detach().reshape(-1)
-    if values.numel() > max_samples:
-        values = values[:: math.ceil(values.numel() / max_samples)]
-    values = values.double()
+    values = volume.detach().reshape(-1)[:: sample_stride(volume.numel(), max_samples)].double()
     median = values.median()
     mad = (values - median).abs().median()
     return float(median), float(1.4826 * mad)

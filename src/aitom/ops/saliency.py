@@ -27,9 +27,12 @@ __all__ = [
     "robust_pca",
     "saliency_map",
     "saliency_pick",
+    "saliency_smoothing_sigma",
     "singular_value_threshold",
     "slic_supervoxels",
+    "smoothed_saliency",
     "supervoxel_features",
+    "supervoxel_spacing",
 ]
 
 
@@ -198,6 +201,25 @@ def robust_pca(
     return low_rank.to(data.dtype), sparse.to(data.dtype)
 
 
+def supervoxel_spacing(particle_radius_voxels: float) -> int:
+    """SLIC grid spacing of :func:`saliency_map` for a particle radius (voxels): the radius, at least 2."""
+    return max(2, round(particle_radius_voxels))
+
+
+def saliency_smoothing_sigma(particle_radius_voxels: float) -> float:
+    """σ, voxels, of the Gaussian that :func:`smoothed_saliency` applies: a third of the particle radius."""
+    return max(0.5, particle_radius_voxels / 3)
+
+
+def smoothed_saliency(
+    volume: torch.Tensor, particle_radius_voxels: float, *, iterations: int = 5
+) -> torch.Tensor:
+    """:func:`saliency_map` smoothed by a Gaussian of :func:`saliency_smoothing_sigma`: ``(Z, Y, X)``, whose
+    local maxima are the particle candidates of :func:`saliency_pick`."""
+    saliency = saliency_map(volume, particle_radius_voxels, iterations=iterations)
+    return gaussian_filter3d(saliency, saliency_smoothing_sigma(particle_radius_voxels))
+
+
 def saliency_map(volume: torch.Tensor, particle_radius_voxels: float, *, iterations: int = 5) -> torch.Tensor:
     """Per-voxel saliency ``(Z, Y, X)`` (0 on background) of a protein-bright tomogram.
 
@@ -210,9 +232,8 @@ def saliency_map(volume: torch.Tensor, particle_radius_voxels: float, *, iterati
         raise InputError(f"particle radius must be > 0 voxels, got {particle_radius_voxels}")
     if float(volume.std()) == 0.0:
         raise InputError("the tomogram is constant (empty): nothing to pick")
-    spacing = max(2, round(particle_radius_voxels))
     smoothed = gaussian_filter3d(volume, max(0.5, particle_radius_voxels / 4))
-    labels = slic_supervoxels(smoothed, spacing, iterations=iterations)
+    labels = slic_supervoxels(smoothed, supervoxel_spacing(particle_radius_voxels), iterations=iterations)
     features, sizes = supervoxel_features(volume, labels)
     occupied = sizes > 0
     _, sparse = robust_pca(features[occupied])
@@ -250,8 +271,7 @@ def saliency_pick(
     Returns:
         ``(coordinates, scores)``: ``(N, 3)`` int64 voxel indices ``(z, y, x)``, ``(N,)`` smoothed saliency.
     """
-    saliency = saliency_map(volume, particle_radius_voxels, iterations=iterations)
-    smoothed = gaussian_filter3d(saliency, max(0.5, particle_radius_voxels / 3))
+    smoothed = smoothed_saliency(volume, particle_radius_voxels, iterations=iterations)
     automatic = threshold_abs is None and false_alarm_rate is None
     if threshold_abs is None and false_alarm_rate is not None:
         threshold_abs = false_alarm_threshold(smoothed, false_alarm_rate)

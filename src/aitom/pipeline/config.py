@@ -77,7 +77,8 @@ class PickConfig:
     angular_step_deg: float = 30.0
     #: tile edge for picking and denoising, voxels: the tomogram is processed tile by tile
     tile_voxels: int = 256
-    #: overlap of neighbouring tiles, voxels; null: the box size
+    #: overlap of neighbouring picking tiles, voxels; null: twice the picker's reach plus the peak spacing
+    #: (then the picks do not depend on tile_voxels; at least the template box for template matching)
     overlap_voxels: int | None = None
 
 

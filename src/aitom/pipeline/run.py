@@ -187,8 +187,7 @@ def _run_pipeline(
         refuse_inputs_inside,
         torch_device,
     )
-    from aitom.data.tomogram import tile_origins
-    from aitom.errors import InputError
+    from aitom.data.tomogram import count_tiles
     from aitom.fourier import missing_wedge_mask, resolution_at
     from aitom.geometry import matrix_to_euler_zyz
     from aitom.io import open_volume_mmap, save_fsc_plot, save_montage, write_particles, write_volume
@@ -197,11 +196,13 @@ def _run_pipeline(
     from aitom.pipeline.report import count_of, save_class_montage, write_report
     from aitom.pipeline.steps import (
         MIN_PARTICLES_TO_CLASSIFY,
+        build_pickers,
         check_templates,
         class_limit,
         classify_subtomograms,
         denoise_tiled,
         estimate_tilt_range,
+        pick_overlap_voxels,
         pick_particles,
         tomogram_value_range,
     )
@@ -217,11 +218,10 @@ def _run_pipeline(
     box = box_size_voxels(config, voxel_size)
     _check_particle_fits(config, shape, voxel_size, box, tomogram_path)
     check_templates(config, shape, voxel_size, tomogram_path)
-    tile = config.pick.tile_voxels
-    overlap = box if config.pick.overlap_voxels is None else config.pick.overlap_voxels
-    if overlap >= tile:
-        raise InputError(f"pick.tile_voxels ({tile}) must be larger than the tile overlap ({overlap} voxels)")
-    n_tiles = len(tile_origins(shape, tuple(min(tile, n) for n in shape), overlap))
+    # the pickers without the wedge (estimated below) give the tile overlap, refused now if too large
+    pickers = build_pickers(config, voxel_size, None)
+    overlap = pick_overlap_voxels(config, pickers, shape)
+    n_tiles = count_tiles(shape, config.pick.tile_voxels, overlap, pickers[0].tile_boundary)
     steps: list[dict] = []
     summary: dict = {
         "tomogram": str(tomogram_path),
@@ -266,7 +266,7 @@ def _run_pipeline(
         work = folder / ".work"
         work.mkdir()
         with step("read") as record:
-            low, high = tomogram_value_range(array, tile, tomogram_path)
+            low, high = tomogram_value_range(array, config.pick.tile_voxels, tomogram_path)
             record["result"] = f"{' × '.join(map(str, shape))} voxels at {voxel_size:g} Å, {n_tiles} tile(s)"
         with step("missing wedge") as record:
             tilt_range, source = estimate_tilt_range(array, config, tomogram_path)
@@ -281,7 +281,7 @@ def _run_pipeline(
                 record["result"] = f"{config.denoise.method}{inverted} (used for picking and figures)"
         with step("pick") as record:
             if high > low:
-                picks = pick_particles(pick_path, voxel_size, config, box, tilt_range, work)
+                picks = pick_particles(pick_path, voxel_size, config, tilt_range, work)
                 record["result"] = f"{len(picks)} particles ({config.pick.method})"
             else:
                 picks = _empty_table()

@@ -26,11 +26,13 @@ if TYPE_CHECKING:
 __all__ = [
     "MIN_PARTICLES_TO_CLASSIFY",
     "ClassAverages",
+    "build_pickers",
     "check_templates",
     "class_limit",
     "classify_subtomograms",
     "denoise_tiled",
     "estimate_tilt_range",
+    "pick_overlap_voxels",
     "pick_particles",
     "tomogram_value_range",
 ]
@@ -183,20 +185,77 @@ def check_templates(
         check_template(path, voxel_size_a, shape_zyx, tomogram)
 
 
+def build_pickers(
+    config: PipelineConfig, voxel_size_a: float, tilt_range_deg: tuple[float, float] | None
+) -> list:
+    """The pickers (:mod:`aitom.tasks.pick`) of ``config.pick`` for a tomogram of ``voxel_size_a`` Å.
+
+    DoG: σ1 = radius / √3 (a blob of radius r peaks at σ1 ≈ r / √3), σ2 = 1.1 σ1; saliency: the radius;
+    template matching: one picker per template, class numbers 1, 2, ... in their order, the missing wedge
+    of ``tilt_range_deg`` (degrees; None: no wedge) applied to them. Minimal distance:
+    ``pick.min_distance_voxels`` or the particle radius.
+    """
+    from aitom.tasks.pick import DoGPicker, SaliencyPicker, TemplateMatchingPicker
+
+    pick = config.pick
+    radius = pick.particle_diameter_a / 2 / voxel_size_a
+    # No cap per tile: the best picks on a face (where DoG responds to the border, even on pure noise) would
+    # fill it, then be excluded with nothing left. pick.max_particles is applied after the exclusion.
+    common = {
+        "min_distance": pick.min_distance_voxels or max(1, round(radius)),
+        "false_alarm_rate": pick.false_alarm_rate,
+        "threshold_abs": pick.threshold,
+        "num_peaks": None,
+    }
+    if pick.method == "dog":
+        sigma = radius / math.sqrt(3.0)
+        return [DoGPicker(sigma, 1.1 * sigma, **common)]
+    if pick.method == "saliency":
+        return [SaliencyPicker(radius, **common)]
+    return [
+        TemplateMatchingPicker(
+            str(path),
+            angular_step_deg=pick.angular_step_deg,
+            tilt_range_deg=tilt_range_deg,
+            class_number=index + 1,
+            voxel_size_a=voxel_size_a,
+            **common,
+        )
+        for index, path in enumerate(pick.templates)
+    ]
+
+
+def pick_overlap_voxels(config: PipelineConfig, pickers: list, shape_zyx: tuple[int, int, int]) -> int:
+    """Overlap of the picking tiles, voxels: ``pick.overlap_voxels`` (at least the largest template box),
+    or by default the largest :attr:`aitom.tasks.pick.DoGPicker.tile_overlap_voxels` of the pickers, with
+    which the picks do not depend on ``pick.tile_voxels``.
+
+    Raises:
+        InputError: a tomogram of ``shape_zyx`` voxels larger than one tile, and an overlap that is not
+            smaller than the tile.
+    """
+    overlap = config.pick.overlap_voxels
+    if overlap is None:
+        overlap = max(picker.tile_overlap_voxels for picker in pickers)
+    overlap = max([overlap, *(getattr(picker, "box_voxels", 0) for picker in pickers)])
+    tile = config.pick.tile_voxels
+    if tile < max(shape_zyx) and overlap >= tile:
+        raise InputError(f"pick.tile_voxels ({tile}) must be larger than the tile overlap ({overlap} voxels)")
+    return overlap
+
+
 def pick_particles(
     tomogram_path: Path,
     voxel_size_a: float,
     config: PipelineConfig,
-    box_size: int,
     tilt_range_deg: tuple[float, float],
     work_dir: Path,
 ) -> pd.DataFrame:
     """Pick under ``trainer.predict`` over tiles (:func:`aitom.commands.pick._predict`), best first.
 
-    DoG: σ1 = radius / √3 (a blob of radius r peaks at σ1 ≈ r / √3), σ2 = 1.1 σ1; saliency: the radius;
-    template matching: one class per template (``rlnClassNumber``), the picks of all templates merged by
-    non-maximum suppression. Picks closer than ``pick.exclude_border_voxels`` to a face are dropped, then at
-    most ``pick.max_particles`` picks (the best) are kept.
+    The pickers are :func:`build_pickers`'; the picks of several templates are merged by non-maximum
+    suppression. Picks closer than ``pick.exclude_border_voxels`` to a face are dropped, then at most
+    ``pick.max_particles`` picks (the best) are kept.
 
     Returns:
         The pick table (``rlnCoordinateX/Y/Z`` voxels, ``rlnAutopickFigureOfMerit``; template matching adds
@@ -204,42 +263,12 @@ def pick_particles(
     """
     from aitom.commands.pick import _predict
     from aitom.ops.peaks import inside_faces, non_maximum_suppression
-    from aitom.tasks.pick import DoGPicker, SaliencyPicker, TemplateMatchingPicker
 
     pick = config.pick
     radius = pick.particle_diameter_a / 2 / voxel_size_a
-    min_distance = pick.min_distance_voxels or max(1, round(radius))
-    # No cap per tile: the best picks on a face (where DoG responds to the border, even on pure noise) would
-    # fill it, then be excluded below with nothing left. pick.max_particles is applied after the exclusion.
-    common = {
-        "min_distance": min_distance,
-        "false_alarm_rate": pick.false_alarm_rate,
-        "threshold_abs": pick.threshold,
-        "num_peaks": None,
-    }
-    overlap = box_size if pick.overlap_voxels is None else pick.overlap_voxels
-    if pick.method == "dog":
-        sigma = radius / math.sqrt(3.0)
-        pickers = [DoGPicker(sigma, 1.1 * sigma, **common)]
-    elif pick.method == "saliency":
-        pickers = [SaliencyPicker(radius, **common)]
-    else:
-        pickers = []
-        for index, path in enumerate(pick.templates):
-            picker = TemplateMatchingPicker(
-                str(path),
-                angular_step_deg=pick.angular_step_deg,
-                tilt_range_deg=tilt_range_deg,
-                class_number=index + 1,
-                voxel_size_a=voxel_size_a,
-                **common,
-            )
-            overlap = max(overlap, picker.box_voxels)
-            pickers.append(picker)
-    if overlap >= pick.tile_voxels:
-        raise InputError(
-            f"pick.tile_voxels ({pick.tile_voxels}) must be larger than the tile overlap ({overlap} voxels)"
-        )
+    pickers = build_pickers(config, voxel_size_a, tilt_range_deg)
+    shape = read_volume_shape(tomogram_path)
+    overlap = pick_overlap_voxels(config, pickers, shape)
     tables = []
     for index, picker in enumerate(pickers):
         arguments = types.SimpleNamespace(
@@ -263,13 +292,13 @@ def pick_particles(
     )
     # Picks at a face are half particles at best; on pure noise the DoG's border response makes them up.
     border = radius / 2 if pick.exclude_border_voxels is None else pick.exclude_border_voxels
-    size_xyz = torch.tensor(read_volume_shape(tomogram_path)[::-1], dtype=coordinates.dtype)
+    size_xyz = torch.tensor(shape[::-1], dtype=coordinates.dtype)
     inside = inside_faces(coordinates, size_xyz, border)
     table, coordinates = table[inside.numpy()].reset_index(drop=True), coordinates[inside]
     if len(table) == 0:
         return table
     scores = torch.from_numpy(table["rlnAutopickFigureOfMerit"].to_numpy(dtype=np.float64, copy=True))
-    order = non_maximum_suppression(coordinates, scores, float(min_distance)).numpy()
+    order = non_maximum_suppression(coordinates, scores, float(pickers[0].min_distance)).numpy()
     if pick.max_particles is not None:
         order = order[: pick.max_particles]
     return table.iloc[order].reset_index(drop=True)
