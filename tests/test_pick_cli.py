@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,7 +50,8 @@ def files(tmp_path_factory):
         tomogram[cz - 6 : cz + 6, cy - 6 : cy + 6, cx - 6 : cx + 6] += rotate_volume(
             template, grid[3 * index]
         )
-    names = ("tomogram", "dark", "template", "small_voxels", "coarse", "tiny", "unset", "big", "flat")
+    names = ("tomogram", "dark", "template", "small_voxels", "coarse", "coarse_noise", "tiny", "unset", "big")
+    names += ("flat", "padded")
     paths = {name: folder / f"{name}.mrc" for name in names}
     write_volume(paths["tomogram"], tomogram, 10.0)
     write_volume(paths["dark"], -tomogram, 10.0)  # raw cryo-ET contrast: protein black
@@ -59,6 +61,11 @@ def files(tmp_path_factory):
     fine = torch.exp(-(x**2 + y**2 + z**2) / 8) + 0.8 * torch.exp(-((x - 3.5) ** 2 + y**2 + z**2) / 2)
     write_volume(paths["small_voxels"], fine, 5.0)
     write_volume(paths["coarse"], template, 40.0)  # 48 voxels of 10 Å once resampled: larger than 40
+    coarse_noise = torch.randn(12, 12, 12, generator=torch.Generator().manual_seed(1))
+    write_volume(paths["coarse_noise"], coarse_noise, 40.0)  # 48 voxels once resampled, filled to the faces
+    padded = torch.zeros(48, 48, 48)  # the template in a box larger than the tomogram, as maps often come
+    padded[18:30, 18:30, 18:30] = template
+    write_volume(paths["padded"], padded, 10.0)
     write_volume(paths["tiny"], template, 2.0)  # 2 voxels of 10 Å once resampled
     write_volume(paths["unset"], template, 1.0)  # header voxel size unset
     write_volume(paths["big"], torch.randn(48, 48, 48, generator=generator), 10.0)
@@ -199,7 +206,11 @@ def test_exclude_border_drops_picks_near_the_tomogram_faces(files, tmp_path, cap
     ("case", "message"),
     [
         ("big_template", "larger than the tomogram"),
-        ("template_too_big_once_resampled", "48³ voxels at the tomogram's 10 Å"),
+        (
+            "template_too_big_once_resampled",
+            r"48³ voxels at the tomogram's voxel size\) is larger than the "
+            r"tomogram's thinnest axis \(40 voxels, .*tomogram.mrc\), and cropping it to fit would cut off",
+        ),
         ("template_too_small_once_resampled", "would be 2³ voxels at the tomogram's 10 Å, fewer than 4"),
         ("template_voxel_size_unset", "looks unset, and the tomogram's is 10 Å"),
         ("step", "angular-step"),
@@ -210,7 +221,7 @@ def test_bad_input_exit_2_nothing_written(files, tmp_path, capsys, case, message
     out = tmp_path / "picks.star"
     template = {
         "big_template": files["big"],
-        "template_too_big_once_resampled": files["coarse"],
+        "template_too_big_once_resampled": files["coarse_noise"],
         "template_too_small_once_resampled": files["tiny"],
         "template_voxel_size_unset": files["unset"],
     }.get(case, files["template"])
@@ -239,6 +250,21 @@ def test_template_of_another_voxel_size_is_resampled_and_finds_the_particles(fil
         assert run_pick(argv) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["recall"] >= 0.9 and scores["precision"] >= 0.9
+
+
+def test_template_box_larger_than_the_tomogram_is_cropped_when_the_particle_fits(files, tmp_path, capsys):
+    """The template in a 48³ box, more than the 40³ tomogram, but its particle fits: it is cropped about its
+    centre to 40³ (it was refused) and finds the four particles."""
+    from aitom.tasks.pick import TemplateCroppedWarning
+
+    out = tmp_path / "picks.star"
+    argv = ["template", "--tomogram", str(files["tomogram"]), "--template", str(files["padded"])]
+    argv += ["--out", str(out), "--angular-step", "90", "--no-wedge", "--truth", str(files["truth"])]
+    argv += ["--tolerance-voxels", "2", "--min-distance", "6", "--exclude-border", "0"]
+    with pytest.warns(TemplateCroppedWarning, match=r"cropped from 48³ to 40³ voxels about its centre"):
+        assert run_pick(argv) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["recall"] == 1.0 and scores["precision"] == 1.0
 
 
 def test_symmetric_template_orientations_up_to_its_symmetry(tmp_path, capsys):
@@ -454,3 +480,27 @@ def test_truth_with_relion_origin_shifts_is_scored_at_its_centres(files, tmp_pat
     assert run_pick([*argv, "--truth", str(tmp_path / "shifted.star")]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["recall"] == 1.0
+
+
+def test_real_80s_map_in_a_large_box_fits_a_thin_slab_after_cropping(tmp_path):
+    """The human 80S map of tests/data/maps (32³ voxels of 20.96 Å) is 67³ voxels at 10 Å: larger than a
+    36-voxel thick slab (the real crops' thickness), but the ribosome fits; the check gives the cropped box
+    and the picker crops it, cutting off under 1 % of the density (measured 0.04 %)."""
+    from aitom.ops.template_matching import template_signal_outside
+    from aitom.tasks.pick import (
+        MAX_CROPPED_SIGNAL,
+        TemplateCroppedWarning,
+        TemplateMatchingPicker,
+        check_template,
+    )
+
+    path = Path(__file__).parent / "data" / "maps" / "human_ribo_21A.mrc"
+    slab = (36, 206, 94)
+    assert check_template(path, 10.0, slab, tmp_path / "slab.mrc") == 36
+    with pytest.warns(TemplateCroppedWarning, match=r"from 67³ to 36³ voxels"):
+        picker = TemplateMatchingPicker(str(path), voxel_size_a=10.0, max_box_voxels=min(slab))
+    assert picker.box_voxels == 36
+    whole = TemplateMatchingPicker(str(path), voxel_size_a=10.0).templates[0]
+    assert whole.shape[-1] == 67
+    assert template_signal_outside(whole, 36) < MAX_CROPPED_SIGNAL
+    assert torch.equal(picker.templates[0], whole[15:51, 15:51, 15:51])  # centre voxel 33 -> 18

@@ -265,3 +265,32 @@ def test_calibrated_multi_template_assigns_the_right_class(tmp_path):
     # Without calibration (raw FLCF arg-max) the small template would claim parts of the large particles:
     # the calibrated score of each class is a z-score, so both classes' peaks stand well above 3.
     assert float(picks["scores"].min()) > 3.0
+
+
+@pytest.mark.parametrize(("size", "edge"), [(67, 36), (64, 35), (64, 36), (35, 20)])
+def test_crop_template_keeps_the_centre_voxel(size, edge):
+    """Voxel N // 2 (the rotation centre) of the template lands on edge // 2 of the crop."""
+    from aitom.ops.template_matching import crop_template
+
+    template = torch.randn(size, size, size, generator=torch.Generator().manual_seed(size + edge))
+    cropped = crop_template(template, edge)
+    assert cropped.shape == (edge, edge, edge)
+    assert cropped[edge // 2, edge // 2, edge // 2] == template[size // 2, size // 2, size // 2]
+    start = size // 2 - edge // 2
+    assert torch.equal(cropped, template[start : start + edge, start : start + edge, start : start + edge])
+
+
+def test_template_signal_outside_against_numpy():
+    """Share of Σ (t − median of the faces)² outside the central crop, against a plain NumPy version."""
+    from aitom.ops.template_matching import template_signal_outside
+
+    generator = torch.Generator().manual_seed(2)
+    template = 0.3 + torch.randn(30, 30, 30, generator=generator).abs() ** 3
+    array = template.double().numpy()
+    planes = [array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1]]
+    faces = np.concatenate([plane.ravel() for plane in planes])
+    signal = (array - np.sort(faces)[(faces.size - 1) // 2]) ** 2  # the lower median, as torch's
+    inside = signal[15 - 10 : 15 + 10, 5:25, 5:25].sum()
+    assert template_signal_outside(template, 20) == pytest.approx(1 - inside / signal.sum(), rel=1e-9)
+    assert template_signal_outside(template, 30) == pytest.approx(0.0, abs=1e-12)
+    assert template_signal_outside(torch.ones(8, 8, 8), 4) == 0.0

@@ -406,6 +406,7 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
             keep_maps=args.maps,
             voxel_size_a=voxel_size,
             template_voxel_size_a=args.template_voxel_size,
+            max_box_voxels=min(shape),
             **common,
         )
         # Size scales: the largest template's radius and the smallest's (the default tolerance).

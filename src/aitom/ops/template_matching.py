@@ -33,11 +33,13 @@ from aitom.ops.peaks import robust_mean_std
 __all__ = [
     "TemplateFilter",
     "calibrate_scores",
+    "crop_template",
     "match_template",
     "match_templates",
     "padded_rfftn",
     "spectral_whitening_filter",
     "template_filter_kernel",
+    "template_signal_outside",
 ]
 
 
@@ -60,6 +62,33 @@ class TemplateFilter:
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.07
     lowpass_frequency: float | None = None
+
+
+def crop_template(template: torch.Tensor, edge: int) -> torch.Tensor:
+    """The central ``edge``³ voxels of a cubic template ``(N, N, N)``, ``edge <= N``: voxel ``N // 2`` (the
+    template's centre, the rotation centre) lands on ``edge // 2``."""
+    start = template.shape[-1] // 2 - edge // 2
+    return template[..., start : start + edge, start : start + edge, start : start + edge]
+
+
+def template_signal_outside(template: torch.Tensor, edge: int) -> float:
+    """Share of a cubic template's signal that :func:`crop_template` to ``edge`` voxels would cut off.
+
+    The signal is the squared deviation from the background, the median (the lower middle value) of the
+    template's six faces; the result is in ``[0, 1]`` (0 for a constant template).
+    """
+    faces = torch.cat([template[index].reshape(-1) for axis in range(3) for index in _faces(axis)])
+    signal = (template.double() - faces.double().median()).square()
+    total = float(signal.sum())
+    if total == 0.0:
+        return 0.0
+    return 1.0 - float(crop_template(signal, edge).sum()) / total
+
+
+def _faces(axis: int) -> tuple[tuple[slice | int, ...], tuple[slice | int, ...]]:
+    """Index tuples of the first and last plane of a 3-D array along ``axis``."""
+    before = (slice(None),) * axis
+    return (*before, 0), (*before, -1)
 
 
 def spectral_whitening_filter(

@@ -206,6 +206,7 @@ def _run_pipeline(
         pick_particles,
         tomogram_value_range,
     )
+    from aitom.tasks.pick import TemplateCroppedWarning, TemplateRescaledWarning
 
     config = PipelineConfig() if config is None else config
     validate_config(config)
@@ -219,7 +220,10 @@ def _run_pipeline(
     _check_particle_fits(config, shape, voxel_size, box, tomogram_path)
     check_templates(config, shape, voxel_size, tomogram_path)
     # the pickers without the wedge (estimated below) give the tile overlap, refused now if too large
-    pickers = build_pickers(config, voxel_size, None)
+    with warnings.catch_warnings():  # said when the pick step builds them
+        warnings.simplefilter("ignore", TemplateRescaledWarning)
+        warnings.simplefilter("ignore", TemplateCroppedWarning)
+        pickers = build_pickers(config, voxel_size, None, shape)
     overlap = pick_overlap_voxels(config, pickers, shape)
     n_tiles = count_tiles(shape, config.pick.tile_voxels, overlap, pickers[0].tile_boundary)
     steps: list[dict] = []

@@ -186,13 +186,18 @@ def check_templates(
 
 
 def build_pickers(
-    config: PipelineConfig, voxel_size_a: float, tilt_range_deg: tuple[float, float] | None
+    config: PipelineConfig,
+    voxel_size_a: float,
+    tilt_range_deg: tuple[float, float] | None,
+    shape_zyx: tuple[int, int, int],
 ) -> list:
-    """The pickers (:mod:`aitom.tasks.pick`) of ``config.pick`` for a tomogram of ``voxel_size_a`` Å.
+    """The pickers (:mod:`aitom.tasks.pick`) of ``config.pick`` for a tomogram of ``shape_zyx`` voxels of
+    ``voxel_size_a`` Å.
 
     DoG: σ1 = radius / √3 (a blob of radius r peaks at σ1 ≈ r / √3), σ2 = 1.1 σ1; saliency: the radius;
     template matching: one picker per template, class numbers 1, 2, ... in their order, the missing wedge
-    of ``tilt_range_deg`` (degrees; None: no wedge) applied to them. Minimal distance:
+    of ``tilt_range_deg`` (degrees; None: no wedge) applied to them, a box larger than the tomogram's
+    thinnest axis cropped to it. Minimal distance:
     ``pick.min_distance_voxels`` or the particle radius.
     """
     from aitom.tasks.pick import DoGPicker, SaliencyPicker, TemplateMatchingPicker
@@ -219,6 +224,7 @@ def build_pickers(
             tilt_range_deg=tilt_range_deg,
             class_number=index + 1,
             voxel_size_a=voxel_size_a,
+            max_box_voxels=min(shape_zyx),
             **common,
         )
         for index, path in enumerate(pick.templates)
@@ -266,8 +272,8 @@ def pick_particles(
 
     pick = config.pick
     radius = pick.particle_diameter_a / 2 / voxel_size_a
-    pickers = build_pickers(config, voxel_size_a, tilt_range_deg)
     shape = read_volume_shape(tomogram_path)
+    pickers = build_pickers(config, voxel_size_a, tilt_range_deg, shape)
     overlap = pick_overlap_voxels(config, pickers, shape)
     tables = []
     for index, picker in enumerate(pickers):

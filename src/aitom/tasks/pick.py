@@ -70,13 +70,21 @@ from aitom.ops.peaks import (
     thin_peaks,
 )
 from aitom.ops.saliency import saliency_smoothing_sigma, smoothed_saliency, supervoxel_spacing
-from aitom.ops.template_matching import TemplateFilter, match_template, match_templates
+from aitom.ops.template_matching import (
+    TemplateFilter,
+    crop_template,
+    match_template,
+    match_templates,
+    template_signal_outside,
+)
 from aitom.tasks.classify import DATASET_ORDER_KEY, gather_from_ranks
 
 __all__ = [
+    "MAX_CROPPED_SIGNAL",
     "DoGPicker",
     "PickWriter",
     "SaliencyPicker",
+    "TemplateCroppedWarning",
     "TemplateMatchingPicker",
     "TemplateRescaledWarning",
     "check_template",
@@ -281,10 +289,13 @@ def check_template(
     voxel_size_override: float | None = None,
     template_voxel_size_a: float | None = None,
 ) -> int:
-    """Validate a template for a tomogram of ``shape_zyx`` at ``voxel_size_a`` Å; its box edge in its voxels.
+    """Validate a template for a tomogram of ``shape_zyx`` at ``voxel_size_a`` Å; its box edge at that voxel
+    size (after any crop).
 
     A template with another voxel size is accepted (:class:`TemplateMatchingPicker` resamples it); the box it
-    will have must fit in the tomogram and keep at least ``MIN_TEMPLATE_BOX`` voxels. ``voxel_size_override``
+    will have must keep at least ``MIN_TEMPLATE_BOX`` voxels, and fit in the tomogram or be croppable to its
+    thinnest axis (``max_box_voxels`` of the picker: at most :data:`MAX_CROPPED_SIGNAL` of its signal
+    outside). ``voxel_size_override``
     (``--voxel-size``, Å) replaces the template's header voxel size only where that looks unset (0 or 1 Å),
     as the picker does: a template whose header has a voxel size keeps it and is resampled.
     ``template_voxel_size_a`` (``--template-voxel-size``, Å) replaces an MRC template's header voxel size
@@ -292,7 +303,8 @@ def check_template(
 
     Raises:
         InputError: unreadable, not a cube, a header voxel size that looks unset (0 or 1 Å) and differs from
-            the tomogram's, a box outside those limits at the tomogram's voxel size, or constant.
+            the tomogram's, a box outside those limits at the tomogram's voxel size (naming ``tomogram``), or
+            constant.
     """
     with warnings.catch_warnings():
         if voxel_size_override is not None or template_voxel_size_a is not None:  # replaced just below
@@ -316,14 +328,15 @@ def check_template(
             f"at the tomogram's {voxel_size_a:g} Å, fewer than {MIN_TEMPLATE_BOX}",
             path,
         )
-    if any(box > n for n in shape_zyx):
-        raise InputError(
-            f"the template ({box}³ voxels at the tomogram's {voxel_size_a:g} Å) is larger than the tomogram "
-            f"({tuple(shape_zyx)} voxels, {tomogram})",
-            path,
-        )
     if float(template.std()) == 0.0:
         raise InputError("the template is constant", path)
+    if box > min(shape_zyx):  # the picker crops it (and says so) if the particle fits
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TemplateRescaledWarning)
+            warnings.simplefilter("ignore", TemplateCroppedWarning)
+            fitted = _at_voxel_size(template, template_voxel_a, voxel_size_a, path)
+            _within_box(fitted, min(shape_zyx), path, tomogram)
+        box = min(shape_zyx)
     return box
 
 
@@ -379,6 +392,45 @@ class TemplateRescaledWarning(UserWarning):
     """A template whose voxel size differs from the tomogram's was resampled to it."""
 
 
+MAX_CROPPED_SIGNAL = 0.01
+"""Largest share of a template's signal (:func:`aitom.ops.template_matching.template_signal_outside`) that
+cropping it to fit a tomogram may cut off."""
+
+
+class TemplateCroppedWarning(UserWarning):
+    """A template box larger than the tomogram was cropped about its centre (its particle fits)."""
+
+
+def _within_box(
+    template: torch.Tensor, max_box_voxels: int | None, path: str | Path, tomogram: str | Path | None = None
+) -> torch.Tensor:
+    """The template, cropped about its centre to ``max_box_voxels`` when larger (warned); ``tomogram``, when
+    given, is named in the refusal.
+
+    Raises:
+        InputError: the crop would cut off more than :data:`MAX_CROPPED_SIGNAL` of its signal.
+    """
+    box = int(template.shape[-1])
+    if max_box_voxels is None or box <= max_box_voxels:
+        return template
+    outside = template_signal_outside(template, max_box_voxels)
+    if outside > MAX_CROPPED_SIGNAL:
+        raise InputError(
+            f"the template ({box}³ voxels at the tomogram's voxel size) is larger than the tomogram's "
+            f"thinnest axis ({max_box_voxels} voxels{'' if tomogram is None else f', {tomogram}'}), and "
+            "cropping it to fit would cut off "
+            f"{100 * outside:.1f} % of its density: the particle does not fit in the tomogram",
+            path,
+        )
+    warnings.warn(
+        f"{path}: template cropped from {box}³ to {max_box_voxels}³ voxels about its centre to fit the "
+        f"tomogram ({100 * outside:.2f} % of its density was outside)",
+        TemplateCroppedWarning,
+        stacklevel=3,
+    )
+    return crop_template(template, max_box_voxels)
+
+
 class TemplateMatchingPicker(_Picker):
     """FLCF template matching over an SO(3) grid (:func:`aitom.ops.template_matching.match_template`).
 
@@ -417,12 +469,15 @@ class TemplateMatchingPicker(_Picker):
         num_peaks: at most this many picks (the best) per tomogram.
         peak_false_alarm_rate: when set, the threshold comes instead from the robust Gaussian tail of the
             values of the tomogram's local maxima (after non-maximum suppression), per peak (e.g. 1e-2): in a
-            crowded
-            tomogram the voxel scores are not Gaussian in the tail (partial fits to neighbouring particles),
-            whereas the bulk of the peaks are noise peaks and the particles stand out above them.
+            crowded tomogram the voxel scores are not Gaussian in the tail (partial fits to neighbouring
+            particles), whereas the bulk of the peaks are noise peaks and the particles stand out above them.
         class_number: ``rlnClassNumber`` of the picks (1-based), one per template; default 1, 2, ...
         keep_maps: return the score and rotation-index maps of every tile (for :class:`PickWriter` maps).
         polarity: the tomograms' particle contrast, :data:`POLARITIES` (the templates are protein bright).
+        max_box_voxels: largest template box, voxels (at the tomograms' voxel size; e.g. the thinnest
+            tomogram axis): a larger template is cropped about its centre to this box with a
+            :class:`TemplateCroppedWarning`, and refused when that would cut off more than
+            :data:`MAX_CROPPED_SIGNAL` of its signal. None: no limit.
     """
 
     tile_boundary = "periodic"
@@ -449,6 +504,7 @@ class TemplateMatchingPicker(_Picker):
         voxel_size_a: float | None = None,
         polarity: str = "bright",
         template_voxel_size_a: float | None = None,
+        max_box_voxels: int | None = None,
     ) -> None:
         paths = [template] if isinstance(template, str) else list(template)
         if not paths:
@@ -474,7 +530,9 @@ class TemplateMatchingPicker(_Picker):
                 )
                 references[index] = (reference, voxel_size_a)
         references = [
-            _at_voxel_size(reference, reference_voxel_a, voxel_size_a, path)
+            _within_box(
+                _at_voxel_size(reference, reference_voxel_a, voxel_size_a, path), max_box_voxels, path
+            )
             for (reference, reference_voxel_a), path in zip(references, paths)
         ]
         sizes = [int(reference.shape[0]) for reference in references]
