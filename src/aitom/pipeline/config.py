@@ -65,7 +65,7 @@ class PickConfig:
     particle_diameter_a: float = 200.0
     #: keep at most this many picks (best scores); null: all
     max_particles: int | None = 300
-    #: false-alarm rate per voxel of the score threshold (robust Gaussian tail), per tile
+    #: false-alarm rate per voxel of the score threshold (robust Gaussian tail of the tomogram's scores)
     false_alarm_rate: float | None = 1e-6
     #: absolute score threshold (overrides false_alarm_rate)
     threshold: float | None = None

@@ -204,8 +204,8 @@ def build_pickers(
 
     pick = config.pick
     radius = pick.particle_diameter_a / 2 / voxel_size_a
-    # No cap per tile: the best picks on a face (where DoG responds to the border, even on pure noise) would
-    # fill it, then be excluded with nothing left. pick.max_particles is applied after the exclusion.
+    # No cap in the pickers: the best picks on a face (where DoG responds to the border, even on pure noise)
+    # would fill it, then be excluded with nothing left. pick.max_particles is applied after the exclusion.
     common = {
         "min_distance": pick.min_distance_voxels or max(1, round(radius)),
         "false_alarm_rate": pick.false_alarm_rate,
