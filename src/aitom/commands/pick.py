@@ -55,7 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         required=True,
         help="template(s), one per class: MRC volumes (cubic, protein bright) or atomic models "
-        "(.pdb/.ent/.cif/.mmcif, optionally .gz), whose potential is computed at the tomogram's voxel size",
+        "(.pdb/.ent/.cif/.mmcif, optionally .gz), whose potential is computed at the tomogram's voxel size; "
+        "a box larger than the tomogram's thinnest axis is cropped about its centre when at most 1 %% of the "
+        "density lies outside",
     )
     template.add_argument(
         "--template-voxel-size",
