@@ -1,7 +1,8 @@
 """The ``aitom`` command: tool subcommands plus the LightningCLI entry (``aitom fit|validate|test|predict``).
 
 Heavy modules (torch, lightning) are imported late, inside the subcommands, so ``aitom --help`` is quick.
-Every :class:`aitom.errors.InputError` becomes one line on stderr and exit code 2.
+Every :class:`aitom.errors.InputError` becomes one line on stderr and exit code 2; a standard output closed by
+its reader (``aitom estimate ... | head``) ends the command quietly with exit code 141, as SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -111,12 +113,26 @@ def attach_negative_lists(argv: list[str]) -> list[str]:
     return joined
 
 
+#: exit status of a command whose standard output was closed by its reader (``aitom estimate ... | head``):
+#: that of a Unix tool ended by SIGPIPE, 128 + 13
+EXIT_BROKEN_PIPE = 141
+
+
 def _guarded(action) -> int:
     try:
         return int(action() or 0)
     except InputError as error:
         print(f"aitom: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader of stdout has gone (e.g. `| head`): stop quietly, as other Unix tools do; stdout is
+        # pointed at /dev/null so that the flush at exit does not fail again with a traceback
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (AttributeError, OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ _UNIT_TO_A = {
     "mm": 1e7,
 }
 _TIFF_SUFFIXES = (".tif", ".tiff")
+#: bytes per output voxel that ``--resample`` holds at its peak (about four float32 copies: the result, the
+#: slabs it is concatenated from, the axis resampled before it, the array written; measured 12.5)
+_RESAMPLE_BYTES_PER_VOXEL = 16
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -173,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
     from aitom.commands.shared import check_volume_output
     from aitom.errors import InputError
-    from aitom.io import HeaderWarning, read_volume, write_volume
+    from aitom.io import HeaderWarning, physical_memory_bytes, read_volume, write_volume
 
     for option in ("voxel_size", "resample"):
         value = getattr(args, option)
@@ -211,6 +214,15 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--resample {args.resample:g} Å would leave {'x'.join(map(str, new_shape))} voxels "
                 f"(Z, Y, X) of the {'x'.join(map(str, shape_zyx))}-voxel volume: choose a smaller voxel size",
+                args.input,
+            )
+        needed, memory = _RESAMPLE_BYTES_PER_VOXEL * math.prod(new_shape), physical_memory_bytes()
+        if memory is not None and needed > memory:
+            raise InputError(
+                f"--resample {args.resample:g} Å would make {'x'.join(map(str, new_shape))} voxels (Z, Y, X) "
+                f"of the {'x'.join(map(str, shape_zyx))}-voxel volume, about {needed / 1e9:.3g} GB to "
+                f"compute, more than this machine's {memory / 1e9:.3g} GB of memory: choose a larger voxel "
+                "size",
                 args.input,
             )
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32's range are reported below

@@ -132,7 +132,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--mask-edge",
         type=float,
         metavar="Å",
-        help="width of the soft sphere's raised-cosine edge, Å (default 3 voxels)",
+        help="width of the soft sphere's raised-cosine edge, Å, at most the box (default 3 voxels)",
     )
     fsc.add_argument("--plot", type=Path, help="also draw the curve to this PNG file")
     fsc.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
@@ -373,6 +373,11 @@ def _fsc_mask(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: floa
         raise InputError(
             f"--mask-diameter {args.mask_diameter:g} Å is larger than the box ({min(shape)} voxels of "
             f"{voxel_size:g} Å = {box_a:g} Å)"
+        )
+    if edge > box_a:
+        raise InputError(
+            f"--mask-edge {edge:g} Å is wider than the box ({min(shape)} voxels of {voxel_size:g} Å = "
+            f"{box_a:g} Å): the mask would be close to 1 everywhere (is it in Å?)"
         )
     mask = soft_sphere_mask(shape, args.mask_diameter / 2 / voxel_size, edge / voxel_size)
     return mask, f"soft sphere, diameter {args.mask_diameter:g} Å, edge {edge:g} Å"

@@ -169,6 +169,41 @@ def _sigma_voxels(
     return tuple(sigma_a / size for size in voxel_size_a)
 
 
+def _typed(option: str, value_a: float | None, value_voxels: float | None) -> str:
+    """``--OPTION-a VALUE Å`` or ``--OPTION-voxels VALUE``, whichever was given, for messages."""
+    if value_a is not None:
+        return f"--{option}-a {value_a:g} Å"
+    return f"--{option}-voxels {value_voxels:g}"
+
+
+def _check_scale(
+    option: str, sigma_voxels: tuple[float, float, float] | float, shape_zyx: tuple[int, ...], path: Path
+) -> None:
+    """Refuse a Gaussian scale wider than the volume's longest axis (a sigma in Å taken for nm, or a wrong
+    voxel size): the blur would leave little but the mean, and its kernel (4 sigma each side, reflected)
+    would take many times the volume's memory.
+
+    Args:
+        option: the option as typed, with its unit, e.g. ``"--sigma-a 1e+06 Å"``.
+        sigma_voxels: the scale in voxels, one number or (x, y, z).
+        shape_zyx: the volume's shape ``(Z, Y, X)``, voxels.
+        path: the input volume, named in the error.
+
+    Raises:
+        InputError: the scale exceeds the longest axis (NaN is left to the filter's own checks).
+    """
+    from aitom.errors import InputError
+
+    widest = max(sigma_voxels) if isinstance(sigma_voxels, tuple) else sigma_voxels
+    longest = max(shape_zyx)
+    if widest > longest:
+        raise InputError(
+            f"{option} is {widest:.4g} voxels, wider than the volume's longest axis ({longest} voxels): "
+            "the filter would leave little but the mean; is the value (or the voxel size) right?",
+            path,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import math
 
@@ -194,18 +229,25 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"voxel size {voxel_size} Å in the header is not positive; pass --voxel-size", args.input
         )
+    shape = tuple(volume.shape)
     if args.filter == "gaussian":
         sigma = _sigma_voxels(args.sigma_a, args.sigma_voxels, voxel_size, "sigma")
+        _check_scale(_typed("sigma", args.sigma_a, args.sigma_voxels), sigma, shape, args.input)
         result = gaussian_filter3d(volume.to(device), sigma, method=args.method)
     elif args.filter == "dog":
         sigma1 = _sigma_voxels(args.sigma_a, args.sigma_voxels, voxel_size, "sigma")
+        _check_scale(_typed("sigma", args.sigma_a, args.sigma_voxels), sigma1, shape, args.input)
         sigma2 = None
         if args.sigma2_a is not None or args.sigma2_voxels is not None:
             sigma2 = _sigma_voxels(args.sigma2_a, args.sigma2_voxels, voxel_size, "sigma2")
+            _check_scale(_typed("sigma2", args.sigma2_a, args.sigma2_voxels), sigma2, shape, args.input)
         result = difference_of_gaussians(volume.to(device), sigma1, sigma2, method=args.method)
     elif args.filter == "diffusion":
         if args.tile_size < 16:
             raise InputError(f"--tile-size must be at least 16 voxels, got {args.tile_size}")
+        for name in ("sigma_voxels", "rho_voxels"):
+            value = getattr(args, name)
+            _check_scale(f"--{name.replace('_', '-')} {value:g}", value, shape, args.input)
         options = {
             "mode": args.mode,
             "n_iterations": args.iterations,

@@ -54,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--mirrored-out",
         type=Path,
         help="write the reference in the matching hand, superposed on the average: an MRC file (.mrc, .map "
-        "or .rec) with the average's voxel size (Å)",
+        "or .rec) with the average's voxel size (Å) and origin",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --mirrored-out file")
     add_voxel_size_option(parser, "both maps")
@@ -133,7 +133,14 @@ def run(args: argparse.Namespace) -> int:
         aligned, _ = superpose_map(
             matching, average, voxel_size_a=voxel_size_a, lowpass_a=lowpass_a, angular_step_deg=args.step
         )
-        write_volume(args.mirrored_out, aligned, voxel_size_a, overwrite=args.overwrite)
+        # on the average's grid: the average's origin, so that viewers overlay the two
+        write_volume(
+            args.mirrored_out,
+            aligned,
+            voxel_size_a,
+            overwrite=args.overwrite,
+            origin_a=header.grid_origin_a,
+        )
     verdict = hand_verdict(result, args.axis)
     print(f"aitom: hand: {verdict}", file=sys.stderr)
     report = {**result, "verdict": verdict, "voxel_size_a": voxel_size_a, "lowpass_a": lowpass_a}

@@ -6,6 +6,7 @@ existing file unless asked; every reader turns a bad file into a one-line :class
 
 from aitom.io.atomic import atomic_output, check_output_path
 from aitom.io.imod import write_imod_points
+from aitom.io.memory import physical_memory_bytes
 from aitom.io.montage import save_fsc_plot, save_montage, slice_positions
 from aitom.io.mrc import (
     HeaderWarning,
@@ -53,6 +54,7 @@ __all__ = [
     "open_volume_mmap",
     "particle_positions_centered_a",
     "particles_table",
+    "physical_memory_bytes",
     "read_optimisation_set",
     "read_particles",
     "read_relion5_particles",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aitom.errors import InputError
+from aitom.io.memory import physical_memory_bytes
 from aitom.simulate.tiltseries import TILT_ORDERS, WBP_WINDOWS
 
 __all__ = [
@@ -272,14 +272,6 @@ def recipe_to_yaml(recipe: TomogramRecipe | SubtomogramRecipe) -> str:
 _MAX_SEED = 2**63 - 1
 
 
-def _physical_memory_bytes() -> int | None:
-    """This machine's physical memory in bytes, or None where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
 def _least_memory_bytes(recipe: TomogramRecipe | SubtomogramRecipe) -> list[tuple[str, int]]:
     """Lower bounds on the bytes a simulation holds in memory at once, growing, each with the key it grows by.
 
@@ -474,7 +466,7 @@ def _validate(
                     f"{recipe.max_shift_voxels:g} voxels would leave the {size}³ box (and wrap around): "
                     f"at most {max(0.0, size / 2 - gyration):.1f} voxels",
                 )
-    memory = _physical_memory_bytes()
+    memory = physical_memory_bytes()
     for key, needed in _least_memory_bytes(recipe) if memory is not None else ():
         if needed > memory:
             fail(
