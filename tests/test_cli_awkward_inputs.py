@@ -369,3 +369,29 @@ def test_reconstruct_impossible_padding_or_batch_exits_2(relion5_set, tmp_path, 
     assert _reconstruct(relion5_set["particles"], relion5_set["tomograms"], out, *options) == 2
     assert message in _one_error_line(capsys)
     assert not out.exists()
+
+
+def test_reconstruct_warns_when_all_particles_sit_in_one_corner(relion5_set, tmp_path):
+    """WarpTools writes rlnCoordinateX/Y/Z in the particles' 12 Å pixels; read in the tilt series' 1.667 Å
+    pixels (RELION's convention, the default) every particle lies within the first 13 % of its tomogram on
+    each axis, which picks spread over a sample never do: a warning points to --coordinate-pixel-size. In
+    12 Å pixels they spread over the tomograms, and nothing is said."""
+    import warnings
+
+    from aitom.commands.reconstruct import CORNER_PARTICLES, ReconstructWarning
+
+    assert len(relion5_set["blocks"]["particles"]) >= CORNER_PARTICLES
+    for pixel, warned in ((None, True), ("12", False)):
+        out = tmp_path / f"out_{pixel}"
+        extra = () if pixel is None else ("--coordinate-pixel-size", pixel)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert _reconstruct(relion5_set["particles"], relion5_set["tomograms"], out, *extra) == 0
+        corner = [
+            str(warning.message)
+            for warning in caught
+            if issubclass(warning.category, ReconstructWarning)
+            and "lie within the first" in str(warning.message)
+        ]
+        assert len(corner) == int(warned), corner
+        assert all("pass --coordinate-pixel-size" in message for message in corner)

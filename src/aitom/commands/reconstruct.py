@@ -377,6 +377,8 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
     _check_inside_tomograms(
         centered_a, particles, tomograms, int(image_sizes[0]) * float(pixel_sizes[0]), particles_path
     )
+    if args.coordinate_pixel_size is None and not set(CENTERED_COLUMNS) <= set(particles.columns):
+        _warn_if_in_one_corner(centered_a, particles, tomograms, float(pixel_sizes[0]), particles_path)
     return _Inputs(
         particles=particles,
         tomograms=tomograms,
@@ -476,6 +478,42 @@ def _check_inside_tomograms(
                 "(check the coordinates' pixel size, --coordinate-pixel-size)",
                 path,
             )
+
+
+#: fewest particles, and largest share of each tomogram axis they all lie within from its first voxel, for
+#: which :func:`_warn_if_in_one_corner` suspects coordinates in larger pixels than the tilt series'
+CORNER_PARTICLES, CORNER_SHARE = 5, 0.3
+
+
+def _warn_if_in_one_corner(
+    centered_a: np.ndarray, particles: pd.DataFrame, tomograms: dict, particle_pixel_a: float, path: Path
+) -> None:
+    """Warn when at least :data:`CORNER_PARTICLES` particles all lie within the first :data:`CORNER_SHARE` of
+    their tomograms along every axis (``centered_a (N, 3)``, Å from each tomogram's centre): picks spread
+    over a sample do not, but coordinates written in larger pixels than the tilt series' (as WarpTools
+    writes them, in the particles' pixels) and read in the tilt series' pixels do."""
+    import numpy as np
+
+    if len(particles) < CORNER_PARTICLES:
+        return
+    shares = []
+    for position, name in zip(centered_a, particles["rlnTomoName"]):
+        series = tomograms[str(name)]
+        extent_a = np.asarray(series.size_xyz, dtype=np.float64) * series.pixel_size_a
+        shares.append((position + extent_a / 2) / extent_a)
+    furthest = np.max(shares, axis=0)
+    if (furthest < CORNER_SHARE).all():
+        pixel_a = next(iter(tomograms.values())).pixel_size_a
+        warnings.warn(
+            ReconstructWarning(
+                f"{path}: all {len(particles)} particles lie within the first "
+                f"{', '.join(f'{100 * share:.0f}' for share in furthest)} % of their tomograms along x, y, "
+                "z, "
+                f"with the coordinates read in the tilt series' {pixel_a:g} Å pixels: if they are in other "
+                f"pixels (the particles' {particle_pixel_a:g} Å?), pass --coordinate-pixel-size"
+            ),
+            stacklevel=3,
+        )
 
 
 def _reconstructions(
