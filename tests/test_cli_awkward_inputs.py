@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import mrcfile
@@ -220,6 +221,53 @@ def test_hand_zero_mask_exits_2(tmp_path, capsys):
         assert main([*argv, "--lowpass", lowpass]) == 2
         assert "--lowpass must be a positive, finite resolution" in _one_error_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "whose"),
+    [("hand", "the average's"), ("fsc", "the maps'"), ("snr", "the volumes'")],
+)
+def test_a_mask_on_another_grid_is_refused(tmp_path, capsys, command, whose):
+    """A real-space mask is used on the maps' grid: hand took the average's voxel size silently, estimate
+    ignored the mask's. A set voxel size that differs (20 against 10 Å) or another box is refused; an unset
+    one (1 Å) is taken as the maps'."""
+    generator = torch.Generator().manual_seed(4)
+    write_volume(
+        tmp_path / "a.mrc", blob_volume(16) + 0.1 * torch.randn(16, 16, 16, generator=generator), 10.0
+    )
+    write_volume(
+        tmp_path / "b.mrc", blob_volume(16) + 0.1 * torch.randn(16, 16, 16, generator=generator), 10.0
+    )
+    for folder, name in (("pairs_a", "a.mrc"), ("pairs_b", "b.mrc")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(tmp_path / name, tmp_path / folder / "000000.mrc")
+    argv = {
+        "hand": ["hand", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "--step", "40"],
+        "fsc": ["estimate", "fsc", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc")],
+        "snr": [
+            "estimate",
+            "snr",
+            "--pairs-a",
+            str(tmp_path / "pairs_a"),
+            "--pairs-b",
+            str(tmp_path / "pairs_b"),
+        ],
+    }[command]
+    inside = (blob_volume(16) > 0.1 * blob_volume(16).max()).float()
+    coarse = write_volume(tmp_path / "coarse_mask.mrc", inside, 20.0)
+    assert main([*argv, "--mask", str(coarse)]) == 2
+    assert _one_error_line(capsys).startswith(
+        f"{coarse}: mask voxel size 20 Å differs from {whose} 10 Å: a mask on another grid covers "
+        "another region"
+    )
+    small = write_volume(tmp_path / "small_mask.mrc", inside[:8], 10.0)
+    assert main([*argv, "--mask", str(small)]) == 2
+    assert _one_error_line(capsys) == f"{small}: mask shape (8, 16, 16) differs from {whose} (16, 16, 16)"
+    unset = write_volume(tmp_path / "unset_mask.mrc", inside, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no warning about the mask's unset voxel size
+        assert main([*argv, "--mask", str(unset)]) == 0
+    capsys.readouterr()
 
 
 def test_hand_json_is_strict_json(tmp_path, capsys):

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from aitom.commands.shared import add_voxel_size_option, seed_number
+from aitom.commands.shared import add_voxel_size_option, read_real_space_mask, seed_number
 
 #: volume files found in an ``estimate snr`` folder: MRC names, plain or compressed as the reader accepts
 VOLUME_SUFFIXES = tuple(
@@ -225,12 +225,7 @@ def _run_snr(args: argparse.Namespace) -> dict:
         voxel_size = header.voxel_size_a[0]
     mask = None
     if args.mask is not None:
-        mask, _ = read_volume(args.mask, voxel_size_a=1.0)  # a mask's voxel size is not used
-        if mask.shape != volumes_a[0].shape:
-            raise InputError(
-                f"mask shape {tuple(mask.shape)} differs from the volumes' {tuple(volumes_a[0].shape)}",
-                args.mask,
-            )
+        mask = read_real_space_mask(args.mask, tuple(volumes_a[0].shape), voxel_size, "the volumes'")
         if float(mask.min()) < 0 or not float(mask.max()) > 0:
             raise InputError(
                 f"mask weights must be >= 0 (1 inside, 0 outside) and select some voxels, got values in "
@@ -346,12 +341,9 @@ def _fsc_mask(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: floa
 
     from aitom.errors import InputError
     from aitom.geometry import soft_sphere_mask
-    from aitom.io import read_volume
 
     if args.mask is not None:
-        mask, _ = read_volume(args.mask, voxel_size_a=1.0)  # a mask's voxel size is not used
-        if tuple(mask.shape) != shape:
-            raise InputError(f"mask shape {tuple(mask.shape)} differs from the maps' {shape}", args.mask)
+        mask = read_real_space_mask(args.mask, shape, voxel_size)
         if float(mask.min()) < 0 or float(mask.max()) > 1 or not float(mask.max()) > 0:
             raise InputError(
                 f"mask weights must lie in [0, 1] (1 inside) and select some voxels, got values in "

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from aitom.commands.shared import (
         check_volume_output,
         json_ready,
+        read_real_space_mask,
         read_reference,
         refuse_outputs_over_inputs,
     )
@@ -110,9 +111,7 @@ def run(args: argparse.Namespace) -> int:
         )
     mask = None
     if args.mask is not None:
-        mask, _ = read_volume(args.mask, voxel_size_a=header.voxel_size_a)
-        if mask.shape != average.shape:
-            raise InputError(f"mask size {tuple(mask.shape)} differs from {tuple(average.shape)}", args.mask)
+        mask = read_real_space_mask(args.mask, tuple(average.shape), voxel_size_a, "the average's")
         if float(mask.min()) < 0 or float(mask.max()) <= 0:
             raise InputError(
                 f"mask weights must be >= 0 and not all zero, got {float(mask.min()):g} to "

@@ -287,6 +287,40 @@ def read_reference(
         return reference_on_grid(reference, header.voxel_size_a[0], voxel_size_a, box, path)
 
 
+def read_real_space_mask(
+    path: Path, shape: tuple[int, ...], voxel_size_a: float, whose: str = "the maps'"
+) -> torch.Tensor:
+    """A real-space mask ``(Z, Y, X)`` for maps of ``shape`` with ``voxel_size_a`` Å voxels.
+
+    A mask has to lie on the maps' grid: the same box and, where its header says (not 0 or 1 Å, which look
+    unset and are not warned about), the same voxel size within 1 %; a mask drawn on another grid covers
+    another region of the particle. ``whose`` names the maps in the messages ("the average's"). The weights
+    are left to the caller to check.
+
+    Raises:
+        InputError: the box or a set voxel size differs from the maps' (naming ``path``).
+    """
+    import warnings
+
+    from aitom.errors import InputError
+    from aitom.io import HeaderWarning, read_volume
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HeaderWarning)  # an unset voxel size is taken as the maps'
+        mask, header = read_volume(path)
+    if tuple(mask.shape) != tuple(shape):
+        raise InputError(f"mask shape {tuple(mask.shape)} differs from {whose} {tuple(shape)}", path)
+    set_sizes = [size for size in header.voxel_size_a if size not in (0.0, 1.0)]
+    if any(abs(size - voxel_size_a) > 1e-2 * voxel_size_a for size in set_sizes):
+        raise InputError(
+            f"mask voxel size {max(set_sizes, key=lambda size: abs(size - voxel_size_a)):g} Å differs from "
+            f"{whose} {voxel_size_a:g} Å: a mask on another grid covers another region (aitom convert "
+            "MASK.mrc OUT.mrc --resample Å, or --voxel-size of aitom convert if its header is wrong)",
+            path,
+        )
+    return mask
+
+
 def reference_on_grid(
     reference: torch.Tensor, reference_voxel_a: float, voxel_size_a: float, box: int, path: Path
 ) -> torch.Tensor:
