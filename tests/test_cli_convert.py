@@ -186,3 +186,15 @@ def test_impossible_resample_is_one_line_and_exit_2(tmp_path, value, capsys) -> 
     error = capsys.readouterr().err
     assert error.startswith("aitom: error:") and error.count("\n") == 1 and "--resample" in error
     assert not out.exists()
+
+
+def test_summary_states_tiny_and_anisotropic_voxel_sizes(tmp_path, volume, capsys) -> None:
+    """The summary rounded voxel sizes to 4 decimals: 1e-9 Å was printed as 0.0 Å, which the same command
+    refuses as "no voxel size"."""
+    source = write_volume(tmp_path / "v.mrc", volume.astype(np.float32), (0.45678, 0.39251, 12.0))
+    assert main(["convert", str(source), str(tmp_path / "tiny.mrc"), "--voxel-size", "1e-9"]) == 0
+    assert "voxel size (1e-09, 1e-09, 1e-09) Å (x, y, z) [--voxel-size;" in capsys.readouterr().out
+    assert main(["convert", str(source), str(tmp_path / "as_read.mrc")]) == 0
+    summary = capsys.readouterr().out
+    assert "anisotropic voxels (0.45678, 0.39251, 12) Å kept as read" in summary
+    assert "voxel size (0.45678, 0.39251, 12) Å (x, y, z) [from the file;" in summary

@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
                 warnings.filterwarnings("ignore", ".*anisotropic voxels", HeaderWarning)
             volume, header = read_volume(args.input)
         array, carried = volume.numpy(), header.voxel_size_a
-        source = f"MRC header voxel size {tuple(round(v, 4) for v in header.voxel_size_a)} Å"
+        source = f"MRC header voxel size {_xyz(header.voxel_size_a)} Å"
     if args.voxel_size is not None:
         voxel_size = (args.voxel_size,) * 3
     elif carried is not None and all(0 < v < math.inf for v in carried):
@@ -204,8 +204,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"carries no voxel size ({source}); pass --voxel-size in Å", args.input)
     if voxel_size is carried and np.ptp(carried) > 1e-3 * max(carried) and args.resample is None:
         print(
-            f"{args.input}: anisotropic voxels {tuple(round(v, 4) for v in carried)} Å kept as read "
-            "(--resample Å makes them cubic)"
+            f"{args.input}: anisotropic voxels {_xyz(carried)} Å kept as read (--resample Å makes them cubic)"
         )
     shape_zyx = tuple(int(n) for n in array.shape)
     if args.resample is not None:
@@ -240,18 +239,23 @@ def run(args: argparse.Namespace) -> int:
     if args.resample is not None:
         print(
             f"{args.input}: resampling {'x'.join(map(str, shape_zyx))} voxels of "
-            f"{tuple(round(float(v), 4) for v in voxel_size)} Å (x, y, z) to {args.resample:g} Å cubic voxels"
+            f"{_xyz(voxel_size)} Å (x, y, z) to {args.resample:g} Å cubic voxels"
         )
         data, voxel_size, origin = _resample(data, voxel_size, args.resample, origin)
     write_volume(args.output, data, voxel_size, overwrite=args.overwrite, origin_a=origin)
-    used = tuple(round(float(v), 4) for v in voxel_size)
+    given = "--voxel-size" if args.voxel_size is not None else "from the file"
     print(
         f"{args.output}: {data.shape[0]}x{data.shape[1]}x{data.shape[2]} (Z, Y, X) float32, voxel size "
-        f"{used} Å (x, y, z) [{'--voxel-size' if args.voxel_size is not None else 'from the file'}"
+        f"{_xyz(voxel_size)} Å (x, y, z) [{given}"
         f"{', resampled' if args.resample is not None else ''}; {source}]"
         f"{', inverted' if args.invert else ''}"
     )
     return 0
+
+
+def _xyz(values: tuple[float, ...]) -> str:
+    """``(x, y, z)`` to 5 significant digits: a voxel size of 1e-9 Å reads 1e-09, not 0.0."""
+    return f"({', '.join(f'{float(v):.5g}' for v in values)})"
 
 
 def _resample(
