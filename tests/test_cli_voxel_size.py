@@ -5,12 +5,14 @@ line ``aitom: warning: FILE: problem``."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 
-from aitom.cli import format_warning, main
+from aitom.cli import WarningFormatter, main
 from aitom.io import read_particles, write_volume
 from aitom.io.mrc import HeaderWarning
 
@@ -38,13 +40,32 @@ def header_warnings(caught) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, HeaderWarning)]
 
 
-def test_aitom_warnings_print_as_one_line_others_keep_python_format():
-    line = format_warning(
-        HeaderWarning("t.mrc: voxel size 1 Å in header looks unset"), HeaderWarning, "x.py", 7
-    )
+def test_aitom_warnings_print_as_one_line_once_others_keep_python_format():
+    format_warning = WarningFormatter()
+    unset = HeaderWarning("t.mrc: voxel size 1 Å in header looks unset")
+    line = format_warning(unset, HeaderWarning, "x.py", 7)
     assert line == "aitom: warning: t.mrc: voxel size 1 Å in header looks unset\n"
+    assert format_warning(unset, HeaderWarning, "y.py", 9) == ""  # the same header read again
+    other_file = HeaderWarning("u.mrc: voxel size 1 Å in header looks unset")
+    assert format_warning(other_file, HeaderWarning, "x.py", 7).startswith("aitom: warning: u.mrc:")
     other = format_warning(UserWarning("library says"), UserWarning, "lib.py", 12)
     assert "lib.py:12" in other and "UserWarning: library says" in other
+    assert format_warning(UserWarning("library says"), UserWarning, "lib.py", 12) == other
+
+
+def test_the_same_input_twice_is_warned_about_once(tomograms, tmp_path):
+    """``aitom hand A A`` and ``aitom estimate fsc A A`` read one header twice: one warning line, as a user
+    sees it (a separate process: pytest records warnings instead of printing them)."""
+    unset, _ = tomograms
+    for command in (
+        ["hand", str(unset), str(unset), "--lowpass", "3", "--step", "60"],
+        ["estimate", "fsc", str(unset), str(unset)],
+    ):
+        finished = subprocess.run(
+            [sys.executable, "-m", "aitom", *command], capture_output=True, text=True, timeout=300
+        )
+        said = [line for line in finished.stderr.splitlines() if "looks unset" in line]
+        assert said == [f"aitom: warning: {unset}: voxel size 1 Å in header looks unset; pass --voxel-size"]
 
 
 def test_pick_with_voxel_size_matches_a_header_that_carries_it(tomograms, tmp_path, capsys):

@@ -68,14 +68,30 @@ def quiet_library_chatter() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
-def format_warning(
-    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
-) -> str:
-    """Warnings about the user's data (aitom's own, e.g. an unset voxel size in a header) as one line
-    ``aitom: warning: FILE: problem``; other libraries' warnings keep Python's format (file and line)."""
-    if category.__module__.startswith("aitom."):
-        return f"aitom: warning: {message}\n"
-    return _python_format_warning(message, category, filename, lineno, line)
+class WarningFormatter:
+    """``warnings.formatwarning`` of one command: warnings about the user's data (aitom's own, e.g. an unset
+    voxel size in a header) as one line ``aitom: warning: FILE: problem``, each distinct line once (``aitom
+    hand A.mrc A.mrc`` reads the same header twice); other libraries' warnings keep Python's format (file and
+    line). Recorded warnings (``catch_warnings(record=True)``) are not formatted, so all are kept."""
+
+    def __init__(self) -> None:
+        self.shown: set[str] = set()
+
+    def __call__(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
+        if not category.__module__.startswith("aitom."):
+            return _python_format_warning(message, category, filename, lineno, line)
+        text = f"aitom: warning: {message}\n"
+        if text in self.shown:
+            return ""
+        self.shown.add(text)
+        return text
 
 
 _python_format_warning = warnings.formatwarning
@@ -84,7 +100,7 @@ _python_format_warning = warnings.formatwarning
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_library_chatter()
-    warnings.formatwarning = format_warning
+    warnings.formatwarning = WarningFormatter()
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from aitom.lightning_cli import run_lightning_cli
 
