@@ -74,7 +74,6 @@ RELION_MAP = "warptools_test_box-32_angpix-12_reconstruct.mrc"
 LOWPASS_A = 40.0
 WITHIN_DEG = 20.0
 EXHAUSTIVE_STEP_DEG = 12.5  # so3_grid(12.5) has 6,140 rotations
-MAX_SHIFT_VOXELS = 3.0
 
 
 def _default_data() -> Path:
@@ -156,10 +155,11 @@ def exhaustive_search(
     rotations: torch.Tensor,
     *,
     max_frequency: float,
+    max_shift_voxels: float,
     chunk: int = 24,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Plain exhaustive search: every grid rotation of the reference (real-space rotation), FFT translation
-    search (shifts up to MAX_SHIFT_VOXELS), constrained correlation on each particle's mask.
+    search (shifts up to ``max_shift_voxels``), constrained correlation on each particle's mask.
 
     Returns ``(rotations (P, 3, 3), shifts_xyz (P, 3), scores (P,))``."""
     size, device = volumes.shape[-1], volumes.device
@@ -167,7 +167,7 @@ def exhaustive_search(
     distance = (
         offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2
     ).sqrt()
-    too_far = distance > MAX_SHIFT_VOXELS
+    too_far = distance > max_shift_voxels
     best_score = torch.full((volumes.shape[0],), -math.inf, device=device)
     best_rotation = torch.zeros(volumes.shape[0], 3, 3, device=device)
     best_index = torch.zeros(volumes.shape[0], dtype=torch.long, device=device)
@@ -263,7 +263,7 @@ def reference_free(
         iterations=args.iterations,
         voxel_size_a=voxel_size_a,
         angular_step_deg=args.step,
-        max_shift_voxels=MAX_SHIFT_VOXELS,
+        max_shift_voxels=args.max_shift,
         max_frequency=args.max_frequency,
         particle_radius_voxels=args.particle_diameter / (2 * voxel_size_a),
         annealing_iterations=0 if initial_reference is not None else args.annealing_iterations,
@@ -298,6 +298,7 @@ def exhaustive_reference_free(volumes, masks, args, voxel_size_a: float, seed: i
             masks,
             grid,
             max_frequency=args.max_frequency,
+            max_shift_voxels=args.max_shift,
         )
         average, coverage = wedge_compensated_average(volumes, rotations, shifts, masks)
     return {
@@ -337,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         type=real_number(above=0.0, at_most=0.5),
         default=0.45,
         help="alignment band limit, cycles/voxel (0.45 at 12 Å: 27 Å)",
+    )
+    parser.add_argument(
+        "--max-shift",
+        type=real_number(at_least=0.0),
+        default=3.0,
+        help="largest shift searched, voxels (default 3 = 36 Å; 0: the particles are taken as centred)",
     )
     parser.add_argument(
         "--particle-diameter",
@@ -514,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "iterations": args.iterations,
             "angular_step_deg": args.step,
-            "max_shift_voxels": MAX_SHIFT_VOXELS,
+            "max_shift_voxels": args.max_shift,
             "max_frequency": args.max_frequency,
             "particle_diameter_a": args.particle_diameter,
             "masks": "sqrt(3-D weight / max)",
@@ -532,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(
         (
             f"reference-free runs ({args.iterations} iterations, {args.step:g}° grid, phases, shifts ≤ "
-            f"{MAX_SHIFT_VOXELS:g} voxels, reference masked at {args.particle_diameter:g} Å"
+            f"{args.max_shift:g} voxels, reference masked at {args.particle_diameter:g} Å"
             + (
                 f", annealed starts of {args.annealing_iterations} iterations)"
                 if args.annealing_iterations
@@ -583,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             None,
             masks,
             angular_step_deg=args.step,
-            max_shift_voxels=MAX_SHIFT_VOXELS,
+            max_shift_voxels=args.max_shift,
             max_frequency=args.max_frequency,
             search_band=(0.05, args.max_frequency),
             rotation_search=search,
@@ -611,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         masks,
         grid,
         max_frequency=args.max_frequency,
+        max_shift_voxels=args.max_shift,
     )
     exhaustive = exhaustive.cpu()
     seconds_exhaustive = time.perf_counter() - started

@@ -305,7 +305,13 @@ def test_real_70s_without_the_data_folder_is_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--starts", "0"), ("--iterations", "-1"), ("--max-frequency", "0.8"), ("--step", "0")],
+    [
+        ("--starts", "0"),
+        ("--iterations", "-1"),
+        ("--max-frequency", "0.8"),
+        ("--step", "0"),
+        ("--max-shift", "-1"),
+    ],
 )
 def test_real_70s_refuses_impossible_settings(tmp_path, option, value):
     result = run_script("real_70s.py", "--out", tmp_path / "out", option, value, cwd=tmp_path)
