@@ -198,3 +198,24 @@ def test_summary_states_tiny_and_anisotropic_voxel_sizes(tmp_path, volume, capsy
     summary = capsys.readouterr().out
     assert "anisotropic voxels (0.45678, 0.39251, 12) Å kept as read" in summary
     assert "voxel size (0.45678, 0.39251, 12) Å (x, y, z) [from the file;" in summary
+
+
+def test_integers_beyond_float32_precision_are_reported(tmp_path, capsys) -> None:
+    """A 32-bit integer TIFF above 2^24 loses its last digits in float32 MRC; the summary says so, and the
+    stored values are the nearest float32 (np.float32 as reference)."""
+    volume = np.full((6, 7, 8), 2**24 + 1, dtype=np.int32)
+    volume[0, 0, 0] = -(2**30) - 3
+    tifffile.imwrite(tmp_path / "big.tif", volume, photometric="minisblack")  # ImageJ TIFF: no int32
+    assert main(["convert", str(tmp_path / "big.tif"), str(tmp_path / "big.mrc"), "--voxel-size", "10"]) == 0
+    said = capsys.readouterr().out
+    assert (
+        f"int32 values of magnitude up to {2**30 + 3} are stored as float32, exact only up to 16777216 (2^24)"
+        in said
+    )
+    data, _ = _read(tmp_path / "big.mrc")
+    np.testing.assert_array_equal(data, volume.astype(np.float32))
+    tifffile.imwrite(tmp_path / "small.tif", volume // 128, photometric="minisblack")
+    assert (
+        main(["convert", str(tmp_path / "small.tif"), str(tmp_path / "small.mrc"), "--voxel-size", "10"]) == 0
+    )
+    assert "exact only up to" not in capsys.readouterr().out

@@ -42,6 +42,8 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 #: bytes per output voxel that ``--resample`` holds at its peak (about four float32 copies: the result, the
 #: slabs it is concatenated from, the axis resampled before it, the array written; measured 12.5)
 _RESAMPLE_BYTES_PER_VOXEL = 16
+#: float32 holds every integer up to 2^24 exactly
+_FLOAT32_EXACT_INTEGERS = 2**24
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -232,6 +234,14 @@ def run(args: argparse.Namespace) -> int:
             "±3.4e38)",
             args.input,
         )
+    if np.issubdtype(array.dtype, np.integer) and array.size:
+        largest = max(abs(int(array.min())), abs(int(array.max())))
+        if largest > _FLOAT32_EXACT_INTEGERS:
+            print(
+                f"{args.input}: {array.dtype} values of magnitude up to {largest} are stored as float32, "
+                f"exact only up to {_FLOAT32_EXACT_INTEGERS} (2^24): larger ones are rounded "
+                "(about 7 significant digits)"
+            )
     if args.invert:
         data = -data
     # the map stays where it was (nstart counts voxels of the voxel size written)
