@@ -5,6 +5,7 @@ stderr naming the file or option and the problem, and no output written or repla
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 from aitom.cli import main
 from aitom.commands.reconstruct import ReconstructWarning
-from aitom.io import HeaderWarning, read_volume, write_volume
+from aitom.io import read_volume, write_volume
 from tests.align_fixtures import blob_volume
 from tests.test_cli_awkward_inputs import RELION5, STEM, _one_error_line, _reconstruct
 
@@ -105,11 +106,31 @@ def test_hand_average_without_voxel_size_exits_2(pair, tmp_path, capsys):
     with mrcfile.new(unset) as file:
         file.set_data(blob_volume(16).numpy())
         file.voxel_size = 0.0
-    with pytest.warns(HeaderWarning, match="looks unset"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         assert _hand(unset, pair[1]) == 2
+    assert not caught  # the refusal alone, not also the header's warning
     assert _one_error_line(capsys) == (
         f"{unset}: voxel size 0 Å in the header is not positive; pass --voxel-size"
     )
+
+
+@pytest.mark.parametrize("reference_voxel_a", [1.0, 12.0])
+def test_hand_average_with_unset_voxel_size_says_so(pair, tmp_path, capsys, reference_voxel_a):
+    """A 32³ average whose header says 1 Å (unset) was warned 'pass --voxel-size', then refused with
+    '--lowpass 40 Å is coarser than the box (32 Å)', which blamed the default low-pass; a 12 Å reference was
+    first resampled onto the 32 Å box."""
+    average = write_volume(tmp_path / "unset.mrc", blob_volume(32), 1.0)
+    reference = write_volume(tmp_path / "reference.mrc", blob_volume(32), reference_voxel_a)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _hand(average, reference) == 2
+    assert not caught
+    assert _one_error_line(capsys) == (
+        f"{average}: voxel size 1 Å in the header looks unset (a 32 Å box cannot hold the 40 Å low-pass); "
+        "pass --voxel-size"
+    )
+    assert _hand(average, reference, "--voxel-size", "12") == 0
 
 
 @pytest.mark.parametrize("which", [0, 1])

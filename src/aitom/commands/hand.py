@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         read_real_space_mask,
         read_reference,
         refuse_outputs_over_inputs,
+        warnings_dropped_on_refusal,
     )
     from aitom.errors import InputError
     from aitom.io import read_volume, write_volume
@@ -79,36 +80,14 @@ def run(args: argparse.Namespace) -> int:
         refuse_outputs_over_inputs([args.mirrored_out], [args.reference, args.mask])
     if not 0.0 < args.step <= 180.0:
         raise InputError(f"--step must be in (0, 180] degrees, got {args.step}")
-    average, header = read_volume(args.average, voxel_size_a=args.voxel_size)
-    if len(set(average.shape)) != 1:
-        raise InputError(f"the average must be a cube, got {tuple(average.shape)} voxels", args.average)
-    if average.shape[0] < _MIN_BOX:
-        raise InputError(
-            f"the average is too small to tell hands apart: {tuple(average.shape)} voxels (at least "
-            f"{_MIN_BOX}³)",
-            args.average,
-        )
-    voxel_size_a = header.voxel_size_a[0]
-    if not voxel_size_a > 0:
-        raise InputError(
-            f"voxel size {voxel_size_a:g} Å in the header is not positive; pass --voxel-size", args.average
-        )
+    with warnings_dropped_on_refusal():  # refused for its voxel size: the error line alone
+        average, header = read_volume(args.average, voxel_size_a=args.voxel_size)
+        voxel_size_a, lowpass_a = _check_average(average, header.voxel_size_a, args)
     _refuse_constant(average, args.average)
     reference = read_reference(
         args.reference, voxel_size_a, average.shape[0], voxel_size_override=args.voxel_size
     )
     _refuse_constant(reference, args.reference)
-    lowpass_a = max(40.0, 2.5 * voxel_size_a) if args.lowpass is None else args.lowpass
-    if not 0 < lowpass_a < float("inf"):
-        raise InputError(f"--lowpass must be a positive, finite resolution in Å, got {lowpass_a:g}")
-    if not 2 * voxel_size_a <= lowpass_a:
-        raise InputError(f"--lowpass {lowpass_a:g} Å is finer than Nyquist ({2 * voxel_size_a:g} Å)")
-    box_a = average.shape[0] * voxel_size_a
-    if lowpass_a > box_a:
-        raise InputError(
-            f"--lowpass {lowpass_a:g} Å is coarser than the box ({box_a:g} Å): the maps would be compared "
-            "by their mean alone"
-        )
     mask = None
     if args.mask is not None:
         mask = read_real_space_mask(args.mask, tuple(average.shape), voxel_size_a, "the average's")
@@ -145,6 +124,45 @@ def run(args: argparse.Namespace) -> int:
     report = {**result, "verdict": verdict, "voxel_size_a": voxel_size_a, "lowpass_a": lowpass_a}
     print(json.dumps(json_ready(report), indent=2, allow_nan=False, ensure_ascii=False))
     return 0
+
+
+def _check_average(
+    average: torch.Tensor, header_voxel_a: tuple[float, float, float], args: argparse.Namespace
+) -> tuple[float, float]:
+    """The average's voxel size and the low-pass (both Å), after refusing what the check cannot use."""
+    from aitom.errors import InputError
+
+    if len(set(average.shape)) != 1:
+        raise InputError(f"the average must be a cube, got {tuple(average.shape)} voxels", args.average)
+    if average.shape[0] < _MIN_BOX:
+        raise InputError(
+            f"the average is too small to tell hands apart: {tuple(average.shape)} voxels (at least "
+            f"{_MIN_BOX}³)",
+            args.average,
+        )
+    voxel_size_a = header_voxel_a[0]
+    if not voxel_size_a > 0:
+        raise InputError(
+            f"voxel size {voxel_size_a:g} Å in the header is not positive; pass --voxel-size", args.average
+        )
+    lowpass_a = max(40.0, 2.5 * voxel_size_a) if args.lowpass is None else args.lowpass
+    if not 0 < lowpass_a < float("inf"):
+        raise InputError(f"--lowpass must be a positive, finite resolution in Å, got {lowpass_a:g}")
+    if not 2 * voxel_size_a <= lowpass_a:
+        raise InputError(f"--lowpass {lowpass_a:g} Å is finer than Nyquist ({2 * voxel_size_a:g} Å)")
+    box_a = average.shape[0] * voxel_size_a
+    if lowpass_a > box_a and args.voxel_size is None and set(header_voxel_a) == {1.0}:
+        raise InputError(
+            f"voxel size 1 Å in the header looks unset (a {box_a:g} Å box cannot hold the {lowpass_a:g} Å "
+            "low-pass); pass --voxel-size",
+            args.average,
+        )
+    if lowpass_a > box_a:
+        raise InputError(
+            f"--lowpass {lowpass_a:g} Å is coarser than the box ({box_a:g} Å): the maps would be compared "
+            "by their mean alone"
+        )
+    return voxel_size_a, lowpass_a
 
 
 def _refuse_constant(volume: torch.Tensor, path: Path) -> None:
