@@ -296,6 +296,25 @@ def test_real_70s_names_the_missing_data_file(tmp_path, missing):
     assert not out.exists()
 
 
+def test_real_70s_counts_orientations_within_20_degrees_by_tomogram():
+    """Per tomogram, in the order the tomograms first appear: particles whose rotation is within 20° of the
+    STAR one (19° and 21° about z straddle the cut-off)."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from real_70s import within_by_tomogram
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    from aitom.geometry import rotation_about_axis
+
+    star = torch.eye(3).expand(5, 3, 3)
+    turned = [
+        rotation_about_axis(torch.tensor([0.0, 0.0, 1.0]), torch.tensor(angle).deg2rad())
+        for angle in (0.0, 21.0, 19.0, 90.0, 5.0)
+    ]
+    counts = within_by_tomogram(torch.stack(turned), star, ["b", "b", "a", "a", "b"])
+    assert list(counts.items()) == [("b", (2, 3)), ("a", (1, 2))]
+
+
 def test_real_70s_without_the_data_folder_is_one_line(tmp_path):
     result = run_script(
         "real_70s.py", "--data", tmp_path / "nowhere", "--out", tmp_path / "out", cwd=tmp_path
