@@ -139,6 +139,34 @@ def test_reference_bad_inputs_are_refused_in_one_line(particle_set: Path, tmp_pa
         assert not out.exists()
 
 
+def test_reference_on_subtomograms_whose_voxel_size_looks_unset(tmp_path: Path, capsys) -> None:
+    """Subtomograms whose headers say 1 Å and a 10 Å reference: the reference was resampled onto a 16 Å box
+    and refused as 'constant after the 40 Å low-pass'. The error now names what is missing; with the
+    subtomograms' --voxel-size the same run works."""
+    volumes, _, _ = posed_subtomograms(blob_volume(16), 4, seed=1, max_shift=1.0, snr=4.0)
+    star = _write_particle_set(tmp_path / "data", volumes, voxel_size_a=1.0)
+    reference = write_volume(tmp_path / "reference.mrc", blob_volume(16), VOXEL_A)
+    out = tmp_path / "out"
+    arguments = [
+        "average",
+        "--particles",
+        str(star),
+        "--out",
+        str(out),
+        *OPTIONS,
+        "--reference",
+        str(reference),
+    ]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1] == (
+        f"aitom: error: {reference}: this reference's header gives 10 Å voxels, while the data's 1 Å looks "
+        "unset: pass the data's --voxel-size (Å)"
+    )
+    assert not out.exists()
+    assert main([*arguments, "--voxel-size", str(VOXEL_A), "--lowpass", "25"]) == 0
+
+
 def test_class_number_averages_one_class_of_a_classified_table(tmp_path, capsys) -> None:
     # Two structures (test objects "a" and "c"), 8 particles each, labelled 1 and 2 in rlnClassNumber as a
     # classification would leave them. --class-number 2 refines class 2 only, from its own map: the output

@@ -131,6 +131,12 @@ def test_hand_average_with_unset_voxel_size_says_so(pair, tmp_path, capsys, refe
         "pass --voxel-size"
     )
     assert _hand(average, reference, "--voxel-size", "12") == 0
+    if reference_voxel_a != 1.0:  # a low-pass that fits the unset box: the reference is not resampled to it
+        assert _hand(average, reference, "--lowpass", "8") == 2
+        assert _one_error_line(capsys) == (
+            f"{reference}: this reference's header gives 12 Å voxels, while the data's 1 Å looks unset: pass "
+            "the data's --voxel-size (Å)"
+        )
 
 
 @pytest.mark.parametrize("which", [0, 1])

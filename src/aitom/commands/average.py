@@ -716,7 +716,12 @@ def _initial_reference(
         raise InputError(f"--lowpass must be a positive, finite resolution in Å, got {lowpass_a:g}")
     if lowpass_a < 2 * voxel_size_a:
         raise InputError(f"--lowpass {lowpass_a:g} Å is finer than Nyquist ({2 * voxel_size_a:g} Å)")
-    reference = read_reference(args.reference, voxel_size_a, volumes.shape[-1]).to(volumes)
+    reference = read_reference(
+        args.reference,
+        voxel_size_a,
+        volumes.shape[-1],
+        data_voxel_size_unset=args.voxel_size is None and voxel_size_a in (0.0, 1.0),
+    ).to(volumes)
     if not bool(torch.isfinite(reference).all()):
         raise InputError("the reference holds NaN or infinite values", args.reference)
     reference = lowpass(reference, lowpass_a, voxel_size_a)

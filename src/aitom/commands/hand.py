@@ -85,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
         voxel_size_a, lowpass_a = _check_average(average, header.voxel_size_a, args)
     _refuse_constant(average, args.average)
     reference = read_reference(
-        args.reference, voxel_size_a, average.shape[0], voxel_size_override=args.voxel_size
+        args.reference,
+        voxel_size_a,
+        average.shape[0],
+        voxel_size_override=args.voxel_size,
+        data_voxel_size_unset=args.voxel_size is None and set(header.voxel_size_a) == {1.0},
     )
     _refuse_constant(reference, args.reference)
     mask = None

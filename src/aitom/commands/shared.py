@@ -258,14 +258,20 @@ class ReferenceResampledWarning(UserWarning):
 
 
 def read_reference(
-    path: Path, voxel_size_a: float, box: int, *, voxel_size_override: float | None = None
+    path: Path,
+    voxel_size_a: float,
+    box: int,
+    *,
+    voxel_size_override: float | None = None,
+    data_voxel_size_unset: bool = False,
 ) -> torch.Tensor:
     """A reference on a ``box``³ grid of ``voxel_size_a`` Å voxels (an average's, or the subtomograms').
 
     A map (MRC) is read with ``voxel_size_override`` replacing its header's voxel size when given and brought
     onto the grid by :func:`reference_on_grid`. An atomic model (``.pdb``/``.cif``, optionally ``.gz``;
     :func:`aitom.simulate.library.is_atomic_model_path`) becomes its potential map at ``voxel_size_a`` in
-    the ``box``³ box (protein bright, centre of mass at voxel ``box // 2``).
+    the ``box``³ box (protein bright, centre of mass at voxel ``box // 2``). ``data_voxel_size_unset``: the
+    data's ``voxel_size_a`` is a header's 0 or 1 Å that nobody confirmed (see :func:`reference_on_grid`).
 
     Raises:
         InputError: an unreadable file, a model without atoms or too large for the box, or a map that
@@ -284,7 +290,14 @@ def read_reference(
             raise InputError(error.problem, path) from None
     with warnings_dropped_on_refusal():  # a header quirk that makes the reference unusable: the error alone
         reference, header = read_volume(path, voxel_size_a=voxel_size_override)
-        return reference_on_grid(reference, header.voxel_size_a[0], voxel_size_a, box, path)
+        return reference_on_grid(
+            reference,
+            header.voxel_size_a[0],
+            voxel_size_a,
+            box,
+            path,
+            data_voxel_size_unset=data_voxel_size_unset,
+        )
 
 
 def read_real_space_mask(
@@ -322,7 +335,13 @@ def read_real_space_mask(
 
 
 def reference_on_grid(
-    reference: torch.Tensor, reference_voxel_a: float, voxel_size_a: float, box: int, path: Path
+    reference: torch.Tensor,
+    reference_voxel_a: float,
+    voxel_size_a: float,
+    box: int,
+    path: Path,
+    *,
+    data_voxel_size_unset: bool = False,
 ) -> torch.Tensor:
     """``reference`` ``(Z, Y, X)`` resampled to ``voxel_size_a`` Å and the ``box``³ box about its centre
     (:func:`aitom.geometry.rescale_volume`), padded with its edge mean; unchanged when both agree. A
@@ -330,7 +349,8 @@ def reference_on_grid(
 
     Raises:
         InputError: the reference's header voxel size looks unset (0 or 1 Å) and differs from
-            ``voxel_size_a``, or its box spans less than a quarter of the target's (another scale).
+            ``voxel_size_a``; ``data_voxel_size_unset`` (the data's size is an unconfirmed 0 or 1 Å) and the
+            reference's header gives another; or its box spans less than a quarter of the target's.
     """
     import warnings
 
@@ -347,6 +367,12 @@ def reference_on_grid(
             f"voxel size {reference_voxel_a:g} Å in the header looks unset, and the data's is "
             f"{voxel_size_a:g} Å: write the reference's into its header "
             "(aitom convert R.mrc R_fixed.mrc --voxel-size Å)",
+            path,
+        )
+    if not same_voxel and data_voxel_size_unset:
+        raise InputError(
+            f"this reference's header gives {reference_voxel_a:g} Å voxels, while the data's "
+            f"{voxel_size_a:g} Å looks unset: pass the data's --voxel-size (Å)",
             path,
         )
     if max(reference.shape) * reference_voxel_a < box * voxel_size_a / 4:
