@@ -13,7 +13,11 @@ cubic; :func:`aitom.geometry.resample_to_cubic_voxels`), the volume's centre and
 from __future__ import annotations
 
 import argparse
+import math
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,7 +100,7 @@ def read_tiff_volume(path: Path) -> tuple[object, tuple[float, float, float] | N
     if not path.is_file():
         raise InputError("no such file", path)
     try:
-        with tifffile.TiffFile(path) as tiff:
+        with _tifffile_messages() as messages, tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
             axes = series.axes
             if len(series.shape) == 2 and len(tiff.pages) > 1:  # pages written one by one, each a series
@@ -106,7 +110,7 @@ def read_tiff_volume(path: Path) -> tuple[object, tuple[float, float, float] | N
             else:
                 array = np.asarray(series.asarray())
             metadata = tiff.imagej_metadata or {}
-            page = tiff.pages[0]
+            page, page_count = tiff.pages[0], len(tiff.pages)
             resolution = [
                 page.tags[name].value for name in ("XResolution", "YResolution") if name in page.tags
             ]
@@ -114,6 +118,24 @@ def read_tiff_volume(path: Path) -> tuple[object, tuple[float, float, float] | N
         raise
     except (tifffile.TiffFileError, OSError, ValueError, IndexError) as error:
         raise InputError(f"not a readable TIFF file ({error})", path) from None
+    images = metadata.get("images")
+    planes = math.prod(n for n, axis in zip(array.shape, axes) if axis not in "YXS")
+    if isinstance(images, int) and planes < images:  # a truncated ImageJ stack reads as its first page
+        raise InputError(
+            f"is truncated or corrupt: its ImageJ metadata describes {images} images, {planes} could be read"
+            + (f" (tifffile: {messages[0]})" if messages else ""),
+            path,
+        )
+    broken = next((message for message in messages if "invalid page offset" in message), None)
+    if broken is not None and not (isinstance(images, int) and planes == images):
+        # the pages after the break are lost: the volume read would be short in Z
+        raise InputError(
+            f"is truncated or corrupt: its chain of pages breaks after {page_count} page(s) "
+            f"(tifffile: {broken})",
+            path,
+        )
+    if messages and np.squeeze(array).ndim != 3:
+        raise InputError(f"is truncated or corrupt (tifffile: {messages[0]})", path)
     samples = array.shape[axes.index("S")] if "S" in axes else 1
     if samples > 1:
         raise InputError(
@@ -131,6 +153,8 @@ def read_tiff_volume(path: Path) -> tuple[object, tuple[float, float, float] | N
         )
     if not np.issubdtype(array.dtype, np.integer) and not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"unsupported pixel type {array.dtype}", path)
+    for message in messages:  # read nonetheless: one line each, naming the file
+        warnings.warn(TiffReadWarning(f"{path}: {message}"), stacklevel=2)
     # ImageJ writes non-ASCII units as escapes: "\\u00B5m" (µm), "\\u00C5" (Å)
     unit = re.sub(r"\\u([0-9a-fA-F]{4})", lambda code: chr(int(code[1], 16)), str(metadata.get("unit", "")))
     unit = unit.strip().lower()
@@ -153,6 +177,33 @@ def read_tiff_volume(path: Path) -> tuple[object, tuple[float, float, float] | N
         return array, None, description
     size_x, size_y = (scale * d / n for n, d in resolution)
     return array, (size_x, size_y, scale * float(spacing)), description
+
+
+class TiffReadWarning(UserWarning):
+    """Something tifffile reported about a TIFF it read nonetheless (a damaged page table, metadata)."""
+
+
+@contextmanager
+def _tifffile_messages() -> Iterator[list[str]]:
+    """Collect what tifffile logs (damaged files: "invalid page offset ...") instead of letting it reach
+    stderr as extra lines; the caller turns it into its one-line error or warning."""
+    import logging
+
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(re.sub(r"^<[^>]*>\s*", "", record.getMessage()))  # "<TiffPages @8> ..."
+
+    logger = logging.getLogger("tifffile")
+    handler, propagate = _Collect(level=logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _check_page_sizes(tiff, path: Path) -> None:

@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
 
     from aitom.commands.shared import check_volume_output, torch_device
     from aitom.errors import InputError
-    from aitom.io import read_volume, write_volume
+    from aitom.io import read_volume, voxels_are_cubic, write_volume
     from aitom.ops import (
         anisotropic_diffusion,
         anisotropic_diffusion_tiled,
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.highpass_a is None and args.lowpass_a is None:
             raise InputError("give --highpass-a and/or --lowpass-a (Å)")
-        if len(set(voxel_size)) > 1:
+        if not voxels_are_cubic(voxel_size):
             raise InputError(
                 f"band-pass needs isotropic voxels, got {voxel_size} Å (x, y, z); make them cubic with "
                 "aitom convert IN OUT --resample Å, or pass --voxel-size if the header is wrong",

@@ -15,6 +15,7 @@ from aitom.io.mrc import (
     open_volume_mmap,
     read_stack,
     read_volume,
+    voxels_are_cubic,
     write_volume,
 )
 from aitom.io.relion5 import (
@@ -68,6 +69,7 @@ __all__ = [
     "slice_positions",
     "table_angles_deg",
     "table_coordinates",
+    "voxels_are_cubic",
     "voxels_to_centered_angstrom",
     "write_imod_points",
     "write_particles",

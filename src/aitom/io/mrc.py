@@ -44,7 +44,14 @@ _WRITE_DTYPES = {
     torch.float32: np.float32,
     torch.float16: np.float16,
 }
+#: relative difference of the voxel sizes along x, y, z still taken as cubic: float32 headers store the cell,
+#: not the voxel size, so 10.52 Å over 84 voxels reads back as 10.5199995 Å
 _ANISOTROPY_TOLERANCE = 1e-3
+
+
+def voxels_are_cubic(voxel_size_a: tuple[float, float, float]) -> bool:
+    """Whether voxel sizes ``(x, y, z)`` (Å, all > 0) agree within the header's float32 rounding."""
+    return max(voxel_size_a) / min(voxel_size_a) - 1 <= _ANISOTROPY_TOLERANCE
 
 
 class HeaderWarning(UserWarning):
@@ -360,7 +367,7 @@ def _warn_about_voxel_size(path: Path, voxel: tuple[float, float, float]) -> Non
             HeaderWarning,
             stacklevel=4,
         )
-    elif max(voxel) / min(voxel) - 1 > _ANISOTROPY_TOLERANCE:
+    elif not voxels_are_cubic(voxel):
         warnings.warn(
             f"{path}: anisotropic voxels ({', '.join(f'{v:g}' for v in voxel)} Å along x, y, z); "
             "aitom's methods assume cubic voxels (make them cubic with aitom convert IN OUT --resample Å, or "
