@@ -124,7 +124,14 @@ def _write_raw(path: Path, data: np.ndarray, voxel_size_a: float = 5.0) -> Path:
     [
         (["filter", "gaussian", "{volume}", "{out}", "--sigma-voxels", "0"], "must be positive"),
         (["filter", "gaussian", "{volume}", "{out}", "--sigma-a", "-5"], "must be positive"),
-        (["filter", "dog", "{volume}", "{out}", "--sigma-voxels", "2", "--sigma2-voxels", "1"], "sigma2"),
+        (
+            ["filter", "dog", "{volume}", "{out}", "--sigma-voxels", "2", "--sigma2-voxels", "1"],
+            "--sigma2-voxels 1 must be larger than --sigma-voxels 2",
+        ),
+        (
+            ["filter", "dog", "{volume}", "{out}", "--sigma-a", "40", "--sigma2-a", "20"],
+            "--sigma2-a 20 Å must be larger than --sigma-a 40 Å",
+        ),
         (["filter", "diffusion", "{volume}", "{out}", "--time-step", "0.5"], "1/6"),
         (["filter", "bandpass", "{volume}", "{out}"], "highpass"),
         (["filter", "bandpass", "{volume}", "{out}", "--lowpass-a", "5"], "{volume}: --lowpass-a 5 Å"),

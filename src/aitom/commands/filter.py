@@ -176,6 +176,11 @@ def _typed(option: str, value_a: float | None, value_voxels: float | None) -> st
     return f"--{option}-voxels {value_voxels:g}"
 
 
+def _widest(sigma_voxels: tuple[float, float, float] | float) -> float:
+    """The largest of a scale given as one number or per axis (x, y, z)."""
+    return max(sigma_voxels) if isinstance(sigma_voxels, tuple) else sigma_voxels
+
+
 def _check_scale(
     option: str, sigma_voxels: tuple[float, float, float] | float, shape_zyx: tuple[int, ...], path: Path
 ) -> None:
@@ -194,7 +199,7 @@ def _check_scale(
     """
     from aitom.errors import InputError
 
-    widest = max(sigma_voxels) if isinstance(sigma_voxels, tuple) else sigma_voxels
+    widest = _widest(sigma_voxels)
     longest = max(shape_zyx)
     if widest > longest:
         raise InputError(
@@ -241,6 +246,12 @@ def run(args: argparse.Namespace) -> int:
         if args.sigma2_a is not None or args.sigma2_voxels is not None:
             sigma2 = _sigma_voxels(args.sigma2_a, args.sigma2_voxels, voxel_size, "sigma2")
             _check_scale(_typed("sigma2", args.sigma2_a, args.sigma2_voxels), sigma2, shape, args.input)
+            if _widest(sigma2) <= _widest(sigma1):
+                raise InputError(
+                    f"{_typed('sigma2', args.sigma2_a, args.sigma2_voxels)} must be larger than "
+                    f"{_typed('sigma', args.sigma_a, args.sigma_voxels)} "
+                    "(G(sigma) - G(sigma2) is positive on blobs only then)"
+                )
         result = difference_of_gaussians(volume.to(device), sigma1, sigma2, method=args.method)
     elif args.filter == "diffusion":
         if args.tile_size < 16:
