@@ -706,10 +706,9 @@ def _initial_reference(
     """
     import torch
 
-    from aitom.commands.shared import read_reference
+    from aitom.commands.shared import match_reference_contrast, read_reference
     from aitom.errors import InputError
     from aitom.fourier import lowpass
-    from aitom.ops.reconstruction import centre_contrast
 
     lowpass_a = max(40.0, 2.5 * voxel_size_a) if args.lowpass is None else args.lowpass
     if not 0 < lowpass_a < float("inf"):
@@ -727,14 +726,9 @@ def _initial_reference(
     reference = lowpass(reference, lowpass_a, voxel_size_a)
     if float(reference.std()) <= 1e-6 * float(reference.abs().max().clamp(min=1e-30)):
         raise InputError(f"the reference is constant after the {lowpass_a:g} Å low-pass", args.reference)
-    reference_contrast = float(centre_contrast(reference))
-    data_contrast = float(centre_contrast(volumes.mean(dim=0)))
-    if args.invert_reference in (None, "auto"):
-        invert = reference_contrast * data_contrast < 0
-    else:
-        invert = args.invert_reference == "yes"
-    if invert:
-        reference = -reference
+    reference, invert, data_contrast = match_reference_contrast(
+        reference, volumes.mean(dim=0), args.invert_reference
+    )
     contrast = "bright" if data_contrast > 0 else "dark"
     print(
         f"reference {args.reference}: low-passed to {lowpass_a:g} Å, "

@@ -4,6 +4,11 @@ Decides whether REFERENCE has the same handedness as AVERAGE or is its mirror im
 reference is superposed on the average (best rotation and shift), low-passed and correlated inside a mask,
 and both hands' FSC-0.5 / 0.143 resolutions are measured (:func:`aitom.ops.handedness.hand_check`). Prints
 JSON; ``--mirrored-out`` writes the reference in the hand that matches, superposed on the average.
+
+A reference whose contrast has the other sign from the average's (protein dark in one, bright in the other:
+an EMDB map or an atomic model against an average of raw, un-inverted subtomograms) is multiplied by -1
+first (``--invert-reference auto``, as ``aitom average --reference`` does); without it the superposition
+matches protein to solvent and neither hand fits.
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="write the reference in the matching hand, superposed on the average: an MRC file (.mrc, .map "
         "or .rec) with the average's voxel size (Å) and origin",
     )
+    parser.add_argument(
+        "--invert-reference",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="multiply the reference by -1 before comparing? auto: when its centre-minus-surroundings "
+        "contrast has the opposite sign from the average's (protein dark in one, bright in the other); "
+        "yes/no force it (default auto)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --mirrored-out file")
     add_voxel_size_option(parser, "both maps")
 
@@ -66,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from aitom.commands.shared import (
         check_volume_output,
         json_ready,
+        match_reference_contrast,
         read_real_space_mask,
         read_reference,
         refuse_outputs_over_inputs,
@@ -92,6 +106,13 @@ def run(args: argparse.Namespace) -> int:
         data_voxel_size_unset=args.voxel_size is None and set(header.voxel_size_a) == {1.0},
     )
     _refuse_constant(reference, args.reference)
+    reference, inverted, _ = match_reference_contrast(reference, average, args.invert_reference)
+    if inverted:
+        print(
+            f"aitom: hand: {args.reference}: reference contrast inverted (its centre-minus-surroundings "
+            "contrast has the other sign from the average's; --invert-reference no keeps it)",
+            file=sys.stderr,
+        )
     mask = None
     if args.mask is not None:
         mask = read_real_space_mask(args.mask, tuple(average.shape), voxel_size_a, "the average's")
@@ -125,7 +146,13 @@ def run(args: argparse.Namespace) -> int:
         )
     verdict = hand_verdict(result, args.axis)
     print(f"aitom: hand: {verdict}", file=sys.stderr)
-    report = {**result, "verdict": verdict, "voxel_size_a": voxel_size_a, "lowpass_a": lowpass_a}
+    report = {
+        **result,
+        "verdict": verdict,
+        "voxel_size_a": voxel_size_a,
+        "lowpass_a": lowpass_a,
+        "reference_inverted": inverted,
+    }
     print(json.dumps(json_ready(report), indent=2, allow_nan=False, ensure_ascii=False))
     return 0
 

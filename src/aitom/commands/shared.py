@@ -300,6 +300,31 @@ def read_reference(
         )
 
 
+def match_reference_contrast(
+    reference: torch.Tensor, data: torch.Tensor, mode: str | None
+) -> tuple[torch.Tensor, bool, float]:
+    """A reference in the data's contrast (protein bright or dark), for ``--invert-reference``.
+
+    Args:
+        reference: ``(S, S, S)`` map on the data's grid.
+        data: ``(S, S, S)`` the data it is compared with (an average, or the mean subtomogram).
+        mode: ``"auto"`` or None (invert when the centre-minus-surroundings contrasts,
+            :func:`aitom.ops.reconstruction.centre_contrast`, have opposite signs), ``"yes"`` or ``"no"``.
+
+    Returns:
+        ``(reference, inverted, data_contrast)``: the reference (times -1 when inverted), whether it was, and
+        the data's centre-minus-surroundings contrast (positive: protein brighter than solvent).
+    """
+    from aitom.ops.reconstruction import centre_contrast
+
+    data_contrast = float(centre_contrast(data))
+    if mode in (None, "auto"):
+        invert = float(centre_contrast(reference.to(data))) * data_contrast < 0
+    else:
+        invert = mode == "yes"
+    return (-reference if invert else reference), invert, data_contrast
+
+
 def read_real_space_mask(
     path: Path, shape: tuple[int, ...], voxel_size_a: float, whose: str = "the maps'"
 ) -> torch.Tensor:
