@@ -125,6 +125,25 @@ def test_single_unnamed_block(tmp_path):
     np.testing.assert_array_equal(table_angles_deg(read_particles(path)), np.zeros((2, 3)))
 
 
+@pytest.mark.parametrize(
+    ("columns", "missing"),
+    [
+        (("rlnAngleRot", "rlnAnglePsi"), "rlnAngleTilt"),
+        (("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnTomoSubtomogramRot"), "rlnTomoSubtomogramTilt"),
+    ],
+)
+def test_some_euler_angles_without_the_others_are_refused(tmp_path, columns, missing):
+    # an absent angle used to read as 0: a made-up pose (all three absent: no orientation, zeros)
+    path = tmp_path / "partial.star"
+    header = "".join(
+        f"_{name}\n" for name in ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", *columns)
+    )
+    path.write_text("data_particles\n\nloop_\n" + header + " ".join(["10"] * (3 + len(columns))) + "\n")
+    with pytest.raises(InputError, match=f"no {missing}.*all three Euler angles or none") as error:
+        table_angles_deg(read_particles(path))
+    assert str(path) in str(error.value)
+
+
 def test_missing_column_is_named(tmp_path):
     path = tmp_path / "no_z.star"
     path.write_text("data_particles\n\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n1 2\n")

@@ -226,8 +226,17 @@ def table_angles_deg(table: pd.DataFrame) -> np.ndarray:
     angles are all 0 keep their values.
 
     Raises:
-        InputError: an angle that is not a finite number (named with the file the table was read from).
+        InputError: an angle that is not a finite number, or some of the three angle columns without the
+            others (named with the file the table was read from).
     """
+    for columns in (ANGLE_COLUMNS, SUBTOMOGRAM_ANGLE_COLUMNS):
+        missing = [column for column in columns if column not in table.columns]
+        if 0 < len(missing) < len(columns):
+            raise InputError(
+                f"has {', '.join(column for column in columns if column not in missing)} but no "
+                f"{', '.join(missing)}: give all three Euler angles or none",
+                table.attrs.get("path"),
+            )
     try:
         angles = _numbers(table, ANGLE_COLUMNS, absent=0.0)
         rotated = _subtomogram_rows(table)
