@@ -12,6 +12,7 @@ import torch
 
 from aitom.geometry import voxel_coordinates_xyz
 from aitom.ops.handedness import mirror_volume
+from tests.test_handedness import _hand_argv
 
 SIZE = 16
 VOXEL_SIZE_A = 10.0
@@ -38,18 +39,7 @@ def test_hand_finds_the_hand_of_a_reference_of_opposite_contrast(tmp_path, capsy
     dark = -(mirror_volume(helix, "z") if mirrored else helix)  # protein dark
     reference = write_volume(tmp_path / "dark.mrc", dark, VOXEL_SIZE_A)
     out = tmp_path / "right_hand.mrc"
-    argv = [
-        "hand",
-        str(average),
-        str(reference),
-        "--lowpass",
-        "25",
-        "--step",
-        "20",
-        "--mirrored-out",
-        str(out),
-    ]
-    assert main(argv) == 0
+    assert main(_hand_argv(average, reference, out)) == 0
     printed = capsys.readouterr()
     result = json.loads(printed.out)
     assert result["better"] == ("mirrored" if mirrored else "as_is")
