@@ -274,7 +274,8 @@ def reference_free(
 ) -> dict:
     """One reference-free run (random start drawn from ``generator``, or ``initial_reference``): average,
     poses, time. Runs drawn one after another from one generator seeded ``--seed`` are the starts of
-    ``aitom average --starts N --seed S`` (the same options), which keeps the best-scoring one."""
+    ``aitom average --starts N --seed S --gold-standard-iterations 0`` (the same options), which keeps the
+    best-scoring one."""
     started = time.perf_counter()
     free = reference_free_average(
         volumes,
@@ -289,6 +290,7 @@ def reference_free(
         generator=generator,
         initial_reference=None if initial_reference is None else initial_reference.to(volumes.device),
         progress=True,
+        gold_standard_iterations=0,  # the starts' joint rounds and their score, as --starts compares them
     )
     return {
         "average": free.average.cpu(),

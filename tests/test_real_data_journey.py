@@ -104,11 +104,13 @@ def test_reference_warnings_are_kept_when_the_reference_is_used(tmp_path):
 
 
 def test_average_summary_says_when_the_fsc_resolution_is_only_nyquist(tmp_path, capsys):
-    """Identical particles give identical half maps, FSC 1 in every shell: the summary line said
-    "FSC 0.143 20.0 Å" as if 20 Å were measured; it is the sampling limit (2 × 10 Å), and must say so."""
+    """Identical particles give identical half maps (half sets of the joint poses), FSC 1 in every shell:
+    the summary line said "FSC 0.143 20.0 Å" as if 20 Å were measured; it is the sampling limit (2 × 10 Å),
+    and must say so."""
     particles = _particle_set(tmp_path / "data", _copies(4))
     out = tmp_path / "avg"
     argv = ["average", "--particles", str(particles), "--out", str(out), "--wedge", "-67,58"]
+    argv += ["--gold-standard-iterations", "0"]
     assert main([*argv, "--iterations", "1", "--step", "45", "--max-shift", "0"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "fsc.json").read_text())

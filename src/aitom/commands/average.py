@@ -7,8 +7,9 @@ reference-free iterative averaging (one class; or, with ``--reference``, averagi
 atomic model), simultaneous classification and averaging (``--classes K`` or ``auto``) or FAML maximum
 likelihood (``--method faml``), and writes DIR/average_classN.mrc (N from 1; the class's own number when
 ``--class-number`` selects one class averaged as one), DIR/average_classN_half1.mrc and _half2.mrc (the
-averages of the even- and odd-numbered particles of the class, whose FSC is the half-set FSC; for classes of
-at least two particles), DIR/particles.star, DIR/fsc.json and DIR/fsc.png (half-set FSC per class).
+averages of the even- and odd-numbered particles of the class, refined apart after the joint rounds
+(``--gold-standard-iterations``), whose FSC is the half-set FSC; for classes of at least two particles),
+DIR/particles.star, DIR/fsc.json and DIR/fsc.png (half-set FSC per class).
 
 DIR/particles.star is the input table with the found rlnAngleRot/Tilt/Psi, rlnOriginX/Y/Z = −shift in voxels
 (and rlnOriginX/Y/ZAngst in Å when the input has them), rlnClassNumber and aitomAlignmentScore; its
@@ -75,8 +76,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Align and average subtomograms without a reference (missing-wedge compensated), "
         "optionally classifying them (PCA + k-means with the number of classes from the silhouette) or by "
         "FAML maximum likelihood. Writes DIR/average_classN.mrc, its half maps DIR/average_classN_half1.mrc "
-        "and _half2.mrc (even and odd particles), DIR/particles.star (found angles in degrees, origins in "
-        "voxels, classes), DIR/fsc.json and DIR/fsc.png.",
+        "and _half2.mrc (even and odd particles, refined apart: gold standard), DIR/particles.star (found "
+        "angles in degrees, origins in voxels, classes), DIR/fsc.json and DIR/fsc.png.",
     )
     parser.add_argument(
         "--particles",
@@ -132,7 +133,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="start from this reference instead of a random start: a map (MRC; another voxel size or box "
         "is resampled to the subtomograms') or an atomic model (.pdb/.cif, optionally .gz; its potential "
         "built at the subtomograms' voxel size), low-passed to --lowpass. The orientations found are "
-        "relative to it; both half sets align to it, so the half-set FSC is not independent of it. "
+        "relative to it; the joint rounds align to it, the gold-standard half sets start from their average. "
         "Single-class averaging (--method align) only (default: no reference)",
     )
     parser.add_argument(
@@ -163,6 +164,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="independent random (or annealed) starts; the one with the best final mean alignment score "
         "(with --method faml: the highest final log-likelihood) is kept, no reference needed. Each start "
         "costs a full run: use 3 or more for few, noisy particles; one class or FAML (default 1)",
+    )
+    parser.add_argument(
+        "--gold-standard-iterations",
+        type=int,
+        default=2,
+        help="rounds of gold-standard refinement after the joint rounds: the even- and the odd-numbered "
+        "particles of each class refined separately, from its average low-passed to --gold-standard-lowpass, "
+        "so that the FSC of the two half maps measures resolution (RELION's practice). 0: the half maps "
+        "come from the joint alignment and their FSC is optimistic, as noise aligned to one reference "
+        "reproduces in both halves (default 2)",
+    )
+    parser.add_argument(
+        "--gold-standard-lowpass",
+        type=float,
+        default=None,
+        help="low-pass of the average both half sets start from, Å; their FSC is independent only at finer "
+        "resolutions (default: 2 voxels / --max-frequency, half the finest frequency searched: 68.6 Å at "
+        "12 Å voxels with the default --max-frequency)",
     )
     parser.add_argument(
         "--step", type=float, default=15.0, help="angular step of the rotation search, degrees (default 15)"
@@ -447,6 +466,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--annealing-iterations must be 0 or at least 2, got {args.annealing_iterations}")
     if args.starts < 1:
         raise InputError(f"--starts must be >= 1, got {args.starts}")
+    if args.gold_standard_iterations < 0:
+        raise InputError(f"--gold-standard-iterations must be >= 0, got {args.gold_standard_iterations}")
+    if args.gold_standard_lowpass is not None and not 0 < args.gold_standard_lowpass < math.inf:
+        raise InputError(
+            "--gold-standard-lowpass must be a positive, finite resolution in Å, "
+            f"got {args.gold_standard_lowpass:g}"
+        )
     for option, value in (("--max-classes", args.max_classes), ("--merge-threshold", args.merge_threshold)):
         if value is not None and args.classes != "auto":
             raise InputError(f"{option} works with --classes auto only (it would be ignored)")
@@ -535,6 +561,7 @@ def run(args: argparse.Namespace) -> int:
         "angular_step_deg": args.step,
         "max_shift_voxels": args.max_shift,
         "max_frequency": args.max_frequency,
+        **_gold_standard_options(args, voxel_size_a),
     }
     if args.method == "faml":
         result = faml_average(
@@ -633,6 +660,12 @@ def run(args: argparse.Namespace) -> int:
         "voxel_size_a": voxel_size_a,
         "symmetry": args.symmetry,
         "frequency_per_a": (frequency.cpu() / voxel_size_a).tolist(),
+        "gold_standard_iterations": args.gold_standard_iterations,
+        "gold_standard_lowpass_a": (
+            voxel_size_a / alignment_options["gold_standard_start_frequency"]
+            if args.gold_standard_iterations
+            else None
+        ),
         **reference_report,
         **starts_report,
         **merges_report,
@@ -661,23 +694,64 @@ def run(args: argparse.Namespace) -> int:
         (folder / "fsc.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
         save_fsc_plot(report, folder / "fsc.png")
     summary = ", ".join(
-        f"class {c['class']}: {c['particles']} particles, FSC 0.143 {_describe_resolution(c)}"
+        f"class {c['class']}: {c['particles']} particles, FSC 0.143 "
+        f"{_describe_resolution(c, report['gold_standard_lowpass_a'])}"
         for c in report["classes"]
     )
     print(f"{args.out}: {summary}")
     return 0
 
 
-def _describe_resolution(class_report: dict) -> str:
+def _describe_resolution(class_report: dict, gold_standard_lowpass_a: float | None) -> str:
     """The FSC-0.143 resolution of one class for the summary line, saying when it is no measurement: the
-    curve below 0.143 from the first shell on (``inf``), or above it up to Nyquist (the resolution is
-    limited by the sampling, :func:`aitom.fourier.resolution_at` gives ``2 × voxel size`` then)."""
+    curve below 0.143 from the first shell on (``inf``), above it up to Nyquist (the resolution is limited by
+    the sampling, :func:`aitom.fourier.resolution_at` gives ``2 × voxel size`` then), at or below the
+    resolution the gold-standard half sets share (their start's low-pass), or of half sets from one joint
+    alignment (``gold_standard_lowpass_a`` None)."""
     resolution, curve = class_report["fsc_0.143_a"], class_report["fsc"]
     if not math.isfinite(resolution):
         return "not measurable (the FSC is below 0.143 from the first shell on)"
+    if class_report["half_maps"] is None:
+        return f"{resolution:.1f} Å"
+    if gold_standard_lowpass_a is None:
+        caveat = " (half maps of one joint alignment: optimistic; see --gold-standard-iterations)"
+    elif resolution >= gold_standard_lowpass_a * (1 - 1e-6):
+        caveat = (
+            f" (not independent: the half sets share their start up to {gold_standard_lowpass_a:.1f} Å, "
+            "so the FSC there says nothing about resolution)"
+        )
+    else:
+        caveat = ""
     if min(curve[1:]) >= 0.143:
         return f"{resolution:.1f} Å = Nyquist (the FSC stays above 0.143 to the last shell: sampling-limited)"
-    return f"{resolution:.1f} Å"
+    return f"{resolution:.1f} Å{caveat}"
+
+
+def _gold_standard_options(args: argparse.Namespace, voxel_size_a: float) -> dict:
+    """``gold_standard_iterations`` and ``gold_standard_start_frequency`` (cycles/voxel) of the averaging
+    functions from ``--gold-standard-iterations`` and ``--gold-standard-lowpass`` (Å).
+
+    Raises:
+        InputError: a low-pass not coarser than the finest resolution searched (the half sets would share
+            everything the alignment sees).
+    """
+    from aitom.errors import InputError
+
+    if args.gold_standard_lowpass is None:
+        frequency = args.max_frequency / 2
+    else:
+        frequency = voxel_size_a / args.gold_standard_lowpass
+        finest_a = voxel_size_a / args.max_frequency
+        if frequency >= args.max_frequency:
+            raise InputError(
+                f"--gold-standard-lowpass {args.gold_standard_lowpass:g} Å is not coarser than the finest "
+                f"resolution searched ({finest_a:.1f} Å, --max-frequency {args.max_frequency:g} at "
+                f"{voxel_size_a:g} Å voxels): the half sets would share all that the alignment sees"
+            )
+    return {
+        "gold_standard_iterations": args.gold_standard_iterations,
+        "gold_standard_start_frequency": frequency,
+    }
 
 
 def _check_particle_diameter(diameter_a: float, voxel_size_a: float, box: int) -> None:

@@ -207,7 +207,8 @@ def save_fsc_plot(report: dict, path: Path, *, ylabel: str = "half-set FSC", ove
     Args:
         report: ``{"frequency_per_a": [...], "classes": [{"class", "particles", "fsc": [...]}, ...]}`` (the
             ``fsc.json`` of ``aitom average`` and ``aitom pipeline``); an entry with a ``label`` is named by
-            it instead of its class and particle count.
+            it instead of its class and particle count. With ``gold_standard_lowpass_a`` (Å) the frequencies
+            below it, where gold-standard half sets share their start, are shaded.
         path: the PNG file, written atomically.
         ylabel: label of the FSC axis.
         overwrite: replace an existing file (otherwise InputError).
@@ -223,6 +224,14 @@ def save_fsc_plot(report: dict, path: Path, *, ylabel: str = "half-set FSC", ove
         axes.plot(report["frequency_per_a"], entry["fsc"], label=label)
     for threshold in (0.5, 0.143):
         axes.axhline(threshold, color="grey", linestyle=":", linewidth=0.8)
+    if report.get("gold_standard_lowpass_a"):
+        axes.axvspan(
+            0.0,
+            1.0 / report["gold_standard_lowpass_a"],
+            color="0.9",
+            zorder=0,
+            label="half sets' shared start",
+        )
     axes.set_xlabel("frequency (1/Å)")
     axes.set_ylabel(ylabel)
     axes.set_ylim(-0.1, 1.05)

@@ -19,7 +19,9 @@ from aitom.ops.alignment import (
 from aitom.ops.augmentation import random_rotated_views, wedge_preserving_rotations
 from aitom.ops.averaging import (
     AveragingResult,
+    GoldStandardRefinement,
     align_to_reference_frame,
+    gold_standard_refinement,
     half_set_averages,
     reference_free_average,
     wedge_compensated_average,
@@ -101,6 +103,7 @@ __all__ = [
     "ClassificationResult",
     "FamlResult",
     "FourierSums",
+    "GoldStandardRefinement",
     "TemplateFilter",
     "adjusted_rand_index",
     "align_subtomograms",
@@ -132,6 +135,7 @@ __all__ = [
     "finish_reconstruction",
     "gaussian_filter3d",
     "gaussian_kernel1d",
+    "gold_standard_refinement",
     "half_set_averages",
     "hand_check",
     "insert_for_reconstruction",

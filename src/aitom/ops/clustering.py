@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from aitom.fourier import fftn_centered, fourier_shell_correlation, ifftn_centered, lowpass
+from aitom.fourier import fftn_centered, ifftn_centered, lowpass
 from aitom.geometry import point_group_order, rotate_volume, soft_sphere_mask
 from aitom.ops.alignment import Alignment, align_subtomograms, particle_masks
 from aitom.ops.averaging import (
     align_to_reference_frame,
-    half_set_averages,
+    class_half_sets,
     reference_free_average,
     symmetric_average,
     wedge_compensated_average,
@@ -365,6 +365,8 @@ def classify_and_average(
     symmetry: str = "C1",
     generator: torch.Generator | None = None,
     progress: bool = False,
+    gold_standard_iterations: int = 2,
+    gold_standard_start_frequency: float | None = None,
 ) -> ClassificationResult:
     """Simultaneous classification and averaging (Xu et al. 2012) with PCA, k-means and wedge filling.
 
@@ -385,6 +387,10 @@ def classify_and_average(
         symmetry: point group shared by every class (``"C1"``: none; ``"D7"``...): each class average is
             symmetrised about axes found in it (:func:`aitom.ops.averaging.symmetric_average`), in the start,
             every round, the merges and the half-set FSC.
+        gold_standard_iterations, gold_standard_start_frequency: after the last round every class is refined
+            in independent half sets from its average (:func:`aitom.ops.averaging.class_half_sets`): the
+            class averages, poses and half-set FSC returned are theirs. 0: the half sets of the final poses,
+            whose FSC is not independent. The start frequency defaults to ``max_frequency / 2``.
 
     Returns:
         :class:`ClassificationResult`.
@@ -401,6 +407,7 @@ def classify_and_average(
         symmetry=symmetry,
         generator=generator,
         progress=progress,
+        gold_standard_iterations=0,  # a start for the classes: their half sets come later
     )
     seed = 0 if generator is None else int(generator.initial_seed())
 
@@ -483,30 +490,36 @@ def classify_and_average(
             align=align_to,
             average=class_average,
         )
-    fsc_curves, half_averages = [], []
-    for k in range(averages.shape[0]):
-        members = labels == k
-        # the final averages are symmetric already: their axes, not a second average, for the half sets
-        symmetry_rotations = (
-            map_symmetry_rotations(averages[k], symmetry)[0] if point_group_order(symmetry) > 1 else None
-        )
-        halves = half_set_averages(
-            volumes[members],
-            alignment.rotation[members],
-            alignment.shift_xyz[members],
-            particle_masks(mask, members),
-            symmetry_rotations=symmetry_rotations,
-        )
-        frequency, curve = fourier_shell_correlation(halves[0], halves[1])
-        fsc_curves.append(curve)
-        half_averages.append(halves)
+    # the final averages are symmetric already: their axes, not a second average, for the half sets
+    symmetry_rotations = [
+        map_symmetry_rotations(average, symmetry)[0] if point_group_order(symmetry) > 1 else None
+        for average in averages
+    ]
+    averages, alignment, frequency, fsc_curves, half_averages = class_half_sets(
+        volumes,
+        mask,
+        labels,
+        averages,
+        alignment,
+        symmetry_rotations,
+        gold_standard_iterations=gold_standard_iterations,
+        start_frequency=max_frequency / 2
+        if gold_standard_start_frequency is None
+        else gold_standard_start_frequency,
+        voxel_size_a=voxel_size_a,
+        angular_step_deg=angular_step_deg,
+        max_shift_voxels=max_shift_voxels,
+        max_frequency=max_frequency,
+        refine_steps=refine_steps,
+        progress=progress,
+    )
     return ClassificationResult(
         averages,
         labels,
         alignment,
         frequency,
-        torch.stack(fsc_curves),
-        torch.stack(half_averages),
+        fsc_curves,
+        half_averages,
         history,
         merges,
         estimates,

@@ -21,8 +21,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from aitom.fourier import fourier_shell_correlation
-from aitom.geometry import fourier_shift, rotate_volume, so3_grid
+from aitom.geometry import fourier_shift, point_group_order, rotate_volume, so3_grid
 from aitom.ops.alignment import (
     Alignment,
     _band_and_friedel_weight,
@@ -32,7 +31,8 @@ from aitom.ops.alignment import (
     rotational_search,
     translation_search,
 )
-from aitom.ops.averaging import half_set_averages, reference_free_average, symmetric_average
+from aitom.ops.averaging import class_half_sets, reference_free_average, symmetric_average
+from aitom.ops.symmetry import map_symmetry_rotations
 
 __all__ = ["FamlResult", "faml_average"]
 
@@ -42,12 +42,15 @@ class FamlResult:
     """Result of :func:`faml_average`.
 
     Attributes:
-        averages: ``(K, S, S, S)`` class models.
+        averages: ``(K, S, S, S)`` class maps: each class refined in independent half sets from its EM model
+            (the EM models themselves with ``gold_standard_iterations=0``).
         labels: ``(P,)`` most probable class of each subtomogram (0-based).
         responsibilities: ``(P, K)`` class posteriors (summed over candidates).
-        alignment: pose of each subtomogram's most probable (class, candidate); ``score``: its posterior.
+        alignment: pose of each subtomogram in its class's half-set refinement (with
+            ``gold_standard_iterations=0``: of its most probable (class, candidate)); ``score``: the posterior
+            of its most probable (class, candidate).
         frequency: ``(n,)`` FSC shell centres, cycles/voxel.
-        fsc: ``(K, n)`` half-set FSC of each class (most probable poses).
+        fsc: ``(K, n)`` half-set FSC of each class (:func:`aitom.ops.averaging.class_half_sets`).
         half_averages: ``(K, 2, S, S, S)`` the two half-set averages of each class behind ``fsc``.
         history: per iteration: ``iteration``, ``noise_variance``, ``log_likelihood``, ``class_fractions``.
         start_log_likelihoods: final log-likelihood of every start (one entry for a single start).
@@ -124,6 +127,29 @@ def _squared_residuals(
     return residual, coefficients.expand(n, count)
 
 
+def _class_maps_and_half_sets(
+    volumes: torch.Tensor,
+    mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    models: torch.Tensor,
+    alignment: Alignment,
+    symmetry_rotations: list[torch.Tensor | None],
+    **options,
+) -> dict:
+    """The :class:`FamlResult` fields that :func:`aitom.ops.averaging.class_half_sets` gives (class maps,
+    poses, FSC, half maps), the alignment keeping EM's posteriors as its scores."""
+    averages, refined, frequency, fsc, half_averages = class_half_sets(
+        volumes, mask, labels, models, alignment, symmetry_rotations, **options
+    )
+    return {
+        "averages": averages,
+        "alignment": dataclasses.replace(refined, score=alignment.score),
+        "frequency": frequency,
+        "fsc": fsc,
+        "half_averages": half_averages,
+    }
+
+
 def faml_average(
     volumes: torch.Tensor,
     mask: torch.Tensor | None = None,
@@ -141,6 +167,8 @@ def faml_average(
     symmetry: str = "C1",
     generator: torch.Generator | None = None,
     progress: bool = False,
+    gold_standard_iterations: int = 2,
+    gold_standard_start_frequency: float | None = None,
 ) -> FamlResult:
     """FAML expectation-maximisation over per-subtomogram candidate transformations.
 
@@ -165,6 +193,11 @@ def faml_average(
         symmetry: point group shared by every class model (``"C1"``: none; ``"D7"``...): the start and each
             M-step's models are symmetrised about axes found in them
             (:func:`aitom.ops.averaging.symmetric_average`), and so are the half sets of the FSC.
+        gold_standard_iterations, gold_standard_start_frequency: after EM every class is refined in
+            independent half sets from its model (:func:`aitom.ops.averaging.class_half_sets`): the class
+            maps, best poses and half-set FSC returned are theirs (the class posteriors stay EM's). 0: the
+            half sets of the EM poses, whose FSC is not independent. The start frequency defaults to
+            ``max_frequency / 2``.
 
     Returns:
         :class:`FamlResult` of the kept start, with every start's final log-likelihood.
@@ -173,13 +206,44 @@ def faml_average(
         raise ValueError(f"n_classes must be in [1, {volumes.shape[0]}], got {n_classes}")
     if starts < 1:
         raise ValueError(f"starts must be >= 1, got {starts}")
+    # every other argument as given (nothing else is defined yet): the options of each start
+    options = {key: value for key, value in locals().items() if key not in ("volumes", "mask", "starts")}
+    start_frequency = (
+        max_frequency / 2 if gold_standard_start_frequency is None else gold_standard_start_frequency
+    )
+    alignment_options = {
+        "voxel_size_a": voxel_size_a,
+        "angular_step_deg": angular_step_deg,
+        "max_shift_voxels": max_shift_voxels,
+        "max_frequency": max_frequency,
+        "progress": progress,
+    }
     if starts > 1:
-        # every other argument as given (nothing else is defined yet), one start each
-        options = {key: value for key, value in locals().items() if key not in ("volumes", "mask", "starts")}
+        options["gold_standard_iterations"] = 0  # the half-set refinement for the kept start only
         runs = [faml_average(volumes, mask, **options) for _ in range(starts)]
         log_likelihoods = [run.start_log_likelihoods[0] for run in runs]
         kept = max(range(starts), key=log_likelihoods.__getitem__)
-        return dataclasses.replace(runs[kept], start_log_likelihoods=log_likelihoods, kept_start=kept)
+        best = runs[kept]
+        if gold_standard_iterations > 0:
+            order = point_group_order(symmetry)
+            best = dataclasses.replace(
+                best,
+                **_class_maps_and_half_sets(
+                    volumes,
+                    mask,
+                    best.labels,
+                    best.averages,
+                    best.alignment,
+                    [
+                        map_symmetry_rotations(model, symmetry)[0] if order > 1 else None
+                        for model in best.averages
+                    ],
+                    gold_standard_iterations=gold_standard_iterations,
+                    start_frequency=start_frequency,
+                    **alignment_options,
+                ),
+            )
+        return dataclasses.replace(best, start_log_likelihoods=log_likelihoods, kept_start=kept)
     start = reference_free_average(
         volumes,
         mask,
@@ -191,6 +255,7 @@ def faml_average(
         symmetry=symmetry,
         generator=generator,
         progress=progress,
+        gold_standard_iterations=0,  # a start for the classes: their half sets come later
     )
     n = volumes.shape[0]
     device, dtype = volumes.device, volumes.dtype
@@ -300,28 +365,20 @@ def faml_average(
         shifts.flatten(1, 2)[items, best_candidate],
         responsibilities.flatten(1)[items, best_candidate],
     )
-    curves, half_averages = [], []
-    for k in range(n_classes):
-        members = labels == k
-        class_mask = particle_masks(mask, members)
-        halves = half_set_averages(
-            volumes[members],
-            alignment.rotation[members],
-            alignment.shift_xyz[members],
-            class_mask,
-            symmetry_rotations=model_symmetry_rotations[k],
-        )
-        frequency, curve = fourier_shell_correlation(halves[0], halves[1])
-        curves.append(curve)
-        half_averages.append(halves)
     return FamlResult(
-        models,
-        labels,
-        class_posterior,
-        alignment,
-        frequency,
-        torch.stack(curves),
-        torch.stack(half_averages),
-        history,
+        labels=labels,
+        responsibilities=class_posterior,
+        history=history,
+        **_class_maps_and_half_sets(
+            volumes,
+            mask,
+            labels,
+            models,
+            alignment,
+            model_symmetry_rotations,
+            gold_standard_iterations=gold_standard_iterations,
+            start_frequency=start_frequency,
+            **alignment_options,
+        ),
         start_log_likelihoods=[history[-1]["log_likelihood"]],
     )

@@ -130,6 +130,9 @@ class AverageConfig:
     refine_steps: int = 10
     #: upper frequency of the alignment, cycles/voxel
     max_frequency: float = 0.35
+    #: gold-standard rounds per class (even and odd particles refined apart from the class average low-passed
+    #: to max_frequency / 2, so that the half-set FSC measures resolution); 0: half sets of the joint poses
+    gold_standard_iterations: int = 2
 
 
 @dataclasses.dataclass
@@ -289,6 +292,11 @@ def validate_config(config: PipelineConfig) -> None:
     positive("average.max_shift_voxels", config.average.max_shift_voxels, allow_none=True)
     if config.average.refine_steps < 0:
         fail("average.refine_steps", f"must be >= 0, got {config.average.refine_steps}")
+    if config.average.gold_standard_iterations < 0:
+        fail(
+            "average.gold_standard_iterations",
+            f"must be >= 0, got {config.average.gold_standard_iterations}",
+        )
     if not 0 < config.average.max_frequency <= 0.5:
         fail("average.max_frequency", f"must be in (0, 0.5] cycles/voxel, got {config.average.max_frequency}")
     for key, tilt_range in (

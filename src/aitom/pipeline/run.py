@@ -372,6 +372,9 @@ def _run_pipeline(
                 fsc_report = {
                     "voxel_size_a": voxel_size,
                     "frequency_per_a": (frequency / voxel_size).tolist(),
+                    "gold_standard_lowpass_a": voxel_size / (config.average.max_frequency / 2)
+                    if config.average.gold_standard_iterations
+                    else None,
                 }
                 fsc_report["classes"] = []
                 per_class = zip(classes.averages.cpu(), classes.fsc.cpu(), classes.half_averages.cpu())

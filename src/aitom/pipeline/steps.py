@@ -356,6 +356,7 @@ def _alignment_options(config: PipelineConfig, box_size: int) -> dict[str, float
         "max_shift_voxels": box_size / 4 if average.max_shift_voxels is None else average.max_shift_voxels,
         "max_frequency": average.max_frequency,
         "refine_steps": average.refine_steps,
+        "gold_standard_iterations": average.gold_standard_iterations,
     }
 
 
