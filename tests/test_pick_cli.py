@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -504,3 +505,24 @@ def test_real_80s_map_in_a_large_box_fits_a_thin_slab_after_cropping(tmp_path):
     assert whole.shape[-1] == 67
     assert template_signal_outside(whole, 36) < MAX_CROPPED_SIGNAL
     assert torch.equal(picker.templates[0], whole[15:51, 15:51, 15:51])  # centre voxel 33 -> 18
+
+
+@pytest.mark.parametrize(
+    ("sigma_options", "named"),
+    [
+        (["--sigma-voxels", "0.1"], "--sigma-voxels 0.1 is under 0.5 voxel"),
+        (["--sigma-a", "3"], "--sigma-a 3 Å (0.3 voxels of 10 Å) is under 0.5 voxel"),
+        (["--voxel-size", "200"], "the default sigma 70 Å (0.35 voxels of 200 Å) is under 0.5 voxel"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::aitom.io.HeaderWarning")
+def test_dog_sigma_under_half_a_voxel_is_refused(files, tmp_path, sigma_options, named):
+    """A sigma under half a voxel picked nothing (0.1 voxel: 0 picks and exit 0) or features under a voxel
+    across (noise); it is refused in one line naming the option, nothing written."""
+    out = tmp_path / "picks.star"
+    parser = argparse.ArgumentParser(prog="aitom")
+    pick.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["pick", "dog", "--tomogram", str(files["tomogram"]), "--out", str(out), *sigma_options]
+    with pytest.raises(InputError, match=re.escape(named)):
+        pick.run(parser.parse_args(argv))
+    assert not out.exists()

@@ -421,6 +421,16 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
         )
         if not args.sigma2_ratio > 1:
             raise InputError(f"--sigma2-ratio must be > 1, got {args.sigma2_ratio}")
+        if sigma < _MIN_SIGMA_VOXELS:
+            if args.sigma_voxels is not None:
+                given = f"--sigma-voxels {args.sigma_voxels:g}"
+            else:
+                named = "the default sigma 70" if args.sigma_a is None else f"--sigma-a {args.sigma_a:g}"
+                given = f"{named} Å ({sigma:.2g} voxels of {voxel_size:g} Å)"
+            raise InputError(
+                f"{given} is under {_MIN_SIGMA_VOXELS:g} voxel: it picks features under a voxel across "
+                "(radius about sigma·√3), noise or nothing; is the value in the right unit?"
+            )
         picker = DoGPicker(sigma, args.sigma2_ratio * sigma, **common)
         scale = max(1, round(sigma * 3**0.5))
         return picker, (scale, scale)
@@ -431,6 +441,10 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
     )
     scale = max(1, round(radius))
     return SaliencyPicker(radius, **common), (scale, scale)
+
+
+#: smallest DoG sigma1, voxels: a narrower one picks features under a voxel across (noise), or nothing
+_MIN_SIGMA_VOXELS = 0.5
 
 
 def _voxels(
