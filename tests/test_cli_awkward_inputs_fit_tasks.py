@@ -311,3 +311,22 @@ def test_a_checkpoint_of_other_network_options_exits_2(tmp_path, monkeypatch, ca
     )
     assert not (tmp_path / "outputs" / "autoencoder" / "clusters").exists()
     assert [path.name for path in tmp_path.iterdir() if path.name != "autoencoder.yaml"] == ["outputs"]
+
+
+@pytest.mark.parametrize("command", ["fit", "test"])
+def test_a_pipeline_config_given_to_fit_says_which_command_takes_it(tmp_path, monkeypatch, capsys, command):
+    """`aitom fit --config configs/pipeline.yaml` said "Subcommand 'fit' does not accept option
+    'denoise.method'"; it names the file as a pipeline configuration and the command that takes it. A training
+    config with a wrong key keeps jsonargparse's message."""
+    monkeypatch.chdir(tmp_path)
+    pipeline_config = Path(__file__).resolve().parent.parent / "configs" / "pipeline.yaml"
+    assert main([command, "--config", str(pipeline_config)]) == 2
+    error = _one_error_line(capsys)
+    assert error.startswith(f"{pipeline_config}: an `aitom pipeline` configuration")
+    assert f"`aitom pipeline --tomogram T.mrc --out DIR --config {pipeline_config}`" in error
+    assert f"give `aitom {command}` a training config" in error
+    assert _no_outputs(tmp_path)
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"pick": {"method": "dog"}, "trainer": {"max_epochs": 1}}))
+    assert main([command, f"--config={other}"]) == 2
+    assert "aitom pipeline" not in _one_error_line(capsys)

@@ -370,8 +370,39 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
             parser_kwargs={"exit_on_error": False},
         )
     except ArgumentError as error:
+        pipeline_config = _pipeline_config_in(argv)
+        if pipeline_config is not None:
+            raise InputError(
+                "an `aitom pipeline` configuration (sections such as pick, classify, average), not a "
+                "training one (model, data, trainer): run `aitom pipeline --tomogram T.mrc --out DIR "
+                f"--config {pipeline_config}`, or give `aitom {argv[0] if argv else 'fit'}` a training "
+                "config such as configs/classify_rb3d.yaml",
+                pipeline_config,
+            ) from error
         raise InputError(argument_error_line(error)) from error
     return 0
+
+
+def _pipeline_config_in(argv: Sequence[str]) -> Path | None:
+    """The ``--config`` file of ``argv`` when it is an ``aitom pipeline`` configuration (only sections and
+    keys of :class:`aitom.pipeline.config.PipelineConfig`, none of LightningCLI's), else None."""
+    import dataclasses
+
+    import yaml
+
+    from aitom.pipeline.config import PipelineConfig
+
+    names = [value.removeprefix("--config=") for value in argv if value.startswith("--config=")]
+    names += [argv[index + 1] for index, value in enumerate(argv[:-1]) if value == "--config"]
+    pipeline_keys = {field.name for field in dataclasses.fields(PipelineConfig)}
+    for name in names:
+        try:
+            content = yaml.safe_load(Path(name).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(content, dict) and content and set(content) <= pipeline_keys:
+            return Path(name)
+    return None
 
 
 def argument_error_line(error: ArgumentError) -> str:
