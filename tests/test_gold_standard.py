@@ -11,6 +11,8 @@ from aitom.commands import average as average_command
 from aitom.fourier import fourier_shell_correlation, missing_wedge_mask, resolution_at
 from aitom.geometry import rotation_angle_between
 from aitom.ops.averaging import gold_standard_refinement, half_set_averages, reference_free_average
+from aitom.ops.clustering import classify_and_average
+from aitom.ops.faml import faml_average
 from tests.align_fixtures import blob_volume, posed_subtomograms
 from tests.test_align_cli import _assert_half_maps_give_the_reported_fsc, _main, _write_particle_set
 
@@ -133,3 +135,16 @@ def test_summary_says_when_the_resolution_is_not_an_independent_measurement():
     )
     assert "optimistic" in _describe_resolution(crossing, None)
     assert _describe_resolution({**crossing, "fsc_0.143_a": 40.0}, 68.6) == "40.0 Å"
+
+
+def test_impossible_gold_standard_settings_are_refused_before_any_work():
+    volumes = torch.randn(4, 8, 8, 8)
+    with pytest.raises(ValueError, match="gold_standard_iterations must be >= 0"):
+        reference_free_average(volumes, gold_standard_iterations=-1)
+    with pytest.raises(ValueError, match="gold_standard_start_frequency must be in"):
+        reference_free_average(volumes, gold_standard_start_frequency=0.7)
+    with pytest.raises(ValueError, match="start_frequency must be in"):
+        gold_standard_refinement(volumes, None, volumes[0], start_frequency=0.0)
+    for method in (faml_average, classify_and_average):
+        with pytest.raises(ValueError, match="gold_standard_iterations must be >= 0"):
+            method(volumes, gold_standard_iterations=-1)

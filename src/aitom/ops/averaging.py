@@ -855,6 +855,8 @@ def class_half_sets(
     Returns:
         ``(averages (K, S, S, S), alignment, frequency (n,), fsc (K, n), half averages (K, 2, S, S, S))``.
     """
+    if gold_standard_iterations < 0:
+        raise ValueError(f"gold_standard_iterations must be >= 0, got {gold_standard_iterations}")
     averages = averages.clone()
     alignment = Alignment(alignment.rotation.clone(), alignment.shift_xyz.clone(), alignment.score.clone())
     curves, half_averages = [], []

@@ -395,6 +395,8 @@ def classify_and_average(
     Returns:
         :class:`ClassificationResult`.
     """
+    if gold_standard_iterations < 0:
+        raise ValueError(f"gold_standard_iterations must be >= 0, got {gold_standard_iterations}")
     start = reference_free_average(
         volumes,
         mask,

@@ -206,6 +206,8 @@ def faml_average(
         raise ValueError(f"n_classes must be in [1, {volumes.shape[0]}], got {n_classes}")
     if starts < 1:
         raise ValueError(f"starts must be >= 1, got {starts}")
+    if gold_standard_iterations < 0:
+        raise ValueError(f"gold_standard_iterations must be >= 0, got {gold_standard_iterations}")
     # every other argument as given (nothing else is defined yet): the options of each start
     options = {key: value for key, value in locals().items() if key not in ("volumes", "mask", "starts")}
     start_frequency = (
