@@ -81,7 +81,9 @@ def save_montage(
     path = check_output_path(path, overwrite)
     image_format = path.suffix.lstrip(".").lower()
     if image_format not in FigureCanvasAgg.get_supported_filetypes():
-        raise InputError(f"cannot write images of type '{path.suffix}' (use .png, .jpg, .tif, .pdf or .svg)", path)
+        raise InputError(
+            f"cannot write images of type '{path.suffix}' (use .png, .jpg, .tif, .pdf or .svg)", path
+        )
 
     nz, ny, nx = array.shape
     cz, cy, cx = nz // 2, ny // 2, nx // 2
