@@ -149,7 +149,6 @@ def _write_raw(path: Path, data: np.ndarray, voxel_size_a: float = 5.0) -> Path:
         (["estimate", "wedge", "{small}"], "too small for a wedge estimate"),
     ],
 )
-@pytest.mark.filterwarnings("ignore::aitom.io.HeaderWarning")  # the voxel size 0 case warns, then fails
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, volume_file, capsys, argv, message):
     files = {
         "volume": volume_file,

@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from aitom.commands.shared import check_volume_output
+    from aitom.commands.shared import check_volume_output, warnings_dropped_on_refusal
     from aitom.errors import InputError
     from aitom.io import HeaderWarning, physical_memory_bytes, read_volume, write_volume
 
@@ -237,24 +237,25 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--{option.replace('_', '-')} must be a positive number of Å, got {value}")
     check_volume_output(args.output, args.input, args.overwrite)
     header = None
-    if args.input.suffix.lower() in _TIFF_SUFFIXES:
-        array, carried, description = read_tiff_volume(args.input)
-        source = f"TIFF metadata: {description}"
-    else:
-        with warnings.catch_warnings():
-            if args.voxel_size is not None:  # the header's value is being replaced: no warning about it
-                warnings.simplefilter("ignore", HeaderWarning)
-            if args.resample is not None:  # the voxels are being made cubic
-                warnings.filterwarnings("ignore", ".*anisotropic voxels", HeaderWarning)
-            volume, header = read_volume(args.input)
-        array, carried = volume.numpy(), header.voxel_size_a
-        source = f"MRC header voxel size {_xyz(header.voxel_size_a)} Å"
-    if args.voxel_size is not None:
-        voxel_size = (args.voxel_size,) * 3
-    elif carried is not None and all(0 < v < math.inf for v in carried):
-        voxel_size = carried
-    else:
-        raise InputError(f"carries no voxel size ({source}); pass --voxel-size in Å", args.input)
+    with warnings_dropped_on_refusal():  # refused for its voxel size: the error line alone
+        if args.input.suffix.lower() in _TIFF_SUFFIXES:
+            array, carried, description = read_tiff_volume(args.input)
+            source = f"TIFF metadata: {description}"
+        else:
+            with warnings.catch_warnings():
+                if args.voxel_size is not None:  # the header's value is being replaced: no warning about it
+                    warnings.simplefilter("ignore", HeaderWarning)
+                if args.resample is not None:  # the voxels are being made cubic
+                    warnings.filterwarnings("ignore", ".*anisotropic voxels", HeaderWarning)
+                volume, header = read_volume(args.input)
+            array, carried = volume.numpy(), header.voxel_size_a
+            source = f"MRC header voxel size {_xyz(header.voxel_size_a)} Å"
+        if args.voxel_size is not None:
+            voxel_size = (args.voxel_size,) * 3
+        elif carried is not None and all(0 < v < math.inf for v in carried):
+            voxel_size = carried
+        else:
+            raise InputError(f"carries no voxel size ({source}); pass --voxel-size in Å", args.input)
     if voxel_size is carried and np.ptp(carried) > 1e-3 * max(carried) and args.resample is None:
         print(
             f"{args.input}: anisotropic voxels {_xyz(carried)} Å kept as read (--resample Å makes them cubic)"

@@ -7,7 +7,12 @@ import argparse
 import json
 from pathlib import Path
 
-from aitom.commands.shared import add_voxel_size_option, read_real_space_mask, seed_number
+from aitom.commands.shared import (
+    add_voxel_size_option,
+    read_real_space_mask,
+    seed_number,
+    warnings_dropped_on_refusal,
+)
 
 #: volume files found in an ``estimate snr`` folder: MRC names, plain or compressed as the reader accepts
 VOLUME_SUFFIXES = tuple(
@@ -387,35 +392,38 @@ def _run_fsc(args: argparse.Namespace) -> dict:
             raise InputError("--plot must name a .png file", args.plot)
         check_output_path(args.plot, args.overwrite)
         refuse_path_under_a_file(args.plot)
-    a, header_a = read_volume(args.map_a, voxel_size_a=args.voxel_size)
-    b, header_b = read_volume(args.map_b, voxel_size_a=args.voxel_size)
-    shape = tuple(a.shape)
-    if tuple(b.shape) != shape:
-        raise InputError(
-            f"shape {tuple(b.shape)} (Z, Y, X voxels) differs from {args.map_a}'s {shape}: the FSC compares "
-            "two maps on one grid",
-            args.map_b,
-        )
-    if min(shape) < 4:
-        raise InputError(f"is {shape} voxels (Z, Y, X): the FSC needs at least 4 voxels per axis", args.map_a)
-    for header, path in ((header_a, args.map_a), (header_b, args.map_b)):
-        sizes = header.voxel_size_a
-        if not min(sizes) > 0:
-            raise InputError("has no voxel size (0 Å in the header): pass --voxel-size in Å", path)
-        if max(sizes) / min(sizes) - 1 > 1e-3:
+    with warnings_dropped_on_refusal():  # a map refused for its header or grid: the error line alone
+        a, header_a = read_volume(args.map_a, voxel_size_a=args.voxel_size)
+        b, header_b = read_volume(args.map_b, voxel_size_a=args.voxel_size)
+        shape = tuple(a.shape)
+        if tuple(b.shape) != shape:
             raise InputError(
-                f"anisotropic voxels {tuple(sizes)} Å (x, y, z): make them cubic with aitom convert IN OUT "
-                "--resample Å",
-                path,
+                f"shape {tuple(b.shape)} (Z, Y, X voxels) differs from {args.map_a}'s {shape}: the FSC "
+                "compares two maps on one grid",
+                args.map_b,
             )
-    voxel_size = header_a.voxel_size_a[0]
-    if abs(header_b.voxel_size_a[0] - voxel_size) > 1e-3 * voxel_size:
-        raise InputError(
-            f"voxel size {header_b.voxel_size_a[0]:g} Å differs from {args.map_a}'s {voxel_size:g} Å: the "
-            "maps must share one grid (aitom convert IN OUT --resample Å, or --voxel-size if a header is "
-            "wrong)",
-            args.map_b,
-        )
+        if min(shape) < 4:
+            raise InputError(
+                f"is {shape} voxels (Z, Y, X): the FSC needs at least 4 voxels per axis", args.map_a
+            )
+        for header, path in ((header_a, args.map_a), (header_b, args.map_b)):
+            sizes = header.voxel_size_a
+            if not min(sizes) > 0:
+                raise InputError("has no voxel size (0 Å in the header): pass --voxel-size in Å", path)
+            if max(sizes) / min(sizes) - 1 > 1e-3:
+                raise InputError(
+                    f"anisotropic voxels {tuple(sizes)} Å (x, y, z): make them cubic with aitom convert IN "
+                    "OUT --resample Å",
+                    path,
+                )
+        voxel_size = header_a.voxel_size_a[0]
+        if abs(header_b.voxel_size_a[0] - voxel_size) > 1e-3 * voxel_size:
+            raise InputError(
+                f"voxel size {header_b.voxel_size_a[0]:g} Å differs from {args.map_a}'s {voxel_size:g} Å: "
+                "the maps must share one grid (aitom convert IN OUT --resample Å, or --voxel-size if a "
+                "header is wrong)",
+                args.map_b,
+            )
     mask, mask_description = _fsc_mask(args, shape, voxel_size)
     for volume, path in ((a, args.map_a), (b, args.map_b)):
         values = volume if mask is None else volume[mask > 0]

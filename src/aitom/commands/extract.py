@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         read_particle_table,
         refuse_inputs_inside,
         select_tomogram,
+        warnings_dropped_on_refusal,
     )
     from aitom.errors import InputError
     from aitom.io import open_volume_mmap, write_particles, write_volume
@@ -223,19 +224,21 @@ def run(args: argparse.Namespace) -> int:
     table = select_tomogram(table, args.tomo_name, args.particles)
     if len(table) == 0:
         raise InputError("the particle table is empty", args.particles)
-    tomogram, header = open_volume_mmap(args.tomogram, voxel_size_a=args.voxel_size)
-    shape_zyx = np.array(tomogram.shape)
-    if args.size > shape_zyx.min():
-        raise InputError(
-            f"--size {args.size} is larger than the tomogram's smallest side "
-            f"({' × '.join(map(str, shape_zyx.tolist()))} voxels, z × y × x)",
-            args.tomogram,
-        )
-    voxel_size_a = float(header.voxel_size_a[0])
-    if not voxel_size_a > 0:  # written to every subtomogram: refused before any work
-        raise InputError(
-            f"voxel size {voxel_size_a:g} Å in the header is not positive; pass --voxel-size", args.tomogram
-        )
+    with warnings_dropped_on_refusal():  # refused for its voxel size or --size: the error line alone
+        tomogram, header = open_volume_mmap(args.tomogram, voxel_size_a=args.voxel_size)
+        shape_zyx = np.array(tomogram.shape)
+        if args.size > shape_zyx.min():
+            raise InputError(
+                f"--size {args.size} is larger than the tomogram's smallest side "
+                f"({' × '.join(map(str, shape_zyx.tolist()))} voxels, z × y × x)",
+                args.tomogram,
+            )
+        voxel_size_a = float(header.voxel_size_a[0])
+        if not voxel_size_a > 0:  # written to every subtomogram: refused before any work
+            raise InputError(
+                f"voxel size {voxel_size_a:g} Å in the header is not positive; pass --voxel-size",
+                args.tomogram,
+            )
     known_voxel_size_a = None if args.voxel_size is None and voxel_size_a == 1.0 else voxel_size_a  # 1: unset
     try:
         coordinates_xyz, conversions = particle_voxel_positions(

@@ -212,7 +212,7 @@ def _check_scale(
 def run(args: argparse.Namespace) -> int:
     import math
 
-    from aitom.commands.shared import check_volume_output, torch_device
+    from aitom.commands.shared import check_volume_output, torch_device, warnings_dropped_on_refusal
     from aitom.errors import InputError
     from aitom.io import read_volume, voxels_are_cubic, write_volume
     from aitom.ops import (
@@ -228,12 +228,13 @@ def run(args: argparse.Namespace) -> int:
     check_volume_output(args.output, args.input, args.overwrite)
 
     device = torch_device(args.device)
-    volume, header = read_volume(args.input, voxel_size_a=args.voxel_size)
-    voxel_size = header.voxel_size_a
-    if min(voxel_size) <= 0:
-        raise InputError(
-            f"voxel size {voxel_size} Å in the header is not positive; pass --voxel-size", args.input
-        )
+    with warnings_dropped_on_refusal():  # refused for its voxel size: the error line alone
+        volume, header = read_volume(args.input, voxel_size_a=args.voxel_size)
+        voxel_size = header.voxel_size_a
+        if min(voxel_size) <= 0:
+            raise InputError(
+                f"voxel size {voxel_size} Å in the header is not positive; pass --voxel-size", args.input
+            )
     shape = tuple(volume.shape)
     if args.filter == "gaussian":
         sigma = _sigma_voxels(args.sigma_a, args.sigma_voxels, voxel_size, "sigma")
