@@ -281,3 +281,23 @@ def test_ddp_pick_writes_the_single_process_picks(tomogram, tmp_path):
     pd.testing.assert_frame_equal(
         ddp.sort_values(columns, ignore_index=True), single.sort_values(columns, ignore_index=True)
     )
+
+
+def test_pick_with_more_devices_than_tiles_runs_one_process_per_tile(tomogram, tmp_path):
+    """``--devices 2`` on a tomogram of one tile stopped both processes with a traceback (a process without
+    a tile fails Lightning's distributed sampler); it now runs one process, says so once, and picks as one."""
+    options = ["--sigma-voxels", "2", "--accelerator", "cpu"]
+    out = tmp_path / "picks.star"
+    command = ["pick", "dog", "--tomogram", str(tomogram), "--out", str(out), *options]
+    result = run_ddp([*command, "--devices", str(DEVICES)], tmp_path)
+    warnings = [line for line in result.stderr.splitlines() if "aitom: warning:" in line]
+    assert warnings == [
+        f"aitom: warning: {tomogram}: --devices {DEVICES} but the tomogram makes 1 tile(s) of "
+        "--tile-voxels 256: running 1 process(es)"
+    ]
+    single_out = tmp_path / "single.star"
+    parser = argparse.ArgumentParser(prog="aitom")
+    pick.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["pick", "dog", "--tomogram", str(tomogram), "--out", str(single_out), *options]
+    assert pick.run(parser.parse_args(argv)) == 0
+    pd.testing.assert_frame_equal(read_particles(out), read_particles(single_out))

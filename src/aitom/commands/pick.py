@@ -226,7 +226,10 @@ def run(args: argparse.Namespace) -> int:
         for path in outputs[1:]:
             check_output_path(path, args.overwrite)
     refuse_outputs_over_inputs(outputs, [args.tomogram, *getattr(args, "template", []), args.truth])
-    tomogram, header = read_volume(args.tomogram, mmap=True, voxel_size_a=args.voxel_size)
+    with warnings_dropped_on_refusal():  # refused for its voxel size: the error line alone
+        tomogram, header = read_volume(args.tomogram, mmap=True, voxel_size_a=args.voxel_size)
+        voxel_size = header.voxel_size_a[0]
+        _refuse_unset_voxel_size(args, voxel_size)
     if float(tomogram.std()) == 0.0:
         raise InputError("the tomogram is constant (empty): nothing to pick", args.tomogram)
     shape = tuple(tomogram.shape)
@@ -236,7 +239,6 @@ def run(args: argparse.Namespace) -> int:
             f"({'×'.join(map(str, shape))} voxels, Z×Y×X): use at most {(min(shape) - 1) // 2}",
             args.tomogram,
         )
-    voxel_size = header.voxel_size_a[0]
     for name in ("min_distance", "num_peaks", "tile_voxels"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -270,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
             args.tomogram,
         )
     picks, is_global_zero = _predict(
-        argparse.Namespace(**{**vars(args), "tile_voxels": tile}), picker, overlap
+        argparse.Namespace(**{**vars(args), "tile_voxels": tile}), picker, overlap, shape
     )
     if is_global_zero:
         print(f"{args.out}: {len(picks)} picks ({args.method})", file=sys.stderr)
@@ -369,12 +371,6 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
                 f"--threshold {args.threshold:g}: with one template the scores are correlations in [-1, 1] "
                 "(z-scores only with several templates); give a threshold between -1 and 1"
             )
-        if not voxel_size > 0:
-            raise InputError(
-                f"voxel size {voxel_size:g} Å in the header: template matching needs the tomogram's voxel "
-                "size; pass --voxel-size",
-                args.tomogram,
-            )
         if args.template_voxel_size is not None and not 0 < args.template_voxel_size < math.inf:
             raise InputError(
                 f"--template-voxel-size must be a positive number of Å, got {args.template_voxel_size}"
@@ -416,9 +412,7 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
     if args.method == "dog":
         from aitom.tasks.pick import DoGPicker
 
-        sigma = _voxels(
-            args.sigma_a, args.sigma_voxels, voxel_size, default_a=70.0, name="sigma", tomogram=args.tomogram
-        )
+        sigma = _voxels(args.sigma_a, args.sigma_voxels, voxel_size, default_a=70.0, name="sigma")
         if not args.sigma2_ratio > 1:
             raise InputError(f"--sigma2-ratio must be > 1, got {args.sigma2_ratio}")
         if sigma < _MIN_SIGMA_VOXELS:
@@ -436,9 +430,7 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
         return picker, (scale, scale)
     from aitom.tasks.pick import SaliencyPicker
 
-    radius = _voxels(
-        args.radius_a, args.radius_voxels, voxel_size, default_a=None, name="radius", tomogram=args.tomogram
-    )
+    radius = _voxels(args.radius_a, args.radius_voxels, voxel_size, default_a=None, name="radius")
     scale = max(1, round(radius))
     return SaliencyPicker(radius, **common), (scale, scale)
 
@@ -447,53 +439,84 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
 _MIN_SIGMA_VOXELS = 0.5
 
 
+class PickWarning(UserWarning):
+    """A pick run that goes on differently from what was asked (fewer processes than ``--devices``)."""
+
+
+def _refuse_unset_voxel_size(args: argparse.Namespace, voxel_size: float) -> None:
+    """Refuse a header voxel size that is not positive where a length is in Å: the templates', or the DoG
+    sigma's or saliency radius's unless given in voxels."""
+    from aitom.errors import InputError
+
+    if voxel_size > 0:
+        return
+    if args.method == "template":
+        raise InputError(
+            f"voxel size {voxel_size:g} Å in the header: template matching needs the tomogram's voxel size; "
+            "pass --voxel-size",
+            args.tomogram,
+        )
+    name = "sigma" if args.method == "dog" else "radius"
+    if getattr(args, f"{name}_voxels") is None:
+        raise InputError(
+            f"voxel size {voxel_size:g} Å in the header: a {name} in Å needs it; pass --voxel-size or "
+            f"--{name}-voxels",
+            args.tomogram,
+        )
+
+
 def _voxels(
-    value_a: float | None,
-    value_voxels: float | None,
-    voxel_size: float,
-    default_a,
-    name: str,
-    tomogram: Path | None = None,
+    value_a: float | None, value_voxels: float | None, voxel_size: float, default_a, name: str
 ) -> float:
-    """A length in voxels: ``value_voxels``, or ``value_a`` (or ``default_a``) Å over ``voxel_size`` Å."""
+    """A length in voxels: ``value_voxels``, or ``value_a`` (or ``default_a``) Å over ``voxel_size`` Å
+    (positive when a length in Å is converted: :func:`_refuse_unset_voxel_size` refused the others)."""
     from aitom.errors import InputError
 
     if value_voxels is not None:
         voxels = value_voxels
     else:
-        if not voxel_size > 0:
-            raise InputError(
-                f"voxel size {voxel_size:g} Å in the header: a {name} in Å needs it; pass --voxel-size or "
-                f"--{name}-voxels",
-                tomogram,
-            )
         voxels = (default_a if value_a is None else value_a) / voxel_size
     if not voxels > 0:
         raise InputError(f"the {name} must be positive, got {value_voxels if value_a is None else value_a}")
     return float(voxels)
 
 
-def _predict(args: argparse.Namespace, picker, overlap: int):
-    """Pick over the tiles of ``args.tomogram`` (``args.tile_voxels`` edge, ``overlap`` voxels shared by
-    neighbours) under ``trainer.predict``; the table
-    written (STAR, voxels) and whether this process is the global rank 0.
+def _predict(args: argparse.Namespace, picker, overlap: int, shape_zyx: tuple[int, int, int]):
+    """Pick over the tiles of ``args.tomogram`` (``shape_zyx`` voxels; ``args.tile_voxels`` edge, ``overlap``
+    voxels shared by neighbours) under ``trainer.predict``; the table written (STAR, voxels) and whether this
+    process is the global rank 0. ``args.devices`` above the number of tiles runs one process per tile.
 
     The caller has read the tomogram's header, and any quirk of it (:class:`aitom.io.HeaderWarning`) has
     been reported then: the data module and the writer, reading the header again, are kept from repeating it.
     """
+    import os
     import re
+    import sys
     import warnings
+    from contextlib import redirect_stdout
 
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch import Trainer, seed_everything
 
-    from aitom.data.tomogram import TomogramDataModule
+    from aitom.data.tomogram import TomogramDataModule, count_tiles
     from aitom.errors import InputError
     from aitom.io import HeaderWarning, read_particles
     from aitom.tasks.pick import PickWriter
 
     seed_everything(args.seed, verbose=False)
     devices = int(args.devices) if args.devices.isdigit() else args.devices
+    n_tiles = count_tiles(shape_zyx, args.tile_voxels, overlap, picker.tile_boundary)
+    if isinstance(devices, int) and devices > n_tiles:
+        # a process without a tile stops Lightning's distributed sampler: run as many processes as tiles
+        if "LOCAL_RANK" not in os.environ:  # the processes Lightning starts run this command again: warn once
+            warnings.warn(
+                PickWarning(
+                    f"{args.tomogram}: --devices {devices} but the tomogram makes {n_tiles} tile(s) of "
+                    f"--tile-voxels {args.tile_voxels}: running {n_tiles} process(es)"
+                ),
+                stacklevel=2,
+            )
+        devices = n_tiles
     writer = PickWriter(
         str(args.out),
         overwrite=args.overwrite,
@@ -519,7 +542,8 @@ def _predict(args: argparse.Namespace, picker, overlap: int):
         voxel_size_a=args.voxel_size,
         boundary=picker.tile_boundary,
     )
-    with warnings.catch_warnings():
+    # Lightning's progress bars (Rich's console, or tqdm's) write to stdout: stdout carries the scores' JSON
+    with warnings.catch_warnings(), redirect_stdout(sys.stderr):
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=re.escape(f"{args.tomogram}: "), category=HeaderWarning)
         trainer.predict(picker, datamodule=data, return_predictions=False)

@@ -288,7 +288,7 @@ def pick_particles(
             voxel_size=voxel_size_a,
             exclude_border=0.0,  # the faces are excluded below, once the pickers' tables are merged
         )
-        table, _ = _predict(arguments, picker, overlap)  # (picks, is_global_zero)
+        table, _ = _predict(arguments, picker, overlap, shape)  # (picks, is_global_zero)
         tables.append(table)
     table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
     if len(table) == 0:
