@@ -17,9 +17,14 @@ _RECIPE_HELP = (
     "simulations/{name}_default.yaml"
 )
 _OVERRIDES_HELP = (
-    "recipe overrides as dotted KEY=VALUE, e.g. snr=0.1 tilt.tilt_step_deg=2 shape_zyx_voxels=[50,128,128] "
+    "recipe overrides as dotted KEY=VALUE, e.g. {examples} "
     "(units are in the key names: _a = Å, _deg = degrees, _um = µm, _voxels = voxels)"
 )
+#: override examples of each kind: keys of its own recipe (the other's are refused as unknown)
+_OVERRIDE_EXAMPLES = {
+    "tomogram": "snr=0.1 tilt.tilt_step_deg=2 shape_zyx_voxels=[50,128,128]",
+    "subtomograms": "snr=0.1 tilt.tilt_step_deg=2 box_size_voxels=48 particles_per_class=20",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -79,7 +84,12 @@ def _common_options(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument(
         "--device", default="cpu", help="torch device to compute on, e.g. cpu or cuda (default cpu)"
     )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help=_OVERRIDES_HELP.format(examples=_OVERRIDE_EXAMPLES[kind]),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
