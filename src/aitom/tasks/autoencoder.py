@@ -248,7 +248,13 @@ class AutoencoderClustering(LightningModule):
         else:
             contrastive, reconstruction = self.contrastive_losses(batch["volume"])
             loss = hp.contrastive_weight * contrastive + hp.reconstruction_weight * reconstruction
-            self.log(f"{stage}/contrastive", contrastive, on_epoch=True, batch_size=batch["volume"].shape[0])
+            self.log(
+                f"{stage}/contrastive",
+                contrastive,
+                on_epoch=True,
+                batch_size=batch["volume"].shape[0],
+                sync_dist=stage != "train",
+            )
         self.log(
             f"{stage}/loss",
             loss,
@@ -256,6 +262,8 @@ class AutoencoderClustering(LightningModule):
             on_epoch=True,
             prog_bar=stage != "test",
             batch_size=batch["volume"].shape[0],
+            # under DDP the epoch loss (best.ckpt's monitor) is the mean over the ranks, not rank 0's alone
+            sync_dist=stage != "train",
         )
         return loss
 

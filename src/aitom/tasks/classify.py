@@ -252,10 +252,11 @@ class Classifier(LightningModule):
         metrics.reset()
         if self.trainer.sanity_checking:
             return
-        self.log(f"{stage}/acc", values["acc"], prog_bar=stage != "train")
-        self.log(f"{stage}/f1_macro", values["f1_macro"])
+        # compute() has gathered every rank already: sync_dist averages equal values (and tells Lightning)
+        self.log(f"{stage}/acc", values["acc"], prog_bar=stage != "train", sync_dist=True)
+        self.log(f"{stage}/f1_macro", values["f1_macro"], sync_dist=True)
         for name, recall in zip(self.display_names(), values["recall"]):
-            self.log(f"{stage}/recall/{name}", recall)
+            self.log(f"{stage}/recall/{name}", recall, sync_dist=True)
         if stage != "train":
             self._log_confusion_matrix(values["confusion"], stage)
 

@@ -360,7 +360,7 @@ class AdversarialDomainAdaptation(LightningModule):
         self.accuracy[f"{stage}_acc"].update(logits, labels)
         self.accuracy[f"{stage}_source_only_acc"].update(self.source_only_logits(batch["volume"]), labels)
         loss = nn.functional.cross_entropy(logits, labels)
-        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=labels.shape[0])
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=labels.shape[0], sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
@@ -372,7 +372,8 @@ class AdversarialDomainAdaptation(LightningModule):
         for name in ("acc", "source_only_acc"):
             metric = self.accuracy[f"{stage}_{name}"]
             if metric.update_count and not self.trainer.sanity_checking:
-                self.log(f"{stage}/{name}", metric.compute(), prog_bar=name == "acc")
+                # compute() has gathered every rank: sync_dist averages equal values (and tells Lightning)
+                self.log(f"{stage}/{name}", metric.compute(), prog_bar=name == "acc", sync_dist=True)
             metric.reset()
 
     def on_validation_epoch_end(self) -> None:

@@ -278,7 +278,13 @@ class OpenSetClassifier(LightningModule):
         batch_size = labels.shape[0]
         if hp.loss == "cosine" and hp.centre_weight > 0 and bool(self.centre_seen[labels].all()):
             centre_loss = centralization_loss(features, labels, self.centres)
-            self.log(f"{stage}/centre_loss", centre_loss, on_epoch=True, batch_size=batch_size)
+            self.log(
+                f"{stage}/centre_loss",
+                centre_loss,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=stage != "train",
+            )
             loss = loss + hp.centre_weight * centre_loss
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
         self.log(
@@ -288,8 +294,17 @@ class OpenSetClassifier(LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=batch_size,
+            # under DDP the validation epoch means are over every rank, not rank 0's shard alone
+            sync_dist=stage != "train",
         )
-        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=batch_size)
+        self.log(
+            f"{stage}/acc",
+            accuracy,
+            on_epoch=True,
+            prog_bar=stage == "val",
+            batch_size=batch_size,
+            sync_dist=stage != "train",
+        )
         return loss
 
     @staticmethod

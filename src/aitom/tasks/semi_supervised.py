@@ -404,7 +404,14 @@ class SemiSupervisedClassifier(LightningModule):
         labels = batch["label"]
         loss = nn.functional.cross_entropy(logits, labels)
         self.accuracy[f"{stage}_acc"].update(logits, labels)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=labels.shape[0])
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_epoch=True,
+            prog_bar=stage == "val",
+            batch_size=labels.shape[0],
+            sync_dist=True,  # under DDP: the mean over every rank's shard
+        )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
@@ -424,7 +431,8 @@ class SemiSupervisedClassifier(LightningModule):
     def _log_accuracy(self, stage: str) -> None:
         metric = self.accuracy[f"{stage}_acc"]
         if metric.update_count and not self.trainer.sanity_checking:
-            self.log(f"{stage}/acc", metric.compute(), prog_bar=stage != "train")
+            # compute() has gathered every rank: sync_dist averages equal values (and tells Lightning)
+            self.log(f"{stage}/acc", metric.compute(), prog_bar=stage != "train", sync_dist=True)
         metric.reset()
 
     def on_train_epoch_end(self) -> None:
