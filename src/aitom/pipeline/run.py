@@ -312,7 +312,16 @@ def _run_pipeline(
                 f"(contrast {config.contrast}: protein {config.contrast} in the tomogram)"
             )
             log("[pipeline] no particles found: writing an empty particles.star")
-            table = _empty_table()
+            # the columns of a table with particles, so that scripts reading them need no special case
+            empty = np.zeros(0)
+            table = _empty_table().assign(
+                rlnOriginX=empty,
+                rlnOriginY=empty,
+                rlnOriginZ=empty,
+                rlnTomoName=tomogram_path.stem,
+                rlnMicrographName=tomogram_path.stem,
+                aitomAlignmentScore=empty,
+            )
             write_particles(folder / "particles.star", table)
             save_montage(display, folder / "tomogram_classes.png", title="no particles found")
         else:
