@@ -235,6 +235,12 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(
                 f"voxel size {voxel_size} Å in the header is not positive; pass --voxel-size", args.input
             )
+        if args.filter == "bandpass" and not voxels_are_cubic(voxel_size):
+            raise InputError(
+                f"band-pass needs isotropic voxels, got {voxel_size} Å (x, y, z); make them cubic with "
+                "aitom convert IN OUT --resample Å, or pass --voxel-size if the header is wrong",
+                args.input,
+            )
     shape = tuple(volume.shape)
     if args.filter == "gaussian":
         sigma = _sigma_voxels(args.sigma_a, args.sigma_voxels, voxel_size, "sigma")
@@ -280,12 +286,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.highpass_a is None and args.lowpass_a is None:
             raise InputError("give --highpass-a and/or --lowpass-a (Å)")
-        if not voxels_are_cubic(voxel_size):
-            raise InputError(
-                f"band-pass needs isotropic voxels, got {voxel_size} Å (x, y, z); make them cubic with "
-                "aitom convert IN OUT --resample Å, or pass --voxel-size if the header is wrong",
-                args.input,
-            )
         _check_band(args.highpass_a, args.lowpass_a, voxel_size[0], args.input)
         result = bandpass_filter(
             volume.to(device), voxel_size[0], args.highpass_a, args.lowpass_a, args.edge_width_frac
