@@ -82,6 +82,19 @@ class TinyNet(nn.Module):
         return self.head(self.features(volume))
 
 
+class TinyTrunk(nn.Module):
+    """Open-set features without batch statistics (Conv3d → GroupNorm → ReLU → global average → linear), so
+    an item's features do not depend on which other items share its batch."""
+
+    def __init__(self, feature_dim: int = 8, channels: int = 4) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.net = nn.Sequential(*TinyNet(channels=channels).features, nn.Linear(channels, feature_dim))
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        return self.net(volume)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -301,3 +314,82 @@ def test_pick_with_more_devices_than_tiles_runs_one_process_per_tile(tomogram, t
     argv = ["pick", "dog", "--tomogram", str(tomogram), "--out", str(single_out), *options]
     assert pick.run(parser.parse_args(argv)) == 0
     pd.testing.assert_frame_equal(read_particles(out), read_particles(single_out))
+
+
+def test_ddp_open_set_test_gives_the_single_process_figures(tmp_path):
+    """``aitom test`` of the open-set task on 2 ranks evaluated each rank's half of the test split alone (the
+    AUROC, the rejection accuracy and the clustering of the rejected items need the whole split); the
+    ranks' outputs are now gathered, the item the distributed sampler repeats (23 items on 2 ranks) counted
+    once."""
+    from tests.test_open_set import write_config as write_open_set_config
+
+    config = write_open_set_config(tmp_path)
+    settings = yaml.safe_load(config.read_text())
+    settings["data"]["init_args"]["test_size"] = 23
+    config.write_text(yaml.safe_dump(settings))
+    previous = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        fit = ["fit", "--config", str(config), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
+        assert main(fit) == 0
+        assert main(["test", "--config", str(config), "--ckpt_path", "last"]) == 0
+    finally:
+        os.chdir(previous)
+    logs = tmp_path / "logs"
+    ddp_logs = tmp_path / "ddp_logs"
+    run_ddp(
+        [
+            "test",
+            "--config",
+            str(config),
+            "--ckpt_path",
+            "last",
+            "--trainer.devices",
+            str(DEVICES),
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.logger.init_args.save_dir",
+            str(ddp_logs),
+        ],
+        tmp_path,
+    )
+
+    def test_figures(folder: Path) -> pd.Series:
+        metrics = pd.read_csv(folder / "open_set" / "version_0" / "metrics.csv")
+        figures = metrics[[name for name in metrics.columns if name.startswith("test/")]]
+        return figures.dropna(how="all").iloc[-1].sort_index()
+
+    single, ddp = test_figures(logs), test_figures(ddp_logs)
+    assert {"test/known_acc", "test/auroc", "test/unknown_purity"} <= set(single.index)
+    pd.testing.assert_series_equal(ddp, single, check_exact=False, atol=1e-5)
+
+
+def test_ddp_open_set_fit_keeps_the_single_process_class_centres(tmp_path):
+    """The running class centres of the open-set loss were updated from each rank's share of the batch, and
+    DDP then broadcast rank 0's: the centres of half the data. They are now the means of the global batch.
+    One step over all 8 training items (one batch of 8, or 4 on each of 2 ranks) gives the single process's
+    centres."""
+    from tests.test_open_set import write_config as write_open_set_config
+
+    folders = {name: tmp_path / name for name in ("single", "ddp")}
+    for name, folder in folders.items():
+        folder.mkdir()
+        config = write_open_set_config(folder)
+        settings = yaml.safe_load(config.read_text())
+        settings["model"]["init_args"]["net"] = {"class_path": "tests.test_ddp.TinyTrunk"}
+        settings["data"]["init_args"].update(train_size=8, batch_size=8 // (DEVICES if name == "ddp" else 1))
+        settings["trainer"].update(max_steps=1, limit_val_batches=1, num_sanity_val_steps=0)
+        config.write_text(yaml.safe_dump(settings))
+    run_ddp(["fit", "--config", "open_set.yaml", "--trainer.devices", str(DEVICES)], folders["ddp"])
+    previous = Path.cwd()
+    os.chdir(folders["single"])
+    try:
+        assert main(["fit", "--config", "open_set.yaml"]) == 0
+    finally:
+        os.chdir(previous)
+    single, ddp = (
+        torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        for folder in folders.values()
+    )
+    assert single["centre_seen"].all() and ddp["centre_seen"].all()
+    torch.testing.assert_close(ddp["centres"], single["centres"], rtol=0, atol=1e-5)

@@ -253,7 +253,7 @@ class AutoencoderClustering(LightningModule):
                 contrastive,
                 on_epoch=True,
                 batch_size=batch["volume"].shape[0],
-                sync_dist=stage != "train",
+                sync_dist=True,
             )
         self.log(
             f"{stage}/loss",
@@ -263,7 +263,7 @@ class AutoencoderClustering(LightningModule):
             prog_bar=stage != "test",
             batch_size=batch["volume"].shape[0],
             # under DDP the epoch loss (best.ckpt's monitor) is the mean over the ranks, not rank 0's alone
-            sync_dist=stage != "train",
+            sync_dist=True,
         )
         return loss
 

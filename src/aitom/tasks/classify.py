@@ -221,8 +221,8 @@ class Classifier(LightningModule):
             on_epoch=True,
             prog_bar=stage != "test",
             batch_size=labels.shape[0],
-            # under DDP the epoch loss is the mean over the ranks, as a single process would log it
-            sync_dist=stage != "train",
+            # under DDP the loss is the mean over the ranks (per step too), as a single process would log it
+            sync_dist=True,
         )
         return loss
 

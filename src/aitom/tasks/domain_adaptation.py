@@ -311,6 +311,7 @@ class AdversarialDomainAdaptation(LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=source["label"].shape[0],
+            sync_dist=True,
         )
 
     def _adaptation_step(self, source_volume: torch.Tensor, target_volume: torch.Tensor) -> None:
@@ -334,10 +335,26 @@ class AdversarialDomainAdaptation(LightningModule):
         correct = torch.cat([source_logits > 0, target_logits <= 0]).float().mean()
         size = target_volume.shape[0]
         self.log(
-            "train/discriminator_loss", d_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size
+            "train/discriminator_loss",
+            d_loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=size,
+            sync_dist=True,
         )
-        self.log("train/generator_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log("train/discriminator_acc", correct, on_step=False, on_epoch=True, batch_size=size)
+        self.log(
+            "train/generator_loss",
+            g_loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=size,
+            sync_dist=True,
+        )
+        self.log(
+            "train/discriminator_acc", correct, on_step=False, on_epoch=True, batch_size=size, sync_dist=True
+        )
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams

@@ -42,7 +42,12 @@ from aitom.ops.open_set import (
     open_set_scores,
     soft_margin,
 )
-from aitom.tasks.classify import check_checkpoint_fits, check_optimiser_options, qualified_name
+from aitom.tasks.classify import (
+    check_checkpoint_fits,
+    check_optimiser_options,
+    gather_from_ranks,
+    qualified_name,
+)
 
 LOSSES = ("cosine", "softmax")
 #: range of cluster numbers tried by the silhouette when ``unknown_clusters`` is None
@@ -262,8 +267,12 @@ class OpenSetClassifier(LightningModule):
         unit = nn.functional.normalize(features.detach(), dim=1)
         one_hot = nn.functional.one_hot(labels, self.num_known_classes).to(unit)  # (B, C)
         counts = one_hot.sum(dim=0)
+        sums = one_hot.T @ unit  # (C, D)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # the means of the global batch, so every process keeps the centres of a single process
+            counts, sums = self.all_gather(counts).sum(dim=0), self.all_gather(sums).sum(dim=0)
         present = counts > 0
-        means = (one_hot.T @ unit) / counts.clamp(min=1)[:, None]
+        means = sums / counts.clamp(min=1)[:, None]
         momentum = self.hparams.centre_momentum
         blended = torch.where(
             self.centre_seen[:, None], momentum * self.centres + (1 - momentum) * means, means
@@ -283,6 +292,7 @@ class OpenSetClassifier(LightningModule):
                 centre_loss,
                 on_epoch=True,
                 batch_size=batch_size,
+                # a training batch may hold a class not yet seen on one process only: no collective call then
                 sync_dist=stage != "train",
             )
             loss = loss + hp.centre_weight * centre_loss
@@ -294,8 +304,8 @@ class OpenSetClassifier(LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=batch_size,
-            # under DDP the validation epoch means are over every rank, not rank 0's shard alone
-            sync_dist=stage != "train",
+            # under DDP the means are over every rank (training steps too), not rank 0's shard alone
+            sync_dist=True,
         )
         self.log(
             f"{stage}/acc",
@@ -303,7 +313,7 @@ class OpenSetClassifier(LightningModule):
             on_epoch=True,
             prog_bar=stage == "val",
             batch_size=batch_size,
-            sync_dist=stage != "train",
+            sync_dist=True,
         )
         return loss
 
@@ -363,22 +373,28 @@ class OpenSetClassifier(LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         labels = self._labels(batch, "test")
         features = self(batch["volume"])
-        self._test_outputs.append(
-            {
-                "label": labels.detach().cpu(),
-                "score": self.known_scores(features).detach().cpu(),
-                "prediction": self.logits(features).argmax(dim=1).detach().cpu(),
-                "cluster_features": self.cluster_features(features).detach().cpu(),
-            }
-        )
+        output = {
+            "label": labels.detach().cpu(),
+            "score": self.known_scores(features).detach().cpu(),
+            "prediction": self.logits(features).argmax(dim=1).detach().cpu(),
+            "cluster_features": self.cluster_features(features).detach().cpu(),
+        }
+        if "index" in batch:
+            output["index"] = batch["index"].detach().cpu()
+        self._test_outputs.append(output)
 
     def on_test_epoch_end(self) -> None:
-        if not self._test_outputs:
-            raise InputError("the test split is empty")
-        merged = {
-            key: torch.cat([output[key] for output in self._test_outputs]) for key in self._test_outputs[0]
-        }
+        """Evaluate the whole test split: under DDP the ranks' outputs are gathered first (every rank then
+        computes the same figures), and items the distributed sampler repeated to even out the ranks'
+        shares are counted once (by their ``index``)."""
+        outputs = [output for part in gather_from_ranks(self.trainer, self._test_outputs) for output in part]
         self._test_outputs = []
+        if not outputs:
+            raise InputError("the test split is empty")
+        merged = {key: torch.cat([output[key] for output in outputs]) for key in outputs[0]}
+        if "index" in merged:
+            _, first = np.unique(merged["index"].numpy(), return_index=True)
+            merged = {key: value[torch.as_tensor(first)] for key, value in merged.items()}
         self.test_results = open_set_evaluation(
             merged["label"],
             merged["score"],
@@ -390,7 +406,7 @@ class OpenSetClassifier(LightningModule):
             seed=self.hparams.cluster_seed,
         )
         for name, value in self.test_results.items():
-            self.log(f"test/{name}", value)
+            self.log(f"test/{name}", value, sync_dist=True)  # equal on every rank: averaging keeps it
 
     def on_predict_epoch_start(self) -> None:
         self.threshold.fill_(self.calibrate_threshold())

@@ -378,7 +378,9 @@ class SemiSupervisedClassifier(LightningModule):
                 hp.contrastive_temperature,
             )
             loss = loss + hp.contrastive_weight * contrastive
-            self.log("train/contrastive", contrastive, on_step=True, on_epoch=True, batch_size=size)
+            self.log(
+                "train/contrastive", contrastive, on_step=True, on_epoch=True, batch_size=size, sync_dist=True
+            )
         if hp.consistency_weight > 0 and not labelled.all():
             unlabelled = ~labelled
             views = random_rotated_views(
@@ -388,11 +390,14 @@ class SemiSupervisedClassifier(LightningModule):
                 self.net(views), logits[unlabelled], hp.confidence_threshold
             )
             loss = loss + hp.consistency_weight * consistency
+            # logged only by the processes whose batch has unlabelled items: not synchronised across them
             self.log("train/consistency", consistency, on_step=True, on_epoch=True, batch_size=size)
             self.log("train/pseudo_labelled", used, on_step=True, on_epoch=True, batch_size=size)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log("train/ce", cross_entropy, on_step=True, on_epoch=True, batch_size=size)
-        self.log("train/reconstruction", mse, on_step=True, on_epoch=True, batch_size=size)
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
+        )
+        self.log("train/ce", cross_entropy, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("train/reconstruction", mse, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
         if labelled.any():
             self.accuracy["train_acc"].update(logits.detach()[labelled], labels[labelled])
         return loss
