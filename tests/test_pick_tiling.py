@@ -243,3 +243,22 @@ def test_a_tile_smaller_than_the_needed_overlap_names_the_particle_size(files, t
         InputError, match=r"needs tiles overlapping by 384 voxels, more than --tile-voxels 32"
     ):
         pick.run(parser.parse_args(["pick", *argv]))
+
+
+def test_whitened_scores_hardly_depend_on_the_tiles(files, tmp_path):
+    """--whiten whitens every tile by the whole tomogram's power spectrum (Welch's estimate over segments),
+    so the tiles share one filter. The filter still acts circularly on each tile, so the stitched score map
+    is close to, not equal to, the whole tomogram's: within 0.005 of scores up to 0.49 (measured 0.0034;
+    with each tile's own spectrum, as before, 0.030)."""
+    from aitom.io import read_volume
+
+    scores = []
+    for tile in (40, None):
+        argv = ["template", "--template", str(files["template"]), "--angular-step", "90", "--no-wedge"]
+        out = tmp_path / f"maps_{tile}.star"
+        tiling = ["--tile-voxels", str(tile or max(SHAPE))]
+        command = [*argv, "--whiten", "--tomogram", str(files["tomogram"]), "--out", str(out), "--maps"]
+        assert run_pick([*command, *tiling]) == 0
+        scores.append(read_volume(tmp_path / f"maps_{tile}_tomogram_scores.mrc")[0])
+    assert float(scores[1].max()) > 0.4
+    assert float((scores[0] - scores[1]).abs().max()) < 0.005

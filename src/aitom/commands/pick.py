@@ -12,8 +12,9 @@ the picker's filter plus the peak spacing, so every tile core's score map is the
 false-alarm thresholds come from the whole tomogram's statistics, pooled where the tiles are merged
 (:mod:`aitom.tasks.pick`). Exceptions: saliency (its Robust PCA compares the supervoxels of one tile),
 several templates (each tile's score maps are calibrated by the tile's statistics) and ``--whiten`` (the
-tile's spectrum). Bad input — a template larger than the tomogram, voxel sizes that differ, an angular step
-≤ 0, a constant tomogram — is one line on stderr, exit code 2, and nothing is written.
+filter, from the whole tomogram's spectrum, acts circularly on each tile: scores change by about 0.003).
+Bad input — a template larger than the tomogram, voxel sizes that differ, an angular step ≤ 0, a constant
+tomogram — is one line on stderr, exit code 2, and nothing is written.
 """
 
 from __future__ import annotations
@@ -89,7 +90,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     template.add_argument(
         "--cs-mm", type=float, default=2.7, help="CTF spherical aberration, mm (default 2.7)"
     )
-    template.add_argument("--whiten", action="store_true", help="spectral whitening of tomogram and template")
+    template.add_argument(
+        "--whiten",
+        action="store_true",
+        help="spectral whitening of tomogram and template by the tomogram's radial power spectrum "
+        "(estimated over segments of 64³ voxels)",
+    )
     template.add_argument(
         "--rotation-batch", type=int, default=8, help="rotations correlated at once (memory; default 8)"
     )
@@ -177,7 +183,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--tile-voxels",
         type=int,
         help="tile edge, voxels: bounds the memory; with the default overlap the picks do not depend on it "
-        "(except saliency's, several templates' and --whiten's, whose scores are calibrated per tile) "
+        "(except saliency's and several templates', whose scores are calibrated per tile, and --whiten's, "
+        "whose filter acts on each tile) "
         "(default 256, or 3 × the overlap when that is more)",
     )
     parser.add_argument(

@@ -14,6 +14,7 @@ tomogram.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from aitom.data.splits import check_loader_options
 from aitom.errors import InputError
 from aitom.io import open_volume_mmap
+from aitom.ops.template_matching import radial_power_spectrum
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -81,6 +83,60 @@ def count_tiles(
     if tile_voxels is None:
         return 1
     return math.prod(len(axis_tiles(n, min(tile_voxels, n), overlap_voxels, boundary)) for n in shape_zyx)
+
+
+WHITENING_SEGMENT_VOXELS = 64
+"""Edge of the cubic segments whose periodograms estimate a tomogram's power spectrum, voxels."""
+WHITENING_MAX_SEGMENTS = 256
+"""Most segments read for that estimate (evenly spread over the tomogram when it holds more)."""
+
+
+def tomogram_power_spectrum(
+    volume: np.ndarray | torch.Tensor,
+    segment_voxels: int = WHITENING_SEGMENT_VOXELS,
+    max_segments: int = WHITENING_MAX_SEGMENTS,
+    n_shells: int = 64,
+    path: str | Path | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tomogram's radial power spectrum by Welch's method, read segment by segment (a memory map is not
+    loaded whole).
+
+    The tomogram is cut into non-overlapping cubes of ``min(segment_voxels, shortest axis)`` voxels on a
+    grid from voxel 0 (at most ``max_segments``, evenly spread, when it holds more) and their periodograms
+    are averaged (:func:`aitom.ops.template_matching.radial_power_spectrum`). The estimate depends on the
+    tomogram only, not on how it is tiled for picking.
+
+    Args:
+        volume: ``(Z, Y, X)`` array (a NumPy memory map, an array or a tensor).
+        segment_voxels, max_segments, n_shells: as above.
+        path: the tomogram's file, named in errors.
+
+    Returns:
+        ``(centres, power)`` float64 CPU tensors: shell centres (cycles/voxel) and mean power per shell.
+
+    Raises:
+        InputError: the tomogram holds NaN or Inf values.
+    """
+    shape = tuple(int(n) for n in volume.shape[-3:])
+    edge = min(segment_voxels, *shape)
+    starts = [range(0, n - edge + 1, edge) for n in shape]
+    corners = list(itertools.product(*starts))
+    if len(corners) > max_segments:
+        corners = [corners[int(i)] for i in np.unique(np.linspace(0, len(corners) - 1, max_segments).round())]
+    total, sums, centres = 0, None, None
+    for first in range(0, len(corners), 16):
+        batch = torch.stack(
+            [
+                torch.from_numpy(np.array(volume[z : z + edge, y : y + edge, x : x + edge], dtype=np.float64))
+                for z, y, x in corners[first : first + 16]
+            ]
+        )
+        if not torch.isfinite(batch).all():
+            raise InputError("holds NaN or Inf values", path)
+        centres, power = radial_power_spectrum(batch, n_shells)
+        sums = power * len(batch) if sums is None else sums + power * len(batch)
+        total += len(batch)
+    return centres, sums / total
 
 
 class TomogramTileDataset(Dataset):

@@ -91,8 +91,10 @@ from aitom.ops.template_matching import (
     match_template,
     match_templates,
     padded_rfftn,
+    radial_power_spectrum,
     spectral_whitening_filter,
     template_filter_kernel,
+    whitening_filter,
 )
 from aitom.ops.wedge_estimation import estimate_missing_wedge, wedge_angle_profile
 
@@ -157,6 +159,7 @@ __all__ = [
     "peak_local_max",
     "pose_normalise",
     "precision_recall_f1",
+    "radial_power_spectrum",
     "random_rotated_views",
     "reconstruct_subtomogram",
     "reference_free_average",
@@ -184,4 +187,5 @@ __all__ = [
     "wedge_angle_profile",
     "wedge_compensated_average",
     "wedge_preserving_rotations",
+    "whitening_filter",
 ]

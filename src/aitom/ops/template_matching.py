@@ -37,9 +37,11 @@ __all__ = [
     "match_template",
     "match_templates",
     "padded_rfftn",
+    "radial_power_spectrum",
     "spectral_whitening_filter",
     "template_filter_kernel",
     "template_signal_outside",
+    "whitening_filter",
 ]
 
 
@@ -91,36 +93,51 @@ def _faces(axis: int) -> tuple[tuple[slice | int, ...], tuple[slice | int, ...]]
     return (*before, 0), (*before, -1)
 
 
-def spectral_whitening_filter(
-    volume: torch.Tensor, n_shells: int = 64
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The radial whitening filter of a volume, as a function of ``|k|`` (cycles/voxel).
+def radial_power_spectrum(volumes: torch.Tensor, n_shells: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radially averaged power spectrum of a volume, or the mean of several (Welch's estimate).
 
-    The filter is ``1 / sqrt(P(|k|))`` with ``P`` the volume's radially averaged power spectrum (``n_shells``
-    shells from 0 to ``√3 / 2``, the ``k = 0`` term left out), normalised to 1 at its median; interpolated
-    linearly between shells.
+    Args:
+        volumes: ``(..., Z, Y, X)`` real tensor: one volume, or equal-sized segments of one, whose
+            periodograms are averaged.
+        n_shells: shells of equal width from 0 to ``√3 / 2`` cycles/voxel (the ``k = 0`` term left out: it
+            is the mean, often removed, and would get a huge weight).
 
     Returns:
-        ``filter(k_magnitude) -> weights`` for a tensor of frequencies in cycles/voxel.
+        ``(centres, power)``: ``(S,)`` centres of the shells that hold a frequency, cycles/voxel, ascending,
+        and ``(S,)`` the mean ``|F(k)|²`` over each (arbitrary units: per-voxel scale of the FFT).
     """
-    shape = volume.shape[-3:]
-    power = torch.fft.rfftn(volume, dim=(-3, -2, -1)).abs().square()
-    k = frequency_grid(shape, rfft=True, centered=False, device=volume.device, dtype=volume.dtype).norm(
+    shape = volumes.shape[-3:]
+    power = torch.fft.rfftn(volumes, dim=(-3, -2, -1)).abs().square()
+    power = power.reshape(-1, *power.shape[-3:]).mean(0)
+    k = frequency_grid(shape, rfft=True, centered=False, device=volumes.device, dtype=volumes.dtype).norm(
         dim=-1
     )
     k_max = math.sqrt(3) / 2
     shell = torch.clamp((k / k_max * (n_shells - 1)).round().long(), 0, n_shells - 1).reshape(-1)
-    # The k = 0 term is left out: it is the mean, often removed (zero power), and would get a huge weight.
-    not_dc = (k.reshape(-1) > 0).to(volume.dtype)
-    sums = torch.zeros(n_shells, device=volume.device, dtype=volume.dtype).index_add_(
-        0, shell, power.reshape(-1, *power.shape[-3:]).sum(0).reshape(-1) * not_dc
-    )
+    not_dc = (k.reshape(-1) > 0).to(volumes.dtype)
+    sums = torch.zeros(n_shells, device=volumes.device, dtype=volumes.dtype)
+    sums = sums.index_add_(0, shell, power.reshape(-1) * not_dc)
     counts = torch.zeros_like(sums).index_add_(0, shell, not_dc)
     filled = counts > 0
-    amplitude = torch.sqrt(sums[filled] / counts[filled])
+    centres = torch.nonzero(filled)[:, 0].to(volumes.dtype) * (k_max / (n_shells - 1))
+    return centres, sums[filled] / counts[filled]
+
+
+def whitening_filter(centres: torch.Tensor, power: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The radial whitening filter ``1 / sqrt(P(|k|))`` of a radial power spectrum, normalised to 1 at its
+    median and interpolated linearly between the shell centres (constant beyond the first and last).
+
+    Args:
+        centres, power: ``(S,)`` shell centres (cycles/voxel, ascending, ``S >= 2``) and mean power
+            (:func:`radial_power_spectrum`).
+
+    Returns:
+        ``filter(k_magnitude) -> weights`` for a tensor of frequencies in cycles/voxel (``centres``' device
+        and dtype).
+    """
+    amplitude = torch.sqrt(power)
     weights = 1.0 / torch.clamp(amplitude, min=amplitude.max() * 1e-6)
     weights = weights / weights.median()
-    centres = torch.nonzero(filled)[:, 0].to(volume.dtype) * (k_max / (n_shells - 1))
 
     def whitening(k_magnitude: torch.Tensor) -> torch.Tensor:
         position = torch.clamp(torch.searchsorted(centres, k_magnitude.contiguous()), 1, len(centres) - 1)
@@ -129,6 +146,14 @@ def spectral_whitening_filter(
         return weights[position - 1] * (1 - fraction) + weights[position] * fraction
 
     return whitening
+
+
+def spectral_whitening_filter(
+    volume: torch.Tensor, n_shells: int = 64
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The radial whitening filter of a volume (:func:`whitening_filter` of its
+    :func:`radial_power_spectrum`), as a function of ``|k|`` (cycles/voxel)."""
+    return whitening_filter(*radial_power_spectrum(volume, n_shells))
 
 
 def template_filter_kernel(
@@ -282,6 +307,7 @@ def match_template(
     mask: torch.Tensor | None = None,
     template_filter: TemplateFilter | None = None,
     whiten: bool = False,
+    whitening: Callable[[torch.Tensor], torch.Tensor] | None = None,
     rotation_batch: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,6 +322,9 @@ def match_template(
             (rotation-invariant: the tomogram's local statistics are then computed once).
         template_filter: how to filter the template (default: missing wedge ±60°, no CTF).
         whiten: whiten the tomogram's spectrum and filter the template with the same whitening.
+        whitening: with ``whiten``, the filter to whiten with, as a function of ``|k|`` in cycles/voxel
+            (e.g. the whole tomogram's, when ``tomogram`` is a tile of it); None: the tomogram's own
+            (:func:`spectral_whitening_filter`).
         rotation_batch: rotations correlated at once (memory ∝ ``rotation_batch · Z · Y · X``).
         progress: called with the number of rotations done after each batch.
 
@@ -328,9 +357,10 @@ def match_template(
     template_filter = TemplateFilter() if template_filter is None else template_filter
     template = template.to(device=device, dtype=dtype)
     data = (tomogram - tomogram.mean()) / tomogram.std()
-    whitening = None
-    if whiten:
-        whitening = spectral_whitening_filter(data)
+    if not whiten:
+        whitening = None
+    else:
+        whitening = spectral_whitening_filter(data) if whitening is None else whitening
         k = frequency_grid(shape, rfft=True, centered=False, device=device, dtype=dtype).norm(dim=-1)
         data = _irfftn(_rfftn(data) * whitening(k), shape)
     kernel = template_filter_kernel((size,) * 3, template_filter, whitening, device=device, dtype=dtype)
@@ -409,6 +439,7 @@ def match_templates(
     masks: Sequence[torch.Tensor | None] | None = None,
     template_filter: TemplateFilter | None = None,
     whiten: bool = False,
+    whitening: Callable[[torch.Tensor], torch.Tensor] | None = None,
     rotation_batch: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -424,7 +455,7 @@ def match_templates(
         templates: ``K`` cubic templates ``(t_k, t_k, t_k)`` (sizes may differ), protein bright.
         rotations: ``(R, 3, 3)`` rotation grid shared by all templates.
         masks: per template a footprint mask of its shape, or None (default sphere of the box).
-        template_filter, whiten, rotation_batch: as :func:`match_template`.
+        template_filter, whiten, whitening, rotation_batch: as :func:`match_template`.
         progress: called with the number of (template, rotation) pairs done so far.
 
     Returns:
@@ -446,6 +477,7 @@ def match_templates(
             mask=mask,
             template_filter=template_filter,
             whiten=whiten,
+            whitening=whitening,
             rotation_batch=rotation_batch,
             progress=None if progress is None else (lambda count, done=done: progress(done + count)),
         )

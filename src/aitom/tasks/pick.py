@@ -24,9 +24,11 @@ Memory: no whole-tomogram map is held, only the candidates (local maxima) and th
 matching tiles are cut from the periodic tomogram (``boundary="periodic"``: its FFT correlation wraps around
 the tomogram's faces as on the whole tomogram). Left to the tiling: saliency's scores (its supervoxels and
 Robust PCA are those of one tile), with several templates each tile's score maps are calibrated by the
-tile's own statistics (:func:`aitom.ops.template_matching.match_templates`), and spectral whitening uses
-the tile's spectrum. Template matching can also write the stitched score map and
-best-rotation-index map (MRC) with the table of rotation index → ZYZ angles (STAR).
+tile's own statistics (:func:`aitom.ops.template_matching.match_templates`), and spectral whitening, whose
+filter comes from the whole tomogram's power spectrum (:meth:`TemplateMatchingPicker.begin_tomogram`) but
+acts circularly on each tile, so the scores differ slightly from the whole tomogram's. Template matching can
+also write the stitched score map and best-rotation-index map (MRC) with the table of rotation index → ZYZ
+angles (STAR).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm import tqdm
 
+from aitom.data.tomogram import tomogram_power_spectrum
 from aitom.errors import InputError
 from aitom.geometry import matrix_to_relion_angles, rescale_volume, so3_grid, sphere_mask
 from aitom.io import (
@@ -76,6 +79,7 @@ from aitom.ops.template_matching import (
     match_template,
     match_templates,
     template_signal_outside,
+    whitening_filter,
 )
 from aitom.tasks.classify import DATASET_ORDER_KEY, gather_from_ranks
 
@@ -244,9 +248,15 @@ class _Picker(LightningModule, ABC):
             return hp.threshold_abs
         return minimum if hp.false_alarm_rate is None else false_alarm_threshold(sample, hp.false_alarm_rate)
 
+    def begin_tomogram(self, tomogram: str | torch.Tensor) -> None:
+        """Called before the tiles of a tomogram are scored, with its path (MRC, memory-mapped) or, for
+        :meth:`pick_tile`, the whole volume: for what a picker takes from the whole tomogram rather than
+        from a tile. Nothing by default."""
+
     def pick_tile(self, tile: torch.Tensor) -> dict[str, torch.Tensor]:
         """Picks of one protein-bright volume ``(Z, Y, X)`` taken as a whole tomogram: ``coordinates_zyx``
         ``(N, 3)`` voxels, ``scores`` ``(N,)``, ... best first (:data:`PICK_KEYS`)."""
+        self.begin_tomogram(tile)
         shape = tuple(int(n) for n in tile.shape)
         zero = torch.zeros(3, dtype=torch.int64)
         part = self.tile_candidates(tile, zero, zero, torch.tensor(shape), shape)
@@ -264,6 +274,7 @@ class _Picker(LightningModule, ABC):
                 key: batch[key][index].cpu() for key in ("origin_zyx", "core_start_zyx", "core_stop_zyx")
             }
             shape = tuple(int(n) for n in batch["shape_zyx"][index])
+            self.begin_tomogram(tomogram)
             part = self.tile_candidates(tile, *where.values(), shape)
             maps = self.kept_maps(part.pop("maps"))
             result = {key: value.detach().cpu() for key, value in part.items()}
@@ -459,7 +470,8 @@ class TemplateMatchingPicker(_Picker):
             None: no wedge.
         defocus_um: filter the template with this CTF (positive = underfocus); None: no CTF.
         voltage_kv, cs_mm, amplitude_contrast: CTF parameters.
-        whiten: spectral whitening of each tile and of the template.
+        whiten: spectral whitening of the tomogram and of the template, by the whole tomogram's radial power
+            spectrum (:meth:`begin_tomogram`).
         mask_radius_voxels: radius of the spherical footprint mask; default half the template box.
         rotation_batch: rotations correlated at once.
         min_distance: minimal distance between picks, voxels; default half the (smallest) template box.
@@ -563,6 +575,9 @@ class TemplateMatchingPicker(_Picker):
             self.register_buffer(f"mask_{number}", sphere_mask((size,) * 3, radius_voxels=radius))
         self.register_buffer("rotations", so3_grid(angular_step_deg))
         self.register_buffer("suppression_radii", torch.tensor([size / 2 for size in sizes]))
+        #: with ``whiten``: each tomogram's radial power spectrum (by path), and the current tomogram's
+        self._power_spectra: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._power_spectrum: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def box_voxels(self) -> int:
@@ -620,11 +635,34 @@ class TemplateMatchingPicker(_Picker):
             with tqdm(total=total, desc="rotations", leave=False, disable=disable) as line:
                 yield lambda done: line.update(done - line.n)
 
+    def begin_tomogram(self, tomogram: str | torch.Tensor) -> None:
+        """With ``whiten``: the whitening comes from the whole tomogram's power spectrum (Welch's estimate
+        over segments, :func:`aitom.data.tomogram.tomogram_power_spectrum`), so that the picks do not
+        depend on the tiling."""
+        if not self.hparams.whiten:
+            return
+        if isinstance(tomogram, torch.Tensor):
+            self._power_spectrum = tomogram_power_spectrum(tomogram.detach().cpu())
+            return
+        if tomogram not in self._power_spectra:
+            with warnings.catch_warnings():  # the header was read (and its warnings given) for the tiles
+                warnings.simplefilter("ignore", HeaderWarning)
+                array, _ = open_volume_mmap(tomogram)
+            self._power_spectra[tomogram] = tomogram_power_spectrum(array, path=tomogram)
+        self._power_spectrum = self._power_spectra[tomogram]
+
     def score_maps(self, tile: torch.Tensor) -> dict[str, torch.Tensor]:
         hp = self.hparams
+        whitening = None
+        if hp.whiten and self._power_spectrum is not None:
+            centres, power = (
+                value.to(device=tile.device, dtype=tile.dtype) for value in self._power_spectrum
+            )
+            whitening = whitening_filter(centres, power)
         options = {
             "template_filter": self.template_filter,
             "whiten": hp.whiten,
+            "whitening": whitening,
             "rotation_batch": hp.rotation_batch,
         }
         with self._rotation_progress(len(self.rotations) * len(self.class_numbers)) as progress:
