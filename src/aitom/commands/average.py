@@ -447,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
     from aitom.geometry import point_group_order
     from aitom.io import save_fsc_plot, write_particles, write_volume
     from aitom.io.star import read_optics
-    from aitom.ops.averaging import reference_free_average
+    from aitom.ops.averaging import reference_free_average, shared_start_limit
     from aitom.ops.clustering import classify_and_average, describe_merge
     from aitom.ops.faml import faml_average
 
@@ -666,6 +666,12 @@ def run(args: argparse.Namespace) -> int:
             if args.gold_standard_iterations
             else None
         ),
+        # the start's low-pass reaches 0 only beyond its cut-off: the half sets share everything coarser
+        "gold_standard_shared_to_a": (
+            voxel_size_a / shared_start_limit(alignment_options["gold_standard_start_frequency"])
+            if args.gold_standard_iterations
+            else None
+        ),
         **reference_report,
         **starts_report,
         **merges_report,
@@ -695,29 +701,29 @@ def run(args: argparse.Namespace) -> int:
         save_fsc_plot(report, folder / "fsc.png")
     summary = ", ".join(
         f"class {c['class']}: {c['particles']} particles, FSC 0.143 "
-        f"{_describe_resolution(c, report['gold_standard_lowpass_a'])}"
+        f"{_describe_resolution(c, report['gold_standard_shared_to_a'])}"
         for c in report["classes"]
     )
     print(f"{args.out}: {summary}")
     return 0
 
 
-def _describe_resolution(class_report: dict, gold_standard_lowpass_a: float | None) -> str:
+def _describe_resolution(class_report: dict, gold_standard_shared_to_a: float | None) -> str:
     """The FSC-0.143 resolution of one class for the summary line, saying when it is no measurement: the
     curve below 0.143 from the first shell on (``inf``), above it up to Nyquist (the resolution is limited by
     the sampling, :func:`aitom.fourier.resolution_at` gives ``2 × voxel size`` then), at or below the
-    resolution the gold-standard half sets share (their start's low-pass), or of half sets from one joint
-    alignment (``gold_standard_lowpass_a`` None)."""
+    resolution the gold-standard half sets share (through their start's low-pass, soft edge included), or
+    of half sets from one joint alignment (``gold_standard_shared_to_a`` None)."""
     resolution, curve = class_report["fsc_0.143_a"], class_report["fsc"]
     if not math.isfinite(resolution):
         return "not measurable (the FSC is below 0.143 from the first shell on)"
     if class_report["half_maps"] is None:
         return f"{resolution:.1f} Å"
-    if gold_standard_lowpass_a is None:
+    if gold_standard_shared_to_a is None:
         caveat = " (half maps of one joint alignment: optimistic; see --gold-standard-iterations)"
-    elif resolution >= gold_standard_lowpass_a * (1 - 1e-6):
+    elif resolution >= gold_standard_shared_to_a * (1 - 1e-6):
         caveat = (
-            f" (not independent: the half sets share their start up to {gold_standard_lowpass_a:.1f} Å, "
+            f" (not independent: the half sets share their start up to {gold_standard_shared_to_a:.1f} Å, "
             "so the FSC there says nothing about resolution)"
         )
     else:

@@ -209,8 +209,9 @@ def save_fsc_plot(report: dict, path: Path, *, ylabel: str = "half-set FSC", ove
     Args:
         report: ``{"frequency_per_a": [...], "classes": [{"class", "particles", "fsc": [...]}, ...]}`` (the
             ``fsc.json`` of ``aitom average`` and ``aitom pipeline``); an entry with a ``label`` is named by
-            it instead of its class and particle count. With ``gold_standard_lowpass_a`` (Å) the frequencies
-            below it, where gold-standard half sets share their start, are shaded.
+            it instead of its class and particle count. With ``gold_standard_shared_to_a`` (Å; or else
+            ``gold_standard_lowpass_a``) the frequencies below it, where gold-standard half sets share their
+            start, are shaded.
         path: the PNG file, written atomically.
         ylabel: label of the FSC axis.
         overwrite: replace an existing file (otherwise InputError).
@@ -223,13 +224,16 @@ def save_fsc_plot(report: dict, path: Path, *, ylabel: str = "half-set FSC", ove
     axes = figure.add_subplot(1, 1, 1)
     for entry in report["classes"]:
         label = entry.get("label") or f"class {entry['class']} ({entry['particles']})"
-        axes.plot(report["frequency_per_a"], entry["fsc"], label=label)
+        # from the first shell: the k = 0 "shell" is one coefficient, the maps' means, whose FSC is ±1
+        start = 1 if report["frequency_per_a"][0] == 0 else 0
+        axes.plot(report["frequency_per_a"][start:], entry["fsc"][start:], label=label)
     for threshold in (0.5, 0.143):
         axes.axhline(threshold, color="grey", linestyle=":", linewidth=0.8)
-    if report.get("gold_standard_lowpass_a"):
+    shared_to_a = report.get("gold_standard_shared_to_a") or report.get("gold_standard_lowpass_a")
+    if shared_to_a:
         axes.axvspan(
             0.0,
-            1.0 / report["gold_standard_lowpass_a"],
+            1.0 / shared_to_a,
             color="0.9",
             zorder=0,
             label="half sets' shared start",

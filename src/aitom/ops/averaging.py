@@ -43,9 +43,21 @@ __all__ = [
     "gold_standard_refinement",
     "half_set_averages",
     "reference_free_average",
+    "shared_start_limit",
     "symmetric_average",
     "wedge_compensated_average",
 ]
+
+GOLD_STANDARD_START_EDGE = 0.025
+"""Width of the raised-cosine edge of the low-pass on the gold-standard half sets' shared start,
+cycles/voxel (5 % of Nyquist)."""
+
+
+def shared_start_limit(start_frequency: float) -> float:
+    """The highest frequency, cycles/voxel, that gold-standard half sets share through their start: the
+    start's low-pass cut-off ``start_frequency`` plus half its raised-cosine edge, where the filter reaches 0
+    (at the cut-off itself it still passes half the amplitude)."""
+    return start_frequency + GOLD_STANDARD_START_EDGE / 2
 
 
 def align_to_reference_frame(
@@ -240,8 +252,9 @@ class AveragingResult:
         start_scores: final mean alignment score of the joint rounds of every start, in the order they ran.
         kept_start: index of the start returned (the best of ``start_scores``).
         independent_above_frequency: cycles/voxel above which the half sets were refined independently (the
-            low-pass of their shared start), so that ``fsc`` measures resolution there; None: the half sets
-            are of one joint alignment and ``fsc`` is not independent at any frequency.
+            limit of their shared start's low-pass, :func:`shared_start_limit`), so that ``fsc`` measures
+            resolution there; None: the half sets are of one joint alignment and ``fsc`` is not independent
+            at any frequency.
     """
 
     average: torch.Tensor
@@ -459,8 +472,9 @@ def gold_standard_refinement(
 
     Both half sets start from ``reference`` low-passed to ``start_frequency``, the only thing they share;
     each iteration aligns every subtomogram of a half set to that half set's current average (full
-    rotational search) and re-averages the half set. Above ``start_frequency`` the two half averages are
-    then independent and their FSC measures resolution. The half sets of one joint alignment are not
+    rotational search) and re-averages the half set. Above the start's low-pass (beyond its soft edge,
+    :func:`shared_start_limit`) the two half averages are then independent and their FSC measures
+    resolution. The half sets of one joint alignment are not
     independent: each subtomogram's noise was aligned to a reference that holds the noise of both halves,
     so the noise reproduces in both. On 40 pure-noise subtomograms (32³, ±60° wedge, 5 joint rounds) the FSC
     of the joint half sets averages 0.15 between 0.175 and 0.35 cycles/voxel, that of these half sets 0.014
@@ -470,8 +484,9 @@ def gold_standard_refinement(
         volumes: ``(P, S, S, S)`` subtomograms, ``P >= 2``.
         mask: centred Fourier mask ``(S, S, S)`` shared by all, ``(P, S, S, S)``, or None.
         reference: ``(S, S, S)`` the shared start (the joint average).
-        start_frequency: low-pass of the shared start, cycles/voxel in ``(0, 0.5]``. Below it the FSC of the
-            half averages is not independent.
+        start_frequency: low-pass cut-off of the shared start, cycles/voxel in ``(0, 0.5]`` (a raised-cosine
+            edge :data:`GOLD_STANDARD_START_EDGE` wide about it). Below ``shared_start_limit`` of it the FSC
+            of the half averages is not independent.
         coverage: ``(S, S, S)`` Fourier coverage of ``reference`` (its alignment mask), or None.
         iterations: align/average rounds of each half set (``>= 1``).
         voxel_size_a: voxel size, Å (for the resolutions in ``history``).
@@ -497,7 +512,9 @@ def gold_standard_refinement(
         )
     )
     indices = [torch.arange(parity, n, 2, device=volumes.device) for parity in (0, 1)]
-    start = lowpass(reference.to(volumes), 1.0 / start_frequency, 1.0)
+    start = lowpass(
+        reference.to(volumes), 1.0 / start_frequency, 1.0, edge_width_frac=GOLD_STANDARD_START_EDGE / 0.5
+    )
     references = [start, start]
     reference_masks = [None if coverage is None else (coverage / wiener_floor).clamp(max=1.0)] * 2
     zero = torch.zeros(n, device=volumes.device, dtype=volumes.dtype)
@@ -820,7 +837,7 @@ def reference_free_average(
         history,
         scores,
         kept,
-        independent_above_frequency=start_frequency,
+        independent_above_frequency=shared_start_limit(start_frequency),
     )
 
 

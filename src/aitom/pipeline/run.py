@@ -191,7 +191,7 @@ def _run_pipeline(
     from aitom.fourier import missing_wedge_mask, resolution_at
     from aitom.geometry import matrix_to_euler_zyz
     from aitom.io import open_volume_mmap, save_fsc_plot, save_montage, write_particles, write_volume
-    from aitom.ops.averaging import align_to_reference_frame
+    from aitom.ops.averaging import align_to_reference_frame, shared_start_limit
     from aitom.ops.extraction import extract_subvolumes
     from aitom.pipeline.report import count_of, save_class_montage, write_report
     from aitom.pipeline.steps import (
@@ -382,6 +382,10 @@ def _run_pipeline(
                     "voxel_size_a": voxel_size,
                     "frequency_per_a": (frequency / voxel_size).tolist(),
                     "gold_standard_lowpass_a": voxel_size / (config.average.max_frequency / 2)
+                    if config.average.gold_standard_iterations
+                    else None,
+                    "gold_standard_shared_to_a": voxel_size
+                    / shared_start_limit(config.average.max_frequency / 2)
                     if config.average.gold_standard_iterations
                     else None,
                 }
