@@ -101,6 +101,25 @@ def test_more_classes_than_particles_makes_two_per_class_and_strict_json(simulat
     assert sum(entry["particles"] for entry in summary["classes"]) == n
 
 
+def test_a_resolution_inside_the_half_sets_shared_band_is_warned(simulated, tmp_path, monkeypatch):
+    """A class whose half-set FSC crosses 0.143 where the gold-standard half sets share their start (coarser
+    than 10 Å / (0.175 + 0.0125) = 53.3 Å at the default max_frequency 0.35) is listed as doubtful; the
+    crossing is forced to 60 Å for every class."""
+    import aitom.fourier
+
+    monkeypatch.setattr(aitom.fourier, "resolution_at", lambda *args, **kwargs: torch.tensor(60.0))
+    out = tmp_path / "run"
+    result, warned = _run(simulated["tomogram"], out, [*FAST, "classify.n_classes=2"])
+    expected = [
+        f"class {entry['class']}: its half-set FSC crosses 0.143 at 60.0 Å, where the gold-standard half sets "
+        "share their start (up to 53.3 Å): not an independent resolution"
+        for entry in result.classes
+    ]
+    assert len(expected) == 2
+    assert [message.split(": ", 1)[1] for message in warned] == expected
+    assert json.loads((out / "class_01_fsc.json").read_text())["fsc_0.143_a"] == 60.0
+
+
 def test_too_few_particles_to_classify_and_the_pick_cap_are_warned(simulated, tmp_path):
     out = tmp_path / "run"
     result, warned = _run(simulated["tomogram"], out, [*FAST, "pick.max_particles=3", "classify.n_classes=2"])

@@ -390,6 +390,7 @@ def _run_pipeline(
                     else None,
                 }
                 fsc_report["classes"] = []
+                shared_to_a = fsc_report["gold_standard_shared_to_a"]
                 per_class = zip(classes.averages.cpu(), classes.fsc.cpu(), classes.half_averages.cpu())
                 for k, (average, curve, halves) in enumerate(per_class):
                     members = np.flatnonzero(labels == k)
@@ -407,6 +408,12 @@ def _run_pipeline(
                         doubt(
                             f"class {k + 1}: its half-set FSC is below 0.143 from the lowest frequency on: "
                             "the average is not reproducible"
+                        )
+                    elif shared_to_a is not None and entry["fsc_0.143_a"] >= shared_to_a * (1 - 1e-6):
+                        doubt(
+                            f"class {k + 1}: its half-set FSC crosses 0.143 at {entry['fsc_0.143_a']:.1f} Å, "
+                            "where the gold-standard half sets share their start "
+                            f"(up to {shared_to_a:.1f} Å): not an independent resolution"
                         )
                     summary["classes"].append(entry)
                     fsc_report["classes"].append({**entry, "fsc": curve.tolist()})
