@@ -111,8 +111,8 @@ def test_a_resolution_inside_the_half_sets_shared_band_is_warned(simulated, tmp_
     out = tmp_path / "run"
     result, warned = _run(simulated["tomogram"], out, [*FAST, "classify.n_classes=2"])
     expected = [
-        f"class {entry['class']}: its half-set FSC crosses 0.143 at 60.0 Å, where the gold-standard half sets "
-        "share their start (up to 53.3 Å): not an independent resolution"
+        f"class {entry['class']}: its half-set FSC crosses 0.143 at 60.0 Å, where the gold-standard half "
+        "sets share their start (up to 53.3 Å): not an independent resolution"
         for entry in result.classes
     ]
     assert len(expected) == 2
