@@ -15,6 +15,7 @@ The DDP runs are subprocesses (``python -m aitom ...``; Lightning starts the sec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -201,12 +202,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         ],
         folders["ddp"],
     )
-    previous = Path.cwd()
-    os.chdir(folders["single"])
-    try:
+    with contextlib.chdir(folders["single"]):
         assert main(["fit", "--config", "config.yaml"]) == 0
-    finally:
-        os.chdir(previous)
     return folders
 
 
@@ -241,12 +238,8 @@ def test_ddp_predict_writes_the_single_process_table(runs):
     # DDP with Lightning's sampler, which splits the items over the ranks without repeating any
     distributed = ["--trainer.devices", str(DEVICES), "--trainer.use_distributed_sampler", "true"]
     run_ddp([*command, *distributed], runs["ddp"])
-    previous = Path.cwd()
-    os.chdir(runs["single"])
-    try:
+    with contextlib.chdir(runs["single"]):
         assert main(command) == 0
-    finally:
-        os.chdir(previous)
     single = read_particles(runs["single"] / "predictions.star", require=("rlnClassNumber",))
     ddp = read_particles(runs["ddp"] / "predictions.star", require=("rlnClassNumber",))
     assert not list(runs["ddp"].glob("predictions.rank*"))
@@ -327,14 +320,10 @@ def test_ddp_open_set_test_gives_the_single_process_figures(tmp_path):
     settings = yaml.safe_load(config.read_text())
     settings["data"]["init_args"]["test_size"] = 23
     config.write_text(yaml.safe_dump(settings))
-    previous = Path.cwd()
-    os.chdir(tmp_path)
-    try:
+    with contextlib.chdir(tmp_path):
         fit = ["fit", "--config", str(config), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
         assert main(fit) == 0
         assert main(["test", "--config", str(config), "--ckpt_path", "last"]) == 0
-    finally:
-        os.chdir(previous)
     logs = tmp_path / "logs"
     ddp_logs = tmp_path / "ddp_logs"
     run_ddp(
@@ -381,12 +370,8 @@ def test_ddp_open_set_fit_keeps_the_single_process_class_centres(tmp_path):
         settings["trainer"].update(max_steps=1, limit_val_batches=1, num_sanity_val_steps=0)
         config.write_text(yaml.safe_dump(settings))
     run_ddp(["fit", "--config", "open_set.yaml", "--trainer.devices", str(DEVICES)], folders["ddp"])
-    previous = Path.cwd()
-    os.chdir(folders["single"])
-    try:
+    with contextlib.chdir(folders["single"]):
         assert main(["fit", "--config", "open_set.yaml"]) == 0
-    finally:
-        os.chdir(previous)
     single, ddp = (
         torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
         for folder in folders.values()

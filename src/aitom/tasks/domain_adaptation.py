@@ -334,24 +334,16 @@ class AdversarialDomainAdaptation(LightningModule):
 
         correct = torch.cat([source_logits > 0, target_logits <= 0]).float().mean()
         size = target_volume.shape[0]
-        self.log(
-            "train/discriminator_loss",
-            d_loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=size,
-            sync_dist=True,
-        )
-        self.log(
-            "train/generator_loss",
-            g_loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=size,
-            sync_dist=True,
-        )
+        for name, value in (("discriminator_loss", d_loss), ("generator_loss", g_loss)):
+            self.log(
+                f"train/{name}",
+                value,
+                on_step=True,
+                on_epoch=True,
+                prog_bar=True,
+                batch_size=size,
+                sync_dist=True,
+            )
         self.log(
             "train/discriminator_acc", correct, on_step=False, on_epoch=True, batch_size=size, sync_dist=True
         )
