@@ -289,6 +289,32 @@ def test_ddp_pick_writes_the_single_process_picks(tomogram, tmp_path):
     )
 
 
+def test_ddp_pick_with_two_templates_writes_the_single_process_picks_and_maps(tomogram, tmp_path):
+    """Two templates over 2 ranks: each rank's tiles carry every template's raw maxima, cube maxima and
+    samples; rank 0 calibrates them once gathered. Picks and the stitched best-score map equal one
+    process's."""
+    from aitom.io import read_volume
+
+    z, y, x = torch.meshgrid(*[torch.arange(8.0) - 4] * 3, indexing="ij")
+    templates = [tmp_path / "round.mrc", tmp_path / "oblong.mrc"]
+    write_volume(templates[0], torch.exp(-(x**2 + y**2 + z**2) / 8), 10.0)
+    write_volume(templates[1], torch.exp(-(x**2 / 2 + y**2 + z**2) / 3), 10.0)
+    options = ["--template", *map(str, templates), "--angular-step", "90", "--no-wedge"]
+    options += ["--tile-voxels", "28", "--maps", "--accelerator", "cpu"]
+    command = ["pick", "template", "--tomogram", str(tomogram), "--out", str(tmp_path / "ddp.star"), *options]
+    run_ddp([*command, "--devices", str(DEVICES)], tmp_path)
+    parser = argparse.ArgumentParser(prog="aitom")
+    pick.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["pick", "template", "--tomogram", str(tomogram), "--out", str(tmp_path / "single.star"), *options]
+    assert pick.run(parser.parse_args(argv)) == 0
+    single, ddp = read_particles(tmp_path / "single.star"), read_particles(tmp_path / "ddp.star")
+    assert len(single) >= 6 and set(single["rlnClassNumber"]) <= {1, 2}
+    pd.testing.assert_frame_equal(ddp, single)
+    for name in ("scores", "rotation_index"):
+        maps = [read_volume(tmp_path / f"{run}_tomogram_{name}.mrc")[0] for run in ("ddp", "single")]
+        assert torch.equal(*maps)
+
+
 def test_pick_with_more_devices_than_tiles_runs_one_process_per_tile(tomogram, tmp_path):
     """``--devices 2`` on a tomogram of one tile stopped both processes with a traceback (a process without
     a tile fails Lightning's distributed sampler); it now runs one process, says so once, and picks as one."""

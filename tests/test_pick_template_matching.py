@@ -15,7 +15,13 @@ from aitom.geometry import matrix_to_relion_angles, rotate_volume, so3_grid, sph
 from aitom.io import particles_table, write_volume
 from aitom.ops import template_matching
 from aitom.ops.filters import gaussian_filter3d
-from aitom.ops.peaks import false_alarm_threshold, peak_local_max
+from aitom.ops.peaks import (
+    false_alarm_threshold,
+    local_maxima,
+    non_maximum_suppression,
+    peak_local_max,
+    thin_peaks,
+)
 from aitom.ops.pick_evaluation import evaluate_picks
 from aitom.ops.template_matching import (
     TemplateFilter,
@@ -225,17 +231,20 @@ def two_shapes() -> tuple[torch.Tensor, torch.Tensor]:
     return large, small
 
 
-def test_calibrated_multi_template_assigns_the_right_class(tmp_path):
-    """Two planted shapes of different sizes: each pick carries the class of its shape (F1 >= 0.9 each)."""
+LARGE_CENTRES = [(14, 14, 14), (14, 48, 46), (48, 16, 44), (47, 47, 15)]
+SMALL_CENTRES = [(14, 14, 46), (15, 47, 14), (48, 15, 14), (48, 48, 48), (31, 31, 31)]
+
+
+def two_shapes_picker(tmp_path) -> tuple[torch.Tensor, TemplateMatchingPicker]:
+    """A 64³ tomogram holding rotated copies of both :func:`two_shapes` (wedge, noise), and a picker with
+    the two templates (classes 1 and 2, 60° rotation grid)."""
     large, small = two_shapes()
     grid = so3_grid(60.0)
     generator = torch.Generator().manual_seed(8)
     tomogram = torch.zeros(64, 64, 64)
-    large_centres = [(14, 14, 14), (14, 48, 46), (48, 16, 44), (47, 47, 15)]
-    small_centres = [(14, 14, 46), (15, 47, 14), (48, 15, 14), (48, 48, 48), (31, 31, 31)]
-    for number, (z, y, x) in enumerate(large_centres):
+    for number, (z, y, x) in enumerate(LARGE_CENTRES):
         tomogram[z - 9 : z + 9, y - 9 : y + 9, x - 9 : x + 9] += rotate_volume(large, grid[7 * number + 3])
-    for number, (z, y, x) in enumerate(small_centres):
+    for number, (z, y, x) in enumerate(SMALL_CENTRES):
         tomogram[z - 5 : z + 5, y - 5 : y + 5, x - 5 : x + 5] += rotate_volume(small, grid[5 * number + 1])
     tomogram = apply_missing_wedge(tomogram, tilt_min_deg=-60.0, tilt_max_deg=60.0)
     tomogram = tomogram + 0.05 * torch.randn(tomogram.shape, generator=generator)
@@ -247,6 +256,13 @@ def test_calibrated_multi_template_assigns_the_right_class(tmp_path):
         class_number=[1, 2],
         false_alarm_rate=1e-4,
     )
+    return tomogram, picker
+
+
+def test_calibrated_multi_template_assigns_the_right_class(tmp_path):
+    """Two planted shapes of different sizes: each pick carries the class of its shape (F1 >= 0.9 each)."""
+    tomogram, picker = two_shapes_picker(tmp_path)
+    large_centres, small_centres = LARGE_CENTRES, SMALL_CENTRES
     picks = picker.pick_tile(tomogram)
     # Circular correlation: scores within half a template of the faces are unreliable (wrap-around).
     inside = ((picks["coordinates_zyx"] >= 5) & (picks["coordinates_zyx"] < 59)).all(-1)
@@ -265,6 +281,34 @@ def test_calibrated_multi_template_assigns_the_right_class(tmp_path):
     # Without calibration (raw FLCF arg-max) the small template would claim parts of the large particles:
     # the calibrated score of each class is a z-score, so both classes' peaks stand well above 3.
     assert float(picks["scores"].min()) > 3.0
+
+
+def test_several_templates_picks_are_the_maxima_of_the_whole_calibrated_map(tmp_path):
+    """The picker calibrates each template only once the statistics are pooled, and decides from each
+    template's maxima over the cube whether a candidate is a maximum of the best calibrated score: its picks
+    equal those of the plain route, the local maxima of the whole calibrated best-template map
+    (``match_templates``) thresholded at its false-alarm level (below 64³ voxels the pooled sample is every
+    voxel, so the calibrations are the same)."""
+    tomogram, picker = two_shapes_picker(tmp_path)
+    picks = picker.pick_tile(tomogram)
+    score, which, rotation = template_matching.match_templates(
+        tomogram, picker.templates, picker.rotations, template_filter=picker.template_filter
+    )
+    coordinates = torch.nonzero(local_maxima(score, picker.maxima_distance))
+    values = score[tuple(coordinates.T)]
+    threshold = false_alarm_threshold(score, 1e-4)
+    kept = thin_peaks(coordinates, values, picker.min_distance, threshold)
+    radii = picker.suppression_radii[which[tuple(coordinates[kept].T)]]
+    kept = kept[
+        non_maximum_suppression(coordinates[kept].double(), values[kept], picker.min_distance, radii=radii)
+    ]
+    at = tuple(coordinates[kept].T)
+    assert len(kept) >= len(LARGE_CENTRES) + len(SMALL_CENTRES)
+    assert picks["coordinates_zyx"].tolist() == coordinates[kept].tolist()
+    assert picks["class_number"].tolist() == (which[at] + 1).tolist()
+    torch.testing.assert_close(picks["scores"], score[at], rtol=0, atol=1e-5)
+    angles = matrix_to_relion_angles(picker.rotations[rotation[at]].double()).float()
+    torch.testing.assert_close(picks["angles_deg"], angles, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize(("size", "edge"), [(67, 36), (64, 35), (64, 36), (35, 20)])

@@ -35,7 +35,8 @@ def _template(box: int, voxel_fraction: float = 1.0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A 40×64×56 tomogram (10 Å voxels): rotated copies of a 12³ template plus noise; the template at
-    10 Å, the same template sampled at 5 Å (box 24) with its header right (5 Å) and wrong (1 Å)."""
+    10 Å, the same template sampled at 5 Å (box 24) with its header right (5 Å) and wrong (1 Å), and a round
+    8³ blob (a second template)."""
     folder = tmp_path_factory.mktemp("tiling")
     template = _template(12)
     grid = so3_grid(90.0)
@@ -48,11 +49,14 @@ def files(tmp_path_factory):
         tomogram[tuple(slice(a, b) for a, b in zip(low, high))] += block[
             tuple(slice(a - c + 6, b - c + 6) for a, b, c in zip(low, high, (z, y, x)))
         ]
-    paths = {name: folder / f"{name}.mrc" for name in ("tomogram", "template", "fine", "fine_unset")}
+    names = ("tomogram", "template", "fine", "fine_unset", "blob")
+    paths = {name: folder / f"{name}.mrc" for name in names}
     write_volume(paths["tomogram"], tomogram, 10.0)
     write_volume(paths["template"], template, 10.0)
     write_volume(paths["fine"], _template(24, 0.5), 5.0)
     write_volume(paths["fine_unset"], _template(24, 0.5), 1.0)
+    z, y, x = torch.meshgrid(*[torch.arange(8.0) - 4] * 3, indexing="ij")
+    write_volume(paths["blob"], torch.exp(-(x**2 + y**2 + z**2) / 4), 10.0)  # a second class: a round blob
     return paths
 
 
@@ -80,6 +84,8 @@ def assert_same_picks(tiled, whole) -> None:
     assert tiled[COLUMNS].to_numpy().tolist() == whole[COLUMNS].to_numpy().tolist()
     scores = "rlnAutopickFigureOfMerit"
     assert tiled[scores].to_numpy() == pytest.approx(whole[scores].to_numpy(), rel=1e-4, abs=1e-5)
+    if "rlnClassNumber" in whole:
+        assert tiled["rlnClassNumber"].tolist() == whole["rlnClassNumber"].tolist()
     angles = [column for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if column in whole]
     if angles:
         assert tiled[angles].to_numpy() == pytest.approx(whole[angles].to_numpy(), abs=1e-3)
@@ -168,6 +174,41 @@ def test_template_peak_false_alarm_picks_do_not_depend_on_the_tiles(files, tmp_p
     argv = ["template", "--template", str(files["template"]), "--angular-step", "90", "--no-wedge"]
     argv += ["--peak-false-alarm-rate", "0.05"]
     assert_same_picks(picks(files, tmp_path, argv, 40), picks(files, tmp_path, argv, None))
+
+
+@pytest.mark.parametrize("tile", [40, 48])
+def test_several_templates_picks_do_not_depend_on_the_tiles(files, tmp_path, tile):
+    """Two templates: each one's scores are calibrated by the whole tomogram's pooled statistics, and the
+    candidates are the maxima of the best calibrated score, decided once the tiles are merged. Before, every
+    tile calibrated its own maps, so the scores (and near the threshold, the picks) depended on the tiling."""
+    argv = ["template", "--template", str(files["template"]), str(files["blob"]), "--angular-step", "90"]
+    argv += ["--no-wedge"]
+    tiled, whole = picks(files, tmp_path, argv, tile), picks(files, tmp_path, argv, None)
+    assert set(whole["rlnClassNumber"]) == {1, 2}
+    assert_same_picks(tiled, whole)
+
+
+def test_several_templates_maps_stitched_from_tiles_equal_the_whole(files, tmp_path):
+    """--maps with two templates: the stitched best calibrated score and its rotation index are the whole
+    tomogram's."""
+    from aitom.io import read_volume
+
+    maps = []
+    for tile in (40, None):
+        argv = ["template", "--template", str(files["template"]), str(files["blob"]), "--angular-step", "90"]
+        out = tmp_path / f"maps_{tile}.star"
+        tiling = ["--tile-voxels", str(tile or max(SHAPE))]
+        command = [*argv, "--no-wedge", "--tomogram", str(files["tomogram"]), "--out", str(out), "--maps"]
+        assert run_pick([*command, *tiling]) == 0
+        maps.append(
+            [
+                read_volume(tmp_path / f"maps_{tile}_tomogram_{name}.mrc")[0]
+                for name in ("scores", "rotation_index")
+            ]
+        )
+    assert float(maps[1][0].max()) > 5  # z-scores: the particles stand out of the noise
+    assert torch.allclose(maps[0][0], maps[1][0], atol=1e-4)
+    assert (maps[0][1] != maps[1][1]).float().mean() < 1e-3  # ties between rotations may go either way
 
 
 def test_template_voxel_size_sets_the_templates_not_the_tomograms(files, tmp_path):

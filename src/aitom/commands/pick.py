@@ -10,9 +10,9 @@ matched positions) that the per-class scores use.
 The picks do not depend on ``--tile-voxels``: by default neighbouring tiles overlap by twice the reach of
 the picker's filter plus the peak spacing, so every tile core's score map is the whole tomogram's, and the
 false-alarm thresholds come from the whole tomogram's statistics, pooled where the tiles are merged
-(:mod:`aitom.tasks.pick`). Exceptions: saliency (its Robust PCA compares the supervoxels of one tile),
-several templates (each tile's score maps are calibrated by the tile's statistics) and ``--whiten`` (the
-filter, from the whole tomogram's spectrum, acts circularly on each tile: scores change by about 0.003).
+(:mod:`aitom.tasks.pick`), with several templates each one's calibration too. Exceptions: saliency (its
+Robust PCA compares the supervoxels of one tile) and ``--whiten`` (the filter, from the whole tomogram's
+spectrum, acts circularly on each tile: scores change by about 0.003).
 Bad input — a template larger than the tomogram, voxel sizes that differ, an angular step ≤ 0, a constant
 tomogram — is one line on stderr, exit code 2, and nothing is written.
 """
@@ -183,8 +183,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--tile-voxels",
         type=int,
         help="tile edge, voxels: bounds the memory; with the default overlap the picks do not depend on it "
-        "(except saliency's and several templates', whose scores are calibrated per tile, and --whiten's, "
-        "whose filter acts on each tile) "
+        "(except saliency's, whose Robust PCA is per tile, and --whiten's, whose filter acts on each tile) "
         "(default 256, or 3 × the overlap when that is more)",
     )
     parser.add_argument(

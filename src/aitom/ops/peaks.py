@@ -17,6 +17,7 @@ from torch.nn.functional import max_pool3d
 from aitom.errors import InputError
 
 __all__ = [
+    "cube_maximum",
     "false_alarm_threshold",
     "inside_faces",
     "local_maxima",
@@ -152,26 +153,39 @@ def peak_local_max(
     return coordinates[kept], values[kept]
 
 
+def cube_maximum(volume: torch.Tensor, half_edge: int) -> torch.Tensor:
+    """The maximum of the ``(2 half_edge + 1)³`` cube around each voxel, cut at the faces.
+
+    Args:
+        volume: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` real tensor (channels pooled apart), any device.
+        half_edge: half the cube's edge, voxels (>= 1).
+
+    Returns:
+        Same shape, dtype and device.
+    """
+    size = 2 * half_edge + 1
+    # The maximum over a cube is separable: three 1-D running maxima (O(size) per voxel, not O(size³)).
+    pooled = volume[None, None] if volume.dim() == 3 else volume[None]
+    for axis in range(3):
+        kernel = [1, 1, 1]
+        kernel[axis] = size
+        padding = [0, 0, 0]
+        padding[axis] = half_edge
+        pooled = max_pool3d(pooled, tuple(kernel), stride=1, padding=tuple(padding))
+    return pooled.reshape(volume.shape)
+
+
 def local_maxima(volume: torch.Tensor, min_distance: int) -> torch.Tensor:
     """Which voxels equal the maximum of the ``(2 min_distance + 1)³`` cube around them, ``(Z, Y, X)`` bool.
 
-    The cube is cut at the faces of ``volume`` (separable ``max_pool3d``, padding ``−inf``). A voxel's answer
+    The cube is cut at the faces of ``volume`` (:func:`cube_maximum`, padding ``−inf``). A voxel's answer
     depends only on the values within ``min_distance`` voxels of it (Chebyshev).
 
     Args:
         volume: ``(Z, Y, X)`` real tensor, any device.
         min_distance: half the cube's edge, voxels (>= 1).
     """
-    size = 2 * min_distance + 1
-    # The maximum over a cube is separable: three 1-D running maxima (O(size) per voxel, not O(size³)).
-    pooled = volume[None, None]
-    for axis in range(3):
-        kernel = [1, 1, 1]
-        kernel[axis] = size
-        padding = [0, 0, 0]
-        padding[axis] = min_distance
-        pooled = max_pool3d(pooled, tuple(kernel), stride=1, padding=tuple(padding))
-    return volume == pooled[0, 0]
+    return volume == cube_maximum(volume, min_distance)
 
 
 def thin_peaks(

@@ -19,7 +19,7 @@ when picking, overlapping tiles for large tomograms).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import scipy.fft
@@ -32,12 +32,14 @@ from aitom.ops.peaks import robust_mean_std
 
 __all__ = [
     "TemplateFilter",
+    "best_calibrated_template",
     "calibrate_scores",
     "crop_template",
     "match_template",
     "match_templates",
     "padded_rfftn",
     "radial_power_spectrum",
+    "score_calibration",
     "spectral_whitening_filter",
     "template_filter_kernel",
     "template_signal_outside",
@@ -407,20 +409,18 @@ def match_template(
     return best_score, best_index
 
 
-def calibrate_scores(score: torch.Tensor) -> torch.Tensor:
-    """A score map as z-scores against its own null distribution: ``(score − median) / (1.4826 · MAD)``.
+def score_calibration(score: torch.Tensor) -> tuple[float, float]:
+    """A score map's null distribution: its median and ``1.4826 · MAD``.
 
     Particles occupy a small fraction of a score map, so its robust mean and standard deviation
-    (:func:`aitom.ops.peaks.robust_mean_std`) are those of the scores where no particle is: after
-    calibration a value is "so many noise standard deviations above background" for every template alike,
-    whereas raw FLCF values of different templates are not comparable (the spread of a template's score in
-    noise shrinks with the number of independent voxels under its mask).
+    (:func:`aitom.ops.peaks.robust_mean_std`) are those of the scores where no particle is. A strided sample
+    of the map (:func:`aitom.ops.peaks.strided_sample`) gives the same statistics as the map.
 
     Args:
-        score: score map, any shape and device.
+        score: score map or a sample of it, any shape and device.
 
     Returns:
-        Calibrated map, same shape, dtype and device.
+        ``(median, spread)``, in score units.
 
     Raises:
         InputError: the map is constant in its bulk (zero robust spread).
@@ -428,7 +428,62 @@ def calibrate_scores(score: torch.Tensor) -> torch.Tensor:
     median, spread = robust_mean_std(score)
     if not spread > 0:
         raise InputError("the score map has zero spread: cannot calibrate it")
+    return median, spread
+
+
+def calibrate_scores(score: torch.Tensor, calibration: tuple[float, float] | None = None) -> torch.Tensor:
+    """A score map as z-scores against a null distribution: ``(score − median) / spread``.
+
+    After calibration a value is "so many noise standard deviations above background" for every template
+    alike, whereas raw FLCF values of different templates are not comparable (the spread of a template's
+    score in noise shrinks with the number of independent voxels under its mask).
+
+    Args:
+        score: score map, any shape and device.
+        calibration: ``(median, spread)`` (:func:`score_calibration`); None: the map's own.
+
+    Returns:
+        Calibrated map, same shape, dtype and device.
+
+    Raises:
+        InputError: the map is constant in its bulk (zero robust spread).
+    """
+    median, spread = score_calibration(score) if calibration is None else calibration
     return (score - median) / spread
+
+
+def best_calibrated_template(
+    template_maps: Iterable[tuple[torch.Tensor, torch.Tensor, tuple[float, float]]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Voxel-wise arg-max over templates of their calibrated scores (ties: the lower template index).
+
+    Args:
+        template_maps: per template, in order: its score map ``(...)``, its best-rotation index map ``(...)``
+            and its ``(median, spread)`` (:func:`score_calibration`); consumed one at a time, so a generator
+            holds one template's maps at once.
+
+    Returns:
+        ``(score, template_index, rotation_index)``: best calibrated score and the int64 indices of its
+        template and rotation, each ``(...)``.
+
+    Raises:
+        InputError: no template.
+    """
+    best_score = best_template = best_rotation = None
+    for number, (score, rotation_index, calibration) in enumerate(template_maps):
+        score = calibrate_scores(score, calibration)
+        rotation_index = rotation_index.long()
+        if best_score is None:
+            best_score, best_rotation = score, rotation_index
+            best_template = torch.zeros_like(rotation_index)
+            continue
+        better = score > best_score
+        best_score = torch.where(better, score, best_score)
+        best_template = best_template.masked_fill(better, number)
+        best_rotation = torch.where(better, rotation_index, best_rotation)
+    if best_score is None:
+        raise InputError("no template given")
+    return best_score, best_template, best_rotation
 
 
 def match_templates(
@@ -446,9 +501,10 @@ def match_templates(
     """Multi-template matching: which template explains each voxel best, on a calibrated score.
 
     Each template is matched with :func:`match_template`; its best-over-rotations FLCF map is calibrated by
-    its own null distribution (:func:`calibrate_scores`, a z-score), and every voxel takes the template with
-    the highest calibrated score (voxel-wise arg-max). Peaks of the result, with one shared non-maximum
-    suppression, then carry the class of the template that explains them best.
+    its own null distribution (:func:`score_calibration`, :func:`calibrate_scores`: a z-score), and every
+    voxel takes the template with the highest calibrated score (:func:`best_calibrated_template`). Peaks of
+    the result, with one shared non-maximum suppression, then carry the class of the template that explains
+    them best.
 
     Args:
         tomogram: ``(Z, Y, X)`` real tensor, any device.
@@ -467,27 +523,21 @@ def match_templates(
     masks = [None] * len(templates) if masks is None else list(masks)
     if len(masks) != len(templates):
         raise ValueError(f"{len(masks)} masks for {len(templates)} templates")
-    best_score = best_template = best_rotation = None
-    for number, (template, mask) in enumerate(zip(templates, masks)):
-        done = number * rotations.shape[0]
-        score, rotation_index = match_template(
-            tomogram,
-            template,
-            rotations,
-            mask=mask,
-            template_filter=template_filter,
-            whiten=whiten,
-            whitening=whitening,
-            rotation_batch=rotation_batch,
-            progress=None if progress is None else (lambda count, done=done: progress(done + count)),
-        )
-        score = calibrate_scores(score)
-        if best_score is None:
-            best_score, best_rotation = score, rotation_index
-            best_template = torch.zeros_like(rotation_index)
-            continue
-        better = score > best_score
-        best_score = torch.where(better, score, best_score)
-        best_template = best_template.masked_fill(better, number)
-        best_rotation = torch.where(better, rotation_index, best_rotation)
-    return best_score, best_template, best_rotation
+
+    def template_maps() -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[float, float]]]:
+        for number, (template, mask) in enumerate(zip(templates, masks)):
+            done = number * rotations.shape[0]
+            score, rotation_index = match_template(
+                tomogram,
+                template,
+                rotations,
+                mask=mask,
+                template_filter=template_filter,
+                whiten=whiten,
+                whitening=whitening,
+                rotation_batch=rotation_batch,
+                progress=None if progress is None else (lambda count, done=done: progress(done + count)),
+            )
+            yield score, rotation_index, score_calibration(score)
+
+    return best_calibrated_template(template_maps())

@@ -20,15 +20,19 @@ Picking is split so that the picks do not depend on the tiling:
    ``rlnAngleRot/Tilt/Psi`` degrees, ``rlnClassNumber`` and ``aitomClassName``, the template's file name
    without its suffixes.
 
+With several templates the scores are z-scores against each template's null distribution over the whole
+tomogram, which no tile knows: a tile gives every template's raw maxima and samples, and the writer
+calibrates them and keeps the maxima of the best calibrated score
+(:meth:`TemplateMatchingPicker.select_picks`), so these picks too are those of one tile.
+
 Memory: no whole-tomogram map is held, only the candidates (local maxima) and the bounded sample. Template
 matching tiles are cut from the periodic tomogram (``boundary="periodic"``: its FFT correlation wraps around
 the tomogram's faces as on the whole tomogram). Left to the tiling: saliency's scores (its supervoxels and
-Robust PCA are those of one tile), with several templates each tile's score maps are calibrated by the
-tile's own statistics (:func:`aitom.ops.template_matching.match_templates`), and spectral whitening, whose
-filter comes from the whole tomogram's power spectrum (:meth:`TemplateMatchingPicker.begin_tomogram`) but
-acts circularly on each tile, so the scores differ slightly from the whole tomogram's. Template matching can
-also write the stitched score map and best-rotation-index map (MRC) with the table of rotation index → ZYZ
-angles (STAR).
+Robust PCA are those of one tile) and spectral whitening, whose filter comes from the whole tomogram's power
+spectrum (:meth:`TemplateMatchingPicker.begin_tomogram`) but acts circularly on each tile, so the scores
+differ slightly from the whole tomogram's. Template matching can also write the stitched score map and
+best-rotation-index map (MRC) with the table of rotation index → ZYZ angles (STAR); with several templates
+the tiles then hold every template's maps until the statistics are pooled.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from aitom.io import (
 from aitom.ops.dog_picking import dog_response
 from aitom.ops.filters import gaussian_kernel1d
 from aitom.ops.peaks import (
+    cube_maximum,
     false_alarm_threshold,
     inside_faces,
     local_maxima,
@@ -75,9 +80,11 @@ from aitom.ops.peaks import (
 from aitom.ops.saliency import saliency_smoothing_sigma, smoothed_saliency, supervoxel_spacing
 from aitom.ops.template_matching import (
     TemplateFilter,
+    best_calibrated_template,
+    calibrate_scores,
     crop_template,
     match_template,
-    match_templates,
+    score_calibration,
     template_signal_outside,
     whitening_filter,
 )
@@ -114,6 +121,40 @@ def tile_core_mask(
 POLARITIES = ("bright", "dark")
 """Particle contrast in a tomogram: ``bright`` (protein white: aitom's simulations, inverted data) or ``dark``
 (raw cryo-ET contrast, protein black)."""
+
+
+def _core_and_beyond(
+    tile_shape: torch.Size,
+    origin_zyx: torch.Tensor,
+    core_start_zyx: torch.Tensor,
+    core_stop_zyx: torch.Tensor,
+    shape_zyx: tuple[int, int, int],
+    device: torch.device,
+) -> tuple[tuple[slice, slice, slice], torch.Tensor]:
+    """A tile's core as slices of the tile, and which of its voxels lie beyond the tomogram's faces
+    ``(z, y, x)`` bool (a periodic tile's wrapped voxels: they take no part in the maxima, so that the cube
+    around a voxel is cut at the faces as on the whole tomogram), on ``device``. Positions: ``(3,)`` int
+    tomogram voxels, z y x."""
+    low = (core_start_zyx - origin_zyx).tolist()
+    high = (core_stop_zyx - origin_zyx).tolist()
+    core = tuple(slice(a, b) for a, b in zip(low, high))
+    positions = [torch.arange(n, device=device) + o for n, o in zip(tile_shape, origin_zyx.tolist())]
+    outside = [(position < 0) | (position >= length) for position, length in zip(positions, shape_zyx)]
+    beyond = outside[0][:, None, None] | outside[1][None, :, None] | outside[2][None, None, :]
+    return core, beyond
+
+
+def _merged_candidates(
+    tiles: list[dict[str, Any]], shape_zyx: tuple[int, int, int], keys: list[str]
+) -> dict[str, torch.Tensor]:
+    """The ``keys`` entries of all tiles' candidates, in the raster order of their positions (as in one
+    tile: candidates of equal score keep the same precedence; a stable sort, so candidates at one voxel keep
+    their tile's order)."""
+    merged = {key: torch.cat([tile[key] for tile in tiles]) for key in keys}
+    steps = torch.tensor([shape_zyx[1] * shape_zyx[2], shape_zyx[2], 1])
+    raster = (merged["coordinates_zyx"] * steps.to(merged["coordinates_zyx"])).sum(-1)
+    order = torch.argsort(raster, stable=True)
+    return {key: value[order] for key, value in merged.items()}
 
 
 class _Picker(LightningModule, ABC):
@@ -187,14 +228,9 @@ class _Picker(LightningModule, ABC):
         maps = self.score_maps(tile)
         score = maps["score"]
         origin = origin_zyx.to(score.device)
-        low = (core_start_zyx.to(score.device) - origin).tolist()
-        high = (core_stop_zyx.to(score.device) - origin).tolist()
-        core = tuple(slice(a, b) for a, b in zip(low, high))
-        # Voxels of a periodic tile beyond the tomogram's faces take no part in the maxima: the cube around
-        # a voxel is cut at the faces, as on the whole tomogram.
-        positions = [torch.arange(n, device=score.device) + o for n, o in zip(score.shape, origin.tolist())]
-        outside = [(position < 0) | (position >= length) for position, length in zip(positions, shape_zyx)]
-        beyond = outside[0][:, None, None] | outside[1][None, :, None] | outside[2][None, None, :]
+        core, beyond = _core_and_beyond(
+            score.shape, origin_zyx, core_start_zyx, core_stop_zyx, shape_zyx, score.device
+        )
         coordinates = torch.nonzero(local_maxima(score.masked_fill(beyond, -math.inf), self.maxima_distance))
         coordinates = coordinates[tile_core_mask(coordinates + origin, core_start_zyx, core_stop_zyx)]
         stride = sample_stride(math.prod(shape_zyx))
@@ -217,12 +253,7 @@ class _Picker(LightningModule, ABC):
         Returns:
             The :data:`PICK_KEYS` the picker gives, best first: the same as one tile covering the tomogram.
         """
-        keys = [key for key in PICK_KEYS if key in tiles[0]]
-        merged = {key: torch.cat([tile[key] for tile in tiles]) for key in keys}
-        # Raster order, as in one tile: candidates of equal score keep the same precedence.
-        steps = torch.tensor([shape_zyx[1] * shape_zyx[2], shape_zyx[2], 1])
-        order = torch.argsort((merged["coordinates_zyx"] * steps.to(merged["coordinates_zyx"])).sum(-1))
-        merged = {key: value[order] for key, value in merged.items()}
+        merged = _merged_candidates(tiles, shape_zyx, [key for key in PICK_KEYS if key in tiles[0]])
         sample = torch.cat([tile["sample"] for tile in tiles])
         minimum = min(float(tile["minimum"]) for tile in tiles)
         kept = self.select_candidates(merged, sample, minimum)
@@ -446,8 +477,9 @@ class TemplateMatchingPicker(_Picker):
     """FLCF template matching over an SO(3) grid (:func:`aitom.ops.template_matching.match_template`).
 
     With several templates (one per class), each template's score map is calibrated by its own null
-    distribution (a z-score) and every voxel takes the template with the highest calibrated score
-    (:func:`aitom.ops.template_matching.match_templates`); picks then go through one shared non-maximum
+    distribution over the whole tomogram (a z-score) and every voxel takes the template with the highest
+    calibrated score (as :func:`aitom.ops.template_matching.match_templates`; over tiles,
+    :meth:`select_picks`); picks then go through one shared non-maximum
     suppression in which a pick suppresses weaker picks within the larger of the two templates' radii (half
     their boxes), so a small template firing inside a large particle loses to the large template. Scores
     (and ``threshold_abs``) are then z-scores; with one template they are raw FLCF values in ``[−1, 1]``.
@@ -665,34 +697,157 @@ class TemplateMatchingPicker(_Picker):
             "whitening": whitening,
             "rotation_batch": hp.rotation_batch,
         }
-        with self._rotation_progress(len(self.rotations) * len(self.class_numbers)) as progress:
-            options["progress"] = progress
-            if len(self.class_numbers) == 1:
+        count = len(self.rotations)
+        with self._rotation_progress(count * len(self.class_numbers)) as progress:
+            scores, rotation_indices = [], []
+            for number, (template, mask) in enumerate(zip(self.templates, self.masks)):
                 score, index = match_template(
-                    tile, self.templates[0], self.rotations, mask=self.masks[0], **options
+                    tile,
+                    template,
+                    self.rotations,
+                    mask=mask,
+                    progress=None
+                    if progress is None
+                    else (lambda done, n=number: progress(n * count + done)),
+                    **options,
                 )
-                template_index = torch.zeros_like(index)
-            else:
-                score, template_index, index = match_templates(
-                    tile, self.templates, self.rotations, masks=self.masks, **options
-                )
-        return {"score": score, "rotation_index": index, "template_index": template_index}
+                scores.append(score)
+                rotation_indices.append(index.int())
+        if len(self.class_numbers) == 1:
+            return {"score": scores[0], "rotation_index": rotation_indices[0]}
+        # several templates: raw scores, calibrated once the whole tomogram's statistics are pooled
+        return {
+            "template_scores": torch.stack(scores),
+            "template_rotation_index": torch.stack(rotation_indices),
+        }
 
     def kept_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {name: maps[name] for name in ("score", "rotation_index")} if self.hparams.keep_maps else {}
+        return dict(maps) if self.hparams.keep_maps else {}
 
     def candidate_extras(
         self, maps: dict[str, torch.Tensor], coordinates: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         at = tuple(coordinates.T)
-        which = maps["template_index"][at]
-        angles = matrix_to_relion_angles(self.rotations[maps["rotation_index"][at]].double())
-        classes = torch.tensor(self.class_numbers, device=which.device)
+        return self._pose_and_class(maps["rotation_index"][at], torch.zeros_like(at[0]))
+
+    def _pose_and_class(
+        self, rotation_index: torch.Tensor, template_index: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``angles_deg`` ``(N, 3)``, ``class_number`` and ``template_index`` ``(N,)`` of candidates with
+        these rotation and template indices ``(N,)``."""
+        angles = matrix_to_relion_angles(self.rotations[rotation_index.long()].double())
+        classes = torch.tensor(self.class_numbers, device=template_index.device)
         return {
-            "angles_deg": angles.to(maps["score"].dtype),
-            "class_number": classes[which],
-            "template_index": which,
+            "angles_deg": angles.to(self.rotations.dtype),
+            "class_number": classes[template_index],
+            "template_index": template_index,
         }
+
+    def tile_candidates(
+        self,
+        tile: torch.Tensor,
+        origin_zyx: torch.Tensor,
+        core_start_zyx: torch.Tensor,
+        core_stop_zyx: torch.Tensor,
+        shape_zyx: tuple[int, int, int],
+    ) -> dict[str, Any]:
+        """With several templates the maps are calibrated only once the tomogram's statistics are pooled
+        (:meth:`select_picks`), so a tile gives, per template, the local maxima of its raw score in the core,
+        with every template's raw maximum over the cube around each (``cube_maxima`` ``(N, K)``: whether a
+        candidate is a maximum of the calibrated best-template map is decided from them), the core's raw
+        scores at the strided positions (``sample`` ``(M, K)``) and its lowest raw scores (``minimum``
+        ``(K,)``). One template: :meth:`_Picker.tile_candidates`."""
+        if len(self.class_numbers) == 1:
+            return super().tile_candidates(tile, origin_zyx, core_start_zyx, core_stop_zyx, shape_zyx)
+        maps = self.score_maps(tile)
+        scores = maps["template_scores"]
+        origin = origin_zyx.to(scores.device)
+        core, beyond = _core_and_beyond(
+            scores.shape[1:], origin_zyx, core_start_zyx, core_stop_zyx, shape_zyx, scores.device
+        )
+        masked = scores.masked_fill(beyond, -math.inf)
+        pooled = cube_maximum(masked, self.maxima_distance)
+        coordinates, template_index = [], []
+        for number in range(len(self.class_numbers)):
+            found = torch.nonzero(masked[number] == pooled[number])
+            found = found[tile_core_mask(found + origin, core_start_zyx, core_stop_zyx)]
+            coordinates.append(found)
+            template_index.append(torch.full_like(found[:, 0], number))
+        coordinates, template_index = torch.cat(coordinates), torch.cat(template_index)
+        at = (template_index, *coordinates.T)
+        stride = sample_stride(math.prod(shape_zyx))
+        start = tuple(core_start_zyx.tolist())
+        return {
+            "coordinates_zyx": coordinates + origin,
+            "scores": scores[at],
+            **self._pose_and_class(maps["template_rotation_index"][at], template_index),
+            "cube_maxima": pooled[(slice(None), *coordinates.T)].T,
+            "sample": torch.stack(
+                [strided_sample(score[core], start, shape_zyx, stride) for score in scores], -1
+            ),
+            "minimum": scores[(slice(None), *core)].amin(dim=(1, 2, 3)),
+            "maps": maps,
+        }
+
+    def select_picks(self, tiles: list[dict[str, Any]], shape_zyx: tuple[int, int, int]) -> dict[str, Any]:
+        """With several templates, each template's raw scores are calibrated by the null distribution of
+        the tomogram's pooled sample (:func:`aitom.ops.template_matching.score_calibration`); the candidates
+        are the local maxima of the voxel-wise best calibrated score (each is a maximum of its own template's
+        map, and calibrated at least as high as every template's maximum over its cube), and the thresholds
+        come from that best score at the sampled voxels; the lowest score is bounded below by the best
+        calibrated of the templates' lowest scores. The same as one tile covering the tomogram. One template:
+        :meth:`_Picker.select_picks`."""
+        if len(self.class_numbers) == 1:
+            return super().select_picks(tiles, shape_zyx)
+        keys = [*PICK_KEYS, "cube_maxima"]
+        merged = _merged_candidates(tiles, shape_zyx, keys)
+        calibrations = self._template_calibrations(tiles)
+        scores = merged["scores"].clone()
+        cube_best = torch.full_like(scores, -math.inf)
+        for number, calibration in enumerate(calibrations):
+            mine = merged["template_index"] == number
+            scores[mine] = calibrate_scores(merged["scores"][mine], calibration)
+            cube_best = torch.maximum(
+                cube_best, calibrate_scores(merged["cube_maxima"][:, number], calibration)
+            )
+        maximum = scores >= cube_best
+        # Two templates tied at one voxel: the first keeps it (as the voxel-wise arg-max does).
+        steps = torch.tensor([shape_zyx[1] * shape_zyx[2], shape_zyx[2], 1])
+        raster = (merged["coordinates_zyx"] * steps.to(merged["coordinates_zyx"])).sum(-1)[maximum]
+        first = torch.ones_like(raster, dtype=torch.bool)
+        first[1:] = raster[1:] != raster[:-1]
+        merged = {key: merged[key][maximum][first] for key in PICK_KEYS}
+        merged["scores"] = scores[maximum][first]
+        sample = torch.cat([tile["sample"] for tile in tiles])
+        best_sample = best_calibrated_template(
+            (column, torch.zeros_like(column, dtype=torch.int64), calibration)
+            for column, calibration in zip(sample.T, calibrations)
+        )[0]
+        minimum = torch.cat([tile["minimum"][None] for tile in tiles]).amin(0)
+        lowest = max(
+            float(calibrate_scores(value, calibration)) for value, calibration in zip(minimum, calibrations)
+        )
+        kept = self.select_candidates(merged, best_sample, lowest)
+        return {key: value[kept] for key, value in merged.items()}
+
+    def _template_calibrations(self, tiles: list[dict[str, Any]]) -> list[tuple[float, float]]:
+        """Each template's ``(median, spread)`` of raw scores over the tomogram's pooled sample."""
+        sample = torch.cat([tile["sample"] for tile in tiles])
+        return [score_calibration(column) for column in sample.T]
+
+    def tile_score_maps(self, tiles: list[dict[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each tile's best score and best-rotation-index maps (``keep_maps``): with several templates, the
+        voxel-wise best calibrated score (calibrated as :meth:`select_picks` does)."""
+        if len(self.class_numbers) == 1:
+            return [(tile["score_map"], tile["rotation_index_map"]) for tile in tiles]
+        calibrations = self._template_calibrations(tiles)
+        maps = []
+        for tile in tiles:
+            score, _, rotation_index = best_calibrated_template(
+                zip(tile["template_scores_map"], tile["template_rotation_index_map"], calibrations)
+            )
+            maps.append((score, rotation_index))
+        return maps
 
     def select_candidates(
         self, candidates: dict[str, torch.Tensor], sample: torch.Tensor, minimum: float
@@ -923,8 +1078,12 @@ class PickWriter(BasePredictionWriter):
             of_tomogram = [tile for tile in tiles if tile["tomogram"] == tomogram]
             shape = of_tomogram[0]["shape_zyx"]
             tables.append(self._merge(of_tomogram, shape, Path(tomogram).stem, pl_module))
-            if self.write_maps and "score_map" in of_tomogram[0]:
-                self._write_maps(of_tomogram, shape, tomogram)
+            if (
+                self.write_maps
+                and isinstance(pl_module, TemplateMatchingPicker)
+                and pl_module.hparams.keep_maps
+            ):
+                self._write_maps(of_tomogram, shape, tomogram, pl_module)
         table = pd.concat(tables, ignore_index=True) if tables else particles_table(np.zeros((0, 3)))
         write_particles(self.output_path, table, overwrite=self.overwrite)
         if self.write_maps and isinstance(pl_module, TemplateMatchingPicker):
@@ -958,17 +1117,23 @@ class PickWriter(BasePredictionWriter):
             table["aitomClassName"] = names[picks["template_index"].long().numpy()]
         return table
 
-    def _write_maps(self, tiles: list[dict[str, Any]], shape: tuple[int, int, int], tomogram: str) -> None:
+    def _write_maps(
+        self,
+        tiles: list[dict[str, Any]],
+        shape: tuple[int, int, int],
+        tomogram: str,
+        pl_module: TemplateMatchingPicker,
+    ) -> None:
         score = np.zeros(shape, dtype=np.float32)
         index = np.zeros(shape, dtype=np.float32)
-        for tile in tiles:
+        for tile, (tile_score, tile_index) in zip(tiles, pl_module.tile_score_maps(tiles)):
             start, stop, origin = (
                 tile[key].tolist() for key in ("core_start_zyx", "core_stop_zyx", "origin_zyx")
             )
             region = tuple(slice(a, b) for a, b in zip(start, stop))
             in_tile = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, origin))
-            score[region] = tile["score_map"][in_tile].numpy()
-            index[region] = tile["rotation_index_map"][in_tile].numpy()
+            score[region] = tile_score[in_tile].numpy()
+            index[region] = tile_index[in_tile].numpy()
         header = open_volume_mmap(tomogram, voxel_size_a=self.voxel_size_a)[1]
         origin = header.grid_origin_a  # the maps lie on the tomogram's grid
         paths = map_paths(self.output_path, tomogram)
