@@ -253,6 +253,42 @@ def test_ddp_predict_writes_the_single_process_table(runs):
     )
 
 
+def test_ddp_test_counts_each_item_once(tmp_path):
+    """``aitom test`` of a classifier on 2 ranks: Lightning's sampler repeats one of the 7 test items so
+    that both ranks get 4, and the accuracy, macro-F1 and recall counted it twice. The ranks' updates are now
+    gathered and every item counted once: the figures are the single process's. The untrained network
+    (the same seed in both runs) gets some items wrong, so a repeated item would change them."""
+    config = write_config(tmp_path)
+    settings = yaml.safe_load(config.read_text())
+    settings["data"]["init_args"]["test_size"] = 7
+    config.write_text(yaml.safe_dump(settings))
+    test = ["test", "--config", "config.yaml", "--trainer.use_distributed_sampler", "true"]
+    with contextlib.chdir(tmp_path):
+        assert main([*test, "--trainer.logger.init_args.save_dir", "single_logs"]) == 0
+    run_ddp(
+        [
+            *test,
+            "--trainer.devices",
+            str(DEVICES),
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.logger.init_args.save_dir",
+            "ddp_logs",
+        ],
+        tmp_path,
+    )
+
+    def test_figures(folder: Path) -> pd.Series:
+        metrics = pd.read_csv(folder / "run" / "version_0" / "metrics.csv")
+        figures = metrics[[name for name in metrics.columns if name.startswith("test/")]]
+        return figures.dropna(how="all").iloc[-1].sort_index()
+
+    single, ddp = test_figures(tmp_path / "single_logs"), test_figures(tmp_path / "ddp_logs")
+    assert {"test/acc", "test/f1_macro", "test/recall/blob0"} <= set(single.index)
+    assert 0 < single["test/acc"] < 1
+    pd.testing.assert_series_equal(ddp, single, check_exact=False, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def tomogram(tmp_path_factory) -> Path:
     """A 40³ tomogram (10 Å voxels) with 6 Gaussian blobs (σ 2 voxels) in white noise."""

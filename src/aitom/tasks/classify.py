@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -172,17 +172,23 @@ class Classifier(LightningModule):
         self.class_names = None if class_names is None else list(class_names)
         # keys are suffixed: a ModuleDict key "train" would shadow nn.Module.train
         self.metrics = nn.ModuleDict(
-            {f"{stage}_metrics": self._stage_metrics(num_classes) for stage in STAGES}
+            {f"{stage}_metrics": self._stage_metrics(num_classes, stage) for stage in STAGES}
+        )
+        self.held = {stage: HeldEvaluation() for stage in ("val", "test")}
+        self.mean_loss = nn.ModuleDict(
+            {stage: MeanMetric(nan_strategy="disable", sync_on_compute=False) for stage in ("val", "test")}
         )
 
     @staticmethod
-    def _stage_metrics(num_classes: int) -> MetricCollection:
+    def _stage_metrics(num_classes: int, stage: str) -> MetricCollection:
+        # validation and test updates are gathered before they are counted (HeldEvaluation)
+        sync = {"sync_on_compute": stage == "train"}
         return MetricCollection(
             {
-                "acc": MulticlassAccuracy(num_classes, average="micro"),
-                "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-                "recall": MulticlassRecall(num_classes, average="none"),
-                "confusion": MulticlassConfusionMatrix(num_classes),
+                "acc": MulticlassAccuracy(num_classes, average="micro", **sync),
+                "f1_macro": MulticlassF1Score(num_classes, average="macro", **sync),
+                "recall": MulticlassRecall(num_classes, average="none", **sync),
+                "confusion": MulticlassConfusionMatrix(num_classes, **sync),
             }
         )
 
@@ -212,14 +218,21 @@ class Classifier(LightningModule):
             volume = random_rotated_views(volume, *self.hparams.tilt_range_deg)
         logits = self(volume)
         labels = batch["label"]
+        if stage != "train":
+            # the epoch's mean loss and metrics, each item counted once under DDP (HeldEvaluation)
+            item_losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+            held, index = self.held[stage], batch.get("index")
+            held.update(self, "metrics", self.metrics[f"{stage}_metrics"], logits, labels, index=index)
+            held.update(self, "loss", self.mean_loss[stage], item_losses, index=index)
+            return item_losses.mean()
         loss = nn.functional.cross_entropy(logits, labels)
-        self.metrics[f"{stage}_metrics"].update(logits.detach(), labels)
+        self.metrics["train_metrics"].update(logits.detach(), labels)
         self.log(
-            f"{stage}/loss",
+            "train/loss",
             loss,
-            on_step=stage == "train",
+            on_step=True,
             on_epoch=True,
-            prog_bar=stage != "test",
+            prog_bar=True,
             batch_size=labels.shape[0],
             # under DDP the loss is the mean over the ranks (per step too), as a single process would log it
             sync_dist=True,
@@ -248,11 +261,19 @@ class Classifier(LightningModule):
 
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = self.metrics[f"{stage}_metrics"]
+        if stage != "train":
+            mean_loss = self.mean_loss[stage]
+            self.held[stage].count(self, {"metrics": metrics, "loss": mean_loss})
+            loss = mean_loss.compute()
+            mean_loss.reset()
+            if not self.trainer.sanity_checking:
+                self.log(f"{stage}/loss", loss, prog_bar=stage != "test", sync_dist=True)
         values = metrics.compute()
         metrics.reset()
         if self.trainer.sanity_checking:
             return
-        # compute() has gathered every rank already: sync_dist averages equal values (and tells Lightning)
+        # every rank holds the figures of all ranks' items: sync_dist averages equal values (and tells
+        # Lightning)
         self.log(f"{stage}/acc", values["acc"], prog_bar=stage != "train", sync_dist=True)
         self.log(f"{stage}/f1_macro", values["f1_macro"], sync_dist=True)
         for name, recall in zip(self.display_names(), values["recall"]):
@@ -466,6 +487,72 @@ def confusion_matrix_image(matrix: torch.Tensor, class_names: list[str], title: 
     figure.tight_layout()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+class HeldEvaluation:
+    """A validation or test split's metric updates, held under DDP until the epoch ends.
+
+    Lightning's distributed sampler repeats up to N − 1 items so that N processes get as many; counted as
+    they come, those items would weigh twice. Under DDP (:func:`distributed`) the updates are held with the
+    items' ``index``, gathered from every process when the epoch ends, and every process counts each item
+    once: its metrics then hold the whole split, so they are built with ``sync_on_compute=False``. In one
+    process a metric is updated at once.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[dict[str, Any]] = []
+
+    def update(
+        self,
+        module: LightningModule,
+        name: str,
+        metric: Metric | MetricCollection,
+        *values: torch.Tensor,
+        index: torch.Tensor | None,
+    ) -> None:
+        """``metric.update(*values)`` (per-item tensors, items first), or under DDP the values held with the
+        items' ``index`` (None: the batch carries none) until :meth:`count` updates ``metric``, there called
+        ``name``."""
+        if not distributed(module):
+            metric.update(*(value.detach() for value in values))
+            return
+        self._held.append(
+            {
+                "name": name,
+                "values": [value.detach().cpu() for value in values],
+                "index": None if index is None else index.detach().cpu(),
+            }
+        )
+
+    def count(self, module: LightningModule, metrics: Mapping[str, Metric | MetricCollection]) -> None:
+        """Under DDP, gather the held updates of every process (a collective call: every rank makes it) and
+        update each metric of ``metrics`` (by name) with every item once (by ``index``, where the batches
+        carry one). Nothing in one process."""
+        if not distributed(module):
+            return
+        held = [entry for part in gather_from_ranks(module.trainer, self._held) for entry in part]
+        self._held = []
+        for name, metric in metrics.items():
+            entries = [entry for entry in held if entry["name"] == name]
+            if not entries:
+                continue
+            values = [torch.cat(parts) for parts in zip(*(entry["values"] for entry in entries))]
+            if all(entry["index"] is not None for entry in entries):
+                index = torch.cat([entry["index"] for entry in entries]).numpy()
+                first = torch.as_tensor(np.unique(index, return_index=True)[1])
+                values = [value[first] for value in values]
+            metric.update(*(value.to(module.device) for value in values))
+
+
+def distributed(module: LightningModule) -> bool:
+    """Whether ``module`` runs under a trainer with several processes (DDP)."""
+    trainer = module._trainer
+    return (
+        trainer is not None
+        and trainer.world_size > 1
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    )
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -38,12 +38,14 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from aitom.data.splits import data_box_shapes
 from aitom.errors import InputError
 from aitom.ops.augmentation import random_rotated_views
 from aitom.tasks.classify import (
+    HeldEvaluation,
     adopt_data_classes,
     check_checkpoint_fits,
     check_optimiser_options,
@@ -217,10 +219,15 @@ class AdversarialDomainAdaptation(LightningModule):
         self.register_buffer("adaptation_started", torch.tensor(False))
         self.accuracy = nn.ModuleDict(
             {
-                f"{stage}_{name}": MulticlassAccuracy(num_classes, average="micro")
+                # updates gathered before they are counted (HeldEvaluation): no synchronisation
+                f"{stage}_{name}": MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False)
                 for stage in EVALUATION_STAGES
                 for name in ("acc", "source_only_acc")
             }
+        )
+        self.held = {stage: HeldEvaluation() for stage in EVALUATION_STAGES}
+        self.mean_loss = nn.ModuleDict(
+            {stage: MeanMetric(nan_strategy="disable", sync_on_compute=False) for stage in EVALUATION_STAGES}
         )
 
     # ------------------------------------------------------------------------------------------ the model
@@ -366,10 +373,14 @@ class AdversarialDomainAdaptation(LightningModule):
             )
         labels = batch["label"]
         logits = self(batch["volume"])
-        self.accuracy[f"{stage}_acc"].update(logits, labels)
-        self.accuracy[f"{stage}_source_only_acc"].update(self.source_only_logits(batch["volume"]), labels)
-        loss = nn.functional.cross_entropy(logits, labels)
-        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=labels.shape[0], sync_dist=True)
+        # each item counted once under DDP (HeldEvaluation)
+        held, index = self.held[stage], batch.get("index")
+        held.update(self, "acc", self.accuracy[f"{stage}_acc"], logits, labels, index=index)
+        source_only = self.source_only_logits(batch["volume"])
+        source_only_acc = self.accuracy[f"{stage}_source_only_acc"]
+        held.update(self, "source_only_acc", source_only_acc, source_only, labels, index=index)
+        item_losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+        held.update(self, "loss", self.mean_loss[stage], item_losses, index=index)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
@@ -378,10 +389,17 @@ class AdversarialDomainAdaptation(LightningModule):
         self._evaluation_step(batch, "test")
 
     def _log_accuracy(self, stage: str) -> None:
-        for name in ("acc", "source_only_acc"):
+        names = ("acc", "source_only_acc")
+        mean_loss = self.mean_loss[stage]
+        metrics = {name: self.accuracy[f"{stage}_{name}"] for name in names}
+        self.held[stage].count(self, {**metrics, "loss": mean_loss})
+        if mean_loss.update_count and not self.trainer.sanity_checking:
+            self.log(f"{stage}/loss", mean_loss.compute(), sync_dist=True)
+        mean_loss.reset()
+        for name in names:
             metric = self.accuracy[f"{stage}_{name}"]
             if metric.update_count and not self.trainer.sanity_checking:
-                # compute() has gathered every rank: sync_dist averages equal values (and tells Lightning)
+                # every rank counted all ranks' items: sync_dist averages equal values (and tells Lightning)
                 self.log(f"{stage}/{name}", metric.compute(), prog_bar=name == "acc", sync_dist=True)
             metric.reset()
 

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from aitom.data.splits import data_box_shapes
@@ -55,11 +56,13 @@ from aitom.models.classifiers import check_volume_channels, conv_bn_relu
 from aitom.ops.augmentation import random_rotated_views
 from aitom.tasks.autoencoder import contrastive_loss
 from aitom.tasks.classify import (
+    HeldEvaluation,
     adopt_data_classes,
     check_checkpoint_fits,
     check_optimiser_options,
     check_tilt_range,
     check_views_match_data,
+    distributed,
     qualified_name,
 )
 
@@ -319,7 +322,17 @@ class SemiSupervisedClassifier(LightningModule):
         self.num_classes = num_classes
         self.class_names = None if class_names is None else list(class_names)
         self.accuracy = nn.ModuleDict(
-            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES}
+            {
+                # validation and test updates are gathered before they are counted (HeldEvaluation)
+                f"{stage}_acc": MulticlassAccuracy(
+                    num_classes, average="micro", sync_on_compute=stage == "train"
+                )
+                for stage in STAGES
+            }
+        )
+        self.held = {stage: HeldEvaluation() for stage in ("val", "test")}
+        self.mean_loss = nn.ModuleDict(
+            {stage: MeanMetric(nan_strategy="disable", sync_on_compute=False) for stage in ("val", "test")}
         )
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
@@ -407,16 +420,11 @@ class SemiSupervisedClassifier(LightningModule):
             raise InputError(f"the {stage} data carry no labels (a STAR table needs rlnClassNumber)")
         logits = self(batch["volume"])
         labels = batch["label"]
-        loss = nn.functional.cross_entropy(logits, labels)
-        self.accuracy[f"{stage}_acc"].update(logits, labels)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_epoch=True,
-            prog_bar=stage == "val",
-            batch_size=labels.shape[0],
-            sync_dist=True,  # under DDP: the mean over every rank's shard
-        )
+        item_losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+        # each item counted once under DDP (HeldEvaluation)
+        held, index = self.held[stage], batch.get("index")
+        held.update(self, "acc", self.accuracy[f"{stage}_acc"], logits, labels, index=index)
+        held.update(self, "loss", self.mean_loss[stage], item_losses, index=index)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
@@ -435,8 +443,20 @@ class SemiSupervisedClassifier(LightningModule):
 
     def _log_accuracy(self, stage: str) -> None:
         metric = self.accuracy[f"{stage}_acc"]
-        if metric.update_count and not self.trainer.sanity_checking:
-            # compute() has gathered every rank: sync_dist averages equal values (and tells Lightning)
+        if stage != "train":
+            mean_loss = self.mean_loss[stage]
+            self.held[stage].count(self, {"acc": metric, "loss": mean_loss})
+            if mean_loss.update_count and not self.trainer.sanity_checking:
+                self.log(f"{stage}/loss", mean_loss.compute(), prog_bar=stage == "val", sync_dist=True)
+            mean_loss.reset()
+        updated = metric.update_count > 0  # validation, test: the same on every rank
+        if stage == "train" and distributed(self):
+            # a rank may have seen no labelled item: compute() gathers, so every rank or none must call it
+            flag = torch.tensor(float(updated), device=self.device)
+            updated = bool(self.trainer.strategy.reduce(flag, reduce_op="max") > 0)
+        if updated and not self.trainer.sanity_checking:
+            # the figure of every rank's items on every rank: sync_dist averages equal values (and tells
+            # Lightning)
             self.log(f"{stage}/acc", metric.compute(), prog_bar=stage != "train", sync_dist=True)
         metric.reset()
 
