@@ -151,10 +151,14 @@ def _merged_candidates(
     tile: candidates of equal score keep the same precedence; a stable sort, so candidates at one voxel keep
     their tile's order)."""
     merged = {key: torch.cat([tile[key] for tile in tiles]) for key in keys}
-    steps = torch.tensor([shape_zyx[1] * shape_zyx[2], shape_zyx[2], 1])
-    raster = (merged["coordinates_zyx"] * steps.to(merged["coordinates_zyx"])).sum(-1)
-    order = torch.argsort(raster, stable=True)
+    order = torch.argsort(_raster_index(merged["coordinates_zyx"], shape_zyx), stable=True)
     return {key: value[order] for key, value in merged.items()}
+
+
+def _raster_index(coordinates_zyx: torch.Tensor, shape_zyx: tuple[int, int, int]) -> torch.Tensor:
+    """``(N,)`` raster-order index (z slowest) of positions ``(N, 3)`` in a volume of ``shape_zyx`` voxels."""
+    steps = torch.tensor([shape_zyx[1] * shape_zyx[2], shape_zyx[2], 1])
+    return (coordinates_zyx * steps.to(coordinates_zyx)).sum(-1)
 
 
 class _Picker(LightningModule, ABC):
@@ -812,8 +816,7 @@ class TemplateMatchingPicker(_Picker):
             )
         maximum = scores >= cube_best
         # Two templates tied at one voxel: the first keeps it (as the voxel-wise arg-max does).
-        steps = torch.tensor([shape_zyx[1] * shape_zyx[2], shape_zyx[2], 1])
-        raster = (merged["coordinates_zyx"] * steps.to(merged["coordinates_zyx"])).sum(-1)[maximum]
+        raster = _raster_index(merged["coordinates_zyx"], shape_zyx)[maximum]
         first = torch.ones_like(raster, dtype=torch.bool)
         first[1:] = raster[1:] != raster[:-1]
         merged = {key: merged[key][maximum][first] for key in PICK_KEYS}
