@@ -221,15 +221,17 @@ def shell_index(
     """Fourier-shell number of every Fourier sample.
 
     Each axis is expressed in cycles/voxel, so non-cubic boxes get spherical shells; the shell of a sample is
-    ``round(|k| * N)`` with ``N = min(shape)``, i.e. shells are ``1 / min(shape)`` cycles/voxel wide and
-    shell ``N // 2`` is at Nyquist. For a cubic box of size ``N`` this is the usual ``round(|k| N)``.
+    ``⌊|k| N + ½⌋`` with ``N = min(shape)`` (rounded half up, so that a sample halfway between two shells
+    goes to the outer one whatever their parity), i.e. shells are ``1 / min(shape)`` cycles/voxel wide and
+    shell ``N // 2`` is at Nyquist. For a cubic box of size ``N`` this is the usual ``round(|k| N)``: no
+    sample lies halfway there.
 
     Returns:
         ``torch.long`` tensor ``(Z, Y, X')`` (or ``(Y, X')``), layout as in :func:`frequency_grid`.
     """
     shape = _check_shape(shape)
     radius = radial_frequency(shape, rfft=rfft, centered=centered, device=device, dtype=torch.float64)
-    return torch.round(radius * min(shape)).long()
+    return torch.floor(radius * min(shape) + 0.5).long()
 
 
 def radial_average(

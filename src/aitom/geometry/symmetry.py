@@ -63,7 +63,8 @@ def point_group_order(symbol: str) -> int:
 
 def point_group_generators(symbol: str, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """``(G, 3, 3)`` rotations that generate the point group in its standard frame, the highest-order axis
-    first (for Cn and Dn the n-fold about z; for C1 the identity)."""
+    first (for Cn and Dn the n-fold about z; for D1 its only axis, the 2-fold about x; for C1 the
+    identity)."""
     family, n = _parse(symbol)
 
     def turn(axis: tuple[float, float, float], fold: int) -> torch.Tensor:
@@ -71,6 +72,8 @@ def point_group_generators(symbol: str, *, dtype: torch.dtype = torch.float64) -
 
     if family == "C":
         return turn((0.0, 0.0, 1.0), n)[None]
+    if family == "D" and n == 1:
+        return turn((1.0, 0.0, 0.0), 2)[None]
     if family == "D":
         return torch.stack((turn((0.0, 0.0, 1.0), n), turn((1.0, 0.0, 0.0), 2)))
     if family == "T":

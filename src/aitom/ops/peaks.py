@@ -82,7 +82,7 @@ def non_maximum_suppression(
     reach = np.full(len(order), float(min_distance))
     if radii is not None:
         reach = np.maximum(reach, radii.detach().cpu().double().numpy()[order])
-    if len(order) == 0 or float(reach.max()) == 0:
+    if len(order) == 0:
         return torch.as_tensor(order.copy(), dtype=torch.int64, device=coordinates.device)
     pairs = cKDTree(points).query_pairs(r=float(reach.max()), p=p_norm, output_type="ndarray")
     if radii is not None and len(pairs):

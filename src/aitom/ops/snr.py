@@ -50,10 +50,15 @@ def pair_correlations(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | Non
     centred_a = a - (a * weight).sum((-3, -2, -1), keepdim=True) / total
     centred_b = b - (b * weight).sum((-3, -2, -1), keepdim=True) / total
     covariance = (weight * centred_a * centred_b).sum((-3, -2, -1))
-    variance = torch.sqrt(
-        (weight * centred_a**2).sum((-3, -2, -1)) * (weight * centred_b**2).sum((-3, -2, -1))
+    spread_a = (weight * centred_a**2).sum((-3, -2, -1))
+    spread_b = (weight * centred_b**2).sum((-3, -2, -1))
+    # a constant volume's centred voxels are rounding errors of its mean, not zeros: a relative test
+    rounding = (64 * torch.finfo(a.dtype).eps) ** 2
+    varying = (spread_a > rounding * (weight * a**2).sum((-3, -2, -1))) & (
+        spread_b > rounding * (weight * b**2).sum((-3, -2, -1))
     )
-    return torch.where(variance > 0, covariance / variance.clamp_min(torch.finfo(a.dtype).tiny), 0.0)
+    variance = torch.sqrt(spread_a * spread_b)
+    return torch.where(varying, covariance / variance.clamp_min(torch.finfo(a.dtype).tiny), 0.0)
 
 
 def snr_from_cc(cc: torch.Tensor | float) -> torch.Tensor | float:
