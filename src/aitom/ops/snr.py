@@ -84,7 +84,8 @@ def snr_from_pairs(
     ``cc_mean`` is the mean of the per-pair correlations and ``snr = cc_mean / (1 - cc_mean)``. The interval
     is the percentile bootstrap over pairs (``n_bootstrap`` resamples, seeded) when there are at least two
     pairs; for a single pair it is the Fisher-z interval with the number of voxels in the mask as the sample
-    size, which is too narrow when the noise is correlated between voxels (e.g. after filtering).
+    size (Kish's effective number ``(Σw)² / Σw²`` for a soft mask), which is too narrow when the noise is
+    correlated between voxels (e.g. after filtering).
 
     Args:
         a, b: ``(P, Z, Y, X)`` paired volumes: same structure, same pose, independent noise.
@@ -112,7 +113,9 @@ def snr_from_pairs(
             float(v) for v in torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=means.dtype))
         )
     else:
-        n_voxels = float((mask > 0).sum()) if mask is not None else float(math.prod(a.shape[-3:]))
+        # a soft mask weighs voxels unequally: Kish's effective number (Σw)² / Σw² (the count for a 0/1 mask)
+        weight = torch.ones(a.shape[-3:]) if mask is None else mask.to(torch.float64).expand(a.shape[-3:])
+        n_voxels = float(weight.sum() ** 2 / weight.square().sum())
         z = math.atanh(min(max(cc_mean, -1 + 1e-15), 1 - 1e-15))
         half_width = _normal_quantile(1 - tail) / math.sqrt(max(n_voxels - 3, 1.0))
         cc_low, cc_high = math.tanh(z - half_width), math.tanh(z + half_width)
