@@ -183,7 +183,8 @@ def test_average_command_auto_classes_merges_one_structure(tmp_path, capsys):
     _write_particle_set(tmp_path / "data", volumes)
     arguments = ["average", "--particles", str(tmp_path / "data" / "particles.star"), "--classes", "auto"]
     options = ["--iterations", "2", "--step", "30", "--max-shift", "2", "--max-classes", "3"]
-    assert _main(average_command, [*arguments, *options, "--out", str(tmp_path / "o")]) == 0
+    no_reassignment = ["--reassignment-rounds", "0"]
+    assert _main(average_command, [*arguments, *options, *no_reassignment, "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "o" / "fsc.json").read_text())
     assert len(report["classes"]) == 1 and report["classes"][0]["particles"] == 10
@@ -198,11 +199,26 @@ def test_average_command_auto_classes_merges_one_structure(tmp_path, capsys):
     assert report["structural_correlations"] == [[1.0]]
     table = read_particles(tmp_path / "o" / "particles.star", require=("rlnClassNumber",))
     assert set(table["rlnClassNumber"]) == {1}
-    for bad in ("1.5", "-0.1"):
-        bad_options = [*options, "--merge-threshold", bad, "--out", str(tmp_path / "bad")]
+    assert "reassignments" not in report
+    # by default the leave-one-out reassignment runs first: the split dissolves there or merges after it
+    assert _main(average_command, [*arguments, *options, "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "fsc.json").read_text())
+    assert len(report["classes"]) == 1 and report["classes"][0]["particles"] == 10
+    assert report["reassignments"] and "leave-one-out reassignment" in printed
+    assert report["reassignments"][-1]["n_classes"] == len(report["merges"]) + 1
+    for option, bad in (
+        ("--merge-threshold", "1.5"),
+        ("--merge-threshold", "-0.1"),
+        ("--reassignment-rounds", "-1"),
+    ):
+        bad_options = [*options, option, bad, "--out", str(tmp_path / "bad")]
         assert _main(average_command, [*arguments, *bad_options]) == 2
         error = capsys.readouterr().err
-        assert "--merge-threshold" in error and len(error.strip().splitlines()) == 1
+        assert option in error and len(error.strip().splitlines()) == 1
+    fixed = ["average", "--particles", str(tmp_path / "data" / "particles.star"), "--classes", "2"]
+    assert _main(average_command, [*fixed, "--reassignment-rounds", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "--classes auto only" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

@@ -11,7 +11,10 @@ import torch
 
 from aitom.fourier import lowpass, missing_wedge_mask
 from aitom.geometry import soft_sphere_mask
+from aitom.ops.alignment import Alignment, align_subtomograms, refine_alignment
+from aitom.ops.averaging import leave_one_out_averages, symmetric_average, wedge_compensated_average
 from aitom.ops.clustering import (
+    _reassign_leave_one_out,
     adjusted_rand_index,
     classify_and_average,
     describe_merge,
@@ -157,12 +160,24 @@ def test_classify_and_average_merges_one_structure_split_by_the_silhouette():
         "angular_step_deg": 25.0,
         "max_shift_voxels": 3,
         "refine_steps": 8,
+        "reassignment_rounds": 0,
     }
     split = classify_and_average(
         volumes, mask, merge_threshold=None, generator=torch.Generator().manual_seed(5), **options
     )
     merged = classify_and_average(volumes, mask, generator=torch.Generator().manual_seed(5), **options)
     assert split.averages.shape[0] >= 2 and split.merges == [] and split.structural_correlations is None
+    assert split.reassignments == []
+    # the leave-one-out reassignment alone (no merging) also brings the split structure back to one class
+    reassigned = classify_and_average(
+        volumes,
+        mask,
+        merge_threshold=None,
+        generator=torch.Generator().manual_seed(5),
+        **{**options, "reassignment_rounds": 3},
+    )
+    assert reassigned.averages.shape[0] == 1 and torch.all(reassigned.labels == 0)
+    assert reassigned.reassignments[-1]["n_classes"] == 1 and reassigned.merges == []
     assert merged.averages.shape[0] == 1
     assert torch.all(merged.labels == 0)
     assert len(merged.merges) == split.averages.shape[0] - 1
@@ -338,3 +353,84 @@ def test_symmetry_imposed_on_every_class_about_its_own_axes(method, snr):
             values.append(float(masked_correlation(superposed, turned, sphere)))
         self_correlation[symbol] = min(values)
     assert self_correlation["C4"] > 0.97 and self_correlation["C1"] < 0.93, self_correlation
+
+
+@pytest.mark.parametrize("symmetry", ["C1", "C2"])
+def test_leave_one_out_averages_equal_the_averages_without_each_member(symmetry):
+    """Subtracting each member from its class's sums gives the average of the other members exactly; the
+    only member of a class gets a zero average."""
+    from aitom.geometry import point_group_rotations
+
+    volumes, rotations, shifts = posed_subtomograms(blob_volume(12), 7, seed=3, max_shift=1.0, snr=1.0)
+    masks = torch.stack(
+        [missing_wedge_mask((12,) * 3, tilt_min_deg=-50.0 - 3 * i, tilt_max_deg=60.0) for i in range(7)]
+    )
+    labels = torch.tensor([0, 1, 0, 0, 1, 2, 1])
+    group = point_group_rotations(symmetry, dtype=torch.float32) if symmetry != "C1" else None
+    symmetry_rotations = [group, group, group]
+    result = leave_one_out_averages(
+        volumes, rotations, shifts, masks, labels=labels, symmetry_rotations=symmetry_rotations
+    )
+    for item in range(7):
+        others = (labels == labels[item]).float()
+        others[item] = 0
+        expected = wedge_compensated_average(
+            volumes, rotations, shifts, masks, weights=others, symmetry_rotations=group
+        )[0]
+        assert torch.allclose(result[item], expected, atol=1e-5 * float(expected.abs().max()) + 1e-7)
+    assert torch.count_nonzero(result[5]) == 0
+
+
+def test_leave_one_out_reassignment_dissolves_a_class_that_mixes_two_structures():
+    """Two structures, 8 subtomograms each, and a third class holding 2 of each (as PCA + k-means can leave):
+    scored against its own class's average, a member of the mixed class fits it best only because it is a
+    quarter of it; left out of it, each goes to its own structure's class and the mixed class empties."""
+    mask = missing_wedge_mask((16,) * 3)
+    first, first_rotations, first_shifts = posed_subtomograms(
+        blob_volume(16, "a"), 8, seed=1, max_shift=1.0, snr=0.1
+    )
+    second, second_rotations, second_shifts = posed_subtomograms(
+        blob_volume(16, "b"), 8, seed=2, max_shift=1.0, snr=0.1
+    )
+    volumes = torch.cat((first, second))
+    truth = torch.arange(2).repeat_interleave(8)
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2])
+    options = {"max_frequency": 0.35, "max_shift_voxels": 2}
+
+    def align(reference, members):
+        index = slice(None) if members is None else members
+        return align_subtomograms(
+            reference, volumes[index], None, mask, angular_step_deg=25.0, refine_steps=10, **options
+        )
+
+    def refine(references, start):
+        return refine_alignment(
+            references, volumes, start.rotation, start.shift_xyz, None, mask, steps=10, **options
+        )
+
+    def average(rotation, shift, members):
+        return symmetric_average(volumes, rotation, shift, mask, weights=members.float())[0]
+
+    # poses relative to each structure's own frame (the frame of the class averages below)
+    alignment = Alignment(
+        torch.cat((first_rotations, second_rotations)),
+        torch.cat((first_shifts, second_shifts)),
+        torch.zeros(16),
+    )
+    averages = torch.stack([average(alignment.rotation, alignment.shift_xyz, labels == k) for k in range(3)])
+    plain = torch.stack([align(reference, None).score for reference in averages]).argmax(0)
+    print("PLAIN", plain.tolist())
+    new_labels, _, new_averages, history = _reassign_leave_one_out(
+        volumes,
+        mask,
+        labels,
+        alignment,
+        averages,
+        rounds=3,
+        symmetry="C1",
+        align=align,
+        refine=refine,
+        average=average,
+    )
+    assert adjusted_rand_index(truth, new_labels) == 1.0
+    assert new_averages.shape[0] == 2 and history[0]["moved"] == 4 and history[-1]["moved"] == 0

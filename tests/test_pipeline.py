@@ -279,6 +279,7 @@ def _bad_template(folder: Path) -> list[str]:
         "bad_method",
         "tile_too_small",
         "bad_merge_threshold",
+        "bad_reassignment_rounds",
         "bad_contrast",
         "unset_voxel_size",
         "negative_voxel_size",
@@ -313,6 +314,8 @@ def test_bad_input_is_one_line_and_writes_nothing(simulated, tmp_path, capsys, c
         extra = ["contrast=grey"]
     elif case == "bad_merge_threshold":
         extra = ["classify.merge_threshold=1.5"]
+    elif case == "bad_reassignment_rounds":
+        extra = ["classify.reassignment_rounds=-1"]
     elif case == "tile_too_small":
         extra = ["pick.tile_voxels=16"]  # smaller than the tile overlap (one 40-voxel box)
     else:

@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 _SEARCH_BAND_START = 0.05
 
 
-#: defaults of --max-classes and --merge-threshold (options of --classes auto only)
+#: defaults of --max-classes, --merge-threshold and --reassignment-rounds (options of --classes auto only)
 _MAX_CLASSES = 6
 _MERGE_THRESHOLD = 0.9
+_REASSIGNMENT_ROUNDS = 3
 
 
 class AverageWarning(UserWarning):
@@ -211,6 +212,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with --classes auto: merge two classes when the estimated correlation of their noise-free "
         "structures (superposed class averages, corrected by each class's half-set reproducibility) is at "
         f"least this, dimensionless in (0, 1]; 0 disables merging (default {_MERGE_THRESHOLD:g})",
+    )
+    parser.add_argument(
+        "--reassignment-rounds",
+        type=int,
+        help="with --classes auto: before merging, at most this many rounds in which every subtomogram joins "
+        "the class whose average it fits best, its own class's average computed without it (classes held "
+        f"together by their members' own noise dissolve); 0 disables it (default {_REASSIGNMENT_ROUNDS})",
     )
     parser.add_argument(
         "--symmetry",
@@ -448,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
     from aitom.io import save_fsc_plot, write_particles, write_volume
     from aitom.io.star import read_optics
     from aitom.ops.averaging import reference_free_average, shared_start_limit
-    from aitom.ops.clustering import classify_and_average, describe_merge
+    from aitom.ops.clustering import classify_and_average, describe_merge, describe_reassignment
     from aitom.ops.faml import faml_average
 
     if args.iterations < 1:
@@ -473,13 +481,22 @@ def run(args: argparse.Namespace) -> int:
             "--gold-standard-lowpass must be a positive, finite resolution in Å, "
             f"got {args.gold_standard_lowpass:g}"
         )
-    for option, value in (("--max-classes", args.max_classes), ("--merge-threshold", args.merge_threshold)):
+    for option, value in (
+        ("--max-classes", args.max_classes),
+        ("--merge-threshold", args.merge_threshold),
+        ("--reassignment-rounds", args.reassignment_rounds),
+    ):
         if value is not None and args.classes != "auto":
             raise InputError(f"{option} works with --classes auto only (it would be ignored)")
     max_classes = _MAX_CLASSES if args.max_classes is None else args.max_classes
     merge_threshold = _MERGE_THRESHOLD if args.merge_threshold is None else args.merge_threshold
     if not 0.0 <= merge_threshold <= 1.0:
         raise InputError(f"--merge-threshold must be in [0, 1] (0: no merging), got {merge_threshold}")
+    reassignment_rounds = (
+        _REASSIGNMENT_ROUNDS if args.reassignment_rounds is None else args.reassignment_rounds
+    )
+    if reassignment_rounds < 0:
+        raise InputError(f"--reassignment-rounds must be >= 0 (0: none), got {reassignment_rounds}")
     if max_classes < 2:
         raise InputError(f"--max-classes must be >= 2 with --classes auto, got {max_classes}")
     if args.particle_diameter is not None and not 0 < args.particle_diameter < math.inf:
@@ -617,6 +634,7 @@ def run(args: argparse.Namespace) -> int:
             n_classes=None if args.classes == "auto" else args.classes,
             max_classes=max_classes,
             merge_threshold=merge_threshold or None,
+            reassignment_rounds=reassignment_rounds,
             rounds=args.iterations,
             symmetry=args.symmetry,
             voxel_size_a=voxel_size_a,
@@ -624,6 +642,9 @@ def run(args: argparse.Namespace) -> int:
             progress=True,
             **alignment_options,
         )
+        if result.reassignments:
+            print(describe_reassignment(result))
+            merges_report["reassignments"] = result.reassignments
         classes_before = result.averages.shape[0] + len(result.merges)
         for merge in result.merges:
             first, second = (k + 1 for k in merge["classes"])
@@ -633,10 +654,8 @@ def run(args: argparse.Namespace) -> int:
             )
             classes_before -= 1
         if result.structural_correlations is not None:
-            merges_report = {
-                "merges": result.merges,
-                "structural_correlations": result.structural_correlations.tolist(),
-            }
+            merges_report["merges"] = result.merges
+            merges_report["structural_correlations"] = result.structural_correlations.tolist()
         averages, labels, alignment = result.averages, result.labels, result.alignment
         fsc_curves, frequency, half_averages = result.fsc, result.frequency, result.half_averages
 

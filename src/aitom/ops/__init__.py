@@ -23,6 +23,7 @@ from aitom.ops.averaging import (
     align_to_reference_frame,
     gold_standard_refinement,
     half_set_averages,
+    leave_one_out_averages,
     reference_free_average,
     wedge_compensated_average,
 )
@@ -148,6 +149,7 @@ __all__ = [
     "kmeans",
     "known_pose_average",
     "large_margin_cosine_logits",
+    "leave_one_out_averages",
     "masked_correlation",
     "match_picks",
     "match_template",

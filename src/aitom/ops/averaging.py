@@ -42,6 +42,7 @@ __all__ = [
     "class_half_sets",
     "gold_standard_refinement",
     "half_set_averages",
+    "leave_one_out_averages",
     "reference_free_average",
     "shared_start_limit",
     "symmetric_average",
@@ -126,24 +127,99 @@ def wedge_compensated_average(
     coverage = torch.zeros(shape, device=volumes.device, dtype=volumes.dtype)
     for start in range(0, n, batch_size):
         part = slice(start, start + batch_size)
-        w = weights[part]
-        aligned = align_to_reference_frame(volumes[part], rotations[part], shifts_xyz[part])
-        inverse = rotations[part].to(volumes).transpose(-1, -2)
-        if mask is None:
-            part_mask = torch.ones_like(aligned)
-        else:
-            source = mask.to(volumes) if mask.ndim == 3 else mask[part].to(volumes)
-            part_mask = rotate_volume(source, inverse).clamp(0.0, 1.0)
-        spectrum_sum += (w[:, None, None, None] * part_mask * fftn_centered(aligned)).sum(0)
-        coverage += (w[:, None, None, None] * part_mask).sum(0)
+        w = weights[part][:, None, None, None]
+        spectra, part_mask = _aligned_contributions(volumes, rotations, shifts_xyz, mask, part)
+        spectrum_sum += (w * spectra).sum(0)
+        coverage += (w * part_mask).sum(0)
+    return _divide_by_coverage(spectrum_sum, coverage, weights.sum(), wiener_floor, symmetry_rotations)
+
+
+def _aligned_contributions(
+    volumes: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts_xyz: torch.Tensor,
+    mask: torch.Tensor | None,
+    part: slice | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the subtomograms ``part`` add to an average: ``(masked centred spectra (B, S, S, S) complex,
+    their masks in the reference frame (B, S, S, S))``."""
+    aligned = align_to_reference_frame(volumes[part], rotations[part], shifts_xyz[part])
+    if mask is None:
+        part_mask = torch.ones_like(aligned)
+    else:
+        source = mask.to(volumes) if mask.ndim == 3 else mask[part].to(volumes)
+        part_mask = rotate_volume(source, rotations[part].to(volumes).transpose(-1, -2)).clamp(0.0, 1.0)
+    return part_mask * fftn_centered(aligned), part_mask
+
+
+def _divide_by_coverage(
+    spectrum_sum: torch.Tensor,
+    coverage: torch.Tensor,
+    total: torch.Tensor,
+    wiener_floor: float,
+    symmetry_rotations: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(average, coverage / total)`` from a weighted sum of aligned spectra, its coverage and ``total`` (the
+    sum of the weights), both symmetrised first when ``symmetry_rotations`` is given."""
     if symmetry_rotations is not None:
         spectrum_sum = fftn_centered(symmetrize_volume(ifftn_centered(spectrum_sum).real, symmetry_rotations))
         coverage = symmetrize_volume(coverage, symmetry_rotations)
     # all-zero weights (an empty class): a zero average, the floored denominator a normal number (not 0/0)
-    total = weights.sum().clamp(min=torch.finfo(volumes.dtype).tiny / wiener_floor)
+    total = total.clamp(min=torch.finfo(coverage.dtype).tiny / wiener_floor)
     denominator = coverage.clamp(min=wiener_floor * total)
     average = ifftn_centered(spectrum_sum / denominator).real
     return average, coverage / total
+
+
+def leave_one_out_averages(
+    volumes: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts_xyz: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    labels: torch.Tensor,
+    wiener_floor: float = 0.05,
+    batch_size: int = 64,
+    symmetry_rotations: list[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """For every subtomogram, the :func:`wedge_compensated_average` of the other members of its class.
+
+    Each class's sums are formed once and every member's own contribution is subtracted from them, so the
+    cost is two passes over the subtomograms whatever their number (not one average per subtomogram).
+
+    Args:
+        volumes, rotations, shifts_xyz, mask, wiener_floor, batch_size: as in
+            :func:`wedge_compensated_average`.
+        labels: ``(P,)`` 0-based classes.
+        symmetry_rotations: per class, its point-group rotations ``(K, 3, 3)`` or None; None: no symmetry.
+
+    Returns:
+        ``(P, S, S, S)``: subtomogram ``i``'s class average without it (zero for the only member of a class).
+    """
+    n_classes = int(labels.max()) + 1
+    shape = volumes.shape[-3:]
+    complex_dtype = fftn_centered(volumes[:1]).dtype
+    spectrum_sums = torch.zeros((n_classes, *shape), device=volumes.device, dtype=complex_dtype)
+    coverages = torch.zeros((n_classes, *shape), device=volumes.device, dtype=volumes.dtype)
+    sizes = torch.bincount(labels, minlength=n_classes).to(volumes)
+    for start in range(0, volumes.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        spectra, part_mask = _aligned_contributions(volumes, rotations, shifts_xyz, mask, part)
+        spectrum_sums.index_add_(0, labels[part], spectra)
+        coverages.index_add_(0, labels[part], part_mask)
+    averages = torch.empty_like(volumes)
+    for start in range(0, volumes.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        spectra, part_mask = _aligned_contributions(volumes, rotations, shifts_xyz, mask, part)
+        for offset, label in enumerate(labels[part].tolist()):
+            averages[start + offset] = _divide_by_coverage(
+                spectrum_sums[label] - spectra[offset],
+                coverages[label] - part_mask[offset],
+                sizes[label] - 1,
+                wiener_floor,
+                None if symmetry_rotations is None else symmetry_rotations[label],
+            )[0]
+    return averages
 
 
 def symmetric_average(

@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from aitom.fourier import fftn_centered, ifftn_centered, lowpass
 from aitom.geometry import point_group_order, rotate_volume, soft_sphere_mask
-from aitom.ops.alignment import Alignment, align_subtomograms, particle_masks
+from aitom.ops.alignment import Alignment, align_subtomograms, particle_masks, refine_alignment
 from aitom.ops.averaging import (
     align_to_reference_frame,
     class_half_sets,
+    leave_one_out_averages,
     reference_free_average,
     symmetric_average,
     wedge_compensated_average,
@@ -37,6 +38,7 @@ __all__ = [
     "adjusted_rand_index",
     "classify_and_average",
     "describe_merge",
+    "describe_reassignment",
     "kmeans",
     "pca_features",
     "silhouette_score",
@@ -253,6 +255,8 @@ class ClassificationResult:
             ``structural_correlation`` (None where it cannot be estimated: :func:`describe_merge`).
         structural_correlations: ``(K, K)`` :func:`structural_correlations` of the final classes when
             merging ran (ones on the diagonal), else None.
+        reassignments: per leave-one-out reassignment round (before the merges): ``round``, ``moved`` (how
+            many subtomograms changed class), ``n_classes`` (left after it).
     """
 
     averages: torch.Tensor
@@ -264,6 +268,7 @@ class ClassificationResult:
     history: list[dict]
     merges: list[dict] = dataclasses.field(default_factory=list)
     structural_correlations: torch.Tensor | None = None
+    reassignments: list[dict] = dataclasses.field(default_factory=list)
 
 
 def describe_merge(merge: dict) -> str:
@@ -347,6 +352,87 @@ def _merge_similar_classes(
     return labels, Alignment(rotation, shift, score), averages, merges, estimates
 
 
+def _reassign_leave_one_out(
+    volumes: torch.Tensor,
+    mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    alignment: Alignment,
+    averages: torch.Tensor,
+    *,
+    rounds: int,
+    symmetry: str,
+    align: Callable[[torch.Tensor, torch.Tensor | None], Alignment],
+    refine: Callable[[torch.Tensor, Alignment], Alignment],
+    average: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    progress: bool = False,
+) -> tuple[torch.Tensor, Alignment, torch.Tensor, list[dict]]:
+    """Multi-reference reassignment without self-reference: every subtomogram is aligned to every other
+    class's average and to its own class's average computed without it
+    (:func:`aitom.ops.averaging.leave_one_out_averages`), and joins the class it scores best against.
+
+    ``align(reference, members)`` searches the poses of the subtomograms ``members`` (all when None) against
+    one reference; ``refine(references, start)`` refines every subtomogram's pose ``start`` locally against
+    its own reference ``(P, S, S, S)`` (its pose against its class's full average is the start: one average
+    less differs from it by one member).
+
+    A subtomogram always fits best an average it is part of (a class of n holds 1/n of it), so plain
+    reassignment keeps small spurious classes alive; without itself in the reference, a member of such a class
+    moves to the class whose structure it has. Classes left empty are dropped (the only member of a class has
+    no average to stay with). Repeated ``rounds`` times at most, until no subtomogram moves.
+
+    Returns the new labels, poses, averages and per round ``{"round", "moved", "n_classes"}``.
+    """
+    items = torch.arange(volumes.shape[0], device=volumes.device)
+    history = []
+    for round_index in tqdm(range(1, rounds + 1), desc="reassign", disable=not progress, leave=False):
+        per_class = [align(reference, None) for reference in averages]
+        scores = torch.stack([result.score for result in per_class])  # (K, P)
+        rotations = torch.stack([result.rotation for result in per_class])
+        shifts = torch.stack([result.shift_xyz for result in per_class])
+        symmetry_rotations = [
+            map_symmetry_rotations(reference, symmetry)[0] if point_group_order(symmetry) > 1 else None
+            for reference in averages
+        ]
+        own_averages = leave_one_out_averages(
+            volumes,
+            alignment.rotation,
+            alignment.shift_xyz,
+            mask,
+            labels=labels,
+            symmetry_rotations=symmetry_rotations,
+        )
+        own = refine(
+            own_averages, Alignment(rotations[labels, items], shifts[labels, items], scores[labels, items])
+        )
+        alone = torch.bincount(labels, minlength=averages.shape[0])[labels] == 1
+        scores[labels, items] = torch.where(alone, -math.inf, own.score)
+        rotations[labels, items], shifts[labels, items] = own.rotation, own.shift_xyz
+        best = scores.argmax(0)
+        moved = int((best != labels).sum())
+        alignment = Alignment(rotations[best, items], shifts[best, items], scores[best, items])
+        kept = best.unique()
+        labels = torch.searchsorted(kept, best)
+        averages = torch.stack(
+            [average(alignment.rotation, alignment.shift_xyz, labels == k) for k in range(kept.numel())]
+        )
+        history.append({"round": round_index, "moved": moved, "n_classes": int(kept.numel())})
+        if moved == 0:
+            break
+    return labels, alignment, averages, history
+
+
+def describe_reassignment(result: ClassificationResult) -> str:
+    """The leave-one-out reassignment of ``result`` in words: how many subtomograms moved, the classes before
+    and after it."""
+    moved = sum(entry["moved"] for entry in result.reassignments)
+    before, after = result.history[-1]["n_classes"], result.reassignments[-1]["n_classes"]
+    rounds = len(result.reassignments)
+    classes = f"{before} → {after} classes" if after != before else f"{after} classes kept"
+    return (
+        f"leave-one-out reassignment: {moved} moved in {rounds} round{'s' if rounds > 1 else ''}, {classes}"
+    )
+
+
 def classify_and_average(
     volumes: torch.Tensor,
     mask: torch.Tensor | None = None,
@@ -367,6 +453,7 @@ def classify_and_average(
     progress: bool = False,
     gold_standard_iterations: int = 2,
     gold_standard_start_frequency: float | None = None,
+    reassignment_rounds: int = 3,
 ) -> ClassificationResult:
     """Simultaneous classification and averaging (Xu et al. 2012) with PCA, k-means and wedge filling.
 
@@ -391,12 +478,18 @@ def classify_and_average(
             in independent half sets from its average (:func:`aitom.ops.averaging.class_half_sets`): the
             class averages, poses and half-set FSC returned are theirs. 0: the half sets of the final poses,
             whose FSC is not independent. The start frequency defaults to ``max_frequency / 2``.
+        reassignment_rounds: with ``n_classes`` None, after the last round (before merging), at most this
+            many rounds in which each subtomogram joins the class it aligns best to, its own class's average
+            computed without it (:func:`_reassign_leave_one_out`): small classes held together only by their
+            members' own noise dissolve. 0: none. A number of classes set by the caller is kept.
 
     Returns:
         :class:`ClassificationResult`.
     """
     if gold_standard_iterations < 0:
         raise ValueError(f"gold_standard_iterations must be >= 0, got {gold_standard_iterations}")
+    if reassignment_rounds < 0:
+        raise ValueError(f"reassignment_rounds must be >= 0, got {reassignment_rounds}")
     start = reference_free_average(
         volumes,
         mask,
@@ -432,6 +525,28 @@ def classify_and_average(
             max_frequency=max_frequency,
             search_band=(min(0.05, max_frequency / 2), min(0.25, max_frequency)),
             refine_steps=refine_steps,
+        )
+
+    def refine_each(references: torch.Tensor, start: Alignment, batch_size: int = 64) -> Alignment:
+        """Refine every subtomogram's pose ``start`` locally against its own reference ``(P, S, S, S)``."""
+        parts = [
+            refine_alignment(
+                references[part],
+                volumes[part],
+                start.rotation[part],
+                start.shift_xyz[part],
+                None,
+                particle_masks(mask, part),
+                steps=refine_steps,
+                max_frequency=max_frequency,
+                max_shift_voxels=max_shift_voxels,
+            )
+            for part in (slice(i, i + batch_size) for i in range(0, volumes.shape[0], batch_size))
+        ]
+        return Alignment(
+            torch.cat([part.rotation for part in parts]),
+            torch.cat([part.shift_xyz for part in parts]),
+            torch.cat([part.score for part in parts]),
         )
 
     alignment = start.alignment
@@ -477,6 +592,21 @@ def classify_and_average(
                 "silhouette": silhouette,
                 "mean_score": float(alignment.score.mean()),
             }
+        )
+    reassignments: list[dict] = []
+    if n_classes is None and reassignment_rounds > 0 and averages.shape[0] > 1:
+        labels, alignment, averages, reassignments = _reassign_leave_one_out(
+            volumes,
+            mask,
+            labels,
+            alignment,
+            averages,
+            rounds=reassignment_rounds,
+            symmetry=symmetry,
+            align=align_to,
+            refine=refine_each,
+            average=class_average,
+            progress=progress,
         )
     merges: list[dict] = []
     estimates = None
@@ -525,4 +655,5 @@ def classify_and_average(
         history,
         merges,
         estimates,
+        reassignments,
     )

@@ -105,6 +105,9 @@ class ClassifyConfig:
     #: with auto: merge two classes whose estimated noise-free structures correlate by at least this, in
     #: (0, 1] (superposed class averages corrected by each class's half-set reproducibility); null: never
     merge_threshold: float | None = 0.9
+    #: with auto, before merging: at most this many rounds in which every particle joins the class whose
+    #: average it fits best, its own class's average computed without it (0: none)
+    reassignment_rounds: int = 3
     #: PCA dimensions of the clustering
     n_components: int = 8
     #: Lightning checkpoint of an aitom.tasks.classify.Classifier (method checkpoint)
@@ -281,6 +284,9 @@ def validate_config(config: PipelineConfig) -> None:
     merge_threshold = config.classify.merge_threshold
     if merge_threshold is not None and not 0.0 < merge_threshold <= 1.0:
         fail("classify.merge_threshold", f"must be in (0, 1] or null, got {merge_threshold}")
+    rounds = config.classify.reassignment_rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        fail("classify.reassignment_rounds", f"must be an integer >= 0, got {rounds!r}")
     positive("classify.n_components", config.classify.n_components)
     if config.classify.method == "checkpoint" and not (
         config.classify.checkpoint and config.classify.net_class_path

@@ -382,10 +382,12 @@ def _predict_with_checkpoint(volumes: torch.Tensor, config: PipelineConfig) -> t
 
 
 def _auto_description(result: ClassificationResult) -> str:
-    """The silhouette's K, the merges after it, the closest pair kept."""
-    from aitom.ops.clustering import describe_merge
+    """The silhouette's K, the reassignment and merges after it, the closest pair kept."""
+    from aitom.ops.clustering import describe_merge, describe_reassignment
 
-    parts = [f"K = {result.averages.shape[0] + len(result.merges)} by silhouette"]
+    parts = [f"K = {result.history[-1]['n_classes']} by silhouette"]
+    if result.reassignments:
+        parts.append(describe_reassignment(result))
     if result.merges:
         merged = ", ".join(describe_merge(merge) for merge in result.merges)
         parts.append(f"{len(result.merges)} merged ({merged})")
@@ -434,6 +436,7 @@ def classify_subtomograms(
             n_classes=None if requested == "auto" else min(int(requested), class_limit(n)),
             max_classes=min(config.classify.max_classes, class_limit(n)),
             merge_threshold=config.classify.merge_threshold,
+            reassignment_rounds=config.classify.reassignment_rounds,
             rounds=config.average.iterations,
             initial_iterations=config.average.initial_iterations,
             n_components=config.classify.n_components,
