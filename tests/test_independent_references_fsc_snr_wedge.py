@@ -61,7 +61,7 @@ def _np_resolution(frequency: np.ndarray, fsc: np.ndarray, threshold: float, vox
                 return math.inf
             f0, f1, c0, c1 = frequency[i - 1], frequency[i], fsc[i - 1], fsc[i]
             return voxel_size_a / (f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0))
-    return 2.0 * voxel_size_a
+    return voxel_size_a / frequency[-1]
 
 
 def _np_tilt_angle_deg(kz: np.ndarray, k_perp: np.ndarray) -> np.ndarray:
@@ -217,6 +217,16 @@ def test_resolution_at_matches_plain_reader(threshold):
     # the dip at shell 5 is the first crossing: between shells 4 and 5, whatever follows
     assert voxel / frequency[5] < got[-4] < voxel / frequency[4]
     assert got[-3] == 2 * voxel and math.isinf(got[-2])
+
+
+@pytest.mark.parametrize("size", [32, 33])
+def test_identical_maps_report_the_finest_shell_measured(size):
+    """Two equal maps never cross: the resolution is the finest shell the box measures, 2 voxels (Nyquist) for
+    an even box and size / (size // 2) voxels for an odd one (33 -> 16 / 33 cycles/voxel -> 2.0625 voxels),
+    never finer than what was measured."""
+    volume = torch.tensor(np.random.default_rng(size).standard_normal((size, size, size)))
+    got = fsc_resolutions(volume, volume.clone(), voxel_size_a=1.5)
+    assert got["fsc_0.5_a"] == got["fsc_0.143_a"] == pytest.approx(1.5 * size / (size // 2), rel=1e-12)
 
 
 def test_fsc_resolutions_of_known_spectral_snr_and_voxel_size():

@@ -88,8 +88,9 @@ def resolution_at(
         voxel_size_a: voxel size, Å.
 
     Returns:
-        Tensor ``(...)`` in Å: ``voxel_size_a / f_crossing``; ``2 * voxel_size_a`` (Nyquist) if the curve
-        never drops below the threshold; ``inf`` if it is already below at shell 1.
+        Tensor ``(...)`` in Å: ``voxel_size_a / f_crossing``; ``voxel_size_a / frequency[-1]`` (the finest
+        shell measured: Nyquist, ``2 * voxel_size_a``, for even boxes, a little coarser for odd ones) if the
+        curve never drops below the threshold; ``inf`` if it is already below at shell 1.
     """
     if frequency.ndim != 1 or fsc.shape[-1] != frequency.shape[0] or frequency.shape[0] < 2:
         raise ValueError(
@@ -107,8 +108,8 @@ def resolution_at(
     fraction = (fsc_before - threshold) / (fsc_before - fsc_after)
     crossing = frequency_before + fraction * (frequency_after - frequency_before)
     resolution = voxel_size_a / crossing
-    nyquist = torch.full_like(resolution, 2.0 * voxel_size_a)
-    resolution = torch.where(crossed, resolution, nyquist)
+    finest = voxel_size_a / frequency[-1].to(resolution.dtype)
+    resolution = torch.where(crossed, resolution, finest)
     return torch.where(
         crossed & (first_below.squeeze(-1) == 1), torch.full_like(resolution, math.inf), resolution
     )
