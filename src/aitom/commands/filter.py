@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "dog",
         help="difference of Gaussians G(sigma1) - G(sigma2): a band-pass that enhances blobs",
         description="Difference of Gaussians G(sigma1) * v - G(sigma2) * v, positive on bright blobs of "
-        "radius about sigma1 * sqrt(3). sigma2 defaults to 1.6 sigma1.",
+        "radius about sqrt(3 * sigma1 * sigma2) (2.2 sigma1 with the default sigma2 = 1.6 sigma1).",
     )
     _io_options(dog)
     sigma1 = dog.add_mutually_exclusive_group(required=True)

@@ -1,8 +1,8 @@
 """Particle picking by a 3-D difference of Gaussians (AITom's DoG picker, ``blob_dog`` at one scale).
 
 The tomogram is band-passed by ``G(σ1) − G(σ2)`` with ``σ2 = 1.1 σ1`` (AITom's defaults: ``σ1`` about 7 nm
-expressed in voxels), which peaks on blobs of radius ≈ ``σ1 √3`` of the chosen polarity; local maxima of the
-response above a threshold, at least ``min_distance`` apart, are the picks.
+expressed in voxels), which peaks on blobs of radius ≈ ``√(3 σ1 σ2)`` = 1.82 σ1 of the chosen polarity; local
+maxima of the response above a threshold, at least ``min_distance`` apart, are the picks.
 """
 
 from __future__ import annotations

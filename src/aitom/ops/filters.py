@@ -359,7 +359,8 @@ def difference_of_gaussians(
     """Band-pass by the difference of two Gaussian blurs: ``G(σ1) * volume - G(σ2) * volume``.
 
     The same as scikit-image's ``difference_of_gaussians(image, low_sigma=σ1, high_sigma=σ2)`` with
-    scipy's reflect boundary; positive where the volume has a bright blob of radius ≈ ``σ √3``.
+    scipy's reflect boundary; positive where the volume has a bright blob, most at the centre of a ball of
+    radius ≈ ``√(3 σ1 σ2)`` (1.82 σ1 for σ2 = 1.1 σ1, 2.19 σ1 for the default 1.6 σ1).
 
     Args:
         volume: real tensor ``(..., Z, Y, X)``.

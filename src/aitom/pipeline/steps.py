@@ -194,11 +194,11 @@ def build_pickers(
     """The pickers (:mod:`aitom.tasks.pick`) of ``config.pick`` for a tomogram of ``shape_zyx`` voxels of
     ``voxel_size_a`` Å.
 
-    DoG: σ1 = radius / √3 (a blob of radius r peaks at σ1 ≈ r / √3), σ2 = 1.1 σ1; saliency: the radius;
-    template matching: one picker per template, class numbers 1, 2, ... in their order, the missing wedge
-    of ``tilt_range_deg`` (degrees; None: no wedge) applied to them, a box larger than the tomogram's
-    thinnest axis cropped to it. Minimal distance:
-    ``pick.min_distance_voxels`` or the particle radius.
+    DoG: σ1 = radius / √3, σ2 = 1.1 σ1 (the response peaks on balls of radius √(3 σ1 σ2) = 1.05 r);
+    saliency: the radius; template matching: one picker per template, class numbers 1, 2, ... in their
+    order, the missing wedge of ``tilt_range_deg`` (degrees; None: no wedge) applied to them, a box larger
+    than the tomogram's thinnest axis cropped to it. Minimal distance: ``pick.min_distance_voxels`` or the
+    particle radius.
     """
     from aitom.tasks.pick import DoGPicker, SaliencyPicker, TemplateMatchingPicker
 
