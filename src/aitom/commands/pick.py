@@ -124,7 +124,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     _common(dog)
     sigma = dog.add_mutually_exclusive_group()
-    sigma.add_argument("--sigma-a", type=float, help="sigma1 in Å (default 70 Å, AITom's 7 nm)")
+    sigma.add_argument(
+        "--sigma-a",
+        type=float,
+        help="sigma1 in Å (default 70 Å, AITom's 7 nm); it picks blobs of radius about "
+        "sqrt(3 * ratio) * sigma1 (1.8 sigma1 at the default ratio)",
+    )
     sigma.add_argument("--sigma-voxels", type=float, help="sigma1 in voxels")
     dog.add_argument("--sigma2-ratio", type=float, default=1.1, help="sigma2 / sigma1 (default 1.1)")
     dog.add_argument("--false-alarm-rate", type=float, default=1e-3, help=_FAR_HELP + " (default 1e-3)")
@@ -429,10 +434,11 @@ def _picker(args: argparse.Namespace, shape: tuple[int, ...], voxel_size: float)
                 given = f"{named} Å ({sigma:.2g} voxels of {voxel_size:g} Å)"
             raise InputError(
                 f"{given} is under {_MIN_SIGMA_VOXELS:g} voxel: it picks features under a voxel across "
-                "(radius about sigma·√3), noise or nothing; is the value in the right unit?"
+                "(radius about sigma·√(3·ratio)), noise or nothing; is the value in the right unit?"
             )
         picker = DoGPicker(sigma, args.sigma2_ratio * sigma, **common)
-        scale = max(1, round(sigma * 3**0.5))
+        # the DoG peaks on balls of radius √(3 σ1 σ2)
+        scale = max(1, round(sigma * (3 * args.sigma2_ratio) ** 0.5))
         return picker, (scale, scale)
     from aitom.tasks.pick import SaliencyPicker
 
