@@ -226,6 +226,28 @@ def _read_particle_stack(
     return images, visible
 
 
+def _centred_on_origin(
+    images: torch.Tensor, rotations: np.ndarray, origin_a: np.ndarray, pixel_size_a: float
+) -> torch.Tensor:
+    """Tilt images ``(T, S, S)`` shifted so that a particle offset by ``rlnOrigin*Angst`` sits at the centre.
+
+    RELION puts the particle at its coordinate minus its origin (``origin_a``, Å, (x, y, z) along the
+    tomogram's axes) while the images were cut about the coordinate: in tilt ``t`` the particle lies at
+    ``-(R_t o)[:2]`` from the centre (``rotations`` ``(T, 3, 3)``, tomogram axes to image x, y and beam), so
+    each image moves by ``+(R_t o)[:2] / pixel_size_a`` pixels (Fourier phase ramp). No origin: unchanged.
+    """
+    import numpy as np
+    import torch
+
+    from aitom.geometry import fourier_shift
+
+    if not np.any(origin_a):
+        return images
+    shift_xy = torch.tensor(rotations[:, :2, :] @ origin_a / pixel_size_a, dtype=images.dtype)  # (T, 2)
+    shift_xyz = torch.cat([shift_xy, shift_xy.new_zeros(shift_xy.shape[0], 1)], dim=-1)
+    return fourier_shift(images[:, None], shift_xyz)[:, 0]
+
+
 def _dose_filters(series, image_size: int, pixel_size_a: float, use_dose: bool) -> torch.Tensor:
     """Per-frame dose filter ``(T, S, S)``, full centred layout (ones with ``use_dose`` false)."""
     import torch
@@ -278,6 +300,7 @@ class _Inputs:
     ctf_premultiplied: bool
     angles_deg: np.ndarray
     centered_a: np.ndarray
+    origins_a: np.ndarray
     dose_filters: dict[str, torch.Tensor]
 
 
@@ -290,6 +313,7 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
         CENTERED_COLUMNS,
         check_particles_against_tomograms,
         particle_optics,
+        particle_origins_a,
         particle_positions_centered_a,
         read_relion5_particles,
         read_tomograms_star,
@@ -388,6 +412,7 @@ def _load_inputs(args: argparse.Namespace) -> _Inputs:
         ctf_premultiplied=bool(premultiplied[0]),
         angles_deg=angles_deg,
         centered_a=centered_a,
+        origins_a=particle_origins_a(particles),
         dose_filters=_series_dose_filters(
             used, int(image_sizes[0]), float(pixel_sizes[0]), args, tomograms_path
         ),
@@ -540,7 +565,7 @@ def _reconstructions(
                 stack, visible = _read_particle_stack(
                     inputs.image_paths[index], inputs.particles.iloc[index], n_tilts, pixel
                 )
-                images.append(stack)
+                images.append(_centred_on_origin(stack, series.rotations, inputs.origins_a[index], pixel))
                 # per-tilt projection rotation: R (tomogram frame) or R A (particle frame, A: RELION's)
                 tomogram_frame.append(torch.tensor(series.rotations))
                 particle_frame.append(

@@ -595,7 +595,7 @@ def voxels_to_centered_angstrom(
     return (np.asarray(voxels, dtype=np.float64) - centre) * voxel_size_a
 
 
-def _origin_shifts_a(particles: pd.DataFrame) -> np.ndarray:
+def particle_origins_a(particles: pd.DataFrame) -> np.ndarray:
     """``rlnOriginX/Y/ZAngst`` ``(N, 3)`` (x, y, z), Å, along the tomogram's axes (turned from a RELION 4
     pseudo-subtomogram's axes when ``rlnTomoSubtomogramRot/Tilt/Psi`` are given); 0 where a column is
     absent."""
@@ -621,7 +621,7 @@ def particle_positions_centered_a(
     ``rlnOriginX/Y/ZAngst`` shifts are subtracted when present (RELION: position = coordinate − origin, the
     origin along the pseudo-subtomogram's axes when the table gives them).
     """
-    origins = _origin_shifts_a(particles)
+    origins = particle_origins_a(particles)
     if set(CENTERED_COLUMNS) <= set(particles.columns):
         return particles[list(CENTERED_COLUMNS)].to_numpy(dtype=np.float64) - origins
     positions = np.empty((len(particles), 3))
