@@ -18,7 +18,10 @@ With ``--average``, also DIR/average.mrc and DIR/average_weight.mrc: every parti
 Contrast: ``--invert auto`` (default) reconstructs the first particles, compares the mean density of the
 central sphere (radius S/4) with the shell around it (S/4 to S/2) and multiplies everything by −1 when the
 centre is darker, i.e. when the particle (protein, denser than ice) came out negative; ``yes`` and ``no``
-force it.
+force it. Before that sign, images flagged premultiplied keep their contrast, while images that are not are
+divided by aitom's CTF, which has the physical sign (negative at low frequency): RELION-style images with
+protein bright come out dark, raw ones bright. So with ``--invert no`` the same particles written
+premultiplied and not come out with opposite signs; ``auto`` settles both.
 
 Hand: ``--flip-hand`` mirrors every output along Z (subtomograms, weights and the average) and changes each
 particle's matrix ``A`` to ``M A M`` with ``M = diag(1, 1, -1)``, so the angles still bring the mirrored
@@ -106,7 +109,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=("auto", "yes", "no"),
         default="auto",
         help="multiply the reconstructions by -1: auto (when the particle centre comes out darker than its "
-        "surroundings), yes or no (default auto)",
+        "surroundings), yes or no (default auto; with no, premultiplied images keep their contrast and the "
+        "others are divided by the physical CTF, negative at low frequency: protein-bright images turn dark)",
     )
     parser.add_argument(
         "--flip-hand",
