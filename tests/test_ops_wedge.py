@@ -86,3 +86,14 @@ def test_angle_profile_drops_in_the_wedge():
 def test_bad_input(volume, options, message):
     with pytest.raises(InputError, match=message):
         estimate_missing_wedge(volume, **options)
+
+
+@pytest.mark.parametrize("tilt_max", [40, 60])
+def test_a_range_from_minus_90_is_found_as_its_mirror_is(tilt_max):
+    # kz alone (kx = 0) folds to +90°, which a range starting at −90° observes: (−90, b) must be found as
+    # exactly as its mirror (−b, 90), with the same score (it was −87° and 0.825 against 0.984 at b = 40)
+    low = estimate_missing_wedge(wedge_noise((48, 48, 48), -90, tilt_max, seed=3))
+    high = estimate_missing_wedge(wedge_noise((48, 48, 48), -tilt_max, 90, seed=3))
+    assert (low["tilt_min_deg"], low["tilt_max_deg"]) == (-90, tilt_max), low
+    assert (high["tilt_min_deg"], high["tilt_max_deg"]) == (-tilt_max, 90), high
+    assert low["score"] == pytest.approx(high["score"], abs=0.01)

@@ -141,7 +141,11 @@ def _check_volume(
 def _range_scores(
     angle: torch.Tensor, values: torch.Tensor, tilt_min: torch.Tensor, tilt_max: torch.Tensor
 ) -> torch.Tensor:
-    """Correlation of ``values`` with the indicator ``tilt_min <= angle <= tilt_max``, per candidate."""
+    """Correlation of ``values`` with the indicator of the observed directions, per candidate.
+
+    A direction is observed when ``tilt_min <= angle <= tilt_max``; the direction folded to +90° (``kz``
+    alone, ``angle`` in ``(-90, 90]``) is also −90°, so a range starting at −90° observes it too.
+    """
     order = torch.argsort(angle)
     sorted_angle = angle[order]
     centred = values[order] - values.mean()
@@ -151,8 +155,13 @@ def _range_scores(
     first = torch.searchsorted(sorted_angle, tilt_min - tolerance, side="left")
     last = torch.searchsorted(sorted_angle, tilt_max + tolerance, side="right")
     n_inside = (last - first).to(torch.float64)
+    covariance = prefix[last] - prefix[first]
+    # +90° lies beyond tilt_max < 90° but within a range from −90°: add it to such ranges
+    start_90 = torch.searchsorted(sorted_angle, torch.tensor(90.0 - tolerance, dtype=sorted_angle.dtype))
+    add_90 = (tilt_min <= -90.0 + tolerance) & (last <= start_90)
+    n_inside = n_inside + add_90 * float(n - start_90)
+    covariance = (covariance + add_90 * (prefix[n] - prefix[start_90])) / n
     fraction = n_inside / n
-    covariance = (prefix[last] - prefix[first]) / n
     spread = torch.sqrt((centred**2).mean() * fraction * (1 - fraction))
     return torch.where(spread > 0, covariance / spread.clamp_min(1e-300), -math.inf)
 
