@@ -13,9 +13,10 @@ import torch
 from aitom.cli import _guarded
 from aitom.commands import align as align_command
 from aitom.commands import average as average_command
-from aitom.fourier import fourier_shell_correlation
-from aitom.geometry import euler_zyz_to_matrix, rotation_angle_between
+from aitom.fourier import fourier_shell_correlation, missing_wedge_mask
+from aitom.geometry import euler_zyz_to_matrix, relion_angles_to_matrix, rotation_angle_between
 from aitom.io import read_particles, read_volume, write_particles, write_volume
+from aitom.ops.averaging import leave_one_out_scores
 from tests.align_fixtures import blob_volume, posed_subtomograms
 
 
@@ -149,7 +150,7 @@ def test_average_command_writes_half_maps_of_every_class(tmp_path, method):
 @pytest.mark.parametrize(
     ("method", "key", "printed_as"),
     [
-        ("align", "start_scores", "mean alignment score"),
+        ("align", "start_scores", "mean leave-one-out score"),
         ("faml", "start_log_likelihoods", "final log-likelihood"),
     ],
 )
@@ -168,8 +169,22 @@ def test_average_command_several_starts(tmp_path, capsys, method, key, printed_a
     assert f"start {report['kept_start']}: {printed_as}" in printed and "(kept)" in printed
     if method == "faml":
         return
-    table = read_particles(tmp_path / "o" / "particles.star", require=("aitomAlignmentScore",))
-    assert float(table["aitomAlignmentScore"].mean()) == pytest.approx(max(values), abs=1e-5)
+    # the kept start's score: each particle's correlation with the others' average under the written poses
+    # (default --wedge 60 mask, band 0.05 to the default --max-frequency 0.35, no particle mask)
+    table = read_particles(tmp_path / "o" / "particles.star", require=("rlnImageName",))
+    angles = torch.tensor(
+        table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32
+    )
+    shifts = -torch.tensor(table[["rlnOriginX", "rlnOriginY", "rlnOriginZ"]].to_numpy(), dtype=torch.float32)
+    scores = leave_one_out_scores(
+        volumes.float(),
+        relion_angles_to_matrix(angles),
+        shifts,
+        missing_wedge_mask((16,) * 3, tilt_min_deg=-60.0, tilt_max_deg=60.0),
+        min_frequency=0.05,
+        max_frequency=0.35,
+    )
+    assert float(scores.mean()) == pytest.approx(max(values), abs=1e-4)
     for bad in (["--starts", "0"], ["--starts", "2", "--classes", "2", "--fourier-weights", "wedge"]):
         assert _main(average_command, [*arguments, *options, *bad, "--out", str(tmp_path / "bad")]) == 2
         error = capsys.readouterr().err

@@ -162,9 +162,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--starts",
         type=int,
         default=1,
-        help="independent random (or annealed) starts; the one with the best final mean alignment score "
-        "(with --method faml: the highest final log-likelihood) is kept, no reference needed. Each start "
-        "costs a full run: use 3 or more for few, noisy particles; one class or FAML (default 1)",
+        help="independent random (annealed, or --particle-starts) starts; the one whose poses best explain "
+        "each particle by the average of the others (the highest mean leave-one-out score; with --method "
+        "faml: the highest final log-likelihood) is kept, no reference needed. Each start costs a full run: "
+        "use 3 or more for few, noisy particles; one class or FAML (default 1)",
+    )
+    parser.add_argument(
+        "--particle-starts",
+        action="store_true",
+        help="start each of the --starts runs from one particle (drawn at random, none twice) as the "
+        "reference instead of the average of randomly rotated particles, a featureless blob: for few, "
+        "noisy particles of an asymmetric complex (--starts up to the number of particles); single-class "
+        "averaging only, not with --annealing-iterations",
     )
     parser.add_argument(
         "--gold-standard-iterations",
@@ -474,6 +483,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--annealing-iterations must be 0 or at least 2, got {args.annealing_iterations}")
     if args.starts < 1:
         raise InputError(f"--starts must be >= 1, got {args.starts}")
+    if args.particle_starts and args.annealing_iterations:
+        raise InputError("--particle-starts and --annealing-iterations are two kinds of start: choose one")
     if args.gold_standard_iterations < 0:
         raise InputError(f"--gold-standard-iterations must be >= 0, got {args.gold_standard_iterations}")
     if args.gold_standard_lowpass is not None and not 0 < args.gold_standard_lowpass < math.inf:
@@ -517,6 +528,8 @@ def run(args: argparse.Namespace) -> int:
             if args.starts != 1
             else "--annealing-iterations"
             if args.annealing_iterations
+            else "--particle-starts"
+            if args.particle_starts
             else None
         )
         if other is not None:
@@ -536,6 +549,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--particle-diameter works with single-class averaging only")
         if args.annealing_iterations:
             raise InputError("--annealing-iterations works with single-class averaging only")
+        if args.particle_starts:
+            raise InputError("--particle-starts works with single-class averaging only")
         if args.starts != 1 and args.method != "faml":
             raise InputError("--starts works with single-class averaging or --method faml only")
     check_output_folder(args.out, args.overwrite)
@@ -550,6 +565,8 @@ def run(args: argparse.Namespace) -> int:
     n = volumes.shape[0]
     if args.classes != "auto" and args.classes > n:
         raise InputError(f"--classes {args.classes} is more than the {n} particles")
+    if args.particle_starts and args.starts > n:
+        raise InputError(f"--starts {args.starts} with --particle-starts is more than the {n} particles")
     shape = tuple(volumes.shape[-3:])
     if shape[0] < 8:
         raise InputError(f"subtomograms too small to align: {shape} (at least 8³)", args.particles)
@@ -616,6 +633,7 @@ def run(args: argparse.Namespace) -> int:
             generator=generator,
             progress=True,
             starts=args.starts,
+            particle_starts=args.particle_starts,
             symmetry=args.symmetry,
             initial_reference=initial_reference,
             **alignment_options,
@@ -623,7 +641,7 @@ def run(args: argparse.Namespace) -> int:
         if args.starts > 1:
             for index, score in enumerate(single.start_scores):
                 kept = " (kept)" if index == single.kept_start else ""
-                print(f"start {index + 1}: mean alignment score {score:.4f}{kept}")
+                print(f"start {index + 1}: mean leave-one-out score {score:.4f}{kept}")
             starts_report = {"start_scores": single.start_scores, "kept_start": single.kept_start + 1}
         averages, labels, alignment = single.average[None], torch.zeros(n, dtype=torch.long), single.alignment
         fsc_curves, frequency, half_averages = single.fsc[None], single.frequency, single.half_averages[None]

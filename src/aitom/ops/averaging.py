@@ -28,6 +28,7 @@ from aitom.geometry import (
 from aitom.ops.alignment import (
     Alignment,
     align_subtomograms,
+    constrained_correlation,
     particle_masks,
     phase_rotational_search,
     shift_lattice,
@@ -43,6 +44,7 @@ __all__ = [
     "gold_standard_refinement",
     "half_set_averages",
     "leave_one_out_averages",
+    "leave_one_out_scores",
     "reference_free_average",
     "shared_start_limit",
     "symmetric_average",
@@ -222,6 +224,61 @@ def leave_one_out_averages(
     return averages
 
 
+def leave_one_out_scores(
+    volumes: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts_xyz: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    min_frequency: float,
+    max_frequency: float,
+    particle_radius_voxels: float | None = None,
+    wiener_floor: float = 0.05,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """How well the poses explain each subtomogram by the others: its constrained correlation with the
+    average of all the other subtomograms, brought into its frame.
+
+    A subtomogram's alignment score against an average that holds it rewards the noise it put there; against
+    the others' average (:func:`leave_one_out_averages`) only the signal it shares with them counts, so the
+    mean of these scores compares pose sets (e.g. the starts of :func:`reference_free_average`) without that
+    bias.
+
+    Args:
+        volumes, rotations, shifts_xyz, mask, wiener_floor, batch_size: as in
+            :func:`wedge_compensated_average`.
+        min_frequency, max_frequency: band of the correlation, cycles/voxel.
+        particle_radius_voxels: radius of the soft spherical mask (3-voxel edge) applied to each average of
+            the others before the comparison, voxels; None: none.
+
+    Returns:
+        ``(P,)`` correlations in ``[-1, 1]``.
+    """
+    labels = torch.zeros(volumes.shape[0], dtype=torch.long, device=volumes.device)
+    others = leave_one_out_averages(
+        volumes, rotations, shifts_xyz, mask, labels=labels, wiener_floor=wiener_floor, batch_size=batch_size
+    )
+    if particle_radius_voxels is not None:
+        others = others * soft_sphere_mask(
+            volumes.shape[-3:], particle_radius_voxels, 3.0, dtype=volumes.dtype, device=volumes.device
+        )
+    scores = []
+    for start in range(0, volumes.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        in_frame = fourier_shift(rotate_volume(others[part], rotations[part].to(volumes)), shifts_xyz[part])
+        scores.append(
+            constrained_correlation(
+                in_frame,
+                volumes[part],
+                None,
+                particle_masks(mask, part),
+                min_frequency=min_frequency,
+                max_frequency=max_frequency,
+            )
+        )
+    return torch.cat(scores)
+
+
 def symmetric_average(
     volumes: torch.Tensor,
     rotations: torch.Tensor,
@@ -325,7 +382,8 @@ class AveragingResult:
         history: one dict per iteration: ``iteration``, ``fsc_0.5_a``, ``fsc_0.143_a`` (Å), ``mean_score``,
             ``median_rotation_change_deg``, ``median_shift_change_voxels``, ``fsc`` (list); the iterations of
             the gold-standard stage also carry ``gold_standard: True``.
-        start_scores: final mean alignment score of the joint rounds of every start, in the order they ran.
+        start_scores: every start's mean leave-one-out score after its joint rounds (each subtomogram's
+            correlation with the average of the others, :func:`leave_one_out_scores`), in the order they ran.
         kept_start: index of the start returned (the best of ``start_scores``).
         independent_above_frequency: cycles/voxel above which the half sets were refined independently (the
             limit of their shared start's low-pass, :func:`shared_start_limit`), so that ``fsc`` measures
@@ -747,9 +805,7 @@ def _joint_refinement(
             and entry["median_shift_change_voxels"] < 0.5
         ):
             break
-    result = AveragingResult(
-        reference, coverage, alignment, frequency, fsc, halves, history, [float(alignment.score.mean())]
-    )
+    result = AveragingResult(reference, coverage, alignment, frequency, fsc, halves, history)
     return result, symmetry_rotations
 
 
@@ -773,6 +829,7 @@ def reference_free_average(
     annealing_iterations: int = 0,
     progress: bool = False,
     starts: int = 1,
+    particle_starts: bool = False,
     symmetry: str = "C1",
     gold_standard_iterations: int = 2,
     gold_standard_start_frequency: float | None = None,
@@ -813,13 +870,17 @@ def reference_free_average(
             average: slower (one full rotational search per iteration) but far less prone to locking on to
             noise at low SNR. The subtomogram ``weights`` do not enter the annealing.
         progress: show progress bars.
-        starts: independent starts (random rotations or annealing, drawn one after another from
-            ``generator``); the one with the best final mean alignment score of the joint rounds is kept and
-            refined in half sets, which needs no reference. With few, noisy particles the starts settle on
-            different maps, and keeping the best-scoring one helps when the score ranks the right map first:
-            with 100 particles simulated at SNR 0.01 it does (0.247 against 0.179); on the 40 real 70S
-            particles the loop from the STAR poses outscores ten random starts in a 0.45 cycles/voxel band
-            (0.211 against 0.191–0.200) but not wrong maps that a stronger search reaches (docs/real_70s.md).
+        starts: independent starts (random rotations, annealing or particles, drawn one after another from
+            ``generator``); the one whose poses best explain each subtomogram by the others (the highest
+            mean :func:`leave_one_out_scores` in the rotational search's band, after the joint rounds) is
+            kept and refined in half sets, which needs no reference. The mean alignment score would favour
+            a start whose average fits the subtomograms' own noise: on the 40 real 70S particles it ranks
+            wrong maps of random starts above the poses from the STAR file, the leave-one-out score ranks
+            the STAR poses first (docs/real_70s.md).
+        particle_starts: start each run from one subtomogram as the reference (``starts`` of them, drawn
+            without repeats from ``generator``) instead of the random-rotation average: an actual particle
+            gives the first alignment an asymmetric shape to lock on to, where the featureless average of
+            randomly rotated particles gives noise. Not with ``initial_reference`` or annealing.
         symmetry: point group of the particle (``"C1"``: none; ``"C7"``, ``"D7"``, ``"O"``...). After every
             iteration the average's symmetry axes are found from the average itself
             (:func:`aitom.ops.symmetry.map_symmetry_rotations`) and the average and its Fourier coverage
@@ -839,7 +900,13 @@ def reference_free_average(
     if starts < 1:
         raise ValueError(f"starts must be >= 1, got {starts}")
     if starts > 1 and initial_reference is not None:
-        raise ValueError("several starts need random starts: pass no initial_reference")
+        raise ValueError("several starts need random or particle starts: pass no initial_reference")
+    if particle_starts and (initial_reference is not None or annealing_iterations > 0):
+        raise ValueError("particle starts replace the initial reference and the annealing: pass neither")
+    if particle_starts and starts > volumes.shape[0]:
+        raise ValueError(f"{starts} particle starts need as many subtomograms, got {volumes.shape[0]}")
+    if starts > 1 and weights is not None:
+        raise ValueError("several starts are compared without subtomogram weights: pass no weights")
     if volumes.ndim != 4 or volumes.shape[0] < 2:
         raise ValueError(f"need at least 2 subtomograms (P, S, S, S), got {tuple(volumes.shape)}")
     if iterations < 1:
@@ -869,6 +936,12 @@ def reference_free_average(
         "particle_radius_voxels": particle_radius_voxels,
         "progress": progress,
     }
+    if particle_starts:
+        device = None if generator is None else generator.device
+        drawn = torch.randperm(volumes.shape[0], generator=generator, device=device)[:starts].tolist()
+        initial_references = [volumes[index] for index in drawn]
+    else:
+        initial_references = [initial_reference] * starts
     runs = [
         _joint_refinement(
             volumes,
@@ -876,14 +949,31 @@ def reference_free_average(
             iterations=iterations,
             tolerance_deg=tolerance_deg,
             generator=generator,
-            initial_reference=initial_reference,
+            initial_reference=start_reference,
             annealing_iterations=annealing_iterations,
             symmetry=symmetry,
             **options,
         )
-        for _ in range(starts)
+        for start_reference in initial_references
     ]
-    scores = [run.start_scores[0] for run, _ in runs]
+    # the starts are compared by how well each subtomogram agrees with the others' average: the mean
+    # alignment score would favour a start whose average fits the subtomograms' own noise
+    scores = [
+        float(
+            leave_one_out_scores(
+                volumes,
+                run.alignment.rotation,
+                run.alignment.shift_xyz,
+                mask,
+                min_frequency=min(0.05, max_frequency / 2),
+                max_frequency=max_frequency,
+                particle_radius_voxels=particle_radius_voxels,
+                wiener_floor=wiener_floor,
+                batch_size=batch_size,
+            ).mean()
+        )
+        for run, _ in runs
+    ]
     kept = max(range(starts), key=scores.__getitem__)
     joint, symmetry_rotations = runs[kept]
     if gold_standard_iterations == 0:
