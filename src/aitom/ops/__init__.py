@@ -24,6 +24,7 @@ from aitom.ops.averaging import (
     gold_standard_refinement,
     half_set_averages,
     leave_one_out_averages,
+    leave_one_out_scores,
     reference_free_average,
     wedge_compensated_average,
 )
@@ -150,6 +151,7 @@ __all__ = [
     "known_pose_average",
     "large_margin_cosine_logits",
     "leave_one_out_averages",
+    "leave_one_out_scores",
     "masked_correlation",
     "match_picks",
     "match_template",
